@@ -1,0 +1,128 @@
+"""Where the Triton kernels can run, and which implementation a call gets.
+
+Triton is optional at import time: without it (or without a GPU and without the interpreter) every op
+still works through its plain-PyTorch reference. The Triton interpreter runs the kernels on CPU tensors;
+it is chosen by ``TRITON_INTERPRET=1``, which Triton reads when a kernel is *decorated*, so it must be
+set before ``kernels`` is first imported (``tests/conftest.py`` does this on machines without CUDA).
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton  # noqa: F401
+    import triton.language as tl  # noqa: F401
+
+    TRITON_AVAILABLE = True
+except ImportError:  # pragma: no cover - Linux builds of torch ship Triton
+    TRITON_AVAILABLE = False
+
+IMPLS = ("auto", "triton", "reference")
+PRECISIONS = ("auto", "ieee", "tf32")
+
+
+def kernel_is_interpreted(kernel) -> bool:
+    """True when ``kernel`` was decorated while ``TRITON_INTERPRET=1`` (it then runs on CPU tensors)."""
+    if not TRITON_AVAILABLE:
+        return False
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(kernel, InterpretedFunction)
+
+
+def resolve_impl(impl: str, device: torch.device, interpreted: bool) -> str:
+    """Map the user's ``impl`` to ``"triton"`` or ``"reference"`` for tensors on ``device``.
+
+    ``interpreted`` says whether this op's kernels were built for the Triton interpreter.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "reference":
+        return "reference"
+    if impl == "auto":
+        return "triton" if (device.type == "cuda" and TRITON_AVAILABLE and not interpreted) else "reference"
+    # impl == "triton"
+    if not TRITON_AVAILABLE:
+        raise RuntimeError("impl='triton' needs the triton package, which is not installed")
+    if device.type == "cuda" and interpreted:
+        raise RuntimeError(
+            "impl='triton' on CUDA tensors, but TRITON_INTERPRET=1 was set when the kernels were imported; "
+            "unset it to run the compiled kernels"
+        )
+    if device.type == "cpu" and not interpreted:
+        raise RuntimeError(
+            "impl='triton' on CPU tensors needs the Triton interpreter: set TRITON_INTERPRET=1 before "
+            "importing `kernels`, or use impl='reference'"
+        )
+    if device.type not in ("cpu", "cuda"):
+        raise RuntimeError(f"impl='triton' supports CPU (interpreter) and CUDA tensors, not {device.type}")
+    return "triton"
+
+
+def choose_impl(impl: str, interpreted: bool, *tensors: torch.Tensor) -> str:
+    """``resolve_impl`` for these tensors, keeping float64 on the reference path: the kernels compute
+    in fp32, so "auto" falls back to the reference and an explicit "triton" is refused."""
+    which = resolve_impl(impl, tensors[0].device, interpreted)
+    if which == "triton" and any(t.dtype == torch.float64 for t in tensors):
+        if impl == "triton":
+            raise TypeError("impl='triton' computes in float32; use impl='reference' for float64 inputs")
+        which = "reference"
+    return which
+
+
+def fused_runnable(fused_module, interpreted: bool, *tensors: torch.Tensor) -> bool:
+    """Whether an op's registered kernel can run the Triton kernels of ``fused_module`` on these tensors
+    in this process (else it runs the reference math)."""
+    if fused_module is None or any(t.dtype not in (torch.float16, torch.bfloat16, torch.float32) for t in tensors):
+        return False
+    device = tensors[0].device.type
+    return (device == "cpu" and interpreted) or (device == "cuda" and not interpreted)
+
+
+def resolve_precision(precision: str, *tensors: torch.Tensor) -> str:
+    """The ``tl.dot`` input precision for fp32 operands.
+
+    ``"auto"`` keeps full fp32 (``"ieee"``) when every floating input is fp32, and uses ``"tf32"`` when
+    any input is fp16/bf16: such values are exact in tf32, so only the kernel's own intermediates are
+    rounded, which stays far inside the 16-bit tolerance.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    low = any(t.dtype in (torch.float16, torch.bfloat16) for t in tensors)
+    return "tf32" if low else "ieee"
+
+
+def next_block(n: int, minimum: int = 16) -> int:
+    """Power-of-two block covering ``n``; at least 16 because ``tl.dot`` needs every dimension >= 16
+    on the GPU (the interpreter does not enforce it, so the rule is kept here for both)."""
+    return max(minimum, 1 << max(0, (int(n) - 1).bit_length()))
+
+
+def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """float64 when any input is float64 (the checking precision), float32 otherwise."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+# Tests set this so that every output buffer of a launcher starts as NaN: an element a kernel fails
+# to write then fails the comparison instead of passing on whatever memory held.
+POISON_OUTPUTS = False
+
+
+def alloc_output(shape, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return poison_(torch.empty(shape, device=device, dtype=dtype))
+
+
+def poison_(out: torch.Tensor) -> torch.Tensor:
+    """Fills a freshly allocated output with NaN while tests ask for it; returns it."""
+    return out.fill_(float("nan")) if POISON_OUTPUTS else out
+
+
+def alloc_like_query(query: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An output shaped like ``query`` (B, C, H, W) in its memory format, NCHW or channels_last, so that
+    flattening H and W is always a view. Shared by the real and the fake kernels, so strides agree."""
+    channels_last = query.is_contiguous(memory_format=torch.channels_last) and not query.is_contiguous()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(query.shape, device=query.device, dtype=dtype, memory_format=fmt)

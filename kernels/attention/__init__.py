@@ -1,0 +1,7 @@
+"""The generator's word attention F_attn: reference (``reference.py``), Triton kernels (``fused.py``)
+and the registered public op (``op.py``)."""
+
+from .op import word_attention
+from .reference import word_attention_ref, word_attention_ref_backward
+
+__all__ = ["word_attention", "word_attention_ref", "word_attention_ref_backward"]

@@ -1,0 +1,85 @@
+"""The generator's word attention F_attn in plain PyTorch: the specification in code (DESIGN.md §2.3).
+
+For every pixel q of sample b: β[q, t] = softmax_t(h_q · e'_t) over that sample's valid words and
+c_q = Σ_t β[q, t] e'_t. It materializes the (B, HW, T) attention; the fused kernels do not.
+
+``legacy_mask=True`` reproduces the released code, which expanded the (B, T) mask with
+``mask.repeat(HW, 1)``: row ``b·HW + q`` of the flattened scores took the mask of sample
+``(b·HW + q) mod B``. In that mode padded words are not zeroed either (another sample's rows may
+attend to them), exactly as released.
+
+Both functions take validated inputs (``kernels.word_attention`` validates).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._runtime import compute_dtype
+
+
+def _score_mask(word_mask, batch: int, pixels: int, legacy_mask: bool):
+    """The mask applied to the (B, HW, T) scores, broadcastable; None when nothing is masked."""
+    if word_mask is None:
+        return None
+    if legacy_mask:
+        rows = torch.arange(batch * pixels, device=word_mask.device) % batch
+        return word_mask[rows].view(batch, pixels, -1)
+    return word_mask[:, None, :]
+
+
+def _prepare(query, context, word_mask, legacy_mask):
+    dtype = compute_dtype(query, context)
+    q = query.to(dtype).flatten(2)  # (B, C, HW)
+    k = context.to(dtype)  # (B, C, T)
+    if word_mask is not None and not legacy_mask:
+        # A sample's padding words never take part, so garbage there (even NaN) cannot leak in.
+        k = k.masked_fill(word_mask[:, None, :], 0.0)
+    scores = torch.einsum("bcq,bct->bqt", q, k)
+    mask = _score_mask(word_mask, q.shape[0], q.shape[2], legacy_mask)
+    if mask is not None:
+        scores = scores.masked_fill(mask, float("-inf"))
+    beta = torch.softmax(scores, dim=2)  # (B, HW, T)
+    return q, k, beta
+
+
+def word_attention_ref(
+    query: torch.Tensor,
+    context: torch.Tensor,
+    word_mask: torch.Tensor | None = None,
+    return_attn: bool = False,
+    legacy_mask: bool = False,
+):
+    """query: (B, C, H, W) image features; context: (B, C, T) projected words; word_mask: (B, T) bool,
+    True = padding. Returns (ctx (B, C, H, W) in the promoted input dtype, attn (B, T, H, W) float32
+    (float64 for float64 inputs) or None). ``attn`` is not differentiable."""
+    B, C, H, W = query.shape
+    out_dtype = torch.promote_types(query.dtype, context.dtype)
+    with torch.autocast(device_type=query.device.type, enabled=False):
+        _, k, beta = _prepare(query, context, word_mask, legacy_mask)
+        ctx = torch.einsum("bqt,bct->bcq", beta, k).reshape(B, C, H, W).to(out_dtype)
+        attn = None
+        if return_attn:
+            attn = beta.transpose(1, 2).reshape(B, -1, H, W).contiguous().detach()
+    return ctx, attn
+
+
+def word_attention_ref_backward(
+    grad_ctx: torch.Tensor,
+    query: torch.Tensor,
+    context: torch.Tensor,
+    word_mask: torch.Tensor | None = None,
+    legacy_mask: bool = False,
+):
+    """Analytic gradient of ``word_attention_ref``'s ctx. grad_ctx: (B, C, H, W).
+    Returns (d_query (B, C, H, W), d_context (B, C, T)) in the inputs' dtypes."""
+    with torch.autocast(device_type=query.device.type, enabled=False):
+        q, k, beta = _prepare(query, context, word_mask, legacy_mask)
+        g = grad_ctx.to(q.dtype).flatten(2)  # (B, C, HW)
+        d_beta = torch.einsum("bcq,bct->bqt", g, k)
+        d_scores = beta * (d_beta - (beta * d_beta).sum(dim=2, keepdim=True))
+        d_query = torch.einsum("bqt,bct->bcq", d_scores, k).reshape(query.shape)
+        d_context = torch.einsum("bcq,bqt->bct", g, beta) + torch.einsum("bcq,bqt->bct", q, d_scores)
+        if word_mask is not None and not legacy_mask:
+            d_context = d_context.masked_fill(word_mask[:, None, :], 0.0)
+    return d_query.to(query.dtype), d_context.to(context.dtype)

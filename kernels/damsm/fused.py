@@ -1,0 +1,318 @@
+"""Fused Triton kernels for the DAMSM word-level score (DESIGN.md §2.1): forward and backward.
+
+Layout of the work: one program per (image i, caption j) pair in the forward; the backward has one
+kernel per gradient so that every reduction stays inside a program (deterministic, no atomics):
+``d_words`` loops over images for a caption, ``d_regions`` loops over captions for an image. The
+pair's (T, N) similarity never leaves registers: it is recomputed tile by tile over the regions.
+Extra memory is O(B_img·B_cap) for the scores plus small per-program partial sums.
+
+Per pair, with e = caption j's words (T, D) and v = image i's regions (D, N):
+  pass A (over region tiles):  s = e·v, s̄ = softmax_t(s), u = exp(γ1·s̄), z += Σ_r u, c += u·vᵀ
+  then c /= z, cos_t, R = logsumexp_t(γ2·cos_t)
+  backward pass B (over region tiles): recompute s, s̄, α = u/z, then dα, ds̄, ds and their products
+  with v (d_words) or with e and dc (d_regions).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .._runtime import alloc_output, kernel_is_interpreted, next_block
+
+COS_EPS = tl.constexpr(1e-8)
+
+
+@triton.jit
+def _load_caption(words_ptr, j, cap_len, T, D, stride_wb, stride_wd, stride_wt, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Caption j's words as a (BLOCK_T, BLOCK_D) fp32 tile; padding words load as zero."""
+    offs_t = tl.arange(0, BLOCK_T)
+    offs_d = tl.arange(0, BLOCK_D)
+    t_valid = offs_t < cap_len
+    ptrs = words_ptr + j * stride_wb + offs_t[:, None] * stride_wt + offs_d[None, :] * stride_wd
+    e = tl.load(ptrs, mask=t_valid[:, None] & (offs_d[None, :] < D), other=0.0).to(tl.float32)
+    return e, t_valid
+
+
+@triton.jit
+def _load_region_tile(regions_ptr, i, n0, N, D, stride_rb, stride_rd, stride_rn, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Regions n0 .. n0+BLOCK_N of image i as a (BLOCK_D, BLOCK_N) fp32 tile; out-of-range loads zero."""
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    n_valid = offs_n < N
+    ptrs = regions_ptr + i * stride_rb + offs_d[:, None] * stride_rd + offs_n[None, :] * stride_rn
+    v = tl.load(ptrs, mask=(offs_d[:, None] < D) & n_valid[None, :], other=0.0).to(tl.float32)
+    return v, n_valid
+
+
+@triton.jit
+def _word_softmax(s, t_valid):
+    """Softmax over the caption's words (axis 0) for every region column of s: (BLOCK_T, BLOCK_N)."""
+    s = tl.where(t_valid[:, None], s, float("-inf"))
+    m = tl.max(s, axis=0)  # finite: every caption has at least one word
+    p = tl.exp(s - m[None, :])
+    return p / tl.sum(p, axis=0)[None, :]
+
+
+@triton.jit
+def _region_weights(s_bar, n_valid, gamma1):
+    # s̄ ∈ [0, 1], so exp(γ1·s̄) ∈ [1, e^γ1]: the region softmax needs no running max (γ1 <= 80).
+    return tl.where(n_valid[None, :], tl.exp(gamma1 * s_bar), 0.0)
+
+
+@triton.jit
+def _pair_context(e, t_valid, regions_ptr, i, N, D, gamma1, stride_rb, stride_rd, stride_rn,
+                  BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+    """Pass A: region-context vectors c (BLOCK_T, BLOCK_D) and region-softmax sums z (BLOCK_T,)."""
+    c = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
+    z = tl.zeros((BLOCK_T,), dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        v, n_valid = _load_region_tile(regions_ptr, i, n0, N, D, stride_rb, stride_rd, stride_rn, BLOCK_D, BLOCK_N)
+        s = tl.dot(e, v, input_precision=PRECISION)
+        u = _region_weights(_word_softmax(s, t_valid), n_valid, gamma1)
+        z += tl.sum(u, axis=1)
+        c += tl.dot(u, tl.trans(v), input_precision=PRECISION)
+    return c / z[:, None], z
+
+
+@triton.jit
+def _pair_cosine(c, e, t_valid, gamma2):
+    """Steps 5-6: the pair's score R and, for the backward, cos_t, the softmax weights w_t of the
+    log-sum-exp, the clamped denominator and the two norms (all (BLOCK_T,))."""
+    num = tl.sum(c * e, axis=1)
+    c_norm = tl.sqrt(tl.sum(c * c, axis=1))
+    e_norm = tl.sqrt(tl.sum(e * e, axis=1))
+    prod = c_norm * e_norm
+    den = tl.maximum(prod, COS_EPS)
+    cos = num / den
+    logits = tl.where(t_valid, gamma2 * cos, float("-inf"))
+    m = tl.max(logits, axis=0)
+    w = tl.exp(logits - m)
+    w_sum = tl.sum(w, axis=0)
+    return m + tl.log(w_sum), cos, w / w_sum, prod, den, c_norm, e_norm
+
+
+@triton.jit
+def _pair_backward_setup(c, e, t_valid, g, gamma2):
+    """Gradient of the pair's score g·∂R w.r.t. c (BLOCK_T, BLOCK_D), the direct gradient to the words
+    through the cosine, and Σ_r α·dα = dc·c per word (BLOCK_T,)."""
+    _, cos, w, prod, den, c_norm, e_norm = _pair_cosine(c, e, t_valid, gamma2)
+    dcos = g * gamma2 * w  # zero on padding words
+    big = prod >= COS_EPS  # below eps the clamped denominator is a constant
+    coef = dcos / den
+    coef_c = tl.where(big, dcos * cos / tl.where(big, c_norm * c_norm, 1.0), 0.0)
+    coef_e = tl.where(big, dcos * cos / tl.where(big, e_norm * e_norm, 1.0), 0.0)
+    dc = coef[:, None] * e - coef_c[:, None] * c
+    de = coef[:, None] * c - coef_e[:, None] * e
+    row_dot = tl.sum(dc * c, axis=1)
+    return dc, de, row_dot
+
+
+@triton.jit
+def _tile_backward(e, t_valid, v, n_valid, z, dc, row_dot, gamma1, PRECISION: tl.constexpr):
+    """Pass B on one region tile: the region attention α and the similarity gradient ds, both (BLOCK_T, BLOCK_N)."""
+    s = tl.dot(e, v, input_precision=PRECISION)
+    s_bar = _word_softmax(s, t_valid)
+    alpha = _region_weights(s_bar, n_valid, gamma1) / z[:, None]
+    d_alpha = tl.dot(dc, v, input_precision=PRECISION)
+    d_sbar = gamma1 * alpha * (d_alpha - row_dot[:, None])
+    ds = s_bar * (d_sbar - tl.sum(s_bar * d_sbar, axis=0)[None, :])
+    return alpha, ds
+
+
+@triton.jit
+def _damsm_fwd_kernel(
+    words_ptr, cap_lens_ptr, regions_ptr, scores_ptr, attn_ptr,
+    T, D, N, gamma1, gamma2,
+    stride_wb, stride_wd, stride_wt,
+    stride_rb, stride_rd, stride_rn,
+    stride_si, stride_sj,
+    stride_ab, stride_at, stride_an,
+    RETURN_ATTN: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    i = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(1).to(tl.int64)
+    cap_len = tl.load(cap_lens_ptr + j)
+    e, t_valid = _load_caption(words_ptr, j, cap_len, T, D, stride_wb, stride_wd, stride_wt, BLOCK_T, BLOCK_D)
+    c, z = _pair_context(e, t_valid, regions_ptr, i, N, D, gamma1, stride_rb, stride_rd, stride_rn,
+                         BLOCK_T, BLOCK_D, BLOCK_N, PRECISION)
+    score, _, _, _, _, _, _ = _pair_cosine(c, e, t_valid, gamma2)
+    tl.store(scores_ptr + i * stride_si + j * stride_sj, score)
+
+    if RETURN_ATTN:
+        if i == j:
+            # The matching pair's maps need z, known only after pass A: recompute the tiles once more
+            # (B programs out of B², cheaper than keeping (T, N) per pair).
+            offs_t = tl.arange(0, BLOCK_T)
+            for n0 in range(0, N, BLOCK_N):
+                v, n_valid = _load_region_tile(regions_ptr, i, n0, N, D, stride_rb, stride_rd, stride_rn, BLOCK_D, BLOCK_N)
+                s_bar = _word_softmax(tl.dot(e, v, input_precision=PRECISION), t_valid)
+                alpha = tl.where(t_valid[:, None], _region_weights(s_bar, n_valid, gamma1) / z[:, None], 0.0)
+                offs_n = n0 + tl.arange(0, BLOCK_N)
+                ptrs = attn_ptr + i * stride_ab + offs_t[:, None] * stride_at + offs_n[None, :] * stride_an
+                tl.store(ptrs, alpha, mask=(offs_t[:, None] < T) & n_valid[None, :])
+
+
+@triton.jit
+def _damsm_bwd_words_kernel(
+    grad_ptr, words_ptr, cap_lens_ptr, regions_ptr, partial_ptr,
+    B_img, T, D, N, gamma1, gamma2, SPLIT,
+    stride_gi, stride_gj,
+    stride_wb, stride_wd, stride_wt,
+    stride_rb, stride_rd, stride_rn,
+    stride_ps, stride_pb, stride_pd, stride_pt,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """d_words for caption j, summed over images i ≡ split (mod SPLIT); partial sums over splits."""
+    j = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1)
+    cap_len = tl.load(cap_lens_ptr + j)
+    e, t_valid = _load_caption(words_ptr, j, cap_len, T, D, stride_wb, stride_wd, stride_wt, BLOCK_T, BLOCK_D)
+    acc = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
+    for i in range(split, B_img, SPLIT):
+        g = tl.load(grad_ptr + i * stride_gi + j * stride_gj).to(tl.float32)
+        c, z = _pair_context(e, t_valid, regions_ptr, i, N, D, gamma1, stride_rb, stride_rd, stride_rn,
+                             BLOCK_T, BLOCK_D, BLOCK_N, PRECISION)
+        dc, de, row_dot = _pair_backward_setup(c, e, t_valid, g, gamma2)
+        acc += de
+        for n0 in range(0, N, BLOCK_N):
+            v, n_valid = _load_region_tile(regions_ptr, i, n0, N, D, stride_rb, stride_rd, stride_rn, BLOCK_D, BLOCK_N)
+            _, ds = _tile_backward(e, t_valid, v, n_valid, z, dc, row_dot, gamma1, PRECISION)
+            acc += tl.dot(ds, tl.trans(v), input_precision=PRECISION)
+    offs_t = tl.arange(0, BLOCK_T)
+    offs_d = tl.arange(0, BLOCK_D)
+    ptrs = partial_ptr + split * stride_ps + j * stride_pb + offs_t[:, None] * stride_pt + offs_d[None, :] * stride_pd
+    # Rows of padding words are exactly zero (their ds, dc and direct terms vanish): store all T rows.
+    tl.store(ptrs, acc, mask=(offs_t[:, None] < T) & (offs_d[None, :] < D))
+
+
+@triton.jit
+def _damsm_bwd_regions_kernel(
+    grad_ptr, words_ptr, cap_lens_ptr, regions_ptr, partial_ptr,
+    B_cap, T, D, N, gamma1, gamma2, SPLIT,
+    stride_gi, stride_gj,
+    stride_wb, stride_wd, stride_wt,
+    stride_rb, stride_rd, stride_rn,
+    stride_ps, stride_pb, stride_pd, stride_pn,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """d_regions for image i, summed over captions j ≡ split (mod SPLIT) into a zeroed partial buffer
+    that this program alone owns (read-modify-write per region tile, no atomics)."""
+    i = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1)
+    offs_d = tl.arange(0, BLOCK_D)
+    for j in range(split, B_cap, SPLIT):
+        cap_len = tl.load(cap_lens_ptr + j)
+        g = tl.load(grad_ptr + i * stride_gi + j * stride_gj).to(tl.float32)
+        e, t_valid = _load_caption(words_ptr, j, cap_len, T, D, stride_wb, stride_wd, stride_wt, BLOCK_T, BLOCK_D)
+        c, z = _pair_context(e, t_valid, regions_ptr, i, N, D, gamma1, stride_rb, stride_rd, stride_rn,
+                             BLOCK_T, BLOCK_D, BLOCK_N, PRECISION)
+        dc, _, row_dot = _pair_backward_setup(c, e, t_valid, g, gamma2)
+        for n0 in range(0, N, BLOCK_N):
+            v, n_valid = _load_region_tile(regions_ptr, i, n0, N, D, stride_rb, stride_rd, stride_rn, BLOCK_D, BLOCK_N)
+            alpha, ds = _tile_backward(e, t_valid, v, n_valid, z, dc, row_dot, gamma1, PRECISION)
+            dv = tl.dot(tl.trans(dc), alpha, input_precision=PRECISION)
+            dv += tl.dot(tl.trans(e), ds, input_precision=PRECISION)
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            ptrs = partial_ptr + split * stride_ps + i * stride_pb + offs_d[:, None] * stride_pd + offs_n[None, :] * stride_pn
+            tile_mask = (offs_d[:, None] < D) & n_valid[None, :]
+            tl.store(ptrs, tl.load(ptrs, mask=tile_mask, other=0.0) + dv, mask=tile_mask)
+        # The next caption reads these tiles back; the barrier makes this program's global stores
+        # visible to all of its threads, whatever register layout the compiler picks for the load.
+        tl.debug_barrier()
+
+
+# --------------------------------------------------------------------------------------------------
+# launchers
+
+INTERPRETED = kernel_is_interpreted(_damsm_fwd_kernel)
+
+
+def _blocks(T: int, D: int, N: int) -> dict:
+    block_d = next_block(D)
+    # Registers hold a few (BLOCK_T, BLOCK_D) tiles plus a (BLOCK_D, BLOCK_N) region tile.
+    block_n = 32 if block_d <= 256 else 16
+    return dict(BLOCK_T=next_block(T), BLOCK_D=block_d, BLOCK_N=min(block_n, next_block(N)))
+
+
+def _num_warps(block_d: int) -> int:
+    return 4 if block_d <= 64 else 8
+
+
+def _split_for(batch_programs: int, loop_len: int, device: torch.device) -> int:
+    """How many programs share one reduction loop: enough programs to fill the GPU, deterministic
+    partial sums added afterwards. Under the interpreter 2 (when possible) so that path is tested."""
+    if device.type != "cuda":
+        return min(2, loop_len)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(loop_len, math.ceil(2 * sms / max(batch_programs, 1))))
+
+
+def _check_fused_dtypes(*tensors: torch.Tensor) -> None:
+    for t in tensors:
+        if t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            raise TypeError(f"the fused DAMSM kernels take fp16, bf16 or fp32 features, got {t.dtype}")
+
+
+def damsm_forward(words, cap_lens, regions, gamma1: float, gamma2: float, return_attn: bool, precision: str):
+    """words (B_cap, D, T), cap_lens (B_cap,), regions (B_img, D, N) -> scores (B_img, B_cap) fp32 and
+    attn (B, T, N) fp32 (empty unless ``return_attn``)."""
+    _check_fused_dtypes(words, regions)
+    B_cap, D, T = words.shape
+    B_img, _, N = regions.shape
+    scores = alloc_output((B_img, B_cap), words.device, torch.float32)
+    if return_attn:
+        attn = alloc_output((B_img, T, N), words.device, torch.float32)
+        attn_strides = attn.stride()
+    else:
+        attn = torch.empty(0, device=words.device, dtype=torch.float32)
+        attn_strides = (0, 0, 0)
+    blocks = _blocks(T, D, N)
+    _damsm_fwd_kernel[(B_img, B_cap)](
+        words, cap_lens, regions, scores, attn,
+        T, D, N, float(gamma1), float(gamma2),
+        *words.stride(), *regions.stride(), *scores.stride(), *attn_strides,
+        RETURN_ATTN=return_attn, PRECISION=precision, num_warps=_num_warps(blocks["BLOCK_D"]), **blocks,
+    )
+    return scores, attn
+
+
+def damsm_backward(grad_scores, words, cap_lens, regions, gamma1: float, gamma2: float, precision: str,
+                   need_words: bool = True, need_regions: bool = True,
+                   split_words: int | None = None, split_regions: int | None = None):
+    """Gradients (d_words (B_cap, D, T), d_regions (B_img, D, N)) in the inputs' dtypes; one that is
+    not needed is skipped and returned empty (GAN training needs only d_regions)."""
+    _check_fused_dtypes(words, regions)
+    B_cap, D, T = words.shape
+    B_img, _, N = regions.shape
+    blocks = _blocks(T, D, N)
+    num_warps = _num_warps(blocks["BLOCK_D"])
+    common = dict(PRECISION=precision, num_warps=num_warps, **blocks)
+
+    d_words = words.new_empty((0,))
+    d_regions = regions.new_empty((0,))
+    if need_words:
+        sw = split_words or _split_for(B_cap, B_img, words.device)
+        partial_w = alloc_output((sw, B_cap, D, T), words.device, torch.float32)
+        _damsm_bwd_words_kernel[(B_cap, sw)](
+            grad_scores, words, cap_lens, regions, partial_w,
+            B_img, T, D, N, float(gamma1), float(gamma2), sw,
+            *grad_scores.stride(), *words.stride(), *regions.stride(), *partial_w.stride(),
+            **common,
+        )
+        d_words = partial_w.sum(0).to(words.dtype)
+    if need_regions:
+        sr = split_regions or _split_for(B_img, B_cap, words.device)
+        partial_r = torch.zeros((sr, B_img, D, N), device=words.device, dtype=torch.float32)
+        _damsm_bwd_regions_kernel[(B_img, sr)](
+            grad_scores, words, cap_lens, regions, partial_r,
+            B_cap, T, D, N, float(gamma1), float(gamma2), sr,
+            *grad_scores.stride(), *words.stride(), *regions.stride(), *partial_r.stride(),
+            **common,
+        )
+        d_regions = partial_r.sum(0).to(regions.dtype)
+    return d_words, d_regions

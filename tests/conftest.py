@@ -1,0 +1,40 @@
+"""Test set-up. Without a CUDA device the Triton kernels run through the interpreter on CPU tensors;
+TRITON_INTERPRET must be set before ``kernels`` is imported, which is why this happens here, at the
+top of the first file pytest loads. With a GPU the kernels are compiled and the ``gpu`` tests run."""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import kernels  # noqa: E402
+import kernels._runtime as runtime  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def poison_kernel_outputs(monkeypatch):
+    """Every output buffer a launcher allocates starts as NaN, so an element left unwritten fails."""
+    monkeypatch.setattr(runtime, "POISON_OUTPUTS", True)
+
+
+@pytest.fixture(autouse=True)
+def fresh_seed():
+    """A fresh, logged seed per test: inputs differ from run to run, and a failure can be replayed with
+    ATTNGAN_TEST_SEED."""
+    seed = int(os.environ.get("ATTNGAN_TEST_SEED", torch.seed() % 2**31))
+    torch.manual_seed(seed)
+    yield seed
+
+
+def pytest_report_header(config):
+    mode = "interpreter (CPU tensors)" if kernels.interpreter_active() else "compiled"
+    return f"attngan-fast: triton kernels {mode}; cuda={torch.cuda.is_available()}; seed via ATTNGAN_TEST_SEED"
+
+
+def pytest_runtest_makereport(item, call):
+    if call.when == "call" and call.excinfo is not None and "fresh_seed" in item.funcargs:
+        item.add_report_section("call", "seed", f"ATTNGAN_TEST_SEED={item.funcargs['fresh_seed']}")

@@ -1,0 +1,52 @@
+"""Package-level promises: the command line answers, and nothing in the package can download."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import kernels
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_cli_info_reports_versions_and_kernel_mode():
+    out = subprocess.run([sys.executable, "-m", "attngan_fast", "info"], capture_output=True, text=True, check=True,
+                         cwd=ROOT)
+    facts = json.loads(out.stdout)
+    assert facts["torch"] == torch.__version__
+    assert facts["cuda_available"] == torch.cuda.is_available()
+    assert isinstance(facts["triton_interpreter"], bool)
+
+
+def test_cli_without_command_prints_help_and_fails():
+    out = subprocess.run([sys.executable, "-m", "attngan_fast"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2 and "usage: attngan-fast" in out.stderr
+
+
+def test_kernels_import_alone_and_export_the_contract():
+    for name in ("damsm_word_scores", "damsm_word_scores_ref", "word_attention", "word_attention_ref"):
+        assert callable(getattr(kernels, name))
+
+
+# Calls that fetch from the network: none may appear in our code (weights and data come from local
+# files the user names).
+NETWORK_CALLS = re.compile(
+    r"load_state_dict_from_url|download_url|urlretrieve|urlopen|requests\.|torch\.hub\.|hf_hub_download"
+    r"|pretrained=True|weights=\"DEFAULT\"|nltk\.download|http://|https://"
+)
+
+
+def test_nothing_in_the_package_downloads():
+    offenders = []
+    for package in ("attngan_fast", "kernels"):
+        for path in (ROOT / package).rglob("*.py"):
+            for lineno, line in enumerate(path.read_text().splitlines(), 1):
+                if NETWORK_CALLS.search(line):
+                    offenders.append(f"{path.relative_to(ROOT)}:{lineno}: {line.strip()}")
+    assert not offenders, "network access in package code:\n" + "\n".join(offenders)

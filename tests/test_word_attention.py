@@ -1,0 +1,284 @@
+"""F_attn word attention: both paths against float64, gradients, masks (own and legacy), layouts,
+compile, autocast, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kernels.attention.op as attention_op
+from kernels import word_attention, word_attention_ref
+from kernels.attention import word_attention_ref_backward
+from numerics import DTYPES, IMPLS, TOLERANCE, assert_rel, loss_and_grads, needs_interpreter, quantize
+
+# name: (B, C, H, W, T, scale, mask, layout)
+CASES = {
+    "basic": (2, 32, 8, 8, 7, 1.0, "lengths", "nchw"),
+    "48-channels": (2, 48, 4, 4, 5, 1.0, "lengths", "nchw"),
+    "one-word-no-mask": (2, 20, 3, 5, 1, 1.0, None, "nchw"),
+    "odd-pixels": (3, 20, 5, 7, 6, 1.0, "lengths", "nchw"),
+    "channels-last": (2, 16, 6, 6, 9, 1.0, "lengths", "channels_last"),
+    "non-contiguous": (2, 24, 5, 6, 6, 1.0, "lengths", "transposed"),
+    "saturated-softmax": (2, 20, 5, 5, 6, 6.0, "lengths", "nchw"),
+    "legacy-mask": (3, 8, 4, 5, 6, 1.0, "legacy", "nchw"),
+}
+# Scale 6 puts the scores near |s| ~ 150 and saturates the softmax: ctx stays exact, but d_query all
+# but vanishes (~1e-7 against d_context ~30) and what is left is the softmax backward's cancellation
+# noise, of fp32's size in any implementation. There the gradients are judged against their natural
+# scale ‖g‖·max_t‖k_t‖² (d_query) and ‖g‖·max_q‖h_q‖ (d_context), which still fails any real bug.
+SATURATED = {"saturated-softmax"}
+
+
+def make_inputs(batch, channels, height, width, max_len, scale=1.0, mask="lengths", layout="nchw"):
+    """query (B, C, H, W), context (B, C, T), word_mask (B, T) with lengths 1..T (or None)."""
+    if layout == "transposed":
+        query = torch.randn(batch, channels, width, height).transpose(2, 3) * scale
+        context = torch.randn(batch, max_len, channels).transpose(1, 2) * scale
+    else:
+        query = torch.randn(batch, channels, height, width) * scale
+        context = torch.randn(batch, channels, max_len) * scale
+    if layout == "channels_last":
+        query = query.contiguous(memory_format=torch.channels_last)
+    word_mask = None
+    if mask is not None:
+        lengths = torch.randint(1, max_len + 1, (batch,))
+        lengths[0], lengths[-1] = max_len, 1
+        word_mask = torch.arange(max_len)[None, :] >= lengths[:, None]
+    return query, context, word_mask
+
+
+def released_legacy_attention(query, context, word_mask):
+    """The released code's F_attn, transcribed step for step: flattened (B·HW, T) scores masked with
+    ``mask.repeat(HW, 1)``, softmax, then the weighted sum of the (unzeroed) context."""
+    B, C, H, W = query.shape
+    T = context.shape[2]
+    target = query.reshape(B, C, H * W).transpose(1, 2)  # (B, HW, C)
+    scores = torch.bmm(target, context).reshape(B * H * W, T)
+    scores = scores.masked_fill(word_mask.repeat(H * W, 1), float("-inf"))
+    attn = torch.softmax(scores, dim=1).reshape(B, H * W, T).transpose(1, 2)  # (B, T, HW)
+    ctx = torch.bmm(context, attn).reshape(B, C, H, W)
+    return ctx, attn.reshape(B, T, H, W)
+
+
+def own_mask_attention(query, context, word_mask):
+    """One sample at a time, each with its own valid words only."""
+    outs, maps = [], []
+    for b in range(query.shape[0]):
+        keep = ~word_mask[b] if word_mask is not None else torch.ones(context.shape[2], dtype=torch.bool)
+        k = context[b][:, keep]  # (C, T_b)
+        q = query[b].flatten(1)  # (C, HW)
+        beta = torch.softmax(q.t() @ k, dim=1)  # (HW, T_b)
+        outs.append((k @ beta.t()).reshape(query.shape[1:]))
+        full = torch.zeros(query.shape[2] * query.shape[3], context.shape[2], dtype=beta.dtype)
+        full[:, keep] = beta
+        maps.append(full.t().reshape(-1, *query.shape[2:]))
+    return torch.stack(outs), torch.stack(maps)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if CASES[c][6] != "legacy"])
+def test_reference_equals_per_sample_loop(case):
+    query, context, word_mask = make_inputs(*CASES[case])
+    q64, k64 = query.double(), context.double()
+    ctx, attn = word_attention_ref(q64, k64, word_mask, return_attn=True)
+    loop_ctx, loop_attn = own_mask_attention(q64, k64, word_mask)
+    assert_rel(ctx, loop_ctx, 1e-12, "ctx")
+    assert_rel(attn, loop_attn, 1e-12, "attn")
+
+
+def test_legacy_reference_equals_released_transcription():
+    query, context, word_mask = make_inputs(*CASES["legacy-mask"])
+    q64, k64 = query.double(), context.double()
+    ctx, attn = word_attention_ref(q64, k64, word_mask, return_attn=True, legacy_mask=True)
+    rel_ctx, rel_attn = released_legacy_attention(q64, k64, word_mask)
+    assert_rel(ctx, rel_ctx, 1e-12, "legacy ctx")
+    assert_rel(attn, rel_attn, 1e-12, "legacy attn")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_released_mask_bug_only_with_legacy_mask(impl):
+    """The released mask layout really differs from per-sample masking, and only legacy_mask reproduces it."""
+    query, context, _ = make_inputs(3, 8, 4, 5, 6)
+    word_mask = torch.arange(6)[None, :] >= torch.tensor([6, 2, 4])[:, None]
+    own = word_attention(query, context, word_mask, return_attn=True, impl=impl)
+    legacy = word_attention(query, context, word_mask, return_attn=True, legacy_mask=True, impl=impl)
+    released = released_legacy_attention(query.double(), context.double(), word_mask)
+    assert_rel(legacy[0], released[0], 1e-5, "legacy ctx")
+    assert_rel(legacy[1], released[1], 1e-5, "legacy attn")
+    # Sample 1 has 2 words; under the released layout many of its pixels attend to words 2..5.
+    assert own[1][1, 2:].abs().max() == 0
+    assert legacy[1][1, 2:].abs().max() > 0.01
+    assert (own[0] - legacy[0]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("case", list(CASES))
+def test_outputs_and_gradients_match_float64(case, dtype, impl):
+    query, context, word_mask = make_inputs(*CASES[case])
+    legacy = CASES[case][6] == "legacy"
+    query, query64 = quantize(query, DTYPES[dtype])
+    context, context64 = quantize(context, DTYPES[dtype])
+    for t in (query, query64, context, context64):
+        t.requires_grad_()
+
+    ref_ctx, ref_attn = word_attention_ref(query64, context64, word_mask, return_attn=True, legacy_mask=legacy)
+    ctx, attn = word_attention(query, context, word_mask, return_attn=True, legacy_mask=legacy, impl=impl)
+    assert ctx.dtype == query.dtype and attn.dtype == torch.float32
+    assert ctx.shape == query.shape and attn.shape == ref_attn.shape
+    tol = TOLERANCE[dtype]
+    assert_rel(ctx, ref_ctx, tol, f"ctx ({impl}, {dtype})")
+    assert_rel(attn, ref_attn, tol, f"attn ({impl}, {dtype})")
+
+    grad = torch.randn_like(ref_ctx)
+    (ref_ctx * grad).sum().backward()
+    (ctx * grad.to(ctx.dtype)).sum().backward()
+    assert query.grad.dtype == query.dtype and context.grad.dtype == context.dtype
+    floor_q = floor_k = 0.0
+    if case in SATURATED:
+        floor_q = float(grad.norm() * torch.linalg.vector_norm(context64.detach(), dim=1).max() ** 2)
+        floor_k = float(grad.norm() * torch.linalg.vector_norm(query64.detach().flatten(2), dim=1).max())
+    assert_rel(query.grad, query64.grad, tol, f"d_query ({impl}, {dtype})", floor=floor_q)
+    assert_rel(context.grad, context64.grad, tol, f"d_context ({impl}, {dtype})", floor=floor_k)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_channels_last_stays_channels_last(impl):
+    query, context, word_mask = make_inputs(*CASES["channels-last"])
+    query.requires_grad_()
+    ctx, _ = word_attention(query, context, word_mask, impl=impl)
+    if impl == "triton":
+        assert ctx.is_contiguous(memory_format=torch.channels_last)
+    ctx.sum().backward()
+    assert query.grad.shape == query.shape
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_padding_words_never_take_part(impl):
+    query, context, word_mask = make_inputs(3, 16, 4, 4, 6)
+    clean, _ = word_attention(query, context, word_mask, impl=impl)
+    poisoned = context.clone()
+    poisoned[word_mask.unsqueeze(1).expand_as(poisoned)] = float("nan")
+    poisoned.requires_grad_()
+    ctx, attn = word_attention(query, poisoned, word_mask, return_attn=True, impl=impl)
+    assert torch.equal(ctx, clean)
+    assert torch.all(attn.permute(0, 2, 3, 1)[word_mask.unsqueeze(1).unsqueeze(1).expand(-1, 4, 4, -1)] == 0)
+    ctx.sum().backward()
+    assert torch.all(poisoned.grad.transpose(1, 2)[word_mask] == 0)
+    assert torch.isfinite(poisoned.grad).all()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_maps_only_on_request(impl):
+    query, context, word_mask = make_inputs(2, 16, 4, 4, 5)
+    ctx, attn = word_attention(query, context, word_mask, impl=impl)
+    assert attn is None
+    ctx2, attn2 = word_attention(query, context, word_mask, return_attn=True, impl=impl)
+    assert torch.equal(ctx, ctx2)
+    torch.testing.assert_close(attn2.sum(1), torch.ones(2, 4, 4))
+
+
+def test_analytic_backward_equals_autograd():
+    for legacy in (False, True):
+        query, context, word_mask = make_inputs(3, 12, 4, 5, 6)
+        q = query.double().requires_grad_()
+        k = context.double().requires_grad_()
+        grad = torch.randn(3, 12, 4, 5, dtype=torch.float64)
+        (word_attention_ref(q, k, word_mask, legacy_mask=legacy)[0] * grad).sum().backward()
+        d_q, d_k = word_attention_ref_backward(grad, q.detach(), k.detach(), word_mask, legacy)
+        assert_rel(d_q, q.grad, 1e-12, f"analytic d_query legacy={legacy}")
+        assert_rel(d_k, k.grad, 1e-12, f"analytic d_context legacy={legacy}")
+
+
+@needs_interpreter
+@pytest.mark.parametrize("mask", ["none", "own", "legacy"])
+def test_opcheck_fused_op(mask):
+    query, context, word_mask = make_inputs(2, 16, 4, 4, 5, mask=None if mask == "none" else "lengths")
+    for return_attn in (False, True):
+        torch.library.opcheck(
+            torch.ops.attngan_fast.word_attention.default,
+            (query.requires_grad_(), context.requires_grad_(), word_mask, return_attn, mask == "legacy", "ieee"),
+        )
+
+
+def test_opcheck_reference_kernels(monkeypatch):
+    monkeypatch.setattr(attention_op, "_fused_ok", lambda *tensors: False)
+    query, context, word_mask = make_inputs(2, 16, 4, 4, 5, layout="channels_last")
+    for return_attn in (False, True):
+        torch.library.opcheck(
+            torch.ops.attngan_fast.word_attention.default,
+            (query.requires_grad_(), context.requires_grad_(), word_mask, return_attn, False, "ieee"),
+        )
+
+
+def _loss_fn(impl, word_mask):
+    def loss(query, context):
+        ctx, _ = word_attention(query, context, word_mask, impl=impl)
+        return (ctx.float() ** 2).mean() + ctx.float().sum() * 0.1
+
+    return loss
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("impl", IMPLS)
+def test_compile_fullgraph_matches_eager(impl):
+    torch._dynamo.reset()
+    query, context, word_mask = make_inputs(2, 16, 6, 6, 5)
+    eager = loss_and_grads(_loss_fn(impl, word_mask), query, context)
+    compiled = loss_and_grads(torch.compile(_loss_fn(impl, word_mask), fullgraph=True), query, context)
+    for what, a, b in zip(("loss", "d_query", "d_context"), eager, compiled):
+        assert_rel(b, a, 1e-5, f"compiled {what}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("impl", IMPLS)
+def test_autocast_bf16_eager_and_compiled_agree(impl):
+    """As for the DAMSM op: fp32 inside on both paths; the reference's compiled backward needs
+    ``backward_pass_autocast="off"`` (pytorch#153044), the fused op does not."""
+    torch._dynamo.reset()
+    query, context, word_mask = make_inputs(2, 16, 6, 6, 5)
+    plain = loss_and_grads(_loss_fn(impl, word_mask), query, context)
+    eager = loss_and_grads(_loss_fn(impl, word_mask), query, context, autocast=True)
+    backward_autocast = "off" if impl == "reference" else "same_as_forward"
+    with torch._functorch.config.patch(backward_pass_autocast=backward_autocast):
+        compiled = loss_and_grads(torch.compile(_loss_fn(impl, word_mask), fullgraph=True), query, context, autocast=True)
+    for what, a, b, c in zip(("loss", "d_query", "d_context"), plain, eager, compiled):
+        assert_rel(b, a, 1e-6, f"autocast eager {what}")
+        assert_rel(c, a, 1e-5, f"autocast compiled {what}")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bf16_activations_with_fp32_context(impl):
+    """Under AMP the image features arrive in bf16 while the projected words may be fp32."""
+    query, context, word_mask = make_inputs(2, 16, 4, 4, 5)
+    query, query64 = quantize(query, torch.bfloat16)
+    ctx, _ = word_attention(query, context, word_mask, impl=impl)
+    assert ctx.dtype == torch.float32
+    ref, _ = word_attention_ref(query64, context.double(), word_mask)
+    assert_rel(ctx, ref, 1e-5, "mixed-dtype ctx")
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+def _good():
+    return torch.randn(2, 8, 3, 3), torch.randn(2, 8, 4), torch.tensor([[False] * 4, [False, False, True, True]])
+
+
+@pytest.mark.parametrize(
+    "mutate, error, match",
+    [
+        (lambda q, k, m: (q[0], k, m), ValueError, "query must have 4 dimensions"),
+        (lambda q, k, m: (q, k[0], m), ValueError, "context must have 3 dimensions"),
+        (lambda q, k, m: (q, torch.randn(2, 6, 4), m), ValueError, "context has 6 channels but query has 8"),
+        (lambda q, k, m: (q, torch.randn(3, 8, 4), m), ValueError, "context has batch 3 but query has batch 2"),
+        (lambda q, k, m: (q, k, m[:, :3]), ValueError, r"word_mask must have shape \(B, T\) = \(2, 4\)"),
+        (lambda q, k, m: (q, k, m.long()), TypeError, "word_mask must be a bool tensor"),
+        (lambda q, k, m: (q, k, torch.ones(2, 4, dtype=torch.bool)), ValueError, "masks every word of sample 0"),
+        (lambda q, k, m: (q.int(), k, m), TypeError, "query must be a floating tensor"),
+        (lambda q, k, m: (q, k.to("meta"), m), ValueError, "context is on meta but query is on cpu"),
+        (lambda q, k, m: (q, k, m.to("meta")), ValueError, "word_mask is on meta"),
+    ],
+)
+def test_bad_inputs_name_the_argument(mutate, error, match):
+    query, context, word_mask = mutate(*_good())
+    with pytest.raises(error, match=match):
+        word_attention(query, context, word_mask)
