@@ -1,0 +1,233 @@
+"""Configuration: YAML files checked against a typed schema (dataclasses).
+
+A config is a preset name (``bird``, ``coco``, ``synthetic``: files in ``attngan_fast/configs``) or a
+path to a YAML file; ``--set section.key=value`` overrides single values (the value is parsed as YAML).
+An unknown key or a value of the wrong type is a ``ConfigError`` that names the key path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/birds"
+    layout: Literal["cub", "coco"] = "cub"
+    captions_per_image: int = 10
+    words_num: int = 18  # captions longer than this keep a random ordered subset of their words
+    image_size: int = 299  # final (largest) image side the encoders / last GAN stage see
+    workers: int = 2
+
+
+@dataclass
+class TextEncoderConfig:
+    embedding_dim: int = 300  # word embedding size
+    hidden_dim: int = 256  # output features D (both LSTM directions together)
+    dropout: float = 0.5
+
+
+@dataclass
+class ImageEncoderConfig:
+    kind: Literal["inception", "compact"] = "inception"
+    inception_weights: Optional[str] = None  # local torchvision Inception-v3 state_dict; none = random
+    compact_width: int = 64  # channels of the compact CNN's first block
+
+
+@dataclass
+class DamsmConfig:
+    gamma1: float = 4.0
+    gamma2: float = 5.0
+    gamma3: float = 10.0
+    batch_size: int = 48
+    epochs: int = 600
+    lr: float = 2e-3
+    betas: tuple[float, float] = (0.5, 0.999)
+    lr_decay: float = 0.98  # per epoch, while lr > lr / min_lr_divisor
+    min_lr_divisor: float = 10.0
+    rnn_grad_clip: float = 0.25
+    max_minutes: Optional[float] = None  # stop (with a checkpoint) after this much training time
+    snapshot_every: int = 50  # epochs between kept checkpoints (the latest is always kept)
+    pictures_every: int = 1  # epochs between attention-map pictures
+
+
+@dataclass
+class RuntimeConfig:
+    out_dir: str = "runs/damsm"
+    seed: int = 100
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    compile: bool = False
+    impl: Literal["auto", "triton", "reference"] = "auto"
+    channels_last: bool = False
+    log_every: int = 50  # steps between JSONL log lines
+    eval_batches: Optional[int] = None  # cap on validation batches per epoch (None = whole test split)
+
+
+@dataclass
+class Config:
+    preset: str = "custom"
+    data: DataConfig = field(default_factory=DataConfig)
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    damsm: DamsmConfig = field(default_factory=DamsmConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> dict:
+        return _to_plain(dataclasses.asdict(self))
+
+
+def _to_plain(x):
+    if isinstance(x, dict):
+        return {k: _to_plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_to_plain(v) for v in x]
+    return x
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value, tp, path: str):
+    """``value`` checked (and gently converted: int -> float, list -> tuple) against annotation ``tp``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union or (hasattr(types, "UnionType") and isinstance(tp, types.UnionType)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, path)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{path}: bad value {value!r}")
+    if origin is Literal:
+        if isinstance(value, bool) and not any(isinstance(a, bool) for a in args):
+            # YAML 1.1 reads a bare off/on as a boolean; the literal meant is the word.
+            value = {False: "off", True: "on"}[value]
+        if value not in args:
+            raise ConfigError(f"{path} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{path} must be a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path} must be a string, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    raise ConfigError(f"{path}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _build(cls, data, path: str = ""):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'} must be a mapping of keys to values, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(repr(k) for k in unknown)}"
+                          f"{where}; known: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(v, hints[k], f"{path}.{k}" if path else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> dict:
+    """``"damsm.lr=0.001"`` -> ``{"damsm": {"lr": 0.001}}`` (the value is parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"--set takes section.key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set takes section.key=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {err}") from None
+    out: dict = value
+    for part in reversed(parts):
+        out = {part: out}
+    return out
+
+
+def load_config(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """A preset name or YAML path (None = defaults), then ``section.key=value`` overrides."""
+    data: dict = {}
+    if source is not None:
+        path = Path(source)
+        if path.suffix in (".yaml", ".yml") or path.exists():
+            if not path.is_file():
+                raise ConfigError(f"config file {path} does not exist")
+            data = _read_yaml(path)
+        elif str(source) in preset_names():
+            data = _read_yaml(PRESET_DIR / f"{source}.yaml")
+        else:
+            raise ConfigError(f"unknown config {str(source)!r}: give a YAML file or one of the presets {preset_names()}")
+    for text in overrides:
+        data = _merge(data, parse_override(text))
+    return _build(Config, data)
+
+
+def config_from_dict(data: dict) -> Config:
+    """Rebuild a config saved with ``Config.to_dict`` (checked like a file)."""
+    return _build(Config, data)

@@ -1,0 +1,113 @@
+"""The release's dataset layouts on disk (DESIGN.md §4), read with clear errors.
+
+CUB:  <root>/CUB_200_2011/images/<key>.jpg, CUB_200_2011/images.txt, CUB_200_2011/bounding_boxes.txt,
+      <root>/text/<key>.txt (10 captions), <root>/{train,test}/filenames.pickle, optional class_info.pickle
+COCO: <root>/images/<key>.jpg, <root>/text/<key>.txt (5 captions), <root>/{train,test}/filenames.pickle
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..safe_pickle import as_text, load_plain_pickle
+
+LAYOUTS = ("cub", "coco")
+SPLITS = ("train", "test")
+
+
+class DataError(ValueError):
+    """Data on disk is missing or not in the expected layout; the message says what is expected where."""
+
+
+@dataclass
+class SplitIndex:
+    keys: list[str]
+    class_ids: list[int] | None
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise DataError(f"missing {what}: expected {path}")
+    return path
+
+
+def check_layout(root: str | Path, layout: str) -> Path:
+    root = Path(root)
+    if layout not in LAYOUTS:
+        raise DataError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if not root.is_dir():
+        raise DataError(f"data root {root} does not exist (expected the release's {layout.upper()} layout there)")
+    _require(root / "text", "caption folder (one <key>.txt per image)")
+    if layout == "cub":
+        _require(root / "CUB_200_2011" / "images", "CUB image folder")
+    else:
+        _require(root / "images", "COCO image folder")
+    for split in SPLITS:
+        _require(root / split / "filenames.pickle", f"{split} split list")
+    return root
+
+
+def read_split(root: str | Path, split: str) -> SplitIndex:
+    """Keys of a split from ``filenames.pickle`` and class ids from ``class_info.pickle`` when present."""
+    root = Path(root)
+    path = _require(root / split / "filenames.pickle", f"{split} split list")
+    keys = load_plain_pickle(path)
+    if not isinstance(keys, (list, tuple)) or not all(isinstance(k, (str, bytes)) for k in keys):
+        raise DataError(f"{path} must hold a list of image keys")
+    keys = [as_text(k) for k in keys]
+    class_ids = None
+    info = root / split / "class_info.pickle"
+    if info.exists():
+        raw = load_plain_pickle(info)
+        try:
+            class_ids = [int(c) for c in raw]
+        except (TypeError, ValueError):
+            raise DataError(f"{info} must hold one integer class id per image") from None
+        if len(class_ids) != len(keys):
+            raise DataError(f"{info} has {len(class_ids)} class ids but {path} has {len(keys)} keys")
+    return SplitIndex(keys, class_ids)
+
+
+def image_path(root: str | Path, layout: str, key: str) -> Path:
+    root = Path(root)
+    if layout == "cub":
+        return root / "CUB_200_2011" / "images" / f"{key}.jpg"
+    return root / "images" / f"{key}.jpg"
+
+
+def caption_path(root: str | Path, key: str) -> Path:
+    return Path(root) / "text" / f"{key}.txt"
+
+
+def read_caption_lines(root: str | Path, key: str) -> list[str]:
+    """The non-blank lines of an image's caption file."""
+    path = caption_path(root, key)
+    if not path.is_file():
+        raise DataError(f"missing captions for {key!r}: expected {path}")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read_cub_boxes(root: str | Path) -> dict[str, tuple[float, float, float, float]]:
+    """key -> (x, y, width, height) from the CUB images.txt / bounding_boxes.txt pair."""
+    base = Path(root) / "CUB_200_2011"
+    images = _require(base / "images.txt", "CUB image list")
+    boxes = _require(base / "bounding_boxes.txt", "CUB bounding boxes")
+    id_to_key = {}
+    for lineno, line in enumerate(images.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise DataError(f"{images}:{lineno}: expected '<id> <path>.jpg', got {line!r}")
+        id_to_key[parts[0]] = parts[1][:-4] if parts[1].endswith(".jpg") else parts[1]
+    out = {}
+    for lineno, line in enumerate(boxes.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 5 or parts[0] not in id_to_key:
+            raise DataError(f"{boxes}:{lineno}: expected '<id> x y width height' for an id of images.txt, got {line!r}")
+        out[id_to_key[parts[0]]] = tuple(float(v) for v in parts[1:])
+    return out

@@ -1,0 +1,157 @@
+"""The caption cache: token ids of every caption of both splits plus the vocabulary, as JSON.
+
+Built from the text files (``attngan-fast data prepare --root DIR``), or taken from the release's
+``captions.pickle`` when it lies in the root (read through the restricted unpickler), so that a
+released text encoder keeps its vocabulary. Rebuilt automatically when the split lists change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..safe_pickle import as_text, load_plain_pickle
+from ..text import END_TOKEN, Vocabulary, tokenize
+from .layouts import SPLITS, DataError, check_layout, read_caption_lines, read_split
+
+CACHE_NAME = "attngan_fast_captions.json"
+CACHE_FORMAT = 1
+
+
+@dataclass
+class CaptionCache:
+    layout: str
+    captions_per_image: int
+    vocab: Vocabulary
+    keys: dict[str, list[str]]
+    class_ids: dict[str, list[int] | None]
+    captions: dict[str, list[list[int]]]  # split -> ids of caption c of image i at i * cpi + c
+    source: str = "text"
+    report: dict = field(default_factory=dict)
+
+    def caption(self, split: str, image: int, index: int) -> list[int]:
+        return self.captions[split][image * self.captions_per_image + index]
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """Write to a temporary file in the same folder, then rename: a reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _from_release_pickle(path: Path, keys: dict[str, list[str]], cpi: int):
+    data = load_plain_pickle(path)
+    if not isinstance(data, (list, tuple)) or len(data) != 4:
+        raise DataError(f"{path}: expected the release's [train_captions, test_captions, ixtoword, wordtoix]")
+    train, test, ixtoword, _ = data
+    words = [as_text(ixtoword[i]) for i in range(len(ixtoword))]
+    if words[0] != END_TOKEN:
+        raise DataError(f"{path}: index 0 of the vocabulary must be {END_TOKEN!r}, got {words[0]!r}")
+    captions = {"train": [[int(t) for t in c] for c in train], "test": [[int(t) for t in c] for c in test]}
+    for split in SPLITS:
+        if len(captions[split]) != len(keys[split]) * cpi:
+            raise DataError(
+                f"{path}: {len(captions[split])} {split} captions, but {len(keys[split])} images x {cpi} captions "
+                "were expected; is captions_per_image right for this dataset?"
+            )
+        empty = [i for i, c in enumerate(captions[split]) if not c]
+        if empty:
+            raise DataError(f"{path}: {split} caption {empty[0]} is empty")
+    return Vocabulary(words), captions
+
+
+def _from_text(root: Path, keys: dict[str, list[str]], cpi: int, progress: bool):
+    tokens: dict[str, list[list[str]]] = {}
+    skipped = 0
+    for split in SPLITS:
+        tokens[split] = []
+        for key in tqdm(keys[split], desc=f"tokenizing {split}", disable=not progress, leave=False):
+            usable = []
+            for line in read_caption_lines(root, key):
+                toks = tokenize(line)
+                if toks:
+                    usable.append(toks)
+                else:
+                    skipped += 1
+                if len(usable) == cpi:
+                    break
+            if len(usable) < cpi:
+                raise DataError(
+                    f"{root / 'text' / (key + '.txt')} has {len(usable)} captions with words, "
+                    f"{cpi} are needed (data.captions_per_image)"
+                )
+            tokens[split].extend(usable)
+    vocab = Vocabulary.build(tokens["train"] + tokens["test"])
+    captions = {split: [vocab.encode(t)[0] for t in tokens[split]] for split in SPLITS}
+    return vocab, captions, skipped
+
+
+def prepare(root: str | Path, layout: str, captions_per_image: int, *, progress: bool = True,
+            use_release_pickle: bool = True) -> CaptionCache:
+    """Build the cache from disk and write it to ``<root>/attngan_fast_captions.json``."""
+    root = check_layout(root, layout)
+    splits = {split: read_split(root, split) for split in SPLITS}
+    keys = {split: s.keys for split, s in splits.items()}
+    release = root / "captions.pickle"
+    skipped = 0
+    if use_release_pickle and release.exists():
+        vocab, captions = _from_release_pickle(release, keys, captions_per_image)
+        source = "captions.pickle"
+    else:
+        vocab, captions, skipped = _from_text(root, keys, captions_per_image, progress)
+        source = "text"
+    lengths = [len(c) for split in SPLITS for c in captions[split]]
+    report = {
+        "root": str(root),
+        "layout": layout,
+        "source": source,
+        "images": {split: len(keys[split]) for split in SPLITS},
+        "captions": {split: len(captions[split]) for split in SPLITS},
+        "classes": {split: (len(set(s.class_ids)) if s.class_ids is not None else None) for split, s in splits.items()},
+        "vocabulary": len(vocab),
+        "caption_length": {"max": max(lengths), "mean": round(sum(lengths) / len(lengths), 2)},
+        "lines_without_words_skipped": skipped,
+    }
+    cache = CaptionCache(layout, captions_per_image, vocab, keys,
+                         {split: s.class_ids for split, s in splits.items()}, captions, source, report)
+    write_json_atomic(root / CACHE_NAME, {
+        "format": CACHE_FORMAT, "layout": layout, "captions_per_image": captions_per_image, "source": source,
+        "vocab": vocab.to_json(), "keys": keys, "captions": captions, "report": report,
+    })
+    return cache
+
+
+def load_captions(root: str | Path, layout: str, captions_per_image: int, *, progress: bool = True) -> CaptionCache:
+    """The cache when it is current for these split lists; otherwise it is (re)built first."""
+    root = check_layout(root, layout)
+    path = root / CACHE_NAME
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            data = None
+        splits = {split: read_split(root, split) for split in SPLITS}
+        current = (
+            isinstance(data, dict) and data.get("format") == CACHE_FORMAT and data.get("layout") == layout
+            and data.get("captions_per_image") == captions_per_image
+            and all(data["keys"].get(split) == splits[split].keys for split in SPLITS)
+        )
+        if current:
+            return CaptionCache(layout, captions_per_image, Vocabulary(data["vocab"]), data["keys"],
+                                {split: s.class_ids for split, s in splits.items()}, data["captions"],
+                                data.get("source", "text"), data.get("report", {}))
+    return prepare(root, layout, captions_per_image, progress=progress)

@@ -1,0 +1,1 @@
+"""Training loops (DAMSM pretraining; the GAN follows) and what they share."""

@@ -1,0 +1,74 @@
+"""Checkpoints that lose nothing: written to a temporary file and renamed (a crash never leaves half a
+file), read back with ``torch.load(weights_only=True)`` (no code runs on load), with the RNG states
+that make a resumed run continue exactly as an uninterrupted one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def save_atomic(obj, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, expected_format: str | None = None) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or "format" not in ckpt:
+        raise ValueError(f"{path} is not an attngan-fast checkpoint")
+    if expected_format is not None and ckpt["format"] != expected_format:
+        raise ValueError(f"{path} holds a {ckpt['format']!r} checkpoint, expected {expected_format!r}")
+    return ckpt
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": _python_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+
+
+def _python_state():
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+@contextlib.contextmanager
+def rng_neutral():
+    """Run evaluation or pictures without moving the training RNG streams, so a run that evaluates at
+    different points (a resumed one) keeps the same dropout masks."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)

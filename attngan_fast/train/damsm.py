@@ -1,0 +1,398 @@
+"""DAMSM pretraining (DESIGN.md §2.2, §3): text and image encoders trained with the word and sentence
+matching losses.
+
+Released hyper-parameters, with the release's slips fixed: Adam is created once (the release made a
+new one every epoch, losing its moments); the lr decays x0.98 per epoch down to lr/10; the text
+encoder's gradient norm is clipped at 0.25. Checkpoints are self-contained (config + vocabulary),
+written atomically every epoch (``latest.pt``) and kept every ``snapshot_every`` epochs; ``resume``
+restores models, optimizer, grad scaler, epoch, position inside the epoch and RNG state, so the
+resumed run continues exactly as an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..config import Config, config_from_dict
+from ..data.dataset import EpochSampler, TextImageDataset, collate
+from ..data.prepare import load_captions
+from ..data.synthetic import PART_ID
+from ..losses import sent_loss, words_loss
+from ..metrics import attention_mass_in_parts, retrieval_top1
+from ..models.encoders import TextEncoder, build_image_encoder
+from ..pictures import attention_grid, save_png
+from ..text import Vocabulary, truncate
+from .checkpoint import load_checkpoint, rng_neutral, rng_state, save_atomic, set_rng_state
+from .runtime import Runtime, autocast, grad_scaler, seed_everything, setup_runtime, teardown_runtime
+
+FORMAT = "attngan-fast/damsm/1"
+PICTURE_SAMPLES = 6
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class DamsmModels:
+    text_encoder: TextEncoder
+    image_encoder: torch.nn.Module
+    vocab: Vocabulary
+    config: Config
+
+
+def build_models(cfg: Config, vocab: Vocabulary) -> tuple[TextEncoder, torch.nn.Module]:
+    te = cfg.text_encoder
+    text_encoder = TextEncoder(len(vocab), te.embedding_dim, te.hidden_dim, te.dropout)
+    ie = cfg.image_encoder
+    image_encoder = build_image_encoder(ie.kind, te.hidden_dim, inception_weights=ie.inception_weights,
+                                        compact_width=ie.compact_width)
+    return text_encoder, image_encoder
+
+
+def load_damsm(path: str | Path, device: torch.device | str = "cpu") -> DamsmModels:
+    """The encoders of a DAMSM checkpoint (eval mode), with its vocabulary and config."""
+    ckpt = load_checkpoint(path, FORMAT)
+    cfg = config_from_dict(ckpt["config"])
+    vocab = Vocabulary(ckpt["vocab"])
+    # The backbone weights are in the checkpoint: do not ask for the original weights file again.
+    cfg.image_encoder.inception_weights = None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        text_encoder, image_encoder = build_models(cfg, vocab)
+    text_encoder.load_state_dict(ckpt["text_encoder"])
+    image_encoder.load_state_dict(ckpt["image_encoder"])
+    return DamsmModels(text_encoder.to(device).eval(), image_encoder.to(device).eval(), vocab, cfg)
+
+
+def lr_at(cfg: Config, epoch: int) -> float:
+    """The release's schedule: x lr_decay after every epoch while lr > lr0 / min_lr_divisor."""
+    d = cfg.damsm
+    lr = d.lr
+    for _ in range(epoch):
+        if lr > d.lr / d.min_lr_divisor:
+            lr *= d.lr_decay
+        else:
+            break
+    return lr
+
+
+def damsm_losses(text_encoder, image_encoder, batch: dict, cfg: Config, device: torch.device, *,
+                 return_attn: bool = False):
+    """(dict of the four losses and their sum, attention maps or None) for one batch."""
+    d = cfg.damsm
+    images = batch["images"][-1].to(device, non_blocking=True)
+    if cfg.runtime.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    captions = batch["captions"].to(device, non_blocking=True)
+    cap_lens = batch["cap_lens"].to(device, non_blocking=True)
+    class_ids = batch["class_ids"]
+    with autocast(device, cfg.runtime.amp):
+        words, sentence = text_encoder(captions, cap_lens)
+        regions, global_code = image_encoder(images)
+        w0, w1, attn = words_loss(regions, words, cap_lens, class_ids, d.gamma1, d.gamma2, d.gamma3,
+                                  return_attn=return_attn, impl=cfg.runtime.impl)
+        s0, s1 = sent_loss(global_code, sentence, class_ids, d.gamma3)
+    losses = {"w0": w0, "w1": w1, "s0": s0, "s1": s1}
+    losses["total"] = w0 + w1 + s0 + s1
+    return losses, attn
+
+
+@torch.no_grad()
+def encode_captions(text_encoder, ids_list: list[list[int]], device, batch_size: int = 256) -> torch.Tensor:
+    """Sentence vectors (M, D) of already truncated captions."""
+    out = []
+    for start in range(0, len(ids_list), batch_size):
+        chunk = ids_list[start : start + batch_size]
+        lens = torch.tensor([len(c) for c in chunk])
+        caps = torch.zeros(len(chunk), int(lens.max()), dtype=torch.long)
+        for i, c in enumerate(chunk):
+            caps[i, : len(c)] = torch.tensor(c)
+        out.append(text_encoder(caps.to(device), lens.to(device))[1].float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def evaluate(text_encoder, image_encoder, dataset: TextImageDataset, cfg: Config, device: torch.device,
+             max_batches: int | None = None, seed: int = 0) -> dict:
+    """Validation losses on the test split, held-out retrieval (image -> 1 true caption among 100 of
+    other classes, DAMSM global vectors) and, on synthetic data, how much of each colour word's
+    attention falls on the part it names."""
+    text_encoder.eval()
+    image_encoder.eval()
+    loader = DataLoader(dataset, batch_size=cfg.damsm.batch_size, shuffle=False, collate_fn=collate,
+                        num_workers=cfg.data.workers, generator=torch.Generator().manual_seed(seed))
+    sums, count, image_vecs, image_index = {}, 0, [], []
+    part_mass, part_share = [], []
+    for b, batch in enumerate(loader):
+        if max_batches is not None and b >= max_batches:
+            break
+        losses, attn = damsm_losses(text_encoder, image_encoder, batch, cfg, device, return_attn=True)
+        n = len(batch["keys"])
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * n
+        count += n
+        with autocast(device, cfg.runtime.amp):
+            image_vecs.append(image_encoder(batch["images"][-1].to(device))[1].float().cpu())
+        image_index.extend(range(b * cfg.damsm.batch_size, b * cfg.damsm.batch_size + n))
+        _collect_part_attention(dataset, batch, attn, b * cfg.damsm.batch_size, part_mass, part_share)
+    metrics = {f"val_{k}": v / count for k, v in sums.items()}
+
+    # Retrieval: every caption of every evaluated image is a candidate; each image's true caption is
+    # the one the loader showed it with.
+    cpi = dataset.captions_per_image
+    ids, owner = [], []
+    for i in image_index:
+        for c in range(cpi):
+            ids.append(truncate(dataset.cache.caption(dataset.split, i, c), dataset.words_num,
+                                random.Random(i * cpi + c)))
+            owner.append(len(owner) // cpi)
+    caption_vecs = encode_captions(text_encoder, ids, device)
+    true_caption = torch.tensor([k * cpi + (i % cpi) for k, i in enumerate(image_index)])
+    classes = None
+    if dataset.class_ids is not None:
+        classes = torch.tensor([dataset.class_ids[i] for i in image_index])
+    r = retrieval_top1(torch.cat(image_vecs), caption_vecs, true_caption, torch.tensor(owner), classes, seed=seed)
+    metrics.update(retrieval_top1=r["mean"], retrieval_top1_std=r["std"], retrieval_candidates=r["candidates"],
+                   retrieval_images=r["n"])
+    if part_mass:
+        metrics.update(part_attention_mass=float(torch.tensor(part_mass).mean()),
+                       part_area_share=float(torch.tensor(part_share).mean()), part_attention_words=len(part_mass))
+    return metrics
+
+
+_PART_WORDS = {"wing": ("wings", "wing"), "belly": ("belly", "underside", "breast"), "crown": ("crown", "cap")}
+
+
+def _collect_part_attention(dataset, batch, attn, offset, mass_out, share_out) -> None:
+    """For synthetic data: each colour word that names exactly one part of its bird (the wing, belly
+    or crown colour, when no other of those parts shares it)."""
+    all_attrs = dataset.synthetic_attributes()
+    if attn is None or all_attrs is None:
+        return
+    vocab = dataset.vocab
+    maps, masks = [], []
+    for b, key in enumerate(batch["keys"]):
+        attrs = all_attrs.get(key)
+        if attrs is None:
+            continue
+        labels = torch.from_numpy(dataset.part_labels(offset + b).copy())
+        words = vocab.decode(batch["captions"][b, : int(batch["cap_lens"][b])])
+        colour_of = {p: attrs[p] for p in _PART_WORDS}
+        for t, word in enumerate(words):
+            parts = [p for p, c in colour_of.items() if c == word]
+            if len(parts) != 1:
+                continue
+            neighbours = words[max(0, t - 4) : t + 5]
+            if not any(w in _PART_WORDS[parts[0]] for w in neighbours):
+                continue
+            mask = labels == PART_ID[parts[0]]
+            if parts[0] == "wing":
+                mask |= labels == PART_ID["tail"]  # the tail is drawn in the wing colour
+            maps.append(attn[b, t].float().cpu())
+            masks.append(mask)
+    if maps:
+        mass, share = attention_mass_in_parts(torch.stack(maps), torch.stack(masks))
+        mass_out.extend(mass.tolist())
+        share_out.extend(share.tolist())
+
+
+@torch.no_grad()
+def attention_picture(text_encoder, image_encoder, dataset: TextImageDataset, cfg: Config, device, path, title: str):
+    """Each word's region attention over the image for the first test images (fixed across epochs)."""
+    text_encoder.eval()
+    image_encoder.eval()
+    batch = collate([dataset[i] for i in range(min(max(PICTURE_SAMPLES, 2), len(dataset)))])
+    _, attn = damsm_losses(text_encoder, image_encoder, batch, cfg, device, return_attn=True)
+    words = [dataset.vocab.decode(batch["captions"][b, : int(batch["cap_lens"][b])]) for b in range(len(batch["keys"]))]
+    return save_png(attention_grid(batch["images"][-1], attn.float().cpu(), words, max_words=cfg.data.words_num,
+                                   title=title), path)
+
+
+def _past(deadline: float, rt: Runtime) -> bool:
+    """Whether the time limit has passed, agreed by every rank (one rank stopping alone would hang DDP)."""
+    late = torch.tensor([float(time.monotonic() > deadline)])
+    if rt.distributed:
+        dist.all_reduce(late, op=dist.ReduceOp.MAX)
+    return bool(late.item())
+
+
+class _JsonlLog:
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+
+def train_damsm(cfg: Config, *, resume: str | Path | None = None, progress: bool = True) -> dict:
+    """Pretrain the DAMSM as configured; returns the last evaluation metrics and the checkpoint path."""
+    rt = setup_runtime(cfg.runtime.device)
+    try:
+        return _train(cfg, rt, resume, progress)
+    finally:
+        teardown_runtime(rt)
+
+
+def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
+    device, d = rt.device, cfg.damsm
+    seed_everything(cfg.runtime.seed, rt.rank)
+    out = Path(cfg.runtime.out_dir)
+    if rt.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        cache = load_captions(cfg.data.root, cfg.data.layout, cfg.data.captions_per_image, progress=progress)
+    if rt.distributed:
+        dist.barrier()  # rank 0 built the caption cache; the others read it
+    if not rt.is_main:
+        cache = load_captions(cfg.data.root, cfg.data.layout, cfg.data.captions_per_image, progress=False)
+    common = dict(captions_per_image=cfg.data.captions_per_image, words_num=cfg.data.words_num,
+                  image_size=cfg.data.image_size, branches=1, cache=cache)
+    train_set = TextImageDataset(cfg.data.root, cfg.data.layout, "train", train=True, **common)
+    test_set = TextImageDataset(cfg.data.root, cfg.data.layout, "test", train=False, **common)
+    if len(train_set) // rt.world < d.batch_size:
+        raise ValueError(f"damsm.batch_size={d.batch_size} is larger than the {len(train_set) // rt.world} "
+                         "training images each process gets")
+    vocab = cache.vocab
+
+    text_encoder, image_encoder = build_models(cfg, vocab)
+    text_encoder.to(device)
+    image_encoder.to(device)
+    if cfg.runtime.channels_last:
+        image_encoder.to(memory_format=torch.channels_last)
+    params = list(text_encoder.parameters()) + [p for p in image_encoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=d.lr, betas=d.betas)
+    scaler = grad_scaler(device, cfg.runtime.amp)
+    start_epoch, position, step, history = 0, 0, 0, []
+    if resume is not None:
+        ckpt = load_checkpoint(resume, FORMAT)
+        if ckpt["vocab"] != vocab.to_json():
+            raise ValueError(f"{resume} was trained with another vocabulary than {cfg.data.root}'s captions")
+        text_encoder.load_state_dict(ckpt["text_encoder"])
+        image_encoder.load_state_dict(ckpt["image_encoder"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, position, step = ckpt["epoch"], ckpt["position"], ckpt["step"]
+        history = list(ckpt.get("history", []))
+        set_rng_state(ckpt["rng"][rt.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
+
+    text_model, image_model = text_encoder, image_encoder
+    if rt.distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        text_model = DistributedDataParallel(text_encoder, device_ids=ids)
+        image_model = DistributedDataParallel(image_encoder, device_ids=ids)
+    if cfg.runtime.compile:
+        image_model = torch.compile(image_model)
+
+    sampler = EpochSampler(len(train_set), seed=cfg.runtime.seed, shuffle=True, rank=rt.rank, world=rt.world)
+    # The loader's own generator (not the global RNG) seeds its workers: the global stream is left to
+    # dropout alone, which a resumed run then replays exactly.
+    loader = DataLoader(train_set, batch_size=d.batch_size, sampler=sampler, drop_last=True, collate_fn=collate,
+                        num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(cfg.runtime.seed + rt.rank))
+    steps_per_epoch = (len(train_set) // rt.world) // d.batch_size
+    log = _JsonlLog(out / "log.jsonl", rt.is_main)
+    latest = out / "latest.pt"
+    deadline = time.monotonic() + d.max_minutes * 60 if d.max_minutes else None
+    metrics: dict = {}
+
+    def save(epoch: int, pos: int, extra: dict) -> None:
+        states = [rng_state()]
+        if rt.distributed:
+            gathered = [None] * rt.world
+            dist.all_gather_object(gathered, states[0])
+            states = gathered
+        if rt.is_main:
+            payload = {
+                "format": FORMAT, "config": cfg.to_dict(), "vocab": vocab.to_json(),
+                "text_encoder": text_encoder.state_dict(), "image_encoder": image_encoder.state_dict(),
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "epoch": epoch, "position": pos, "step": step, "rng": states if rt.distributed else states[0],
+                "history": history, "metrics": extra,
+            }
+            save_atomic(payload, latest)
+            if pos == 0 and epoch % d.snapshot_every == 0:
+                save_atomic(payload, out / f"damsm_epoch{epoch:04d}.pt")
+
+    stopped = False
+    for epoch in range(start_epoch, d.epochs):
+        lr = lr_at(cfg, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        sampler.set_epoch(epoch, start=position * d.batch_size)
+        text_model.train()
+        image_model.train()
+        bar = tqdm(total=steps_per_epoch, initial=position, desc=f"damsm epoch {epoch}", leave=False,
+                   disable=not (progress and rt.is_main))
+        running: dict[str, float] = {}
+        for batch in loader:
+            losses, _ = damsm_losses(text_model, image_model, batch, cfg, device)
+            loss = losses["total"]
+            if not torch.isfinite(loss.detach()):
+                raise TrainingDiverged(
+                    f"DAMSM loss became {float(loss)} at epoch {epoch}, step {step}; training stopped, the last "
+                    f"good checkpoint is {latest if latest.exists() else 'none (no epoch finished yet)'}"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(text_encoder.parameters(), d.rnn_grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            position += 1
+            step += 1
+            for k, v in losses.items():
+                v = float(v.detach())
+                running[k] = 0.9 * running.get(k, v) + 0.1 * v
+            bar.update(1)
+            bar.set_postfix(loss=f"{running['total']:.3f}", w=f"{running['w0'] + running['w1']:.3f}",
+                            s=f"{running['s0'] + running['s1']:.3f}")
+            if step % cfg.runtime.log_every == 0:
+                log.write({"step": step, "epoch": epoch, "lr": lr, **{k: float(v.detach()) for k, v in losses.items()}})
+            if deadline is not None and _past(deadline, rt):
+                stopped = True
+                break
+        bar.close()
+        finished = not stopped or position >= steps_per_epoch
+        if rt.is_main:
+            with rng_neutral():
+                done_epochs = epoch + (1 if finished else position / steps_per_epoch)
+                metrics = evaluate(text_encoder, image_encoder, test_set, cfg, device, cfg.runtime.eval_batches,
+                                   seed=cfg.runtime.seed)
+                metrics.update(epoch=round(done_epochs, 3), step=step, lr=lr)
+                history.append(metrics)
+                log.write({"eval": True, **metrics})
+                if (finished and (epoch + 1) % d.pictures_every == 0) or epoch + 1 == d.epochs or stopped:
+                    attention_picture(text_encoder, image_encoder, test_set, cfg, device,
+                                      out / f"attention_maps_step{step:07d}.png",
+                                      f"epoch {done_epochs:g} (step {step}): region attention of each word (DAMSM)")
+                if progress:
+                    tqdm.write(f"epoch {done_epochs:g}: val loss {metrics['val_total']:.3f}, retrieval top-1 "
+                               f"{metrics['retrieval_top1']:.1%} (1 of {metrics['retrieval_candidates']})")
+        if finished:
+            position = 0
+            save(epoch + 1, 0, metrics)
+        else:
+            save(epoch, position, metrics)  # a time-limited stop: resume continues inside this epoch
+        if stopped:
+            break
+    return {"checkpoint": str(latest), "step": step, **metrics}
+
+
+def summarize(metrics: dict) -> str:
+    keys = ("val_total", "retrieval_top1", "part_attention_mass", "part_area_share")
+    return ", ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics and not math.isnan(metrics[k]))
