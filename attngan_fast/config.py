@@ -60,6 +60,7 @@ class DamsmConfig:
     min_lr_divisor: float = 10.0
     rnn_grad_clip: float = 0.25
     max_minutes: Optional[float] = None  # stop (with a checkpoint) after this much training time
+    max_steps: Optional[int] = None  # stop (with a checkpoint) after this many optimizer steps in all
     snapshot_every: int = 50  # epochs between kept checkpoints (the latest is always kept)
     pictures_every: int = 1  # epochs between attention-map pictures
 

@@ -18,7 +18,9 @@ _NUMPY_GLOBALS = {
 }
 _BUILTIN_GLOBALS = {("builtins", name) for name in ("list", "dict", "tuple", "set", "frozenset", "str", "bytes", "int", "float", "bool")}
 _BUILTIN_GLOBALS |= {("__builtin__", name) for name in ("list", "dict", "tuple", "set", "frozenset", "str", "bytes", "int", "float", "bool")}
-_COPYREG = {("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor")}
+# Protocol-2 pickles written by Python 3 spell bytes (numpy array buffers too) as _codecs.encode(str,
+# "latin1"): it only turns a string into bytes.
+_CODECS = {("_codecs", "encode")}
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -27,7 +29,7 @@ class UnsafePickleError(pickle.UnpicklingError):
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
-        if (module, name) in _BUILTIN_GLOBALS or (module, name) in _NUMPY_GLOBALS:
+        if (module, name) in _BUILTIN_GLOBALS or (module, name) in _NUMPY_GLOBALS or (module, name) in _CODECS:
             return super().find_class(module, name)
         raise UnsafePickleError(
             f"refusing to load {module}.{name}: only plain containers, strings and numbers are read from pickles"

@@ -38,3 +38,13 @@ def pytest_report_header(config):
 def pytest_runtest_makereport(item, call):
     if call.when == "call" and call.excinfo is not None and "fresh_seed" in item.funcargs:
         item.add_report_section("call", "seed", f"ATTNGAN_TEST_SEED={item.funcargs['fresh_seed']}")
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory):
+    """A small synthetic-birds dataset shared by the tests that train (96 images, 32 px)."""
+    from attngan_fast.data.synthetic import synthesize
+
+    root = tmp_path_factory.mktemp("synthetic-birds")
+    synthesize(root, images=96, size=32, seed=3, test_fraction=0.25, progress=False)
+    return root

@@ -328,8 +328,8 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
             if pos == 0 and epoch % d.snapshot_every == 0:
                 save_atomic(payload, out / f"damsm_epoch{epoch:04d}.pt")
 
-    stopped = False
-    for epoch in range(start_epoch, d.epochs):
+    stopped = d.max_steps is not None and step >= d.max_steps
+    for epoch in range(start_epoch, d.epochs if not stopped else start_epoch):
         lr = lr_at(cfg, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -363,7 +363,7 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
                             s=f"{running['s0'] + running['s1']:.3f}")
             if step % cfg.runtime.log_every == 0:
                 log.write({"step": step, "epoch": epoch, "lr": lr, **{k: float(v.detach()) for k, v in losses.items()}})
-            if deadline is not None and _past(deadline, rt):
+            if (d.max_steps is not None and step >= d.max_steps) or (deadline is not None and _past(deadline, rt)):
                 stopped = True
                 break
         bar.close()
@@ -390,7 +390,8 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
             save(epoch, position, metrics)  # a time-limited stop: resume continues inside this epoch
         if stopped:
             break
-    return {"checkpoint": str(latest), "step": step, **metrics}
+    checksum = sum(float(p.detach().double().sum()) for p in params)
+    return {"checkpoint": str(latest), "step": step, "param_checksum": checksum, **metrics}
 
 
 def summarize(metrics: dict) -> str:

@@ -1,0 +1,68 @@
+"""Small datasets the tests make themselves, in the release's layouts."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+WORDS = ["red", "blue", "green", "small", "large", "wings", "belly", "beak", "crown", "long", "short"]
+
+
+def _caption(rng: np.random.Generator) -> str:
+    words = rng.choice(WORDS, size=int(rng.integers(3, 9)))
+    return "This bird has " + " ".join(words) + "."
+
+
+def _write_split_lists(root: Path, keys: list[str], n_train: int, classes: list[int] | None) -> None:
+    for split, members in (("train", range(n_train)), ("test", range(n_train, len(keys)))):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        with open(root / split / "filenames.pickle", "wb") as fh:
+            pickle.dump([keys[i] for i in members], fh, protocol=2)
+        if classes is not None:
+            with open(root / split / "class_info.pickle", "wb") as fh:
+                pickle.dump([classes[i] for i in members], fh, protocol=2)
+
+
+def make_cub(root: Path, n_train: int = 6, n_test: int = 3, captions: int = 10, classes: bool = True,
+             size=(90, 70), seed: int = 0) -> Path:
+    """CUB_200_2011/images/<key>.jpg with images.txt and bounding_boxes.txt, text/<key>.txt,
+    {train,test}/filenames.pickle and class_info.pickle."""
+    rng = np.random.default_rng(seed)
+    keys, class_ids, image_lines, box_lines = [], [], [], []
+    for i in range(n_train + n_test):
+        cls = i % 3 + 1
+        key = f"{cls:03d}.Test_Bird/Test_Bird_{i:04d}"
+        (root / "CUB_200_2011" / "images" / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / "text" / key).parent.mkdir(parents=True, exist_ok=True)
+        arr = rng.integers(0, 255, size=(size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(arr).save(root / "CUB_200_2011" / "images" / f"{key}.jpg")
+        lines = [_caption(rng) for _ in range(captions)]
+        lines.insert(2, "")  # blank lines are skipped, as in the release
+        (root / "text" / f"{key}.txt").write_text("\n".join(lines) + "\n")
+        image_lines.append(f"{i + 1} {key}.jpg")
+        box_lines.append(f"{i + 1} 10.0 8.0 40.0 30.0")
+        keys.append(key)
+        class_ids.append(cls)
+    (root / "CUB_200_2011" / "images.txt").write_text("\n".join(image_lines) + "\n")
+    (root / "CUB_200_2011" / "bounding_boxes.txt").write_text("\n".join(box_lines) + "\n")
+    _write_split_lists(root, keys, n_train, class_ids if classes else None)
+    return root
+
+
+def make_coco(root: Path, n_train: int = 5, n_test: int = 3, captions: int = 5, seed: int = 1) -> Path:
+    """images/<key>.jpg, text/<key>.txt, {train,test}/filenames.pickle, no classes."""
+    rng = np.random.default_rng(seed)
+    keys = []
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "text").mkdir(parents=True, exist_ok=True)
+    for i in range(n_train + n_test):
+        key = f"COCO_train2014_{i:012d}"
+        arr = rng.integers(0, 255, size=(48 + 8 * i, 64, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(root / "images" / f"{key}.jpg")
+        (root / "text" / f"{key}.txt").write_text("\n".join(_caption(rng) for _ in range(captions)) + "\n")
+        keys.append(key)
+    _write_split_lists(root, keys, n_train, None)
+    return root

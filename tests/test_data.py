@@ -1,0 +1,200 @@
+"""Dataset layouts (CUB with boxes, COCO), the caption cache, the dataset, sampler and collate, the
+synthetic birds, and the errors a user gets for broken data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from attngan_fast.cli import main as cli
+from attngan_fast.data.dataset import EpochSampler, TextImageDataset, collate, crop_to_box
+from attngan_fast.data.layouts import DataError
+from attngan_fast.data.prepare import CACHE_NAME, load_captions, prepare
+from attngan_fast.data.synthetic import COLOURS, PART_ID, synthesize
+from attngan_fast.text import tokenize
+from data_fixtures import make_coco, make_cub
+
+
+def test_prepare_cub_counts_and_cache(tmp_path):
+    root = make_cub(tmp_path / "cub")
+    cache = prepare(root, "cub", 10, progress=False)
+    assert cache.report["images"] == {"train": 6, "test": 3}
+    assert cache.report["captions"] == {"train": 60, "test": 30}
+    assert cache.class_ids["train"] == [1, 2, 3, 1, 2, 3]
+    assert (root / CACHE_NAME).exists()
+    # Token ids decode back to the text file's words (blank line skipped).
+    key = cache.keys["train"][0]
+    lines = [l for l in (root / "text" / f"{key}.txt").read_text().splitlines() if l.strip()]
+    assert cache.vocab.decode(cache.caption("train", 0, 3)) == tokenize(lines[3])
+    again = load_captions(root, "cub", 10)
+    assert again.captions == cache.captions and again.vocab.words == cache.vocab.words
+
+
+def test_release_captions_pickle_supplies_the_vocabulary(tmp_path):
+    root = make_cub(tmp_path / "cub", n_train=2, n_test=1, captions=2)
+    ixtoword = {0: "<end>", 1: "bird", 2: "red"}
+    train = [[1, 2], [2], [1], [1, 2, 1]]
+    test = [[2, 2], [1]]
+    with open(root / "captions.pickle", "wb") as fh:
+        pickle.dump([train, test, ixtoword, {v: k for k, v in ixtoword.items()}], fh, protocol=2)
+    cache = prepare(root, "cub", 2, progress=False)
+    assert cache.source == "captions.pickle" and cache.vocab.words == ["<end>", "bird", "red"]
+    assert cache.caption("train", 1, 1) == [1, 2, 1]
+
+
+def test_cub_dataset_items_pyramid_and_box_crop(tmp_path):
+    root = make_cub(tmp_path / "cub")
+    ds = TextImageDataset(root, "cub", "train", captions_per_image=10, words_num=4, image_size=64, branches=3)
+    item = ds[(0, 123)]
+    assert [tuple(x.shape) for x in item["images"]] == [(3, 16, 16), (3, 32, 32), (3, 64, 64)]
+    assert all(x.min() >= -1 and x.max() <= 1 for x in item["images"])
+    assert 1 <= len(item["caption"]) <= 4 and item["class_id"] == 1
+    assert torch.equal(ds[(0, 123)]["images"][2], item["images"][2]), "same sample seed, same draw"
+    draws = {tuple(ds[(0, s)]["caption"].tolist()) for s in range(30)}
+    assert len(draws) > 3, "captions and word subsets vary with the sample seed"
+    # The crop is a square of 1.5 x max(w, h) = 60 around the box centre (30, 23), clipped to the image.
+    img = Image.new("RGB", (90, 70))
+    assert crop_to_box(img, (10.0, 8.0, 40.0, 30.0)).size == (60, 53)
+
+
+def test_eval_items_are_fixed(tmp_path):
+    root = make_cub(tmp_path / "cub")
+    ds = TextImageDataset(root, "cub", "test", captions_per_image=10, words_num=18, image_size=32, train=False)
+    a, b = ds[1], ds[1]
+    assert torch.equal(a["images"][0], b["images"][0]) and torch.equal(a["caption"], b["caption"])
+
+
+def test_coco_layout_has_no_classes(tmp_path):
+    root = make_coco(tmp_path / "coco")
+    ds = TextImageDataset(root, "coco", "train", captions_per_image=5, words_num=18, image_size=32)
+    batch = collate([ds[(i, i)] for i in range(4)])
+    assert batch["class_ids"] is None
+    assert batch["images"][0].shape == (4, 3, 32, 32)
+    assert batch["captions"].shape == (4, int(batch["cap_lens"].max()))
+    for row, n in zip(batch["captions"], batch["cap_lens"]):
+        assert (row[:n] > 0).all() and (row[n:] == 0).all(), "padding id 0 after each caption, no sorting"
+
+
+def test_sampler_is_deterministic_sharded_and_resumable():
+    full = EpochSampler(10, seed=7, world=1)
+    full.set_epoch(3)
+    order = list(full)
+    assert sorted(i for i, _ in order) == list(range(10))
+    again = EpochSampler(10, seed=7)
+    again.set_epoch(3)
+    assert list(again) == order
+    again.set_epoch(4)
+    assert [i for i, _ in again] != [i for i, _ in order]
+    shards = []
+    for rank in range(3):
+        s = EpochSampler(10, seed=7, rank=rank, world=3)
+        s.set_epoch(3)
+        shards.append(list(s))
+    assert all(len(x) == 3 for x in shards) and len({i for x in shards for i, _ in x}) == 9
+    resumed = EpochSampler(10, seed=7)
+    resumed.set_epoch(3, start=4)
+    assert list(resumed) == order[4:]
+
+
+def test_missing_data_errors_say_what_is_expected_where(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        prepare(tmp_path / "nothing", "cub", 10)
+    root = make_cub(tmp_path / "cub")
+    (root / "test" / "filenames.pickle").unlink()
+    with pytest.raises(DataError, match=re.escape(f"missing test split list: expected {root / 'test' / 'filenames.pickle'}")):
+        prepare(root, "cub", 10)
+
+
+def test_too_few_captions_is_an_error(tmp_path):
+    root = make_cub(tmp_path / "cub", captions=3)
+    with pytest.raises(DataError, match="has 3 captions with words, 10 are needed"):
+        prepare(root, "cub", 10, progress=False)
+
+
+def test_corrupt_and_missing_images_name_the_file(tmp_path):
+    root = make_cub(tmp_path / "cub")
+    ds = TextImageDataset(root, "cub", "train", captions_per_image=10, words_num=18, image_size=32)
+    path = root / "CUB_200_2011" / "images" / f"{ds.keys[0]}.jpg"
+    path.write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match="corrupt or unreadable image .*Test_Bird_0000.jpg"):
+        ds[0]
+    path.unlink()
+    with pytest.raises(DataError, match="missing image: expected .*Test_Bird_0000.jpg"):
+        ds[0]
+
+
+def test_cli_reports_data_errors_without_traceback(tmp_path, capsys):
+    assert cli(["data", "prepare", "--root", str(tmp_path / "none"), "--quiet"]) == 2
+    assert "attngan-fast: error: data root" in capsys.readouterr().err
+
+
+def _digest(root):
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def test_synthetic_birds_are_deterministic(tmp_path):
+    synthesize(tmp_path / "a", images=12, size=32, seed=5, progress=False)
+    synthesize(tmp_path / "b", images=12, size=32, seed=5, progress=False)
+    synthesize(tmp_path / "c", images=12, size=32, seed=6, progress=False)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+def test_synthetic_captions_name_the_drawn_attributes(synthetic_root):
+    attrs = json.loads((synthetic_root / "synthetic_attributes.json").read_text())["images"]
+    named_wing = named_belly = 0
+    for key, a in attrs.items():
+        captions = (synthetic_root / "text" / f"{key}.txt").read_text().splitlines()
+        assert len(captions) == 10 and len(set(captions)) > 3, "varied wording"
+        for caption in captions:
+            words = tokenize(caption)
+            colours = [w for w in words if w in COLOURS]
+            assert set(colours) <= {a["wing"], a["belly"], a["crown"], a["beak_colour"]}
+            nouns = {"wing": {"wings", "wing"}, "belly": {"belly", "underside"}, "crown": {"crown", "cap"}, "beak": {"beak", "bill"}}
+            assert sum(bool(n & set(words)) for n in nouns.values()) >= 2, f"{caption!r} names fewer than two parts"
+            for part, nouns in (("wing", ("wings", "wing")), ("belly", ("belly", "underside"))):
+                for i, w in enumerate(words):
+                    if w in nouns:
+                        window = words[max(0, i - 4): i + 4]
+                        assert a[part] in window, f"{caption!r} names the {part} without its colour {a[part]}"
+                        named_wing += part == "wing"
+                        named_belly += part == "belly"
+    assert named_wing > 100 and named_belly > 100
+
+
+def test_synthetic_layout_classes_and_part_masks(synthetic_root):
+    cache = load_captions(synthetic_root, "cub", 10, progress=False)
+    attrs = json.loads((synthetic_root / "synthetic_attributes.json").read_text())["images"]
+    for split in ("train", "test"):
+        for key, cls in zip(cache.keys[split], cache.class_ids[split]):
+            a = attrs[key]
+            assert cls == COLOURS.index(a["wing"]) * len(COLOURS) + COLOURS.index(a["belly"]) + 1
+    key = cache.keys["train"][0]
+    labels = np.asarray(Image.open(synthetic_root / "parts" / f"{key}.png"))
+    image = np.asarray(Image.open(synthetic_root / "CUB_200_2011" / "images" / f"{key}.jpg")).astype(float)
+    from attngan_fast.data.synthetic import PALETTE
+
+    for part in ("wing", "belly"):
+        inside = image[labels == PART_ID[part]].mean(0)
+        assert np.abs(inside - np.array(PALETTE[attrs[key][part]])).max() < 60, f"{part} pixels have its colour"
+    ds = TextImageDataset(synthetic_root, "cub", "test", captions_per_image=10, words_num=18, image_size=32, train=False)
+    assert ds.part_labels(0).shape == (32, 32)
+
+
+def test_cli_synth_and_prepare(tmp_path, capsys):
+    assert cli(["data", "synth", "--out", str(tmp_path / "s"), "--images", "10", "--size", "32", "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 10
+    assert cli(["data", "prepare", "--root", str(tmp_path / "s"), "--quiet"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["captions"]["train"] + report["captions"]["test"] == 100

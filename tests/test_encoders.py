@@ -1,0 +1,61 @@
+"""DAMSM encoders: shapes, padding, unsorted packing, Inception weights from a local file only."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from attngan_fast.models.encoders import CompactImageEncoder, InceptionImageEncoder, TextEncoder
+
+
+def test_text_encoder_shapes_padding_and_unsorted_lengths():
+    enc = TextEncoder(vocab_size=30, embedding_dim=12, hidden_dim=16, dropout=0.0).eval()
+    captions = torch.randint(1, 30, (4, 7))
+    lens = torch.tensor([3, 7, 1, 5])  # not sorted: packed with enforce_sorted=False
+    for i, n in enumerate(lens.tolist()):
+        captions[i, n:] = 0
+    words, sentence = enc(captions, lens)
+    assert words.shape == (4, 16, 7) and sentence.shape == (4, 16)
+    for i, n in enumerate(lens.tolist()):
+        assert torch.all(words[i, :, n:] == 0), "padding positions carry no features"
+        alone_words, alone_sentence = enc(captions[i : i + 1, :n], lens[i : i + 1])
+        torch.testing.assert_close(words[i : i + 1, :, :n], alone_words)
+        torch.testing.assert_close(sentence[i : i + 1], alone_sentence)
+
+
+def test_compact_encoder_outputs():
+    regions, code = CompactImageEncoder(out_dim=24, width=8)(torch.randn(3, 3, 64, 64))
+    assert regions.shape == (3, 24, 8, 8) and code.shape == (3, 24)
+
+
+@pytest.mark.slow
+def test_inception_encoder_outputs_and_frozen_backbone(tmp_path):
+    from torchvision.models import inception_v3
+
+    reference = inception_v3(weights=None, aux_logits=True, init_weights=True)
+    path = tmp_path / "inception_v3_imagenet.pth"
+    torch.save(reference.state_dict(), path)  # torchvision's own layout, with fc and AuxLogits
+    enc = InceptionImageEncoder(out_dim=32, weights_path=path)
+    assert enc.backbone_source == str(path)
+    torch.testing.assert_close(enc.Mixed_6e.branch1x1.conv.weight, reference.Mixed_6e.branch1x1.conv.weight)
+    trainable = {n for n, p in enc.named_parameters() if p.requires_grad}
+    assert trainable == {"emb_features.weight", "emb_cnn_code.weight", "emb_cnn_code.bias"}
+    enc.train()
+    assert not enc.Mixed_5b.training, "the frozen backbone keeps its BatchNorm statistics"
+    regions, code = enc(torch.rand(2, 3, 64, 64) * 2 - 1)
+    assert regions.shape == (2, 32, 17, 17) and code.shape == (2, 32)
+
+
+def test_inception_without_weights_warns_and_bad_files_fail(tmp_path):
+    with pytest.warns(UserWarning, match="backbone is RANDOM"):
+        InceptionImageEncoder(out_dim=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            InceptionImageEncoder(out_dim=8, weights_path=tmp_path / "missing.pth")
+        partial = tmp_path / "partial.pth"
+        torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(32, 3, 3, 3)}, partial)
+        with pytest.raises(ValueError, match="lacks .* Inception-v3 backbone tensors"):
+            InceptionImageEncoder(out_dim=8, weights_path=partial)

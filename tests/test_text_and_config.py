@@ -1,0 +1,110 @@
+"""Tokenizer, vocabulary, truncation, restricted unpickling, typed configs."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+
+import numpy as np
+import pytest
+
+from attngan_fast.config import ConfigError, config_from_dict, load_config, preset_names
+from attngan_fast.safe_pickle import UnsafePickleError, load_plain_pickle
+from attngan_fast.text import END_TOKEN, Vocabulary, tokenize, truncate
+
+
+def test_tokenizer_is_the_releases_rule():
+    assert tokenize("This Bird has RED wings, and a short-beak!") == ["this", "bird", "has", "red", "wings", "and",
+                                                                       "a", "short", "beak"]
+    assert tokenize("a café bird\ufffd\ufffdwith 2 wings") == ["a", "caf", "bird", "with", "2", "wings"]
+    assert tokenize("... !!") == []
+
+
+def test_vocabulary_padding_and_order():
+    vocab = Vocabulary.build([["b", "a", "b"], ["c", "b", "a"]])
+    assert vocab.words == [END_TOKEN, "b", "a", "c"]  # by count, then alphabetical
+    ids, unknown = vocab.encode(["a", "zebra", "c", END_TOKEN])
+    assert ids == [2, 3] and unknown == ["zebra", END_TOKEN]
+    assert vocab.decode([2, 0, 3]) == ["a", "c"]
+    with pytest.raises(ValueError, match="starts with"):
+        Vocabulary(["a", END_TOKEN])
+
+
+def test_vocabulary_json_roundtrip(tmp_path):
+    vocab = Vocabulary.build([["x", "y"], ["y"]])
+    vocab.save(tmp_path / "vocab.json")
+    assert Vocabulary.load(tmp_path / "vocab.json").words == vocab.words
+
+
+def test_truncation_keeps_an_ordered_random_subset():
+    ids = list(range(1, 31))
+    seen = set()
+    for seed in range(20):
+        kept = truncate(ids, 18, random.Random(seed))
+        assert len(kept) == 18 and kept == sorted(kept) and set(kept) <= set(ids)
+        seen.add(tuple(kept))
+    assert len(seen) > 15, "the subset must be random"
+    assert truncate([4, 5], 18, random.Random(0)) == [4, 5]
+
+
+def test_restricted_unpickler_reads_plain_data(tmp_path):
+    data = [["k1", "k2"], {"a": (1, 2.5, b"x")}, np.arange(4, dtype=np.int64)]
+    path = tmp_path / "plain.pickle"
+    path.write_bytes(pickle.dumps(data, protocol=2))
+    got = load_plain_pickle(path)
+    assert got[0] == ["k1", "k2"] and got[1] == {"a": (1, 2.5, b"x")}
+    assert got[2].tolist() == [0, 1, 2, 3]
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch exploited_marker",))
+
+
+def test_restricted_unpickler_refuses_code(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pickle"
+    path.write_bytes(pickle.dumps(_Exploit()))
+    with pytest.raises(UnsafePickleError, match="refusing to load"):
+        load_plain_pickle(path)
+    assert not (tmp_path / "exploited_marker").exists()
+
+
+def test_restricted_unpickler_refuses_object_arrays(tmp_path):
+    path = tmp_path / "objects.pickle"
+    path.write_bytes(pickle.dumps(np.array([{"a": 1}], dtype=object)))
+    with pytest.raises(UnsafePickleError):
+        load_plain_pickle(path)
+
+
+def test_presets_load_with_released_values():
+    assert set(preset_names()) >= {"bird", "coco", "synthetic"}
+    bird = load_config("bird")
+    assert (bird.damsm.gamma1, bird.damsm.gamma2, bird.damsm.gamma3) == (4.0, 5.0, 10.0)
+    assert (bird.damsm.batch_size, bird.damsm.lr, bird.damsm.betas) == (48, 0.002, (0.5, 0.999))
+    assert bird.damsm.rnn_grad_clip == 0.25 and bird.data.words_num == 18
+    assert load_config("coco").data.captions_per_image == 5
+
+
+def test_overrides_and_schema_errors(tmp_path):
+    cfg = load_config("synthetic", ["damsm.lr=0.01", "runtime.amp=off", "runtime.amp=bf16", "data.root=/x y"])
+    assert cfg.damsm.lr == 0.01 and cfg.runtime.amp == "bf16" and cfg.data.root == "/x y"
+    assert load_config("synthetic", ["runtime.amp=off"]).runtime.amp == "off"  # YAML's off is not False here
+    with pytest.raises(ConfigError, match="unknown config key 'lrate' in damsm"):
+        load_config("bird", ["damsm.lrate=1"])
+    with pytest.raises(ConfigError, match="damsm.batch_size must be an integer"):
+        load_config("bird", ["damsm.batch_size=4.5"])
+    with pytest.raises(ConfigError, match="unknown config 'birds'"):
+        load_config("birds")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("damsm:\n  gamma1: [1, 2]\n")
+    with pytest.raises(ConfigError, match="damsm.gamma1 must be a number"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_config_roundtrip():
+    cfg = load_config("bird", ["damsm.epochs=3"])
+    assert config_from_dict(cfg.to_dict()) == cfg
