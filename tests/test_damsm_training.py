@@ -169,3 +169,21 @@ def test_two_process_gloo_ddp_keeps_ranks_in_sync(synthetic_root, tmp_path):
     assert results[0]["param_checksum"] == results[1]["param_checksum"], "DDP ranks diverged"
     ckpt = load_checkpoint(tmp_path / "latest.pt", damsm.FORMAT)
     assert isinstance(ckpt["rng"], list) and len(ckpt["rng"]) == 2
+
+
+@pytest.mark.slow
+def test_fp16_scaler_and_compile_smoke(synthetic_root, tmp_path):
+    """fp16 autocast with a gradient scaler, the image encoder compiled, channels_last: a few steps run,
+    losses stay finite, weights change."""
+    torch._dynamo.reset()
+    cfg = tiny_config(synthetic_root, tmp_path, "runtime.amp=fp16", "runtime.compile=true",
+                      "runtime.channels_last=true", "damsm.max_steps=3", "damsm.epochs=1")
+    vocab = load_captions(synthetic_root, "cub", 10, progress=False).vocab
+    torch.manual_seed(cfg.runtime.seed)
+    initial = damsm.build_models(cfg, vocab)[1].state_dict()
+    result = damsm.train_damsm(cfg, progress=False)
+    assert result["step"] == 3 and torch.isfinite(torch.tensor(result["val_total"]))
+    trained = load_checkpoint(tmp_path / "latest.pt")
+    assert trained["scaler"]["scale"] > 0, "the fp16 gradient scaler is active and saved"
+    changed = [k for k, v in initial.items() if v.is_floating_point() and not torch.equal(v, trained["image_encoder"][k])]
+    assert changed, "training changed the image encoder"

@@ -108,3 +108,16 @@ def test_overrides_and_schema_errors(tmp_path):
 def test_config_roundtrip():
     cfg = load_config("bird", ["damsm.epochs=3"])
     assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_failed_checkpoint_write_keeps_the_previous_file(tmp_path):
+    import torch
+
+    from attngan_fast.train.checkpoint import load_checkpoint, save_atomic
+
+    path = tmp_path / "latest.pt"
+    save_atomic({"format": "x", "w": torch.ones(3)}, path)
+    with pytest.raises(Exception):
+        save_atomic({"format": "x", "bad": lambda: None}, path)  # cannot be pickled: fails mid-write
+    assert torch.equal(load_checkpoint(path)["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"], "no temporary file left behind"

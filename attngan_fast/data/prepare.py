@@ -8,13 +8,12 @@ released text encoder keeps its vocabulary. Rebuilt automatically when the split
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
+from ..atomic import atomic_path
 from ..safe_pickle import as_text, load_plain_pickle
 from ..text import END_TOKEN, Vocabulary, tokenize
 from .layouts import SPLITS, DataError, check_layout, read_caption_lines, read_split
@@ -39,18 +38,8 @@ class CaptionCache:
 
 
 def write_json_atomic(path: Path, data) -> None:
-    """Write to a temporary file in the same folder, then rename: a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data))
 
 
 def _from_release_pickle(path: Path, keys: dict[str, list[str]], cpi: int):

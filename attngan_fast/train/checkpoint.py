@@ -5,29 +5,18 @@ that make a resumed run continue exactly as an uninterrupted one."""
 from __future__ import annotations
 
 import contextlib
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_path
+
 
 def save_atomic(obj, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path, expected_format: str | None = None) -> dict:
