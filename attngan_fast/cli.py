@@ -60,11 +60,11 @@ def _data_prepare(args) -> int:
     return 0
 
 
-def _load_config(args):
+def _load_config(args, out_key: str):
     from .config import load_config
 
     overrides = list(args.set or [])
-    for flag, key in (("amp", "runtime.amp"), ("impl", "runtime.impl"), ("out", "runtime.out_dir"),
+    for flag, key in (("amp", "runtime.amp"), ("impl", "runtime.impl"), ("out", out_key),
                       ("device", "runtime.device"), ("data", "data.root"),
                       ("inception_weights", "image_encoder.inception_weights")):
         value = getattr(args, flag, None)
@@ -80,7 +80,7 @@ def _load_config(args):
 def _pretrain_damsm(args) -> int:
     from .train.damsm import TrainingDiverged, summarize, train_damsm
 
-    cfg = _load_config(args)
+    cfg = _load_config(args, "damsm.out_dir")
     try:
         result = train_damsm(cfg, resume=args.resume, progress=not args.quiet)
     except TrainingDiverged as err:
@@ -96,7 +96,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="a preset (bird, coco, synthetic) or a YAML file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config value, e.g. damsm.lr=0.001")
     p.add_argument("--data", help="dataset root (data.root)")
-    p.add_argument("--out", help="output folder (runtime.out_dir)")
+    p.add_argument("--out", help="output folder (damsm.out_dir or gan.out_dir)")
     p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (e.g. OUT/latest.pt)")
     p.add_argument("--amp", choices=["off", "bf16", "fp16"], help="mixed precision (fp16 uses a gradient scaler)")
     p.add_argument("--compile", action="store_true", help="torch.compile the image encoder")

@@ -49,6 +49,7 @@ class ImageEncoderConfig:
 
 @dataclass
 class DamsmConfig:
+    out_dir: str = "runs/damsm"
     gamma1: float = 4.0
     gamma2: float = 5.0
     gamma3: float = 10.0
@@ -66,8 +67,39 @@ class DamsmConfig:
 
 
 @dataclass
+class GanConfig:
+    out_dir: str = "runs/attngan"
+    damsm: Optional[str] = None  # DAMSM checkpoint (frozen encoders, vocabulary); --damsm
+    stages: int = 3  # 1-3: images of base_size * 2^i (AttnGAN2 = 3 stages)
+    base_size: int = 64
+    variant: Literal["attngan", "attndcgan"] = "attngan"
+    gf_dim: int = 32
+    df_dim: int = 64
+    z_dim: int = 100
+    c_dim: int = 100
+    r_num: int = 2
+    lambda_damsm: float = 5.0  # weight of the DAMSM loss on the last stage
+    words_num: Optional[int] = None  # caption length cap for GAN training (None: data.words_num)
+    batch_size: int = 20
+    epochs: int = 600
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    ema_decay: float = 0.999
+    legacy_mask: bool = False  # the released code's F_attn mask layout (for released generators)
+    sync_bn: bool = False  # SyncBatchNorm across GPUs under torchrun
+    samples_every: int = 500  # steps between sample grids (EMA generator, fixed noise and captions)
+    snapshot_every: int = 25  # epochs between kept checkpoints (latest.pt is written every epoch)
+    max_minutes: Optional[float] = None
+    max_steps: Optional[int] = None
+
+    @property
+    def image_size(self) -> int:
+        return self.base_size * 2 ** (self.stages - 1)
+
+
+@dataclass
 class RuntimeConfig:
-    out_dir: str = "runs/damsm"
     seed: int = 100
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: Literal["off", "bf16", "fp16"] = "off"
@@ -85,6 +117,7 @@ class Config:
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
     damsm: DamsmConfig = field(default_factory=DamsmConfig)
+    gan: GanConfig = field(default_factory=GanConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict:

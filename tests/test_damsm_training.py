@@ -22,7 +22,7 @@ from numerics import assert_rel, needs_interpreter
 
 def tiny_config(root, out, *extra):
     return load_config("synthetic", [
-        f"data.root={root}", f"runtime.out_dir={out}", "data.image_size=32", "data.workers=0",
+        f"data.root={root}", f"damsm.out_dir={out}", "data.image_size=32", "data.workers=0",
         "text_encoder.embedding_dim=16", "text_encoder.hidden_dim=16", "image_encoder.compact_width=8",
         "damsm.batch_size=8", "damsm.epochs=2", "damsm.max_minutes=null", "damsm.pictures_every=1",
         "runtime.eval_batches=2", "runtime.log_every=1", *extra,

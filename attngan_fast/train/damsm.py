@@ -34,7 +34,8 @@ from ..models.encoders import TextEncoder, build_image_encoder
 from ..pictures import attention_grid, save_png
 from ..text import Vocabulary, truncate
 from .checkpoint import load_checkpoint, rng_neutral, rng_state, save_atomic, set_rng_state
-from .runtime import Runtime, autocast, grad_scaler, seed_everything, setup_runtime, teardown_runtime
+from .runtime import (JsonlLog, Runtime, autocast, grad_scaler, past_deadline, seed_everything, setup_runtime,
+                      teardown_runtime)
 
 FORMAT = "attngan-fast/damsm/1"
 PICTURE_SAMPLES = 6
@@ -222,24 +223,6 @@ def attention_picture(text_encoder, image_encoder, dataset: TextImageDataset, cf
                                    title=title), path)
 
 
-def _past(deadline: float, rt: Runtime) -> bool:
-    """Whether the time limit has passed, agreed by every rank (one rank stopping alone would hang DDP)."""
-    late = torch.tensor([float(time.monotonic() > deadline)])
-    if rt.distributed:
-        dist.all_reduce(late, op=dist.ReduceOp.MAX)
-    return bool(late.item())
-
-
-class _JsonlLog:
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-
-    def write(self, record: dict) -> None:
-        if self.enabled:
-            with open(self.path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
-
-
 def train_damsm(cfg: Config, *, resume: str | Path | None = None, progress: bool = True) -> dict:
     """Pretrain the DAMSM as configured; returns the last evaluation metrics and the checkpoint path."""
     rt = setup_runtime(cfg.runtime.device)
@@ -252,7 +235,7 @@ def train_damsm(cfg: Config, *, resume: str | Path | None = None, progress: bool
 def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
     device, d = rt.device, cfg.damsm
     seed_everything(cfg.runtime.seed, rt.rank)
-    out = Path(cfg.runtime.out_dir)
+    out = Path(d.out_dir)
     if rt.is_main:
         out.mkdir(parents=True, exist_ok=True)
         cache = load_captions(cfg.data.root, cfg.data.layout, cfg.data.captions_per_image, progress=progress)
@@ -305,7 +288,7 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
                         num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(cfg.runtime.seed + rt.rank))
     steps_per_epoch = (len(train_set) // rt.world) // d.batch_size
-    log = _JsonlLog(out / "log.jsonl", rt.is_main)
+    log = JsonlLog(out / "log.jsonl", rt.is_main)
     latest = out / "latest.pt"
     deadline = time.monotonic() + d.max_minutes * 60 if d.max_minutes else None
     metrics: dict = {}
@@ -363,7 +346,7 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
                             s=f"{running['s0'] + running['s1']:.3f}")
             if step % cfg.runtime.log_every == 0:
                 log.write({"step": step, "epoch": epoch, "lr": lr, **{k: float(v.detach()) for k, v in losses.items()}})
-            if (d.max_steps is not None and step >= d.max_steps) or (deadline is not None and _past(deadline, rt)):
+            if (d.max_steps is not None and step >= d.max_steps) or (deadline is not None and past_deadline(deadline, rt)):
                 stopped = True
                 break
         bar.close()

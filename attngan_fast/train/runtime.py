@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -80,3 +83,23 @@ def all_reduce_mean(value: torch.Tensor, rt: Runtime) -> torch.Tensor:
         dist.all_reduce(value)
         value /= rt.world
     return value
+
+
+def past_deadline(deadline: float, rt: Runtime) -> bool:
+    """Whether the time limit has passed, agreed by every rank (one rank stopping alone would hang DDP)."""
+    late = torch.tensor([float(time.monotonic() > deadline)])
+    if rt.distributed:
+        dist.all_reduce(late, op=dist.ReduceOp.MAX)
+    return bool(late.item())
+
+
+class JsonlLog:
+    """Appends one JSON object per line (rank 0 only)."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
