@@ -4,6 +4,10 @@
   attngan-fast data synth --out DIR [--images N] [--size S] [--seed K]
   attngan-fast data prepare --root DIR [--layout cub|coco] [--captions-per-image N]
   attngan-fast pretrain-damsm --config CONFIG [--set key=value ...] [--resume CKPT] [--amp ...] [--compile]
+  attngan-fast train --config CONFIG --damsm CKPT [--set key=value ...] [--resume CKPT] [--amp ...] [--compile]
+  attngan-fast generate --checkpoint G.pt "this bird has blue wings and a red belly" --out DIR
+  attngan-fast evaluate --checkpoint G.pt --damsm D.pt --data ROOT [--inception-weights FILE] --out report.json
+  attngan-fast import-original --netG ... --text-encoder ... --captions ... --preset bird --out bird_release.pt
 """
 
 from __future__ import annotations
@@ -92,6 +96,74 @@ def _pretrain_damsm(args) -> int:
     return 0
 
 
+def _train_gan(args) -> int:
+    from .train.damsm import TrainingDiverged
+    from .train.gan import train_gan
+
+    cfg = _load_config(args, "gan.out_dir")
+    if args.damsm is not None:
+        cfg.gan.damsm = args.damsm
+    if args.legacy_mask:
+        cfg.gan.legacy_mask = True
+    try:
+        result = train_gan(cfg, resume=args.resume, progress=not args.quiet)
+    except TrainingDiverged as err:
+        print(f"attngan-fast: {err}", file=sys.stderr)
+        return 3
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _generate(args) -> int:
+    from .generate import generate_images, write_generation
+    from .train.gan import load_generator
+    from .train.runtime import pick_device
+
+    captions = list(args.captions or [])
+    if args.captions_file:
+        from pathlib import Path
+
+        captions += [line.strip() for line in Path(args.captions_file).read_text().splitlines() if line.strip()]
+    if not captions:
+        raise CliError("give at least one caption (as arguments or with --captions FILE)")
+    device = pick_device(args.device or "auto")
+    netG, text_encoder, vocab, cfg = load_generator(args.checkpoint, device)
+    words_num = cfg.gan.words_num or cfg.data.words_num
+    gen = generate_images(netG, text_encoder, vocab, captions, words_num=words_num, n_per_caption=args.n_per_caption,
+                          seed=args.seed, batch_size=args.batch_size, device=device)
+    written = write_generation(gen, args.out, n_per_caption=args.n_per_caption)
+    print(json.dumps({"captions": len(captions), "images": len(gen.captions), "files": len(written),
+                      "out": str(args.out), "dropped_words": gen.dropped}, indent=2))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .evaluate import evaluate_generator
+    from .train.runtime import pick_device
+
+    report = evaluate_generator(args.checkpoint, args.damsm, args.data, args.out, n_images=args.n_images,
+                                inception_weights=args.inception_weights, eval_damsm=args.eval_damsm, seed=args.seed,
+                                batch_size=args.batch_size, device=pick_device(args.device or "auto"),
+                                keep_images=not args.discard_images, progress=not args.quiet)
+    if report.get("inception_note"):
+        print(f"note: {report['inception_note']}", file=sys.stderr)
+    print(json.dumps({k: report[k] for k in ("r_precision", "inception_score", "fid", "n_images", "seconds")}, indent=2))
+    return 0
+
+
+def _import_original(args) -> int:
+    from .release_import import ImportError_, import_original
+
+    try:
+        summary = import_original(netG=args.netG, text_encoder=args.text_encoder, captions=args.captions,
+                                  preset=args.preset, out=args.out, image_encoder=args.image_encoder,
+                                  out_damsm=args.out_damsm, variant=args.variant)
+    except ImportError_ as err:
+        raise CliError(str(err)) from None
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="a preset (bird, coco, synthetic) or a YAML file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config value, e.g. damsm.lr=0.001")
@@ -99,7 +171,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="output folder (damsm.out_dir or gan.out_dir)")
     p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (e.g. OUT/latest.pt)")
     p.add_argument("--amp", choices=["off", "bf16", "fp16"], help="mixed precision (fp16 uses a gradient scaler)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the image encoder")
+    p.add_argument("--compile", action="store_true", help="torch.compile the models")
     p.add_argument("--impl", choices=["auto", "triton", "reference"], help="attention math implementation")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format for images")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
@@ -136,6 +208,49 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(damsm)
     damsm.add_argument("--inception-weights", metavar="FILE", help="torchvision inception_v3 state_dict (local file)")
     damsm.set_defaults(func=_pretrain_damsm)
+
+    train = sub.add_parser("train", help="train AttnGAN (generator + discriminators) with a frozen DAMSM")
+    _add_run_flags(train)
+    train.add_argument("--damsm", metavar="CKPT", help="DAMSM checkpoint from pretrain-damsm (gan.damsm)")
+    train.add_argument("--legacy-mask", action="store_true", help="the released code's F_attn mask layout")
+    train.set_defaults(func=_train_gan)
+
+    gen = sub.add_parser("generate", help="images (and attention pictures) from your own sentences")
+    gen.add_argument("captions", nargs="*", help="captions, e.g. \"this bird has blue wings and a red belly\"")
+    gen.add_argument("--checkpoint", required=True, help="generator checkpoint (train's latest.pt or import-original's)")
+    gen.add_argument("--captions", dest="captions_file", metavar="FILE", help="a file with one caption per line")
+    gen.add_argument("--n-per-caption", type=int, default=1)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--batch-size", type=int, default=32)
+    gen.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    gen.add_argument("--out", required=True, help="folder for the images")
+    gen.set_defaults(func=_generate)
+
+    ev = sub.add_parser("evaluate", help="IS, FID (torch-fidelity) and R-precision of a generator, as a JSON report")
+    ev.add_argument("--checkpoint", required=True, help="generator checkpoint")
+    ev.add_argument("--damsm", required=True, help="the DAMSM checkpoint the generator was trained with")
+    ev.add_argument("--data", required=True, help="dataset root (its test split is used)")
+    ev.add_argument("--n-images", type=int, default=30000)
+    ev.add_argument("--inception-weights", metavar="FILE", help="torch-fidelity's Inception weights (local file)")
+    ev.add_argument("--eval-damsm", metavar="CKPT", help="a separately trained DAMSM as the R-precision judge")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    ev.add_argument("--discard-images", action="store_true", help="delete the PNGs written for IS/FID afterwards")
+    ev.add_argument("--out", required=True, help="the JSON report to write")
+    ev.add_argument("--quiet", action="store_true")
+    ev.set_defaults(func=_evaluate)
+
+    imp = sub.add_parser("import-original", help="convert the release's .pth files into our checkpoints")
+    imp.add_argument("--netG", required=True, help="e.g. netG_epoch_600.pth")
+    imp.add_argument("--text-encoder", required=True, help="e.g. text_encoder200.pth")
+    imp.add_argument("--captions", required=True, help="the release's captions.pickle (vocabulary)")
+    imp.add_argument("--image-encoder", help="e.g. image_encoder200.pth (also writes a DAMSM checkpoint)")
+    imp.add_argument("--preset", choices=["bird", "coco"], required=True)
+    imp.add_argument("--variant", choices=["attngan", "attndcgan"], default="attngan")
+    imp.add_argument("--out", required=True, help="generator checkpoint to write")
+    imp.add_argument("--out-damsm", help="DAMSM checkpoint to write (default: OUT with _damsm)")
+    imp.set_defaults(func=_import_original)
     return parser
 
 
@@ -149,11 +264,12 @@ def main(argv: list[str] | None = None) -> int:
         args.captions_per_image = 10 if args.layout == "cub" else 5
     from .config import ConfigError
     from .data.layouts import DataError
+    from .generate import CaptionError
     from .safe_pickle import UnsafePickleError
 
     try:
         return args.func(args)
-    except (CliError, ConfigError, DataError, UnsafePickleError, FileNotFoundError) as err:
+    except (CliError, ConfigError, DataError, UnsafePickleError, CaptionError, FileNotFoundError) as err:
         print(f"attngan-fast: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -262,6 +262,28 @@ def load_config(source: str | Path | None = None, overrides: list[str] | tuple[s
     return _build(Config, data)
 
 
-def config_from_dict(data: dict) -> Config:
-    """Rebuild a config saved with ``Config.to_dict`` (checked like a file)."""
+def _prune_unknown(cls, data: dict, path: str, dropped: list[str]) -> dict:
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else key
+        if key not in hints:
+            dropped.append(where)
+        elif dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
+            out[key] = _prune_unknown(hints[key], value, where, dropped)
+        else:
+            out[key] = value
+    return out
+
+
+def config_from_dict(data: dict, *, strict: bool = True) -> Config:
+    """Rebuild a config saved with ``Config.to_dict``. ``strict=False`` (configs stored in checkpoints
+    of another version) drops keys this version does not know, with a warning; types are checked."""
+    if not strict:
+        dropped: list[str] = []
+        data = _prune_unknown(Config, data, "", dropped)
+        if dropped:
+            import warnings
+
+            warnings.warn(f"ignoring config keys this version does not know: {', '.join(dropped)}", stacklevel=2)
     return _build(Config, data)

@@ -13,24 +13,23 @@ import torch.nn.functional as F
 
 
 def retrieval_top1(image_vecs: torch.Tensor, caption_vecs: torch.Tensor, true_caption: torch.Tensor,
-                   caption_owner: torch.Tensor, image_classes: torch.Tensor | None = None, *,
-                   n_candidates: int = 100, folds: int = 10, seed: int = 0, chunk: int = 512) -> dict:
+                   image_keys: torch.Tensor, caption_keys: torch.Tensor, *, n_candidates: int = 100,
+                   folds: int = 10, seed: int = 0, chunk: int = 512) -> dict:
     """image_vecs: (N, D); caption_vecs: (M, D); true_caption: (N,) index of each image's caption;
-    caption_owner: (M,) image index of each caption; image_classes: (N,) or None (then any other
-    image's caption is a distractor). Returns dict(mean, std, folds=[...], n, candidates)."""
+    image_keys (N,) / caption_keys (M,): the class of an image and of a caption's image (or, without
+    classes, an image id): a caption is a distractor for an image only when their keys differ.
+    Returns dict(mean, std, folds=[...], n, candidates, chance)."""
     n_images = image_vecs.shape[0]
     if n_images == 0:
         raise ValueError("retrieval needs at least one image")
     img = F.normalize(image_vecs.double(), dim=1)
     cap = F.normalize(caption_vecs.double(), dim=1)
     gen = torch.Generator().manual_seed(seed)
-    owner_class = image_classes[caption_owner] if image_classes is not None else caption_owner
-    own_class = image_classes if image_classes is not None else torch.arange(n_images)
     hits = torch.zeros(n_images, dtype=torch.bool)
     used = n_candidates
     for start in range(0, n_images, chunk):
         rows = torch.arange(start, min(start + chunk, n_images))
-        eligible = owner_class[None, :] != own_class[rows][:, None]  # (n, M)
+        eligible = caption_keys[None, :] != image_keys[rows][:, None]  # (n, M)
         available = int(eligible.sum(1).min())
         k = min(n_candidates - 1, available)
         if k < 1:

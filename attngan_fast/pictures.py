@@ -64,3 +64,39 @@ def save_png(image: Image.Image, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
     return path
+
+
+def top_words(attn: torch.Tensor, n_words: int, k: int) -> list[int]:
+    """Indices of the k words (among the first n_words) with the most attention mass. attn: (T, h, w)."""
+    mass = attn[:n_words].float().sum((1, 2))
+    return mass.argsort(descending=True)[:k].tolist()
+
+
+def generation_grid(images: list[torch.Tensor], maps: list[torch.Tensor], words: list[list[str]], *, top_k: int = 5,
+                    cell: int = 96, title: str | None = None) -> Image.Image:
+    """One row per caption: the image of every stage, then for each attention stage the ``top_k`` most
+    attended words with their maps over that stage's image (the paper's Figure 1/4), the caption under
+    the row. images[i]: (B, 3, s_i, s_i); maps[j]: (B, T, s_j, s_j), the attention of stage j + 1 over
+    the features of stage j; words[b]: the words of caption b."""
+    font = _font(max(10, cell // 8))
+    label = cell // 5
+    head = label if title else 0
+    cols = len(images) + len(maps) * top_k
+    row_h = cell + 2 * label
+    grid = Image.new("RGB", (cols * cell, head + len(words) * row_h), "white")
+    draw = ImageDraw.Draw(grid)
+    if title:
+        draw.text((4, 2), title, fill="black", font=font)
+    for b, caption in enumerate(words):
+        y = head + b * row_h
+        for i, stage in enumerate(images):
+            grid.paste(to_pil(stage[b]).resize((cell, cell), Image.BILINEAR), (i * cell, y))
+            draw.text((i * cell + 4, y + cell + 1), f"{stage.shape[-1]}px", fill="gray", font=font)
+        for j, attn in enumerate(maps):
+            stage_img = to_pil(images[min(j, len(images) - 1)][b]).resize((cell, cell), Image.BILINEAR)
+            for r, t in enumerate(top_words(attn[b], len(caption), top_k)):
+                x = (len(images) + j * top_k + r) * cell
+                grid.paste(overlay(stage_img, attn[b, t]), (x, y))
+                draw.text((x + 4, y + cell + 1), caption[t], fill="black", font=font)
+        draw.text((4, y + cell + label), " ".join(caption), fill="black", font=font)
+    return grid

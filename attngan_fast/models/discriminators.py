@@ -1,4 +1,4 @@
-"""Discriminators for 64/128/256 px (DESIGN.md §3), and a 32 px one for small CPU runs: a
+"""Discriminators for 64/128/256 px (DESIGN.md §3), and 8-32 px ones for small CPU runs: a
 down-sampling conv stack to (8·df, 4, 4), an unconditional logit head and a conditional one (a 3x3 conv
 on the features ⊕ the tiled sentence vector). Heads return **logits** (no sigmoid), so the losses use
 BCE-with-logits, which is autocast-safe. Names follow the release (``img_code_s16``, ``UNCOND_DNET``,
@@ -60,9 +60,10 @@ class Discriminator(nn.Module):
     def __init__(self, size: int, df_dim: int = 64, emb_dim: int = 256):
         super().__init__()
         self.size = size
-        if size == 32:
-            self.img_code_s8 = encode_image(df_dim, 3)
-            self.img_code_s8_1 = block3x3(df_dim * 4, df_dim * 8)
+        if size in (8, 16, 32):
+            # Ours, for small CPU runs: halve down to 4x4, then a 3x3 block to 8·df channels.
+            halvings = size.bit_length() - 3
+            self.small = nn.Sequential(encode_image(df_dim, halvings), block3x3(df_dim * 2 ** (halvings - 1), df_dim * 8))
         elif size in (64, 128, 256):
             self.img_code_s16 = encode_image(df_dim, 4)
             if size >= 128:
@@ -74,15 +75,15 @@ class Discriminator(nn.Module):
                 self.img_code_s64_1 = block3x3(df_dim * 32, df_dim * 16)
                 self.img_code_s64_2 = block3x3(df_dim * 16, df_dim * 8)
         else:
-            raise ValueError(f"discriminators exist for 32, 64, 128 and 256 px, not {size}")
+            raise ValueError(f"discriminators exist for 8, 16, 32, 64, 128 and 256 px, not {size}")
         self.UNCOND_DNET = LogitHead(df_dim, emb_dim, conditional=False)
         self.COND_DNET = LogitHead(df_dim, emb_dim, conditional=True)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[-1] != self.size or images.shape[-2] != self.size:
             raise ValueError(f"this discriminator takes {self.size}x{self.size} images, got {tuple(images.shape)}")
-        if self.size == 32:
-            return self.img_code_s8_1(self.img_code_s8(images))
+        if self.size <= 32:
+            return self.small(images)
         x = self.img_code_s16(images)
         if self.size == 128:
             x = self.img_code_s32_1(self.img_code_s32(x))

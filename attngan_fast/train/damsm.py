@@ -65,7 +65,7 @@ def build_models(cfg: Config, vocab: Vocabulary) -> tuple[TextEncoder, torch.nn.
 def load_damsm(path: str | Path, device: torch.device | str = "cpu") -> DamsmModels:
     """The encoders of a DAMSM checkpoint (eval mode), with its vocabulary and config."""
     ckpt = load_checkpoint(path, FORMAT)
-    cfg = config_from_dict(ckpt["config"])
+    cfg = config_from_dict(ckpt["config"], strict=False)
     vocab = Vocabulary(ckpt["vocab"])
     # The backbone weights are in the checkpoint: do not ask for the original weights file again.
     cfg.image_encoder.inception_weights = None
@@ -163,10 +163,12 @@ def evaluate(text_encoder, image_encoder, dataset: TextImageDataset, cfg: Config
             owner.append(len(owner) // cpi)
     caption_vecs = encode_captions(text_encoder, ids, device)
     true_caption = torch.tensor([k * cpi + (i % cpi) for k, i in enumerate(image_index)])
-    classes = None
     if dataset.class_ids is not None:
-        classes = torch.tensor([dataset.class_ids[i] for i in image_index])
-    r = retrieval_top1(torch.cat(image_vecs), caption_vecs, true_caption, torch.tensor(owner), classes, seed=seed)
+        image_keys = torch.tensor([dataset.class_ids[i] for i in image_index])
+    else:
+        image_keys = torch.arange(len(image_index))
+    r = retrieval_top1(torch.cat(image_vecs), caption_vecs, true_caption, image_keys, image_keys[torch.tensor(owner)],
+                       seed=seed)
     metrics.update(retrieval_top1=r["mean"], retrieval_top1_std=r["std"], retrieval_candidates=r["candidates"],
                    retrieval_images=r["n"])
     if part_mass:
@@ -327,7 +329,7 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
             loss = losses["total"]
             if not torch.isfinite(loss.detach()):
                 raise TrainingDiverged(
-                    f"DAMSM loss became {float(loss)} at epoch {epoch}, step {step}; training stopped, the last "
+                    f"DAMSM loss became {float(loss.detach())} at epoch {epoch}, step {step}; training stopped, the last "
                     f"good checkpoint is {latest if latest.exists() else 'none (no epoch finished yet)'}"
                 )
             optimizer.zero_grad(set_to_none=True)

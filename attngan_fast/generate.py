@@ -1,0 +1,131 @@
+"""Text-to-image generation from a trained (or imported) AttnGAN checkpoint.
+
+``generate(checkpoint, captions, ...)`` returns tensors; ``write_generation`` writes each stage's image
+and, per attention stage, a picture of the five most attended words with their maps over the image
+(the paper's Figure 1/4). Words missing from the vocabulary are dropped with a warning that names
+them; a caption left with no known word is an error; captions longer than the training length keep a
+random ordered subset of their words (seeded), as in training. Work is chunked, so thousands of
+captions never run out of memory.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .pictures import generation_grid, save_png, to_pil
+from .text import Vocabulary, tokenize, truncate
+from .train.runtime import autocast
+
+
+class CaptionError(ValueError):
+    """A caption that cannot be turned into word ids."""
+
+
+@dataclass
+class Generated:
+    captions: list[str]  # one entry per generated image (a caption repeated n_per_caption times)
+    words: list[list[str]]  # the words the generator saw
+    images: list[torch.Tensor]  # per stage, (N, 3, s, s) in [-1, 1], on the CPU
+    attn: list[torch.Tensor] = field(default_factory=list)  # per attention stage, (N, T, s, s) fp32
+    dropped: dict[str, list[str]] = field(default_factory=dict)  # caption -> unknown words dropped
+
+
+def encode_captions(captions: list[str], vocab: Vocabulary, words_num: int, seed: int = 0):
+    """(word ids per caption, {caption: dropped unknown words}). Raises CaptionError for a caption with
+    no known word."""
+    ids, dropped = [], {}
+    for n, caption in enumerate(captions):
+        if not isinstance(caption, str) or not caption.strip():
+            raise CaptionError(f"caption {n} is empty")
+        known, unknown = vocab.encode(tokenize(caption))
+        if unknown:
+            dropped[caption] = unknown
+        if not known:
+            raise CaptionError(f"no word of caption {n} ({caption!r}) is in the model's vocabulary")
+        ids.append(truncate(known, words_num, random.Random(seed * 1_000_003 + n)))
+    if dropped:
+        listed = "; ".join(f"{c!r}: {', '.join(w)}" for c, w in dropped.items())
+        warnings.warn(f"words not in the vocabulary were dropped: {listed}", stacklevel=2)
+    return ids, dropped
+
+
+def _pad(ids: list[list[int]]):
+    lens = torch.tensor([len(x) for x in ids])
+    caps = torch.zeros(len(ids), int(lens.max()), dtype=torch.long)
+    for i, x in enumerate(ids):
+        caps[i, : len(x)] = torch.tensor(x)
+    return caps, lens
+
+
+@torch.no_grad()
+def generate_images(netG, text_encoder, vocab: Vocabulary, captions: list[str], *, words_num: int = 18,
+                    n_per_caption: int = 1, seed: int = 0, batch_size: int = 32, device="cpu", amp: str = "off",
+                    return_attn: bool = True, progress=None) -> Generated:
+    """Images for every caption (``n_per_caption`` noise draws each), deterministic for ``seed``."""
+    if n_per_caption < 1:
+        raise ValueError(f"n_per_caption must be at least 1, got {n_per_caption}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    device = torch.device(device)
+    ids, dropped = encode_captions(list(captions), vocab, words_num, seed)
+    order = [c for c in range(len(ids)) for _ in range(n_per_caption)]
+    noise = torch.randn(len(order), netG.z_dim, generator=torch.Generator().manual_seed(seed))
+    stages: list[list[torch.Tensor]] | None = None
+    maps: list[list[torch.Tensor]] = []
+    cpu_gen = torch.Generator().manual_seed(seed + 1)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        caps, lens = _pad([ids[c] for c in chunk])
+        caps, lens = caps.to(device), lens.to(device)
+        with autocast(device, amp):
+            words, sentence = text_encoder(caps, lens)
+            # The conditioning augmentation draws from the global RNG: seed it per chunk for reproducibility.
+            torch.manual_seed(int(torch.randint(2**31, (1,), generator=cpu_gen)))
+            out = netG(noise[start : start + len(chunk)].to(device), sentence.float(), words.float(), caps == 0,
+                       return_attn=return_attn)
+        if stages is None:
+            stages = [[] for _ in out.images]
+            maps = [[] for m in out.attn if m is not None]
+        for i, img in enumerate(out.images):
+            stages[i].append(img.float().cpu())
+        for j, m in enumerate(m for m in out.attn if m is not None):
+            # Chunks differ in their longest caption: pad the word axis to words_num to concatenate.
+            maps[j].append(torch.nn.functional.pad(m.float().cpu(), (0, 0, 0, 0, 0, words_num - m.shape[1])))
+        if progress is not None:
+            progress.update(len(chunk))
+    return Generated(
+        captions=[captions[c] for c in order],
+        words=[vocab.decode(ids[c]) for c in order],
+        images=[torch.cat(s) for s in stages],
+        attn=[torch.cat(m) for m in maps],
+        dropped=dropped,
+    )
+
+
+def _slug(text: str, limit: int = 60) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:limit] or "caption"
+
+
+def write_generation(gen: Generated, out_dir: str | Path, *, n_per_caption: int = 1) -> list[Path]:
+    """For image k of caption c: ``c{c:03d}_{slug}_s{k}_stage{i}.png`` per stage and, when maps exist,
+    ``..._attention.png`` (every stage's image and the five most attended words per attention stage)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for n, caption in enumerate(gen.captions):
+        stem = f"c{n // n_per_caption:03d}_{_slug(caption)}_s{n % n_per_caption}"
+        for i, stage in enumerate(gen.images):
+            path = out_dir / f"{stem}_stage{i + 1}_{stage.shape[-1]}px.png"
+            to_pil(stage[n]).save(path)
+            written.append(path)
+        if gen.attn:
+            grid = generation_grid([s[n : n + 1] for s in gen.images], [m[n : n + 1] for m in gen.attn], [gen.words[n]],
+                                   cell=128, title=caption)
+            written.append(save_png(grid, out_dir / f"{stem}_attention.png"))
+    return written

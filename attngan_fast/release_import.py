@@ -1,0 +1,109 @@
+"""Import the release's checkpoints (``netG_epoch_600.pth``, ``text_encoder200.pth``,
+``image_encoder200.pth``, ``captions.pickle``) into our self-contained checkpoints.
+
+The ``.pth`` files are plain state_dicts read with ``torch.load(weights_only=True)``; the pickle goes
+through the restricted unpickler. Every parameter is accounted for: a missing, unexpected or
+mis-shaped tensor is an error that names it (``num_batches_tracked``, absent from files saved by
+PyTorch < 0.4.1, is filled in). Imported generators use ``legacy_mask=True``: the released code's
+F_attn mask layout is what they were trained with.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from .config import load_config
+from .models.encoders import InceptionImageEncoder, TextEncoder
+from .safe_pickle import as_text, load_plain_pickle
+from .text import END_TOKEN, Vocabulary
+from .train.checkpoint import save_atomic
+from .train.damsm import FORMAT as DAMSM_FORMAT
+from .train.gan import FORMAT as GAN_FORMAT
+from .train.gan import build_generator
+
+
+class ImportError_(ValueError):
+    """A released file that does not fit the model it should fill."""
+
+
+def load_release_state(path: str | Path, what: str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ImportError_(f"{path} is not a state_dict of tensors (expected the release's {what})")
+    # Files saved from nn.DataParallel carry a "module." prefix.
+    return {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def fill_module(module: torch.nn.Module, state: dict, path: str | Path, what: str) -> None:
+    own = module.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    mis_shaped = [f"{k}: file {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
+                  for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} tensors (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:3])})")
+    if mis_shaped:
+        problems.append(f"{len(mis_shaped)} mis-shaped tensors (e.g. {'; '.join(mis_shaped[:3])})")
+    if problems:
+        raise ImportError_(f"{path} does not fit the {what}: " + "; ".join(problems)
+                           + " — is --preset right for this file?")
+    merged = {k: state.get(k, own[k]) for k in own}
+    module.load_state_dict(merged, strict=True)
+
+
+def release_vocabulary(path: str | Path) -> Vocabulary:
+    data = load_plain_pickle(path)
+    if not isinstance(data, (list, tuple)) or len(data) != 4 or not isinstance(data[2], dict):
+        raise ImportError_(f"{path}: expected the release's [train_captions, test_captions, ixtoword, wordtoix]")
+    ixtoword = data[2]
+    words = [as_text(ixtoword[i]) for i in range(len(ixtoword))]
+    if words[0] != END_TOKEN:
+        raise ImportError_(f"{path}: word 0 must be {END_TOKEN!r}, got {words[0]!r}")
+    return Vocabulary(words)
+
+
+def import_original(*, netG: str | Path, text_encoder: str | Path, captions: str | Path, preset: str,
+                    out: str | Path, image_encoder: str | Path | None = None, out_damsm: str | Path | None = None,
+                    variant: str = "attngan") -> dict:
+    """Write ``out`` (a generator checkpoint: generator, text encoder, vocabulary, config) and, with the
+    image encoder, ``out_damsm`` (a DAMSM checkpoint). Returns a summary."""
+    cfg = load_config(preset, [f"gan.variant={variant}", "gan.legacy_mask=true"])
+    vocab = release_vocabulary(captions)
+    te = cfg.text_encoder
+    text = TextEncoder(len(vocab), te.embedding_dim, te.hidden_dim, te.dropout)
+    fill_module(text, load_release_state(text_encoder, "text encoder"), text_encoder,
+                f"text encoder (vocabulary of {len(vocab)} words from {Path(captions).name})")
+    generator = build_generator(cfg, legacy_mask=True)
+    fill_module(generator, load_release_state(netG, "generator"), netG, f"{preset} {variant} generator")
+    gen_state = generator.state_dict()
+    save_atomic({
+        "format": GAN_FORMAT, "config": cfg.to_dict(), "vocab": vocab.to_json(), "legacy_mask": True,
+        "text_encoder": text.state_dict(), "netG": gen_state, "netG_ema": gen_state,
+        "imported_from": {"netG": str(netG), "text_encoder": str(text_encoder), "captions": str(captions)},
+    }, out)
+    summary = {"generator_checkpoint": str(out), "vocabulary": len(vocab), "generator_tensors": len(gen_state),
+               "text_encoder_tensors": len(text.state_dict()), "legacy_mask": True}
+    if image_encoder is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the backbone comes from the file, not from ImageNet weights
+            image = InceptionImageEncoder(te.hidden_dim)
+        fill_module(image, load_release_state(image_encoder, "image encoder"), image_encoder, "Inception image encoder")
+        out_damsm = Path(out_damsm) if out_damsm else Path(out).with_name(Path(out).stem + "_damsm.pt")
+        save_atomic({
+            "format": DAMSM_FORMAT, "config": cfg.to_dict(), "vocab": vocab.to_json(),
+            "text_encoder": text.state_dict(), "image_encoder": image.state_dict(),
+            "imported_from": {"image_encoder": str(image_encoder), "text_encoder": str(text_encoder)},
+        }, out_damsm)
+        summary.update(damsm_checkpoint=str(out_damsm), image_encoder_tensors=len(image.state_dict()))
+    return summary

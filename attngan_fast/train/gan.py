@@ -1,0 +1,352 @@
+"""AttnGAN training (DESIGN.md §2.2, §3, §7): D steps then a G step per batch, with the frozen DAMSM.
+
+G loss = Σ_stages (uncond + cond fooling terms) + λ·(L1w + L2w + L1s + L2s)(last stage) + KL; the
+word loss runs on the fused DAMSM kernel (``runtime.impl``) and the generator's F_attn on the fused
+attention kernel. Each D: (uncond_real + cond_real)/2 + (uncond_fake + cond_fake + cond_mismatched)/3.
+Adam (2e-4, betas 0.5/0.999) for G and every D; an EMA copy of G draws the samples and is what the
+checkpoints offer for generation. Checkpoints are written atomically; ``resume`` restores models,
+EMA, optimizers, grad scaler, step, position in the epoch and RNG state; a NaN/inf loss stops the run
+and keeps the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..config import Config, ConfigError, config_from_dict
+from ..data.dataset import EpochSampler, TextImageDataset, collate
+from ..data.prepare import load_captions
+from ..losses import sent_loss, words_loss
+from ..models.discriminators import Discriminator, discriminator_loss, generator_adversarial_loss
+from ..models.encoders import TextEncoder
+from ..models.generator import Generator, kl_loss
+from ..pictures import generation_grid, save_png
+from ..text import Vocabulary
+from .checkpoint import load_checkpoint, rng_neutral, rng_state, save_atomic, set_rng_state
+from .damsm import TrainingDiverged, load_damsm
+from .runtime import (JsonlLog, Runtime, autocast, grad_scaler, past_deadline, seed_everything, setup_runtime,
+                      teardown_runtime)
+
+FORMAT = "attngan-fast/gan/1"
+SAMPLE_CAPTIONS = 8
+
+
+def build_generator(cfg: Config, *, legacy_mask: bool | None = None) -> Generator:
+    g = cfg.gan
+    return Generator(g.gf_dim, cfg.text_encoder.hidden_dim, g.z_dim, g.c_dim, g.r_num, g.stages, g.base_size,
+                     g.variant, g.legacy_mask if legacy_mask is None else legacy_mask, cfg.runtime.impl)
+
+
+def build_discriminators(cfg: Config) -> nn.ModuleList:
+    g = cfg.gan
+    sizes = [g.image_size] if g.variant == "attndcgan" else [g.base_size * 2**i for i in range(g.stages)]
+    return nn.ModuleList(Discriminator(s, g.df_dim, cfg.text_encoder.hidden_dim) for s in sizes)
+
+
+def init_weights(module: nn.Module) -> None:
+    """Orthogonal convolutions and linear layers, BatchNorm weights N(1, 0.02), biases 0 (the release's)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.orthogonal_(m.weight, 1.0)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+class DiscriminatorStep(nn.Module):
+    """One D's loss as a single forward, so that DistributedDataParallel sees one forward per backward."""
+
+    def __init__(self, netD: Discriminator):
+        super().__init__()
+        self.netD = netD
+
+    def forward(self, real, fake, sentence):
+        loss, _ = discriminator_loss(self.netD, real, fake, sentence)
+        return loss
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for p_ema, p in zip(ema.parameters(), model.parameters()):
+        p_ema.lerp_(p.detach(), 1.0 - decay)
+    for b_ema, b in zip(ema.buffers(), model.buffers()):
+        b_ema.copy_(b)
+
+
+def generator_loss(netsD, images: list[torch.Tensor], mu, logvar, sentence, words, cap_lens, class_ids, image_encoder,
+                   cfg: Config) -> tuple[torch.Tensor, dict]:
+    """Σ_stages (uncond + cond fooling terms) + λ·(L1w + L2w + L1s + L2s) on the last image + KL.
+    Returns (loss, parts as detached tensors)."""
+    d = cfg.damsm
+    adv = sum(generator_adversarial_loss(netD, images[i], sentence) for i, netD in enumerate(netsD))
+    regions, code = image_encoder(images[-1])
+    w0, w1, _ = words_loss(regions, words, cap_lens, class_ids, d.gamma1, d.gamma2, d.gamma3, return_attn=False,
+                           impl=cfg.runtime.impl)
+    s0, s1 = sent_loss(code, sentence, class_ids, d.gamma3)
+    damsm_loss = cfg.gan.lambda_damsm * (w0 + w1 + s0 + s1)
+    kl = kl_loss(mu, logvar)
+    loss = adv + damsm_loss + kl
+    return loss, {"G": loss.detach(), "G_adv": adv.detach(), "damsm": damsm_loss.detach(), "kl": kl.detach()}
+
+
+def word_mask(captions: torch.Tensor) -> torch.Tensor:
+    """True at padding (id 0), as the release builds it."""
+    return captions == 0
+
+
+def _unwrap(module):
+    return module.module if isinstance(module, DistributedDataParallel) else module
+
+
+def load_generator(path: str | Path, device: torch.device | str = "cpu", *, ema: bool = True):
+    """(generator in eval mode, text encoder, vocabulary, config) from a GAN checkpoint."""
+    ckpt = load_checkpoint(path, FORMAT)
+    cfg = config_from_dict(ckpt["config"], strict=False)
+    vocab = Vocabulary(ckpt["vocab"])
+    netG = build_generator(cfg, legacy_mask=ckpt.get("legacy_mask"))
+    netG.load_state_dict(ckpt["netG_ema" if ema else "netG"])
+    te = cfg.text_encoder
+    text_encoder = TextEncoder(len(vocab), te.embedding_dim, te.hidden_dim, te.dropout)
+    text_encoder.load_state_dict(ckpt["text_encoder"])
+    return netG.to(device).eval(), text_encoder.to(device).eval(), vocab, cfg
+
+
+def train_gan(cfg: Config, *, resume: str | Path | None = None, progress: bool = True) -> dict:
+    """Train AttnGAN as configured (``cfg.gan.damsm`` names the DAMSM checkpoint)."""
+    rt = setup_runtime(cfg.runtime.device)
+    try:
+        return _train(cfg, rt, resume, progress)
+    finally:
+        teardown_runtime(rt)
+
+
+def _check(cfg: Config) -> None:
+    g = cfg.gan
+    if g.damsm is None:
+        raise ConfigError("AttnGAN training needs a DAMSM checkpoint: --damsm PATH (or gan.damsm in the config)")
+    if g.batch_size < 2:
+        raise ConfigError("gan.batch_size must be at least 2 (the mismatched-caption term pairs image i with caption i+1)")
+
+
+def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
+    _check(cfg)
+    device, g = rt.device, cfg.gan
+    seed_everything(cfg.runtime.seed, rt.rank)
+    out = Path(g.out_dir)
+    damsm = load_damsm(g.damsm, device)
+    text_encoder, image_encoder = damsm.text_encoder, damsm.image_encoder
+    text_encoder.requires_grad_(False)
+    image_encoder.requires_grad_(False)
+    if damsm.config.text_encoder != cfg.text_encoder:
+        warnings.warn(f"text_encoder settings are taken from the DAMSM checkpoint {g.damsm}", stacklevel=2)
+        cfg.text_encoder = damsm.config.text_encoder
+    if rt.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        cache = load_captions(cfg.data.root, cfg.data.layout, cfg.data.captions_per_image, progress=progress)
+    if rt.distributed:
+        dist.barrier()
+    if not rt.is_main:
+        cache = load_captions(cfg.data.root, cfg.data.layout, cfg.data.captions_per_image, progress=False)
+    if cache.vocab.words != damsm.vocab.words:
+        raise ValueError(f"the DAMSM {g.damsm} was trained with another vocabulary than {cfg.data.root}'s captions")
+    vocab = cache.vocab
+    words_num = g.words_num or cfg.data.words_num
+    common = dict(captions_per_image=cfg.data.captions_per_image, words_num=words_num, image_size=g.image_size,
+                  branches=g.stages, cache=cache)
+    train_set = TextImageDataset(cfg.data.root, cfg.data.layout, "train", train=True, **common)
+    test_set = TextImageDataset(cfg.data.root, cfg.data.layout, "test", train=False, **common)
+    if len(train_set) // rt.world < g.batch_size:
+        raise ValueError(f"gan.batch_size={g.batch_size} is larger than the {len(train_set) // rt.world} training "
+                         "images each process gets")
+
+    netG = build_generator(cfg)
+    netsD = build_discriminators(cfg)
+    init_weights(netG)
+    init_weights(netsD)
+    if rt.distributed and g.sync_bn and device.type == "cuda":
+        netG = nn.SyncBatchNorm.convert_sync_batchnorm(netG)
+        netsD = nn.SyncBatchNorm.convert_sync_batchnorm(netsD)
+    netG.to(device)
+    netsD.to(device)
+    memory_format = torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format
+    if cfg.runtime.channels_last:
+        netG.to(memory_format=memory_format)
+        netsD.to(memory_format=memory_format)
+        image_encoder.to(memory_format=memory_format)
+    netG_ema = copy.deepcopy(netG).eval().requires_grad_(False)
+    optG = torch.optim.Adam(netG.parameters(), lr=g.lr_g, betas=g.betas)
+    optsD = [torch.optim.Adam(d.parameters(), lr=g.lr_d, betas=g.betas) for d in netsD]
+    scaler = grad_scaler(device, cfg.runtime.amp)
+    start_epoch, position, step = 0, 0, 0
+    if resume is not None:
+        ckpt = load_checkpoint(resume, FORMAT)
+        if ckpt["vocab"] != vocab.to_json():
+            raise ValueError(f"{resume} was trained with another vocabulary than {cfg.data.root}'s captions")
+        netG.load_state_dict(ckpt["netG"])
+        netG_ema.load_state_dict(ckpt["netG_ema"])
+        netsD.load_state_dict(ckpt["netsD"])
+        optG.load_state_dict(ckpt["optG"])
+        for opt, state in zip(optsD, ckpt["optsD"]):
+            opt.load_state_dict(state)
+        scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, position, step = ckpt["epoch"], ckpt["position"], ckpt["step"]
+        set_rng_state(ckpt["rng"][rt.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
+
+    g_model = netG
+    d_steps = [DiscriminatorStep(d) for d in netsD]
+    if rt.distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        g_model = DistributedDataParallel(netG, device_ids=ids)
+        d_steps = [DistributedDataParallel(s, device_ids=ids) for s in d_steps]
+    if cfg.runtime.compile:
+        g_model = torch.compile(g_model)
+        d_steps = [torch.compile(s) for s in d_steps]
+        image_fn = torch.compile(image_encoder)
+    else:
+        image_fn = image_encoder
+
+    sampler = EpochSampler(len(train_set), seed=cfg.runtime.seed, shuffle=True, rank=rt.rank, world=rt.world)
+    loader = DataLoader(train_set, batch_size=g.batch_size, sampler=sampler, drop_last=True, collate_fn=collate,
+                        num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
+                        persistent_workers=cfg.data.workers > 0,
+                        generator=torch.Generator().manual_seed(cfg.runtime.seed + rt.rank))
+    steps_per_epoch = (len(train_set) // rt.world) // g.batch_size
+    log = JsonlLog(out / "log.jsonl", rt.is_main)
+    latest = out / "latest.pt"
+    deadline = time.monotonic() + g.max_minutes * 60 if g.max_minutes else None
+    amp = cfg.runtime.amp
+
+    # Fixed captions (the first test images') and fixed noise for every sample grid.
+    sample_batch = collate([test_set[i] for i in range(min(SAMPLE_CAPTIONS, len(test_set)))])
+    sample_noise = torch.randn(len(sample_batch["keys"]), g.z_dim, generator=torch.Generator().manual_seed(7))
+
+    def save(epoch: int, pos: int) -> None:
+        states = [rng_state()]
+        if rt.distributed:
+            gathered = [None] * rt.world
+            dist.all_gather_object(gathered, states[0])
+            states = gathered
+        if rt.is_main:
+            payload = {
+                "format": FORMAT, "config": cfg.to_dict(), "vocab": vocab.to_json(), "legacy_mask": g.legacy_mask,
+                "text_encoder": text_encoder.state_dict(), "netG": netG.state_dict(), "netG_ema": netG_ema.state_dict(),
+                "netsD": netsD.state_dict(), "optG": optG.state_dict(), "optsD": [o.state_dict() for o in optsD],
+                "scaler": scaler.state_dict(), "epoch": epoch, "position": pos, "step": step,
+                "rng": states if rt.distributed else states[0], "damsm": str(g.damsm),
+            }
+            save_atomic(payload, latest)
+            if pos == 0 and epoch % g.snapshot_every == 0:
+                save_atomic(payload, out / f"netG_epoch{epoch:04d}.pt")
+
+    def samples() -> Path | None:
+        if not rt.is_main:
+            return None
+        with rng_neutral(), torch.no_grad():
+            images, maps, words = generate_from_batch(netG_ema, text_encoder, sample_batch, sample_noise, vocab, device,
+                                                      amp)
+            grid = generation_grid(images, maps, words, title=f"step {step} (EMA generator, fixed noise)")
+            return save_png(grid, out / "samples" / f"step{step:07d}.png")
+
+    stopped = g.max_steps is not None and step >= g.max_steps
+    last: dict = {}
+    for epoch in range(start_epoch, g.epochs if not stopped else start_epoch):
+        sampler.set_epoch(epoch, start=position * g.batch_size)
+        g_model.train()
+        for s in d_steps:
+            s.train()
+        bar = tqdm(total=steps_per_epoch, initial=position, desc=f"attngan epoch {epoch}", leave=False,
+                   disable=not (progress and rt.is_main))
+        for batch in loader:
+            real = [x.to(device, non_blocking=True).contiguous(memory_format=memory_format) for x in batch["images"]]
+            captions = batch["captions"].to(device, non_blocking=True)
+            cap_lens = batch["cap_lens"].to(device, non_blocking=True)
+            with torch.no_grad(), autocast(device, amp):
+                words, sentence = text_encoder(captions, cap_lens)
+            words, sentence = words.float(), sentence.float()
+            mask = word_mask(captions)
+            z = torch.randn(captions.shape[0], g.z_dim, device=device)
+            with autocast(device, amp):
+                fake = g_model(z, sentence, words, mask)
+            fakes = fake.images
+
+            # Discriminators.
+            d_losses = []
+            for i, (d_step, opt) in enumerate(zip(d_steps, optsD)):
+                stage = i if g.variant == "attngan" else -1
+                with autocast(device, amp):
+                    loss_d = d_step(real[stage], fakes[i].detach(), sentence)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss_d).backward()
+                scaler.step(opt)
+                d_losses.append(loss_d.detach())
+
+            # Generator: D parameters need no gradient here.
+            netsD.requires_grad_(False)
+            with autocast(device, amp):
+                loss_g, g_parts = generator_loss(netsD, fakes, fake.mu, fake.logvar, sentence, words, cap_lens,
+                                                 batch["class_ids"], image_fn, cfg)
+            netsD.requires_grad_(True)
+            values = torch.stack([loss_g.detach().float(), *[x.float() for x in d_losses]])
+            if not bool(torch.isfinite(values).all()):
+                raise TrainingDiverged(
+                    f"a GAN loss became non-finite at epoch {epoch}, step {step} (G {float(values[0])}, D "
+                    f"{[float(v) for v in values[1:]]}); training stopped, the last good checkpoint is "
+                    f"{latest if latest.exists() else 'none (no epoch finished yet)'}"
+                )
+            optG.zero_grad(set_to_none=True)
+            scaler.scale(loss_g).backward()
+            scaler.step(optG)
+            scaler.update()
+            ema_update(netG_ema, netG, g.ema_decay)
+            position += 1
+            step += 1
+            last = {**{k: float(v) for k, v in g_parts.items()}, **{f"D{i}": float(x) for i, x in enumerate(d_losses)}}
+            bar.update(1)
+            bar.set_postfix(G=f"{last['G']:.2f}", D=" ".join(f"{last[f'D{i}']:.2f}" for i in range(len(d_losses))))
+            if step % cfg.runtime.log_every == 0:
+                log.write({"step": step, "epoch": epoch, **last})
+            if step % g.samples_every == 0:
+                samples()
+            if (g.max_steps is not None and step >= g.max_steps) or (deadline is not None and past_deadline(deadline, rt)):
+                stopped = True
+                break
+        bar.close()
+        finished = position >= steps_per_epoch
+        if finished:
+            position = 0
+            save(epoch + 1, 0)
+        else:
+            save(epoch, position)
+        if stopped:
+            break
+    picture = samples()
+    checksum = sum(float(p.detach().double().sum()) for p in netG.parameters())
+    return {"checkpoint": str(latest), "step": step, "samples": str(picture) if picture else None,
+            "param_checksum": checksum, **last}
+
+
+@torch.no_grad()
+def generate_from_batch(netG: Generator, text_encoder: TextEncoder, batch: dict, noise: torch.Tensor, vocab: Vocabulary,
+                        device, amp: str = "off"):
+    """Images per stage (B, 3, s, s), attention maps per attention stage (B, T, s, s) and the words of
+    each caption, for a collated batch and fixed noise."""
+    captions = batch["captions"].to(device)
+    cap_lens = batch["cap_lens"].to(device)
+    with autocast(torch.device(device) if isinstance(device, str) else device, amp):
+        words, sentence = text_encoder(captions, cap_lens)
+        out = netG(noise.to(device), sentence.float(), words.float(), word_mask(captions), return_attn=True)
+    words_list = [vocab.decode(captions[b, : int(cap_lens[b])].cpu()) for b in range(captions.shape[0])]
+    return ([x.float().cpu() for x in out.images], [m.float().cpu() for m in out.attn if m is not None], words_list)
+
