@@ -75,20 +75,21 @@ def generate_images(netG, text_encoder, vocab: Vocabulary, captions: list[str], 
     device = torch.device(device)
     ids, dropped = encode_captions(list(captions), vocab, words_num, seed)
     order = [c for c in range(len(ids)) for _ in range(n_per_caption)]
-    noise = torch.randn(len(order), netG.z_dim, generator=torch.Generator().manual_seed(seed))
+    # All noise is drawn up front from the seed, per image: the result does not depend on the chunking.
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(len(order), netG.z_dim, generator=gen)
+    ca_noise = torch.randn(len(order), netG.c_dim, generator=gen)
     stages: list[list[torch.Tensor]] | None = None
     maps: list[list[torch.Tensor]] = []
-    cpu_gen = torch.Generator().manual_seed(seed + 1)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         caps, lens = _pad([ids[c] for c in chunk])
         caps, lens = caps.to(device), lens.to(device)
         with autocast(device, amp):
             words, sentence = text_encoder(caps, lens)
-            # The conditioning augmentation draws from the global RNG: seed it per chunk for reproducibility.
-            torch.manual_seed(int(torch.randint(2**31, (1,), generator=cpu_gen)))
-            out = netG(noise[start : start + len(chunk)].to(device), sentence.float(), words.float(), caps == 0,
-                       return_attn=return_attn)
+            rows = slice(start, start + len(chunk))
+            out = netG(noise[rows].to(device), sentence.float(), words.float(), caps == 0, return_attn=return_attn,
+                       ca_noise=ca_noise[rows].to(device))
         if stages is None:
             stages = [[] for _ in out.images]
             maps = [[] for m in out.attn if m is not None]

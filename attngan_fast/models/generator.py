@@ -51,11 +51,12 @@ class ConditioningAugmentation(nn.Module):
         self.c_dim = c_dim
         self.fc = nn.Linear(emb_dim, c_dim * 4)
 
-    def forward(self, sentence: torch.Tensor):
+    def forward(self, sentence: torch.Tensor, eps: torch.Tensor | None = None):
+        """``eps`` (B, c_dim): the reparametrisation noise; drawn from the global RNG when None."""
         x = F.glu(self.fc(sentence), dim=1)
         mu, logvar = x[:, : self.c_dim], x[:, self.c_dim :]
-        c = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        return c, mu, logvar
+        eps = torch.randn_like(mu) if eps is None else eps.to(mu)
+        return mu + eps * torch.exp(0.5 * logvar), mu, logvar
 
 
 class InitStage(nn.Module):
@@ -139,7 +140,7 @@ class Generator(nn.Module):
             raise ValueError(f"base_size must be a power of two >= 8, got {base_size}")
         if variant not in ("attngan", "attndcgan"):
             raise ValueError(f"variant must be 'attngan' or 'attndcgan', got {variant!r}")
-        self.stages, self.variant, self.z_dim = stages, variant, z_dim
+        self.stages, self.variant, self.z_dim, self.c_dim = stages, variant, z_dim, c_dim
         self.legacy_mask, self.impl = legacy_mask, impl
         self.sizes = [base_size * 2**i for i in range(stages)]
         self.ca_net = ConditioningAugmentation(emb_dim, c_dim)
@@ -152,8 +153,10 @@ class Generator(nn.Module):
         else:
             self.img_net = ImageHead(gf_dim)
 
-    def forward(self, z, sentence, words, word_mask, *, return_attn: bool = False) -> GeneratorOutput:
-        c, mu, logvar = self.ca_net(sentence)
+    def forward(self, z, sentence, words, word_mask, *, return_attn: bool = False,
+                ca_noise: torch.Tensor | None = None) -> GeneratorOutput:
+        """``ca_noise`` (B, c_dim) fixes the conditioning augmentation's draw (reproducible generation)."""
+        c, mu, logvar = self.ca_net(sentence, ca_noise)
         h = self.h_net1(z, c)
         images, maps = [], []
         if self.variant == "attngan":

@@ -230,7 +230,9 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
 
     # Fixed captions (the first test images') and fixed noise for every sample grid.
     sample_batch = collate([test_set[i] for i in range(min(SAMPLE_CAPTIONS, len(test_set)))])
-    sample_noise = torch.randn(len(sample_batch["keys"]), g.z_dim, generator=torch.Generator().manual_seed(7))
+    sample_gen = torch.Generator().manual_seed(7)
+    sample_noise = torch.randn(len(sample_batch["keys"]), g.z_dim, generator=sample_gen)
+    sample_ca = torch.randn(len(sample_batch["keys"]), g.c_dim, generator=sample_gen)
 
     def save(epoch: int, pos: int) -> None:
         states = [rng_state()]
@@ -255,7 +257,7 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
             return None
         with rng_neutral(), torch.no_grad():
             images, maps, words = generate_from_batch(netG_ema, text_encoder, sample_batch, sample_noise, vocab, device,
-                                                      amp)
+                                                      amp, ca_noise=sample_ca)
             grid = generation_grid(images, maps, words, title=f"step {step} (EMA generator, fixed noise)")
             return save_png(grid, out / "samples" / f"step{step:07d}.png")
 
@@ -339,14 +341,15 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
 
 @torch.no_grad()
 def generate_from_batch(netG: Generator, text_encoder: TextEncoder, batch: dict, noise: torch.Tensor, vocab: Vocabulary,
-                        device, amp: str = "off"):
+                        device, amp: str = "off", ca_noise: torch.Tensor | None = None):
     """Images per stage (B, 3, s, s), attention maps per attention stage (B, T, s, s) and the words of
     each caption, for a collated batch and fixed noise."""
     captions = batch["captions"].to(device)
     cap_lens = batch["cap_lens"].to(device)
     with autocast(torch.device(device) if isinstance(device, str) else device, amp):
         words, sentence = text_encoder(captions, cap_lens)
-        out = netG(noise.to(device), sentence.float(), words.float(), word_mask(captions), return_attn=True)
+        out = netG(noise.to(device), sentence.float(), words.float(), word_mask(captions), return_attn=True,
+                   ca_noise=None if ca_noise is None else ca_noise.to(device))
     words_list = [vocab.decode(captions[b, : int(cap_lens[b])].cpu()) for b in range(captions.shape[0])]
     return ([x.float().cpu() for x in out.images], [m.float().cpu() for m in out.attn if m is not None], words_list)
 

@@ -1,0 +1,236 @@
+"""Generation from text, the evaluation protocol (R-precision, IS/FID from a local weights file) and the
+import of the release's checkpoints (state_dicts built from the recorded layouts)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from attngan_fast.cli import main as cli
+from attngan_fast.config import load_config
+from attngan_fast.generate import CaptionError, encode_captions, generate_images, write_generation
+from attngan_fast.metrics import retrieval_top1
+from attngan_fast.release_import import ImportError_, import_original
+from attngan_fast.text import Vocabulary
+from attngan_fast.train import gan
+from attngan_fast.train.damsm import train_damsm
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "original_state_dict_layouts.json"
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_root, tmp_path_factory):
+    """A tiny DAMSM and a tiny 2-stage generator trained for a few steps on the synthetic birds."""
+    base = tmp_path_factory.mktemp("models")
+    common = [f"data.root={synthetic_root}", "data.workers=0", "text_encoder.embedding_dim=16",
+              "text_encoder.hidden_dim=16"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_damsm(load_config("synthetic", common + [
+            f"damsm.out_dir={base / 'damsm'}", "data.image_size=32", "image_encoder.compact_width=8",
+            "damsm.batch_size=8", "damsm.epochs=1", "damsm.max_minutes=null", "runtime.eval_batches=1"]), progress=False)
+        gan.train_gan(load_config("synthetic", common + [
+            f"gan.damsm={base / 'damsm' / 'latest.pt'}", f"gan.out_dir={base / 'gan'}", "gan.stages=2",
+            "gan.base_size=16", "gan.gf_dim=4", "gan.df_dim=4", "gan.batch_size=8", "gan.max_steps=3",
+            "gan.max_minutes=null"]), progress=False)
+    return base / "damsm" / "latest.pt", base / "gan" / "latest.pt"
+
+
+def test_generate_shapes_files_and_unknown_words(trained, tmp_path):
+    netG, text_encoder, vocab, cfg = gan.load_generator(trained[1])
+    captions = ["this bird has wings that are black and has a white belly", "a red zebra bird with purple stripes"]
+    with pytest.warns(UserWarning, match="'a red zebra bird with purple stripes': zebra, purple, stripes"):
+        gen = generate_images(netG, text_encoder, vocab, captions, n_per_caption=3, seed=4, batch_size=4)
+    assert [tuple(x.shape) for x in gen.images] == [(6, 3, 16, 16), (6, 3, 32, 32)]
+    assert gen.attn[0].shape == (6, 18, 16, 16) and gen.words[3] == ["a", "red", "bird", "with"]
+    assert gen.captions == [captions[0]] * 3 + [captions[1]] * 3
+    files = write_generation(gen, tmp_path, n_per_caption=3)
+    assert len(files) == 6 * 3 and all(f.exists() for f in files)
+    assert (tmp_path / "c001_a_red_zebra_bird_with_purple_stripes_s2_attention.png").exists()
+
+
+def test_generation_is_seeded_and_independent_of_chunking(trained):
+    netG, text_encoder, vocab, _ = gan.load_generator(trained[1])
+    captions = [f"a bird with {c} wings and a {b} belly" for c in ("red", "blue", "green") for b in ("white", "black")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one = generate_images(netG, text_encoder, vocab, captions, seed=9, batch_size=64)
+        chunked = generate_images(netG, text_encoder, vocab, captions, seed=9, batch_size=2)
+        other = generate_images(netG, text_encoder, vocab, captions, seed=10, batch_size=64)
+    torch.testing.assert_close(one.images[-1], chunked.images[-1])
+    assert not torch.allclose(one.images[-1], other.images[-1])
+
+
+def test_caption_errors_and_truncation():
+    vocab = Vocabulary.build([["a", "bird", "red", "wings"]])
+    with pytest.raises(CaptionError, match="no word of caption 1"):
+        encode_captions(["a bird", "zebra stripes"], vocab, 18)
+    with pytest.raises(CaptionError, match="caption 0 is empty"):
+        encode_captions(["  "], vocab, 18)
+    long = ["a red bird red wings a red bird " * 3]
+    ids, _ = encode_captions(long, vocab, 5, seed=1)
+    assert len(ids[0]) == 5
+    assert encode_captions(long, vocab, 5, seed=1)[0] == ids
+
+
+def test_cli_generate_errors(trained, tmp_path, capsys):
+    assert cli(["generate", "--checkpoint", str(trained[1]), "--out", str(tmp_path), "zebra stripes"]) == 2
+    assert "is in the model's vocabulary" in capsys.readouterr().err
+    assert cli(["generate", "--checkpoint", str(trained[1]), "--out", str(tmp_path)]) == 2
+    assert "give at least one caption" in capsys.readouterr().err
+
+
+def test_r_precision_is_perfect_for_matching_vectors_and_chance_for_shuffled():
+    torch.manual_seed(0)
+    n_images, cpi = 400, 2
+    caption_vecs = torch.randn(n_images * cpi, 32)
+    classes = torch.arange(n_images) % 40
+    caption_keys = classes.repeat_interleave(cpi)
+    true = torch.arange(n_images) * cpi
+    images = caption_vecs[true] + 0.05 * torch.randn(n_images, 32)  # "a DAMSM made to match them"
+    perfect = retrieval_top1(images, caption_vecs, true, classes, caption_keys, seed=1)
+    assert perfect["mean"] > 0.99 and perfect["candidates"] == 100 and len(perfect["folds"]) == 10
+    shuffled = true[torch.randperm(n_images)]
+    chance = retrieval_top1(images, caption_vecs, shuffled, classes, caption_keys, seed=1)
+    assert chance["mean"] < 0.05, chance["mean"]  # about 1 in 100
+
+
+@pytest.fixture(scope="module")
+def fidelity_weights(tmp_path_factory):
+    """A torch-fidelity Inception weights file made here: constructed with loading stubbed (nothing
+    is downloaded), convolutions re-initialised (Kaiming) so that features carry signal."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    original_load, original_url = fe.FeatureExtractorInceptionV3.load_state_dict, fe.load_state_dict_from_url
+    fe.FeatureExtractorInceptionV3.load_state_dict = lambda self, state, *a, **k: None
+    fe.load_state_dict_from_url = lambda *a, **k: {}
+    try:
+        model = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"])
+    finally:
+        fe.FeatureExtractorInceptionV3.load_state_dict, fe.load_state_dict_from_url = original_load, original_url
+    torch.manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight)
+    path = tmp_path_factory.mktemp("fidelity") / "inception-test.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.mark.slow
+def test_torch_fidelity_runs_from_a_local_weights_file(fidelity_weights, tmp_path):
+    from attngan_fast.evaluate import fidelity_metrics
+    from PIL import Image
+
+    torch.manual_seed(1)
+    for name in ("a", "b", "noise"):
+        (tmp_path / name).mkdir()
+    smooth = torch.rand(24, 3, 1, 1) * torch.linspace(0, 1, 32).view(1, 1, 1, 32) * 255
+    for i in range(24):
+        arr = smooth[i].expand(3, 32, 32).permute(1, 2, 0).byte().numpy()
+        Image.fromarray(arr).save(tmp_path / "a" / f"{i}.png")
+        Image.fromarray(arr).save(tmp_path / "b" / f"{i}.png")
+        Image.fromarray(torch.randint(0, 255, (32, 32, 3), dtype=torch.uint8).numpy()).save(tmp_path / "noise" / f"{i}.png")
+    same = fidelity_metrics(tmp_path / "a", tmp_path / "b", fidelity_weights, torch.device("cpu"))
+    other = fidelity_metrics(tmp_path / "a", tmp_path / "noise", fidelity_weights, torch.device("cpu"))
+    assert abs(same["fid"]) < 1e-3, same
+    assert other["fid"] > 1.0 and other["fid"] > 100 * abs(same["fid"])
+    assert same["inception_score"]["mean"] >= 1.0
+
+
+@pytest.mark.slow
+def test_evaluate_writes_the_report(trained, synthetic_root, fidelity_weights, tmp_path, capsys):
+    args = ["evaluate", "--checkpoint", str(trained[1]), "--damsm", str(trained[0]), "--data", str(synthetic_root),
+            "--n-images", "30", "--out", str(tmp_path / "report.json"), "--quiet"]
+    assert cli(args) == 0
+    err = capsys.readouterr().err
+    assert "IS and FID skipped" in err and "weights-inception-2015-12-05-6726825d.pth" in err
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["n_images"] == 30 and report["fid"] is None and report["seed"] == 0
+    assert 0 <= report["r_precision"]["mean"] <= 1 and report["r_precision"]["candidates"] >= 2
+    assert set(report["versions"]) >= {"torch", "torch_fidelity", "attngan_fast"} and "r_precision" in report["protocol"]
+    assert cli(args + ["--inception-weights", str(fidelity_weights)]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["fid"] is not None and report["inception_score"]["mean"] >= 1.0
+
+
+# ------------------------------------------------------------------------------------ release import
+
+def _release_files(tmp_path, n_words=5450, drop_batches_tracked=True, corrupt=None):
+    layouts = json.loads(SHARED.read_text())["modules"]
+    files = {}
+    torch.manual_seed(0)
+    for key, name in (("netG", "netG_bird"), ("text_encoder", "text_encoder(n_words=5450)"),
+                      ("image_encoder", "image_encoder")):
+        state = {}
+        for param, shape in layouts[name].items():
+            if param.endswith("num_batches_tracked"):
+                if drop_batches_tracked:
+                    continue  # files saved by PyTorch < 0.4.1 lack them
+                state[param] = torch.tensor(0)
+            elif param.endswith("running_var"):
+                state[param] = torch.rand(shape) + 0.5
+            else:
+                state[param] = torch.randn(shape) * 0.05
+        if corrupt is not None and corrupt[0] == key:
+            corrupt[1](state)
+        files[key] = tmp_path / f"{key}.pth"
+        torch.save(state, files[key])
+    words = ["<end>"] + [f"w{i}" for i in range(1, n_words)]
+    words[1:6] = ["this", "bird", "has", "red", "wings"]
+    with open(tmp_path / "captions.pickle", "wb") as fh:
+        pickle.dump([[[1, 2]], [[2, 3]], dict(enumerate(words)), {w: i for i, w in enumerate(words)}], fh, protocol=2)
+    files["captions"] = tmp_path / "captions.pickle"
+    return files
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="needs ../shared/reference")
+@pytest.mark.slow
+def test_import_release_layout_loads_completely_and_generates(tmp_path):
+    files = _release_files(tmp_path)
+    summary = import_original(netG=files["netG"], text_encoder=files["text_encoder"], captions=files["captions"],
+                              image_encoder=files["image_encoder"], preset="bird", out=tmp_path / "bird_release.pt")
+    assert summary["vocabulary"] == 5450 and summary["legacy_mask"] is True
+    netG, text_encoder, vocab, cfg = gan.load_generator(tmp_path / "bird_release.pt")
+    assert netG.legacy_mask and netG.sizes == [64, 128, 256]
+    original = torch.load(files["netG"], weights_only=True)
+    for name, tensor in netG.state_dict().items():
+        if name in original:
+            assert torch.equal(tensor, original[name]), name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gen = generate_images(netG, text_encoder, vocab, ["this bird has red wings"], return_attn=True)
+    assert gen.images[-1].shape == (1, 3, 256, 256) and torch.isfinite(gen.images[-1]).all()
+    from attngan_fast.train.damsm import load_damsm
+
+    damsm = load_damsm(summary["damsm_checkpoint"])
+    regions, code = damsm.image_encoder(gen.images[-1])
+    assert regions.shape == (1, 256, 17, 17) and code.shape == (1, 256)
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="needs ../shared/reference")
+@pytest.mark.parametrize("corrupt, match", [
+    (("netG", lambda s: s.pop("h_net2.att.conv_context.weight")), "missing 1 tensors .*h_net2.att.conv_context.weight"),
+    (("netG", lambda s: s.__setitem__("h_net2.upsample.1.weight", torch.zeros(64, 64, 5, 5))),
+     r"mis-shaped .*h_net2.upsample.1.weight: file \(64, 64, 5, 5\), model \(64, 64, 3, 3\)"),
+    (("text_encoder", lambda s: s.__setitem__("extra.weight", torch.zeros(1))), "1 unexpected tensors .*extra.weight"),
+])
+def test_import_names_what_does_not_fit(tmp_path, corrupt, match):
+    files = _release_files(tmp_path, corrupt=corrupt)
+    with pytest.raises(ImportError_, match=match):
+        import_original(netG=files["netG"], text_encoder=files["text_encoder"], captions=files["captions"],
+                        preset="bird", out=tmp_path / "out.pt")
+    assert not (tmp_path / "out.pt").exists()
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="needs ../shared/reference")
+def test_import_with_the_wrong_preset_is_a_clear_cli_error(tmp_path, capsys):
+    files = _release_files(tmp_path)
+    code = cli(["import-original", "--netG", str(files["netG"]), "--text-encoder", str(files["text_encoder"]),
+                "--captions", str(files["captions"]), "--preset", "coco", "--out", str(tmp_path / "x.pt")])
+    assert code == 2 and "is --preset right for this file?" in capsys.readouterr().err
