@@ -115,7 +115,7 @@ def _train_gan(args) -> int:
 
 
 def _generate(args) -> int:
-    from .generate import generate_images, write_generation
+    from .generate import iter_generate, write_generation
     from .train.gan import load_generator
     from .train.runtime import pick_device
 
@@ -129,11 +129,15 @@ def _generate(args) -> int:
     device = pick_device(args.device or "auto")
     netG, text_encoder, vocab, cfg = load_generator(args.checkpoint, device)
     words_num = cfg.gan.words_num or cfg.data.words_num
-    gen = generate_images(netG, text_encoder, vocab, captions, words_num=words_num, n_per_caption=args.n_per_caption,
-                          seed=args.seed, batch_size=args.batch_size, device=device)
-    written = write_generation(gen, args.out, n_per_caption=args.n_per_caption)
-    print(json.dumps({"captions": len(captions), "images": len(gen.captions), "files": len(written),
-                      "out": str(args.out), "dropped_words": gen.dropped}, indent=2))
+    images, files, dropped = 0, 0, {}
+    for first, chunk in iter_generate(netG, text_encoder, vocab, captions, words_num=words_num,
+                                      n_per_caption=args.n_per_caption, seed=args.seed, batch_size=args.batch_size,
+                                      device=device):
+        files += len(write_generation(chunk, args.out, n_per_caption=args.n_per_caption, first=first))
+        images += len(chunk.captions)
+        dropped.update(chunk.dropped)
+    print(json.dumps({"captions": len(captions), "images": images, "files": files, "out": str(args.out),
+                      "dropped_words": dropped}, indent=2))
     return 0
 
 

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from . import __version__
 from .data.dataset import TextImageDataset
 from .data.prepare import load_captions
-from .generate import generate_images
+from .generate import iter_generate
 from .metrics import retrieval_top1
 from .pictures import to_pil
 from .train.damsm import encode_captions, load_damsm
@@ -87,11 +87,24 @@ def evaluate_generator(checkpoint: str | Path, damsm: str | Path, data_root: str
     chosen = [(i % n_test, (i // n_test) % cpi) for i in range(n_images)]
     prompts = [caption_text[img * cpi + c] for img, c in chosen]
 
-    bar = tqdm(total=n_images, desc="generating", disable=not progress)
-    gen = generate_images(netG, text_encoder, g_vocab, prompts, words_num=words_num, seed=seed, batch_size=batch_size,
-                          device=device, return_attn=False, progress=bar)
+    # Generated images go to PNG files chunk by chunk (bounded memory for 30,000 images); the judge's
+    # global vectors are kept.
+    gen_dir, real_dir = work / "generated", work / "real"
+    for d in (gen_dir, real_dir):
+        if d.exists():
+            shutil.rmtree(d)
+    gen_dir.mkdir(parents=True)
+    bar = tqdm(total=n_images, desc="generating + judging", disable=not progress)
+    image_vecs, size = [], None
+    for first, chunk in iter_generate(netG, text_encoder, g_vocab, prompts, words_num=words_num, seed=seed,
+                                      batch_size=batch_size, device=device, return_attn=False, progress=bar):
+        final = chunk.images[-1]
+        size = final.shape[-1]
+        image_vecs.append(_image_vectors(judge.image_encoder, final, device, batch_size))
+        for n in range(final.shape[0]):
+            to_pil(final[n]).save(gen_dir / f"{first + n:06d}.png")
     bar.close()
-    final = gen.images[-1]
+    image_vecs = torch.cat(image_vecs)
 
     # R-precision with the judge's global vectors.
     judge_ids, unreadable = [], 0
@@ -100,7 +113,6 @@ def evaluate_generator(checkpoint: str | Path, damsm: str | Path, data_root: str
         unreadable += not ids
         judge_ids.append(ids[:words_num] or [1])  # a caption the judge cannot read still holds its place
     caption_vecs = encode_captions(judge.text_encoder, judge_ids, device)
-    image_vecs = _image_vectors(judge.image_encoder, final, device, batch_size)
     classes = test.class_ids
     image_keys = torch.tensor([classes[img] if classes else img for img, _ in chosen])
     caption_keys = torch.tensor([classes[i] if classes else i for i in range(n_test) for _ in range(cpi)])
@@ -109,7 +121,7 @@ def evaluate_generator(checkpoint: str | Path, damsm: str | Path, data_root: str
 
     report = {
         "checkpoint": str(checkpoint), "damsm": str(damsm), "judge_damsm": str(eval_damsm or damsm),
-        "data_root": str(data_root), "n_images": n_images, "image_size": int(final.shape[-1]), "seed": seed,
+        "data_root": str(data_root), "n_images": n_images, "image_size": int(size), "seed": seed,
         "protocol": {
             "captions": "test split; generated image i uses test image i mod N_test, caption (i div N_test) mod "
                         "captions_per_image",
@@ -133,19 +145,14 @@ def evaluate_generator(checkpoint: str | Path, damsm: str | Path, data_root: str
     else:
         if not Path(inception_weights).is_file():
             raise FileNotFoundError(f"inception weights file {inception_weights} does not exist")
-        gen_dir, real_dir = work / "generated", work / "real"
-        for d in (gen_dir, real_dir):
-            if d.exists():
-                shutil.rmtree(d)
-            d.mkdir(parents=True)
-        for n in range(final.shape[0]):
-            to_pil(final[n]).save(gen_dir / f"{n:06d}.png")
+        real_dir.mkdir(parents=True)
         for i in tqdm(range(n_test), desc="real test images", disable=not progress):
             to_pil(test[i]["images"][-1]).save(real_dir / f"{i:06d}.png")
         report.update(fidelity_metrics(gen_dir, real_dir, inception_weights, device))
         report["inception_weights"] = str(inception_weights)
-        if not keep_images:
-            shutil.rmtree(work)
+    report["generated_images"] = None if not keep_images else str(gen_dir)
+    if not keep_images:
+        shutil.rmtree(work)
     report["seconds"] = round(time.time() - start_time, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

@@ -64,10 +64,12 @@ def _pad(ids: list[list[int]]):
 
 
 @torch.no_grad()
-def generate_images(netG, text_encoder, vocab: Vocabulary, captions: list[str], *, words_num: int = 18,
-                    n_per_caption: int = 1, seed: int = 0, batch_size: int = 32, device="cpu", amp: str = "off",
-                    return_attn: bool = True, progress=None) -> Generated:
-    """Images for every caption (``n_per_caption`` noise draws each), deterministic for ``seed``."""
+def iter_generate(netG, text_encoder, vocab: Vocabulary, captions: list[str], *, words_num: int = 18,
+                  n_per_caption: int = 1, seed: int = 0, batch_size: int = 32, device="cpu", amp: str = "off",
+                  return_attn: bool = True, progress=None):
+    """Yields (first image index, Generated) per chunk of ``batch_size`` images, so that any number of
+    captions runs in bounded memory. Every image's noise is drawn up front from ``seed``: the result
+    does not depend on the chunking."""
     if n_per_caption < 1:
         raise ValueError(f"n_per_caption must be at least 1, got {n_per_caption}")
     if batch_size < 1:
@@ -75,37 +77,39 @@ def generate_images(netG, text_encoder, vocab: Vocabulary, captions: list[str], 
     device = torch.device(device)
     ids, dropped = encode_captions(list(captions), vocab, words_num, seed)
     order = [c for c in range(len(ids)) for _ in range(n_per_caption)]
-    # All noise is drawn up front from the seed, per image: the result does not depend on the chunking.
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(len(order), netG.z_dim, generator=gen)
     ca_noise = torch.randn(len(order), netG.c_dim, generator=gen)
-    stages: list[list[torch.Tensor]] | None = None
-    maps: list[list[torch.Tensor]] = []
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         caps, lens = _pad([ids[c] for c in chunk])
         caps, lens = caps.to(device), lens.to(device)
+        rows = slice(start, start + len(chunk))
         with autocast(device, amp):
             words, sentence = text_encoder(caps, lens)
-            rows = slice(start, start + len(chunk))
             out = netG(noise[rows].to(device), sentence.float(), words.float(), caps == 0, return_attn=return_attn,
                        ca_noise=ca_noise[rows].to(device))
-        if stages is None:
-            stages = [[] for _ in out.images]
-            maps = [[] for m in out.attn if m is not None]
-        for i, img in enumerate(out.images):
-            stages[i].append(img.float().cpu())
-        for j, m in enumerate(m for m in out.attn if m is not None):
-            # Chunks differ in their longest caption: pad the word axis to words_num to concatenate.
-            maps[j].append(torch.nn.functional.pad(m.float().cpu(), (0, 0, 0, 0, 0, words_num - m.shape[1])))
+        # Chunks differ in their longest caption: pad the word axis to words_num to concatenate.
+        maps = [torch.nn.functional.pad(m.float().cpu(), (0, 0, 0, 0, 0, words_num - m.shape[1]))
+                for m in out.attn if m is not None]
+        yield start, Generated(
+            captions=[captions[c] for c in chunk], words=[vocab.decode(ids[c]) for c in chunk],
+            images=[img.float().cpu() for img in out.images], attn=maps,
+            dropped={captions[c]: dropped[captions[c]] for c in set(chunk) if captions[c] in dropped},
+        )
         if progress is not None:
             progress.update(len(chunk))
+
+
+def generate_images(netG, text_encoder, vocab: Vocabulary, captions: list[str], **kwargs) -> Generated:
+    """Every image at once (``iter_generate``'s chunks concatenated): images per stage (N, 3, s, s) and
+    attention maps per attention stage (N, words_num, s, s) as CPU tensors."""
+    chunks = [g for _, g in iter_generate(netG, text_encoder, vocab, captions, **kwargs)]
     return Generated(
-        captions=[captions[c] for c in order],
-        words=[vocab.decode(ids[c]) for c in order],
-        images=[torch.cat(s) for s in stages],
-        attn=[torch.cat(m) for m in maps],
-        dropped=dropped,
+        captions=[c for g in chunks for c in g.captions], words=[w for g in chunks for w in g.words],
+        images=[torch.cat([g.images[i] for g in chunks]) for i in range(len(chunks[0].images))],
+        attn=[torch.cat([g.attn[j] for g in chunks]) for j in range(len(chunks[0].attn))],
+        dropped={k: v for g in chunks for k, v in g.dropped.items()},
     )
 
 
@@ -113,14 +117,16 @@ def _slug(text: str, limit: int = 60) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:limit] or "caption"
 
 
-def write_generation(gen: Generated, out_dir: str | Path, *, n_per_caption: int = 1) -> list[Path]:
+def write_generation(gen: Generated, out_dir: str | Path, *, n_per_caption: int = 1, first: int = 0) -> list[Path]:
     """For image k of caption c: ``c{c:03d}_{slug}_s{k}_stage{i}.png`` per stage and, when maps exist,
-    ``..._attention.png`` (every stage's image and the five most attended words per attention stage)."""
+    ``..._attention.png`` (every stage's image and the five most attended words per attention stage).
+    ``first``: the overall index of ``gen``'s first image (when writing chunk by chunk)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for n, caption in enumerate(gen.captions):
-        stem = f"c{n // n_per_caption:03d}_{_slug(caption)}_s{n % n_per_caption}"
+        k = first + n
+        stem = f"c{k // n_per_caption:03d}_{_slug(caption)}_s{k % n_per_caption}"
         for i, stage in enumerate(gen.images):
             path = out_dir / f"{stem}_stage{i + 1}_{stage.shape[-1]}px.png"
             to_pil(stage[n]).save(path)
