@@ -94,6 +94,17 @@ def test_legacy_reference_equals_released_transcription():
     assert_rel(attn, rel_attn, 1e-12, "legacy attn")
 
 
+def test_released_algorithm_module_equals_legacy_reference():
+    """kernels.attention.released (the benchmarks' baseline a) is the legacy-mask reference."""
+    from kernels.attention import word_attention_released
+
+    query, context, word_mask = make_inputs(*CASES["legacy-mask"])
+    ctx, attn = word_attention_released(query.double(), context.double(), word_mask, return_attn=True)
+    ref_ctx, ref_attn = word_attention_ref(query.double(), context.double(), word_mask, return_attn=True, legacy_mask=True)
+    assert_rel(ctx, ref_ctx, 1e-12, "ctx")
+    assert_rel(attn, ref_attn, 1e-12, "attn")
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_released_mask_bug_only_with_legacy_mask(impl):
     """The released mask layout really differs from per-sample masking, and only legacy_mask reproduces it."""

@@ -101,6 +101,56 @@ def generator_loss(netsD, images: list[torch.Tensor], mu, logvar, sentence, word
     return loss, {"G": loss.detach(), "G_adv": adv.detach(), "damsm": damsm_loss.detach(), "kl": kl.detach()}
 
 
+class GanStep:
+    """One training step on a batch: every D, then G (the EMA update is the caller's). Returns the
+    losses as floats; raises TrainingDiverged on a non-finite loss before any G update."""
+
+    def __init__(self, netG, d_steps, netsD, optG, optsD, scaler, text_encoder, image_encoder, cfg: Config, device):
+        self.netG, self.d_steps, self.netsD = netG, d_steps, netsD
+        self.optG, self.optsD, self.scaler = optG, optsD, scaler
+        self.text_encoder, self.image_encoder = text_encoder, image_encoder
+        self.cfg, self.device = cfg, device
+        self.memory_format = torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format
+
+    def __call__(self, batch: dict) -> dict:
+        cfg, device, amp, g = self.cfg, self.device, self.cfg.runtime.amp, self.cfg.gan
+        real = [x.to(device, non_blocking=True).contiguous(memory_format=self.memory_format) for x in batch["images"]]
+        captions = batch["captions"].to(device, non_blocking=True)
+        cap_lens = batch["cap_lens"].to(device, non_blocking=True)
+        with torch.no_grad(), autocast(device, amp):
+            words, sentence = self.text_encoder(captions, cap_lens)
+        words, sentence = words.float(), sentence.float()
+        z = torch.randn(captions.shape[0], g.z_dim, device=device)
+        with autocast(device, amp):
+            fake = self.netG(z, sentence, words, word_mask(captions))
+        fakes = fake.images
+
+        d_losses = []
+        for i, (d_step, opt) in enumerate(zip(self.d_steps, self.optsD)):
+            stage = i if g.variant == "attngan" else -1
+            with autocast(device, amp):
+                loss_d = d_step(real[stage], fakes[i].detach(), sentence)
+            opt.zero_grad(set_to_none=True)
+            self.scaler.scale(loss_d).backward()
+            self.scaler.step(opt)
+            d_losses.append(loss_d.detach())
+
+        self.netsD.requires_grad_(False)  # D parameters need no gradient in the G step
+        with autocast(device, amp):
+            loss_g, parts = generator_loss(self.netsD, fakes, fake.mu, fake.logvar, sentence, words, cap_lens,
+                                           batch["class_ids"], self.image_encoder, cfg)
+        self.netsD.requires_grad_(True)
+        values = torch.stack([loss_g.detach().float(), *[x.float() for x in d_losses]])
+        if not bool(torch.isfinite(values).all()):
+            raise TrainingDiverged(f"a GAN loss became non-finite (G {float(values[0])}, D "
+                                   f"{[float(v) for v in values[1:]]})")
+        self.optG.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_g).backward()
+        self.scaler.step(self.optG)
+        self.scaler.update()
+        return {**{k: float(v) for k, v in parts.items()}, **{f"D{i}": float(x) for i, x in enumerate(d_losses)}}
+
+
 def word_mask(captions: torch.Tensor) -> torch.Tensor:
     """True at padding (id 0), as the release builds it."""
     return captions == 0
@@ -217,6 +267,7 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
     else:
         image_fn = image_encoder
 
+    step_fn = GanStep(g_model, d_steps, netsD, optG, optsD, scaler, text_encoder, image_fn, cfg, device)
     sampler = EpochSampler(len(train_set), seed=cfg.runtime.seed, shuffle=True, rank=rt.rank, world=rt.world)
     loader = DataLoader(train_set, batch_size=g.batch_size, sampler=sampler, drop_last=True, collate_fn=collate,
                         num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
@@ -271,52 +322,18 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
         bar = tqdm(total=steps_per_epoch, initial=position, desc=f"attngan epoch {epoch}", leave=False,
                    disable=not (progress and rt.is_main))
         for batch in loader:
-            real = [x.to(device, non_blocking=True).contiguous(memory_format=memory_format) for x in batch["images"]]
-            captions = batch["captions"].to(device, non_blocking=True)
-            cap_lens = batch["cap_lens"].to(device, non_blocking=True)
-            with torch.no_grad(), autocast(device, amp):
-                words, sentence = text_encoder(captions, cap_lens)
-            words, sentence = words.float(), sentence.float()
-            mask = word_mask(captions)
-            z = torch.randn(captions.shape[0], g.z_dim, device=device)
-            with autocast(device, amp):
-                fake = g_model(z, sentence, words, mask)
-            fakes = fake.images
-
-            # Discriminators.
-            d_losses = []
-            for i, (d_step, opt) in enumerate(zip(d_steps, optsD)):
-                stage = i if g.variant == "attngan" else -1
-                with autocast(device, amp):
-                    loss_d = d_step(real[stage], fakes[i].detach(), sentence)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss_d).backward()
-                scaler.step(opt)
-                d_losses.append(loss_d.detach())
-
-            # Generator: D parameters need no gradient here.
-            netsD.requires_grad_(False)
-            with autocast(device, amp):
-                loss_g, g_parts = generator_loss(netsD, fakes, fake.mu, fake.logvar, sentence, words, cap_lens,
-                                                 batch["class_ids"], image_fn, cfg)
-            netsD.requires_grad_(True)
-            values = torch.stack([loss_g.detach().float(), *[x.float() for x in d_losses]])
-            if not bool(torch.isfinite(values).all()):
+            try:
+                last = step_fn(batch)
+            except TrainingDiverged as err:
                 raise TrainingDiverged(
-                    f"a GAN loss became non-finite at epoch {epoch}, step {step} (G {float(values[0])}, D "
-                    f"{[float(v) for v in values[1:]]}); training stopped, the last good checkpoint is "
+                    f"{err} at epoch {epoch}, step {step}; training stopped, the last good checkpoint is "
                     f"{latest if latest.exists() else 'none (no epoch finished yet)'}"
-                )
-            optG.zero_grad(set_to_none=True)
-            scaler.scale(loss_g).backward()
-            scaler.step(optG)
-            scaler.update()
+                ) from None
             ema_update(netG_ema, netG, g.ema_decay)
             position += 1
             step += 1
-            last = {**{k: float(v) for k, v in g_parts.items()}, **{f"D{i}": float(x) for i, x in enumerate(d_losses)}}
             bar.update(1)
-            bar.set_postfix(G=f"{last['G']:.2f}", D=" ".join(f"{last[f'D{i}']:.2f}" for i in range(len(d_losses))))
+            bar.set_postfix(G=f"{last['G']:.2f}", D=" ".join(f"{last[f'D{i}']:.2f}" for i in range(len(netsD))))
             if step % cfg.runtime.log_every == 0:
                 log.write({"step": step, "epoch": epoch, **last})
             if step % g.samples_every == 0:

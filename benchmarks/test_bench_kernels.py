@@ -1,0 +1,69 @@
+"""pytest-benchmark suites for the two fused ops against their baselines (DESIGN.md §6).
+
+CPU sizes in CI (benchmarks disabled: each case runs once, as a smoke test; the fused provider then
+runs through the Triton interpreter); the real sizes on a GPU:
+``pytest benchmarks --benchmark-enable``. The GPU script ``python -m benchmarks.gpu`` measures the
+same providers with CUDA events and writes the results files.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kernels
+from benchmarks.cases import (CPU_ATTENTION, CPU_DAMSM, GPU_ATTENTION, GPU_DAMSM, PROVIDERS, attention_inputs,
+                              attention_provider, damsm_inputs, damsm_provider, forward_backward)
+
+CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+DAMSM_CASES = GPU_DAMSM if CUDA else CPU_DAMSM
+ATTENTION_CASES = GPU_ATTENTION if CUDA else CPU_ATTENTION
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def _skip(provider: str) -> None:
+    if provider == "fused" and not CUDA and not kernels.interpreter_active():
+        pytest.skip("the fused kernels need a GPU or the Triton interpreter")
+
+
+def _sync(result):
+    if CUDA:
+        torch.cuda.synchronize()
+    return result
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("case", DAMSM_CASES, ids=lambda c: c.label)
+def test_damsm_word_scores(benchmark, case, provider, mode, dtype):
+    _skip(provider)
+    words, cap_lens, regions = damsm_inputs(case, DEVICE, DTYPES[dtype])
+    fn = damsm_provider(provider)
+    if mode == "fwd":
+        run = lambda: fn(words, cap_lens, regions)  # noqa: E731
+    else:
+        words.requires_grad_(), regions.requires_grad_()
+        run = forward_backward(fn, (words, cap_lens, regions), (words, regions))
+    out = benchmark(lambda: _sync(run()))
+    values = out if isinstance(out, tuple) else (out,)
+    assert all(torch.isfinite(v.float()).all() for v in values)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("case", ATTENTION_CASES, ids=lambda c: c.label)
+def test_word_attention(benchmark, case, provider, mode, dtype):
+    _skip(provider)
+    query, context, word_mask = attention_inputs(case, DEVICE, DTYPES[dtype])
+    fn = attention_provider(provider)
+    if mode == "fwd":
+        run = lambda: fn(query, context, word_mask)  # noqa: E731
+    else:
+        query.requires_grad_(), context.requires_grad_()
+        run = forward_backward(fn, (query, context, word_mask), (query, context))
+    out = benchmark(lambda: _sync(run()))
+    values = out if isinstance(out, tuple) else (out,)
+    assert all(torch.isfinite(v.float()).all() for v in values)
