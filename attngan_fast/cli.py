@@ -1,6 +1,7 @@
 """The ``attngan-fast`` command line.
 
   attngan-fast info
+  attngan-fast demo [--out DIR] [--minutes M]
   attngan-fast data synth --out DIR [--images N] [--size S] [--seed K]
   attngan-fast data prepare --root DIR [--layout cub|coco] [--captions-per-image N]
   attngan-fast pretrain-damsm --config CONFIG [--set key=value ...] [--resume CKPT] [--amp ...] [--compile]
@@ -168,6 +169,15 @@ def _import_original(args) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    summary = run_demo(args.out, args.minutes, images=args.images, size=args.size,
+                       inception_weights=args.inception_weights, device=args.device, progress=not args.quiet)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="a preset (bird, coco, synthetic) or a YAML file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config value, e.g. damsm.lr=0.001")
@@ -185,6 +195,16 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attngan-fast", description="AttnGAN with fused Triton attention kernels")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="synthetic data -> DAMSM -> AttnGAN -> pictures + metrics in one command")
+    demo.add_argument("--out", default="demo", help="folder for everything (re-running reuses what it holds)")
+    demo.add_argument("--minutes", type=float, default=13.0, help="training budget (DAMSM 30%%, AttnGAN 65%%)")
+    demo.add_argument("--images", type=int, default=2000, help="synthetic images to draw")
+    demo.add_argument("--size", type=int, default=64, help="synthetic image side in pixels")
+    demo.add_argument("--inception-weights", metavar="FILE", help="torch-fidelity Inception weights for IS/FID")
+    demo.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(func=_demo)
 
     info = sub.add_parser("info", help="print versions and where the fused kernels run")
     info.set_defaults(func=_info)
