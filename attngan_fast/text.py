@@ -13,16 +13,24 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from nltk.tokenize import RegexpTokenizer
-
 END_TOKEN = "<end>"
-_TOKENIZER = RegexpTokenizer(r"\w+")
+_TOKENIZER = None
+
+
+def _tokenizer():
+    # Imported on first use: code that never tokenizes (the GPU benchmarks) runs without NLTK installed.
+    global _TOKENIZER
+    if _TOKENIZER is None:
+        from nltk.tokenize import RegexpTokenizer
+
+        _TOKENIZER = RegexpTokenizer(r"\w+")
+    return _TOKENIZER
 
 
 def tokenize(caption: str) -> list[str]:
     """Lower-cased word tokens of a caption, ASCII only (the release's rule)."""
     caption = caption.replace("\ufffd\ufffd", " ")
-    tokens = (t.encode("ascii", "ignore").decode("ascii") for t in _TOKENIZER.tokenize(caption.lower()))
+    tokens = (t.encode("ascii", "ignore").decode("ascii") for t in _tokenizer().tokenize(caption.lower()))
     return [t for t in tokens if t]
 
 
