@@ -11,7 +11,6 @@ resumed run continues exactly as an uninterrupted one would have.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -19,21 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..config import Config, config_from_dict
-from ..data.dataset import EpochSampler, TextImageDataset, collate
-from ..data.prepare import load_captions
+from ..data.dataset import TextImageDataset, collate
 from ..data.synthetic import PART_ID
 from ..losses import sent_loss, words_loss
 from ..metrics import attention_mass_in_parts, retrieval_top1
 from ..models.encoders import TextEncoder, build_image_encoder
 from ..pictures import attention_grid, save_png
 from ..text import Vocabulary, truncate
-from .checkpoint import load_checkpoint, rng_neutral, rng_state, save_atomic, set_rng_state
+from .checkpoint import load_checkpoint, rng_neutral, save_atomic
+from .common import caption_cache, check_vocabulary, gathered_rng_states, restore_rng, train_loader
 from .runtime import (JsonlLog, Runtime, autocast, grad_scaler, past_deadline, seed_everything, setup_runtime,
                       teardown_runtime)
 
@@ -240,18 +238,11 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
     out = Path(d.out_dir)
     if rt.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        cache = load_captions(cfg.data.root, cfg.data.layout, cfg.data.captions_per_image, progress=progress)
-    if rt.distributed:
-        dist.barrier()  # rank 0 built the caption cache; the others read it
-    if not rt.is_main:
-        cache = load_captions(cfg.data.root, cfg.data.layout, cfg.data.captions_per_image, progress=False)
+    cache = caption_cache(cfg, rt, progress)
     common = dict(captions_per_image=cfg.data.captions_per_image, words_num=cfg.data.words_num,
                   image_size=cfg.data.image_size, branches=1, cache=cache)
     train_set = TextImageDataset(cfg.data.root, cfg.data.layout, "train", train=True, **common)
     test_set = TextImageDataset(cfg.data.root, cfg.data.layout, "test", train=False, **common)
-    if len(train_set) // rt.world < d.batch_size:
-        raise ValueError(f"damsm.batch_size={d.batch_size} is larger than the {len(train_set) // rt.world} "
-                         "training images each process gets")
     vocab = cache.vocab
 
     text_encoder, image_encoder = build_models(cfg, vocab)
@@ -265,15 +256,14 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
     start_epoch, position, step, history = 0, 0, 0, []
     if resume is not None:
         ckpt = load_checkpoint(resume, FORMAT)
-        if ckpt["vocab"] != vocab.to_json():
-            raise ValueError(f"{resume} was trained with another vocabulary than {cfg.data.root}'s captions")
+        check_vocabulary(ckpt, cache, resume, cfg.data.root)
         text_encoder.load_state_dict(ckpt["text_encoder"])
         image_encoder.load_state_dict(ckpt["image_encoder"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         start_epoch, position, step = ckpt["epoch"], ckpt["position"], ckpt["step"]
         history = list(ckpt.get("history", []))
-        set_rng_state(ckpt["rng"][rt.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
+        restore_rng(ckpt, rt)
 
     text_model, image_model = text_encoder, image_encoder
     if rt.distributed:
@@ -283,30 +273,20 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
     if cfg.runtime.compile:
         image_model = torch.compile(image_model)
 
-    sampler = EpochSampler(len(train_set), seed=cfg.runtime.seed, shuffle=True, rank=rt.rank, world=rt.world)
-    # The loader's own generator (not the global RNG) seeds its workers: the global stream is left to
-    # dropout alone, which a resumed run then replays exactly.
-    loader = DataLoader(train_set, batch_size=d.batch_size, sampler=sampler, drop_last=True, collate_fn=collate,
-                        num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
-                        generator=torch.Generator().manual_seed(cfg.runtime.seed + rt.rank))
-    steps_per_epoch = (len(train_set) // rt.world) // d.batch_size
+    sampler, loader, steps_per_epoch = train_loader(train_set, d.batch_size, cfg, rt, device)
     log = JsonlLog(out / "log.jsonl", rt.is_main)
     latest = out / "latest.pt"
     deadline = time.monotonic() + d.max_minutes * 60 if d.max_minutes else None
     metrics: dict = {}
 
     def save(epoch: int, pos: int, extra: dict) -> None:
-        states = [rng_state()]
-        if rt.distributed:
-            gathered = [None] * rt.world
-            dist.all_gather_object(gathered, states[0])
-            states = gathered
+        states = gathered_rng_states(rt)
         if rt.is_main:
             payload = {
                 "format": FORMAT, "config": cfg.to_dict(), "vocab": vocab.to_json(),
                 "text_encoder": text_encoder.state_dict(), "image_encoder": image_encoder.state_dict(),
                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "epoch": epoch, "position": pos, "step": step, "rng": states if rt.distributed else states[0],
+                "epoch": epoch, "position": pos, "step": step, "rng": states,
                 "history": history, "metrics": extra,
             }
             save_atomic(payload, latest)

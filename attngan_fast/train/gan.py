@@ -17,22 +17,20 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..config import Config, ConfigError, config_from_dict
-from ..data.dataset import EpochSampler, TextImageDataset, collate
-from ..data.prepare import load_captions
+from ..data.dataset import TextImageDataset, collate
 from ..losses import sent_loss, words_loss
 from ..models.discriminators import Discriminator, discriminator_loss, generator_adversarial_loss
 from ..models.encoders import TextEncoder
 from ..models.generator import Generator, kl_loss
 from ..pictures import generation_grid, save_png
 from ..text import Vocabulary
-from .checkpoint import load_checkpoint, rng_neutral, rng_state, save_atomic, set_rng_state
+from .checkpoint import load_checkpoint, rng_neutral, save_atomic
+from .common import caption_cache, check_vocabulary, gathered_rng_states, restore_rng, train_loader
 from .damsm import TrainingDiverged, load_damsm
 from .runtime import (JsonlLog, Runtime, autocast, grad_scaler, past_deadline, seed_everything, setup_runtime,
                       teardown_runtime)
@@ -204,11 +202,7 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
         cfg.text_encoder = damsm.config.text_encoder
     if rt.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        cache = load_captions(cfg.data.root, cfg.data.layout, cfg.data.captions_per_image, progress=progress)
-    if rt.distributed:
-        dist.barrier()
-    if not rt.is_main:
-        cache = load_captions(cfg.data.root, cfg.data.layout, cfg.data.captions_per_image, progress=False)
+    cache = caption_cache(cfg, rt, progress)
     if cache.vocab.words != damsm.vocab.words:
         raise ValueError(f"the DAMSM {g.damsm} was trained with another vocabulary than {cfg.data.root}'s captions")
     vocab = cache.vocab
@@ -217,9 +211,6 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
                   branches=g.stages, cache=cache)
     train_set = TextImageDataset(cfg.data.root, cfg.data.layout, "train", train=True, **common)
     test_set = TextImageDataset(cfg.data.root, cfg.data.layout, "test", train=False, **common)
-    if len(train_set) // rt.world < g.batch_size:
-        raise ValueError(f"gan.batch_size={g.batch_size} is larger than the {len(train_set) // rt.world} training "
-                         "images each process gets")
 
     netG = build_generator(cfg)
     netsD = build_discriminators(cfg)
@@ -242,8 +233,7 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
     start_epoch, position, step = 0, 0, 0
     if resume is not None:
         ckpt = load_checkpoint(resume, FORMAT)
-        if ckpt["vocab"] != vocab.to_json():
-            raise ValueError(f"{resume} was trained with another vocabulary than {cfg.data.root}'s captions")
+        check_vocabulary(ckpt, cache, resume, cfg.data.root)
         netG.load_state_dict(ckpt["netG"])
         netG_ema.load_state_dict(ckpt["netG_ema"])
         netsD.load_state_dict(ckpt["netsD"])
@@ -252,7 +242,7 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
             opt.load_state_dict(state)
         scaler.load_state_dict(ckpt["scaler"])
         start_epoch, position, step = ckpt["epoch"], ckpt["position"], ckpt["step"]
-        set_rng_state(ckpt["rng"][rt.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
+        restore_rng(ckpt, rt)
 
     g_model = netG
     d_steps = [DiscriminatorStep(d) for d in netsD]
@@ -268,12 +258,7 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
         image_fn = image_encoder
 
     step_fn = GanStep(g_model, d_steps, netsD, optG, optsD, scaler, text_encoder, image_fn, cfg, device)
-    sampler = EpochSampler(len(train_set), seed=cfg.runtime.seed, shuffle=True, rank=rt.rank, world=rt.world)
-    loader = DataLoader(train_set, batch_size=g.batch_size, sampler=sampler, drop_last=True, collate_fn=collate,
-                        num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
-                        persistent_workers=cfg.data.workers > 0,
-                        generator=torch.Generator().manual_seed(cfg.runtime.seed + rt.rank))
-    steps_per_epoch = (len(train_set) // rt.world) // g.batch_size
+    sampler, loader, steps_per_epoch = train_loader(train_set, g.batch_size, cfg, rt, device)
     log = JsonlLog(out / "log.jsonl", rt.is_main)
     latest = out / "latest.pt"
     deadline = time.monotonic() + g.max_minutes * 60 if g.max_minutes else None
@@ -286,18 +271,14 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
     sample_ca = torch.randn(len(sample_batch["keys"]), g.c_dim, generator=sample_gen)
 
     def save(epoch: int, pos: int) -> None:
-        states = [rng_state()]
-        if rt.distributed:
-            gathered = [None] * rt.world
-            dist.all_gather_object(gathered, states[0])
-            states = gathered
+        states = gathered_rng_states(rt)
         if rt.is_main:
             payload = {
                 "format": FORMAT, "config": cfg.to_dict(), "vocab": vocab.to_json(), "legacy_mask": g.legacy_mask,
                 "text_encoder": text_encoder.state_dict(), "netG": netG.state_dict(), "netG_ema": netG_ema.state_dict(),
                 "netsD": netsD.state_dict(), "optG": optG.state_dict(), "optsD": [o.state_dict() for o in optsD],
                 "scaler": scaler.state_dict(), "epoch": epoch, "position": pos, "step": step,
-                "rng": states if rt.distributed else states[0], "damsm": str(g.damsm),
+                "rng": states, "damsm": str(g.damsm),
             }
             save_atomic(payload, latest)
             if pos == 0 and epoch % g.snapshot_every == 0:

@@ -1,0 +1,59 @@
+"""Set-up shared by the DAMSM and GAN loops: the caption cache built once, the resumable data loader,
+RNG states gathered from every rank into a checkpoint and restored from it."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from ..config import Config
+from ..data.dataset import EpochSampler, collate
+from ..data.prepare import CaptionCache, load_captions
+from .checkpoint import rng_state, set_rng_state
+from .runtime import Runtime
+
+
+def caption_cache(cfg: Config, rt: Runtime, progress: bool) -> CaptionCache:
+    """Rank 0 builds the cache (if needed) while the other ranks wait, then they read it."""
+    cache = None
+    if rt.is_main:
+        cache = load_captions(cfg.data.root, cfg.data.layout, cfg.data.captions_per_image, progress=progress)
+    if rt.distributed:
+        dist.barrier()
+    if cache is None:
+        cache = load_captions(cfg.data.root, cfg.data.layout, cfg.data.captions_per_image, progress=False)
+    return cache
+
+
+def train_loader(dataset, batch_size: int, cfg: Config, rt: Runtime, device: torch.device):
+    """(sampler, loader, steps per epoch). The loader's own generator, not the global RNG, seeds its
+    workers: the global stream is left to the models (dropout, noise), which a resumed run replays."""
+    if len(dataset) // rt.world < batch_size:
+        raise ValueError(f"batch size {batch_size} is larger than the {len(dataset) // rt.world} training images "
+                         "each process gets")
+    sampler = EpochSampler(len(dataset), seed=cfg.runtime.seed, shuffle=True, rank=rt.rank, world=rt.world)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, collate_fn=collate,
+                        num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
+                        persistent_workers=cfg.data.workers > 0,
+                        generator=torch.Generator().manual_seed(cfg.runtime.seed + rt.rank))
+    return sampler, loader, (len(dataset) // rt.world) // batch_size
+
+
+def gathered_rng_states(rt: Runtime):
+    """This process's RNG state, or every rank's (a list) under torchrun. A collective: all ranks call it."""
+    state = rng_state()
+    if not rt.distributed:
+        return state
+    gathered = [None] * rt.world
+    dist.all_gather_object(gathered, state)
+    return gathered
+
+
+def restore_rng(ckpt: dict, rt: Runtime) -> None:
+    set_rng_state(ckpt["rng"][rt.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
+
+
+def check_vocabulary(ckpt: dict, cache: CaptionCache, path, root) -> None:
+    if ckpt["vocab"] != cache.vocab.to_json():
+        raise ValueError(f"{path} was trained with another vocabulary than {root}'s captions")
