@@ -76,8 +76,8 @@ def generation_grid(images: list[torch.Tensor], maps: list[torch.Tensor], words:
                     cell: int = 96, title: str | None = None) -> Image.Image:
     """One row per caption: the image of every stage, then for each attention stage the ``top_k`` most
     attended words with their maps over that stage's image (the paper's Figure 1/4), the caption under
-    the row. images[i]: (B, 3, s_i, s_i); maps[j]: (B, T, s_j, s_j), the attention of stage j + 1 over
-    the features of stage j; words[b]: the words of caption b."""
+    the row. images[i]: (B, 3, s_i, s_i); maps[j]: (B, T, s_j, s_j), the attention that shaped stage
+    j + 1, drawn (as the release draws it) over the image of stage j + 1; words[b]: caption b's words."""
     font = _font(max(10, cell // 8))
     label = cell // 5
     head = label if title else 0
@@ -93,7 +93,7 @@ def generation_grid(images: list[torch.Tensor], maps: list[torch.Tensor], words:
             grid.paste(to_pil(stage[b]).resize((cell, cell), Image.BILINEAR), (i * cell, y))
             draw.text((i * cell + 4, y + cell + 1), f"{stage.shape[-1]}px", fill="gray", font=font)
         for j, attn in enumerate(maps):
-            stage_img = to_pil(images[min(j, len(images) - 1)][b]).resize((cell, cell), Image.BILINEAR)
+            stage_img = to_pil(images[min(j + 1, len(images) - 1)][b]).resize((cell, cell), Image.BILINEAR)
             for r, t in enumerate(top_words(attn[b], len(caption), top_k)):
                 x = (len(images) + j * top_k + r) * cell
                 grid.paste(overlay(stage_img, attn[b, t]), (x, y))
