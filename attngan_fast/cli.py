@@ -157,13 +157,13 @@ def _evaluate(args) -> int:
 
 
 def _import_original(args) -> int:
-    from .release_import import ImportError_, import_original
+    from .release_import import ReleaseImportError, import_original
 
     try:
         summary = import_original(netG=args.netG, text_encoder=args.text_encoder, captions=args.captions,
                                   preset=args.preset, out=args.out, image_encoder=args.image_encoder,
                                   out_damsm=args.out_damsm, variant=args.variant)
-    except ImportError_ as err:
+    except ReleaseImportError as err:
         raise CliError(str(err)) from None
     print(json.dumps(summary, indent=2))
     return 0
@@ -290,10 +290,12 @@ def main(argv: list[str] | None = None) -> int:
     from .data.layouts import DataError
     from .generate import CaptionError
     from .safe_pickle import UnsafePickleError
+    from .train.checkpoint import CheckpointError
 
     try:
         return args.func(args)
-    except (CliError, ConfigError, DataError, UnsafePickleError, CaptionError, FileNotFoundError) as err:
+    except (CliError, ConfigError, DataError, UnsafePickleError, CaptionError, CheckpointError,
+            FileNotFoundError) as err:
         print(f"attngan-fast: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -5,8 +5,6 @@ highest cosine. Reported per fold and as mean ± std. The same protocol scores g
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -62,9 +60,3 @@ def attention_mass_in_parts(attn: torch.Tensor, part_masks: torch.Tensor) -> tup
     share = area.mean((1, 2))
     return mass, share
 
-
-def mean_std(values) -> tuple[float, float]:
-    values = list(values)
-    if not values:
-        return math.nan, math.nan
-    return float(np.mean(values)), float(np.std(values))

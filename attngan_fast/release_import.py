@@ -25,7 +25,7 @@ from .train.gan import FORMAT as GAN_FORMAT
 from .train.gan import build_generator
 
 
-class ImportError_(ValueError):
+class ReleaseImportError(ValueError):
     """A released file that does not fit the model it should fill."""
 
 
@@ -37,7 +37,7 @@ def load_release_state(path: str | Path, what: str) -> dict:
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ImportError_(f"{path} is not a state_dict of tensors (expected the release's {what})")
+        raise ReleaseImportError(f"{path} is not a state_dict of tensors (expected the release's {what})")
     # Files saved from nn.DataParallel carry a "module." prefix.
     return {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
 
@@ -56,7 +56,7 @@ def fill_module(module: torch.nn.Module, state: dict, path: str | Path, what: st
     if mis_shaped:
         problems.append(f"{len(mis_shaped)} mis-shaped tensors (e.g. {'; '.join(mis_shaped[:3])})")
     if problems:
-        raise ImportError_(f"{path} does not fit the {what}: " + "; ".join(problems)
+        raise ReleaseImportError(f"{path} does not fit the {what}: " + "; ".join(problems)
                            + " — is --preset right for this file?")
     merged = {k: state.get(k, own[k]) for k in own}
     module.load_state_dict(merged, strict=True)
@@ -65,11 +65,11 @@ def fill_module(module: torch.nn.Module, state: dict, path: str | Path, what: st
 def release_vocabulary(path: str | Path) -> Vocabulary:
     data = load_plain_pickle(path)
     if not isinstance(data, (list, tuple)) or len(data) != 4 or not isinstance(data[2], dict):
-        raise ImportError_(f"{path}: expected the release's [train_captions, test_captions, ixtoword, wordtoix]")
+        raise ReleaseImportError(f"{path}: expected the release's [train_captions, test_captions, ixtoword, wordtoix]")
     ixtoword = data[2]
     words = [as_text(ixtoword[i]) for i in range(len(ixtoword))]
     if words[0] != END_TOKEN:
-        raise ImportError_(f"{path}: word 0 must be {END_TOKEN!r}, got {words[0]!r}")
+        raise ReleaseImportError(f"{path}: word 0 must be {END_TOKEN!r}, got {words[0]!r}")
     return Vocabulary(words)
 
 

@@ -302,3 +302,9 @@ def test_generator_loss_fused_path_equals_reference_path(synthetic_root, damsm_c
         assert_rel(p_tri[k], p_ref[k], 1e-5, f"loss part {k}")
     for name in g_ref:
         assert_rel(g_tri[name], g_ref[name], 1e-4, f"gradient of {name}")
+
+
+def test_cli_batch_larger_than_the_data_is_a_clear_error(synthetic_root, damsm_checkpoint, tmp_path, capsys):
+    code = cli(["train", "--config", "synthetic", "--data", str(synthetic_root), "--damsm", str(damsm_checkpoint),
+                "--out", str(tmp_path), "--quiet", "--set", "gan.batch_size=5000"])
+    assert code == 2 and "batch size 5000 is larger than the 72 training images" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from attngan_fast.cli import main as cli
 from attngan_fast.config import load_config
 from attngan_fast.generate import CaptionError, encode_captions, generate_images, write_generation
 from attngan_fast.metrics import retrieval_top1
-from attngan_fast.release_import import ImportError_, import_original
+from attngan_fast.release_import import ReleaseImportError, import_original
 from attngan_fast.text import Vocabulary
 from attngan_fast.train import gan
 from attngan_fast.train.damsm import train_damsm
@@ -223,7 +223,7 @@ def test_import_release_layout_loads_completely_and_generates(tmp_path):
 ])
 def test_import_names_what_does_not_fit(tmp_path, corrupt, match):
     files = _release_files(tmp_path, corrupt=corrupt)
-    with pytest.raises(ImportError_, match=match):
+    with pytest.raises(ReleaseImportError, match=match):
         import_original(netG=files["netG"], text_encoder=files["text_encoder"], captions=files["captions"],
                         preset="bird", out=tmp_path / "out.pt")
     assert not (tmp_path / "out.pt").exists()
@@ -235,3 +235,12 @@ def test_import_with_the_wrong_preset_is_a_clear_cli_error(tmp_path, capsys):
     code = cli(["import-original", "--netG", str(files["netG"]), "--text-encoder", str(files["text_encoder"]),
                 "--captions", str(files["captions"]), "--preset", "coco", "--out", str(tmp_path / "x.pt")])
     assert code == 2 and "is --preset right for this file?" in capsys.readouterr().err
+
+
+def test_cli_checkpoint_errors_are_clear(trained, tmp_path, capsys):
+    assert cli(["generate", "--checkpoint", str(trained[0]), "--out", str(tmp_path), "a bird"]) == 2
+    assert "is a DAMSM checkpoint; this needs a generator checkpoint" in capsys.readouterr().err
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_text("not a checkpoint")
+    assert cli(["generate", "--checkpoint", str(garbage), "--out", str(tmp_path), "a bird"]) == 2
+    assert "is not a readable checkpoint" in capsys.readouterr().err

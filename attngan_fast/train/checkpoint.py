@@ -5,6 +5,7 @@ that make a resumed run continue exactly as an uninterrupted one."""
 from __future__ import annotations
 
 import contextlib
+import pickle
 import random
 from pathlib import Path
 
@@ -19,15 +20,26 @@ def save_atomic(obj, path: str | Path) -> Path:
     return Path(path)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or is of another kind than the command needs."""
+
+
 def load_checkpoint(path: str | Path, expected_format: str | None = None) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError):
+        # torch's own message suggests weights_only=False; an untrusted file must never get that.
+        raise CheckpointError(f"{path} is not a readable checkpoint (expected a torch.save file of tensors and "
+                              "plain data, as attngan-fast writes)") from None
     if not isinstance(ckpt, dict) or "format" not in ckpt:
-        raise ValueError(f"{path} is not an attngan-fast checkpoint")
+        raise CheckpointError(f"{path} is not an attngan-fast checkpoint")
     if expected_format is not None and ckpt["format"] != expected_format:
-        raise ValueError(f"{path} holds a {ckpt['format']!r} checkpoint, expected {expected_format!r}")
+        kind = {"attngan-fast/damsm/1": "a DAMSM", "attngan-fast/gan/1": "a generator"}
+        raise CheckpointError(f"{path} is {kind.get(ckpt['format'], repr(ckpt['format']))} checkpoint; this needs "
+                              f"{kind.get(expected_format, repr(expected_format))} checkpoint")
     return ckpt
 
 

@@ -7,10 +7,10 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from ..config import Config
+from ..config import Config, ConfigError
 from ..data.dataset import EpochSampler, collate
 from ..data.prepare import CaptionCache, load_captions
-from .checkpoint import rng_state, set_rng_state
+from .checkpoint import CheckpointError, rng_state, set_rng_state
 from .runtime import Runtime
 
 
@@ -30,7 +30,7 @@ def train_loader(dataset, batch_size: int, cfg: Config, rt: Runtime, device: tor
     """(sampler, loader, steps per epoch). The loader's own generator, not the global RNG, seeds its
     workers: the global stream is left to the models (dropout, noise), which a resumed run replays."""
     if len(dataset) // rt.world < batch_size:
-        raise ValueError(f"batch size {batch_size} is larger than the {len(dataset) // rt.world} training images "
+        raise ConfigError(f"batch size {batch_size} is larger than the {len(dataset) // rt.world} training images "
                          "each process gets")
     sampler = EpochSampler(len(dataset), seed=cfg.runtime.seed, shuffle=True, rank=rt.rank, world=rt.world)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, collate_fn=collate,
@@ -56,4 +56,4 @@ def restore_rng(ckpt: dict, rt: Runtime) -> None:
 
 def check_vocabulary(ckpt: dict, cache: CaptionCache, path, root) -> None:
     if ckpt["vocab"] != cache.vocab.to_json():
-        raise ValueError(f"{path} was trained with another vocabulary than {root}'s captions")
+        raise CheckpointError(f"{path} was trained with another vocabulary than {root}'s captions")

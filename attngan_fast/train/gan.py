@@ -29,7 +29,7 @@ from ..models.encoders import TextEncoder
 from ..models.generator import Generator, kl_loss
 from ..pictures import generation_grid, save_png
 from ..text import Vocabulary
-from .checkpoint import load_checkpoint, rng_neutral, save_atomic
+from .checkpoint import CheckpointError, load_checkpoint, rng_neutral, save_atomic
 from .common import caption_cache, check_vocabulary, gathered_rng_states, restore_rng, train_loader
 from .damsm import TrainingDiverged, load_damsm
 from .runtime import (JsonlLog, Runtime, autocast, grad_scaler, past_deadline, seed_everything, setup_runtime,
@@ -204,7 +204,7 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
         out.mkdir(parents=True, exist_ok=True)
     cache = caption_cache(cfg, rt, progress)
     if cache.vocab.words != damsm.vocab.words:
-        raise ValueError(f"the DAMSM {g.damsm} was trained with another vocabulary than {cfg.data.root}'s captions")
+        raise CheckpointError(f"the DAMSM {g.damsm} was trained with another vocabulary than {cfg.data.root}'s captions")
     vocab = cache.vocab
     words_num = g.words_num or cfg.data.words_num
     common = dict(captions_per_image=cfg.data.captions_per_image, words_num=words_num, image_size=g.image_size,
