@@ -106,6 +106,9 @@ class RuntimeConfig:
     compile: bool = False
     impl: Literal["auto", "triton", "reference"] = "auto"
     channels_last: bool = False
+    # Autotune the fused kernels' launch configurations on CUDA; false pins the fixed defaults, so that
+    # separate processes (a resumed run) round identically.
+    autotune: bool = True
     log_every: int = 50  # steps between JSONL log lines
     eval_batches: Optional[int] = None  # cap on validation batches per epoch (None = whole test split)
 

@@ -3,7 +3,8 @@
 Providers: (a) ``released`` — the release's algorithm (a Python loop over captions with host syncs
 for the DAMSM score; flatten/bmm/repeated mask for F_attn); (b) ``reference`` — our vectorized
 plain-PyTorch reference, eager; (c) ``reference-compiled`` — (b) under ``torch.compile``; (d)
-``fused`` — the Triton kernels.
+``fused`` — the Triton kernels, autotuned on CUDA; and ``fused-untuned``, the same kernels with their
+fixed default launch configurations, which shows what autotuning buys.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from functools import lru_cache
 
 import torch
 
-from kernels import damsm_word_scores, damsm_word_scores_loop, damsm_word_scores_ref, word_attention, word_attention_ref
+from kernels import autotuning, damsm_word_scores, damsm_word_scores_loop, damsm_word_scores_ref, word_attention, word_attention_ref
 from kernels.attention import word_attention_released
 
-PROVIDERS = ("released", "reference", "reference-compiled", "fused")
+PROVIDERS = ("released", "reference", "reference-compiled", "fused", "fused-untuned")
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,23 @@ def _compiled(fn):
     return torch.compile(fn)
 
 
+def _untuned(fn):
+    """fn with the kernels' fixed default launch configurations (the backward runs inside too)."""
+    def run(*args):
+        with autotuning(False):
+            return fn(*args)
+
+    return run
+
+
+def _damsm_fused(words, cap_lens, regions):
+    return damsm_word_scores(words, cap_lens, regions, impl="triton")
+
+
+def _attention_fused(query, context, word_mask):
+    return word_attention(query, context, word_mask, impl="triton")[0]
+
+
 def _damsm_released(words, cap_lens, regions):
     return damsm_word_scores_loop(words, cap_lens, regions.flatten(2))
 
@@ -91,7 +109,8 @@ def damsm_provider(name: str):
         "released": _damsm_released,
         "reference": _damsm_reference,
         "reference-compiled": _compiled(_damsm_reference),
-        "fused": lambda w, c, r: damsm_word_scores(w, c, r, impl="triton"),
+        "fused": _damsm_fused,
+        "fused-untuned": _untuned(_damsm_fused),
     }[name]
 
 
@@ -105,7 +124,8 @@ def attention_provider(name: str):
         "released": lambda q, k, m: word_attention_released(q, k, m)[0],
         "reference": _attention_reference,
         "reference-compiled": _compiled(_attention_reference),
-        "fused": lambda q, k, m: word_attention(q, k, m, impl="triton")[0],
+        "fused": _attention_fused,
+        "fused-untuned": _untuned(_attention_fused),
     }[name]
 
 

@@ -1,14 +1,16 @@
-"""The GPU benchmark set of DESIGN.md §6 in one command (within 10 minutes on an H200-class GPU):
+"""The GPU benchmark set of DESIGN.md §6: one command, or one part per call where calls are limited
+to 10 minutes (scripts/gpu_session.sh runs it that way):
 
-    python -m benchmarks.gpu                 # all: kernels and training steps
-    python -m benchmarks.gpu --only kernels  # or: --only train
+    python -m benchmarks.gpu                 # all: DAMSM and F_attn kernels, training steps
+    python -m benchmarks.gpu --only damsm    # or: --only attention, --only train, --only kernels
     python -m benchmarks.gpu --device cpu --quick --out /tmp/x   # self-check of this script (CI)
 
 Times are medians of ``triton.testing.do_bench`` (CUDA events, warm-up first, so autotuning and
 compilation are done before timing); peak extra memory is ``max_memory_allocated`` above what the
 inputs hold; achieved TFLOP/s and GB/s use the counted work of ``benchmarks.cases``; ratios compare the
 fused kernels with every baseline measured in the same run. Writes
-``<out>/<device>-<date>.json`` and ``.md`` with the device, versions, sizes and this command.
+``<out>/<device>-<date>.json`` and ``.md`` with the device, versions, sizes and the commands; parts run
+separately (``--only``, each well inside a 10-minute call) on the same day and device add up there.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ if not torch.cuda.is_available():
     # interpreter, which must be chosen before `kernels` is imported.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import kernels
 from benchmarks.cases import (CPU_ATTENTION, CPU_DAMSM, GPU_ATTENTION, GPU_DAMSM, PROVIDERS, attention_inputs,
                               attention_provider, attention_work, damsm_inputs, damsm_provider, damsm_work,
                               forward_backward)
@@ -69,12 +72,15 @@ def peak_extra_mb(fn, device: torch.device) -> float | None:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def _kernel_rows(op: str, cases, inputs_fn, provider_fn, work_fn, device, measure, quick, log) -> list[dict]:
-    rows = []
+def _kernel_rows(op: str, cases, inputs_fn, provider_fn, work_fn, device, measure, rows: list, log) -> None:
+    """Measures every provider on every case, dtype and mode, appending to ``rows`` and calling ``log``
+    after each row."""
     for case in cases:
         for dtype_name, dtype in DTYPES.items():
             for mode in ("fwd", "fwd+bwd"):
                 for provider in PROVIDERS:
+                    if provider == "fused-untuned" and device.type != "cuda":
+                        continue  # nothing is autotuned without a GPU
                     inputs = inputs_fn(case, device, dtype)
                     fn = provider_fn(provider)
                     if mode == "fwd":
@@ -89,14 +95,21 @@ def _kernel_rows(op: str, cases, inputs_fn, provider_fn, work_fn, device, measur
                         flops, moved = work_fn(case, torch.finfo(dtype).bits // 8, mode == "fwd+bwd")
                         row["tflops"] = flops / (row["ms"] * 1e-3) / 1e12
                         row["gbps"] = moved / (row["ms"] * 1e-3) / 1e9
+                        if provider.startswith("fused"):
+                            row["launch"] = _launch_configs(op, mode)
                     except Exception as err:  # a baseline that cannot run (memory, compiler) is recorded, not fatal
                         row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
                     rows.append(row)
                     log(row)
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
-    _add_ratios(rows)
-    return rows
+
+
+def _launch_configs(op: str, mode: str) -> dict:
+    """The launch configuration each of this op's kernels ran with in the row just measured."""
+    prefix = "damsm" if op == "damsm" else "word_attention"
+    return {name: config for name, config in kernels.chosen_configs().items()
+            if name.startswith(prefix) and config and (mode != "fwd" or "_bwd" not in name)}
 
 
 def _add_ratios(rows: list[dict]) -> None:
@@ -112,10 +125,10 @@ def _add_ratios(rows: list[dict]) -> None:
                                if name != "fused" and "ms" in r}
 
 
-def _train_rows(device, measure, quick, log) -> list[dict]:
+def _train_rows(device, measure, rows: list, log) -> None:
+    """One training step per variant, appended to ``rows``; ``log`` after each."""
     from benchmarks.train_step import VARIANTS, bird_config, build_step, random_batch, tiny_config
 
-    rows = []
     for variant in VARIANTS:
         cfg = tiny_config() if device.type != "cuda" else bird_config()
         row = {"op": "train_step", "case": f"{'bird' if device.type == 'cuda' else 'tiny'} B={cfg.gan.batch_size} "
@@ -135,6 +148,10 @@ def _train_rows(device, measure, quick, log) -> list[dict]:
             row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
         rows.append(row)
         log(row)
+
+
+def _add_train_ratios(rows: list[dict]) -> None:
+    """speed and peak memory of each variant against the released algorithm in fp32, eager."""
     base = next((r for r in rows if r["variant"] == "released-fp32-eager" and "ms" in r), None)
     if base:
         for r in rows:
@@ -142,7 +159,6 @@ def _train_rows(device, measure, quick, log) -> list[dict]:
                 r["speedup_vs_released"] = round(base["ms"] / r["ms"], 2)
                 if base.get("peak_extra_mb") and r.get("peak_extra_mb"):
                     r["memory_vs_released"] = round(r["peak_extra_mb"] / base["peak_extra_mb"], 2)
-    return rows
 
 
 def environment(device: torch.device) -> dict:
@@ -164,30 +180,38 @@ def environment(device: torch.device) -> dict:
 def markdown(report: dict) -> str:
     env = report["environment"]
     lines = [f"# Benchmarks on {env['device']} ({report['date']})", "",
-             f"torch {env['torch']}, triton {env['triton']}, python {env['python']}. Command: `{report['command']}`",
+             f"torch {env['torch']}, triton {env['triton']}, python {env['python']}. Commands: "
+             + ", ".join(f"`{c}` ({report['seconds'].get(part, '?')} s)" for part, c in report["commands"].items()),
              "", "Median times (ms); speedup = baseline time / fused time in the same run.", ""]
     for op in ("damsm", "attention"):
         rows = [r for r in report["kernels"] if r["op"] == op]
         if not rows:
             continue
         lines += [f"## {'DAMSM word scores' if op == 'damsm' else 'F_attn word attention'}", "",
-                  "| case | dtype | mode | released | reference | ref. compiled | fused | fused TFLOP/s | fused GB/s | "
-                  "fused peak MB | speedup vs released / reference / compiled |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| case | dtype | mode | released | reference | ref. compiled | fused untuned | fused | fused TFLOP/s | "
+                  "fused GB/s | fused peak MB | speedup vs released / reference / compiled / untuned |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         groups: dict = {}
         for r in rows:
             groups.setdefault((r["case"], r["dtype"], r["mode"]), {})[r["provider"]] = r
         for (case, dtype, mode), g in groups.items():
-            cell = lambda p: f"{g[p]['ms']:.3f}" if p in g and "ms" in g[p] else "err"  # noqa: E731
+            cell = lambda p: "-" if p not in g else f"{g[p]['ms']:.3f}" if "ms" in g[p] else "err"  # noqa: E731
             fused = g.get("fused", {})
             sp = fused.get("speedup_vs", {})
             peak = fused.get("peak_extra_mb")
             lines.append(
                 f"| {case} | {dtype} | {mode} | {cell('released')} | {cell('reference')} | {cell('reference-compiled')} | "
-                f"{cell('fused')} | {fused.get('tflops', float('nan')):.2f} | {fused.get('gbps', float('nan')):.0f} | "
+                f"{cell('fused-untuned')} | {cell('fused')} | {fused.get('tflops', float('nan')):.2f} | {fused.get('gbps', float('nan')):.0f} | "
                 f"{'-' if peak is None else f'{peak:.1f}'} | "
-                f"{sp.get('released', '-')}x / {sp.get('reference', '-')}x / {sp.get('reference-compiled', '-')}x |")
+                f"{sp.get('released', '-')}x / {sp.get('reference', '-')}x / {sp.get('reference-compiled', '-')}x / "
+                f"{sp.get('fused-untuned', '-')}x |")
         lines.append("")
+        tuned = sorted({f"{name}: {config}" for r in rows if r["provider"] == "fused" for name, config in
+                        r.get("launch", {}).items()})
+        if tuned:
+            lines += ["Launch configurations of the fused kernels (autotuned per dtype and model size on CUDA; "
+                      "the fixed defaults elsewhere):", ""]
+            lines += [f"- {entry}" for entry in tuned] + [""]
     if report["train"]:
         lines += ["## One training step (D steps + G step with the DAMSM loss)", "",
                   "| case | variant | ms | steps/s | images/s | peak MB | speedup vs released | memory vs released |",
@@ -203,10 +227,43 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+PARTS = ("damsm", "attention", "train")
+
+
+def _results_stem(report: dict) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", report["environment"]["device"]).strip("-").lower() + "-" + report["date"]
+
+
+def _previous_report(path: Path, report: dict) -> dict | None:
+    """The results file of an earlier part run today on the same device and versions, to add to."""
+    if not path.exists():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return old if old.get("environment") == report["environment"] else None
+
+
+def _save(report: dict, out: Path) -> Path:
+    """Writes the JSON (atomically) and the markdown table, ratios brought up to date."""
+    _add_ratios(report["kernels"])
+    _add_train_ratios(report["train"])
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / _results_stem(report)
+    tmp = stem.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(stem.with_suffix(".json"))
+    stem.with_suffix(".md").write_text(markdown(report))
+    return stem
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (a self-check at CPU sizes)")
-    parser.add_argument("--only", choices=["kernels", "train"], help="run one part only")
+    parser.add_argument("--only", choices=["kernels", *PARTS],
+                        help="run one part only (kernels = damsm + attention); parts run on the same day and "
+                             "device add up in one results file")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--out", default="benchmarks/results", help="folder for the results files")
     args = parser.parse_args(argv)
@@ -217,30 +274,38 @@ def main(argv: list[str] | None = None) -> int:
     measure = timer(device, args.quick)
     started = time.time()
 
+    gpu = device.type == "cuda"
+    parts = PARTS if args.only is None else ("damsm", "attention") if args.only == "kernels" else (args.only,)
+    command = "python -m benchmarks.gpu " + " ".join(sys.argv[1:] if argv is None else argv)
+    report = {"date": datetime.date.today().isoformat(), "environment": environment(device),
+              "commands": {}, "seconds": {}, "kernels": [], "train": []}
+    out = Path(args.out)
+    report = _previous_report(out / f"{_results_stem(report)}.json", report) or report
+
     def log(row):
+        """Prints the row and saves the results so far: a part that overruns its time loses one row."""
         what = row.get("provider") or row.get("variant")
         value = f"{row['ms']:.3f} ms" if "ms" in row else row.get("error")
         print(f"[{time.time() - started:6.1f}s] {row['op']:10s} {row['case']:32s} {row.get('dtype', ''):4s} "
               f"{row.get('mode', ''):7s} {what:24s} {value}", flush=True)
+        _save(report, out)
 
-    gpu = device.type == "cuda"
-    report = {"date": datetime.date.today().isoformat(), "command": "python -m benchmarks.gpu " + " ".join(argv or sys.argv[1:]),
-              "environment": environment(device), "kernels": [], "train": []}
-    if args.only in (None, "kernels"):
-        report["kernels"] += _kernel_rows("damsm", GPU_DAMSM if gpu else CPU_DAMSM, damsm_inputs, damsm_provider,
-                                          damsm_work, device, measure, args.quick, log)
-        report["kernels"] += _kernel_rows("attention", GPU_ATTENTION if gpu else CPU_ATTENTION, attention_inputs,
-                                          attention_provider, attention_work, device, measure, args.quick, log)
-    if args.only in (None, "train"):
-        report["train"] = _train_rows(device, measure, args.quick, log)
-    report["seconds"] = round(time.time() - started, 1)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = re.sub(r"[^A-Za-z0-9]+", "-", report["environment"]["device"]).strip("-").lower() + "-" + report["date"]
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
-    (out / f"{stem}.md").write_text(markdown(report))
+    for part in parts:
+        part_start = time.time()
+        report["commands"][part] = command
+        if part == "train":
+            report["train"] = []
+            _train_rows(device, measure, report["train"], log)
+        else:
+            cases, inputs_fn, provider_fn, work_fn = (
+                (GPU_DAMSM if gpu else CPU_DAMSM, damsm_inputs, damsm_provider, damsm_work) if part == "damsm" else
+                (GPU_ATTENTION if gpu else CPU_ATTENTION, attention_inputs, attention_provider, attention_work))
+            report["kernels"] = [r for r in report["kernels"] if r["op"] != part]
+            _kernel_rows(part, cases, inputs_fn, provider_fn, work_fn, device, measure, report["kernels"], log)
+        report["seconds"][part] = round(time.time() - part_start, 1)
+        stem = _save(report, out)
     print(markdown(report))
-    print(f"wrote {out / stem}.json and .md in {report['seconds']} s")
+    print(f"wrote {stem}.json and .md in {time.time() - started:.1f} s")
     return 0
 
 

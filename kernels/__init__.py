@@ -7,10 +7,12 @@ Public ops (each with ``impl="auto" | "triton" | "reference"``):
   word attention F_attn; reference ``word_attention_ref``.
 
 Importable on its own (needs only torch; Triton optional). To run the Triton kernels on CPU tensors,
-set ``TRITON_INTERPRET=1`` before importing this package.
+set ``TRITON_INTERPRET=1`` before importing this package. On CUDA the kernels autotune their launch
+configuration per model size; ``set_autotune(False)`` or ``ATTNGAN_FAST_AUTOTUNE=0`` pins the defaults.
 """
 
 from ._runtime import TRITON_AVAILABLE
+from ._tuning import AUTOTUNE_ENV, autotune_enabled, autotuning, set_autotune
 from .attention import word_attention, word_attention_ref
 from .damsm import damsm_word_scores, damsm_word_scores_loop, damsm_word_scores_ref
 
@@ -22,12 +24,27 @@ def interpreter_active() -> bool:
     return _INTERPRETED
 
 
+def chosen_configs() -> dict:
+    """Each Triton kernel's last launch configuration (after autotuning on CUDA, the tuned one)."""
+    if not TRITON_AVAILABLE:
+        return {}
+    from .attention import fused as attention_fused
+    from .damsm import fused as damsm_fused
+
+    return {**damsm_fused.chosen_configs(), **attention_fused.chosen_configs()}
+
+
 __all__ = [
+    "AUTOTUNE_ENV",
     "TRITON_AVAILABLE",
+    "autotune_enabled",
+    "autotuning",
+    "chosen_configs",
     "damsm_word_scores",
     "damsm_word_scores_loop",
     "damsm_word_scores_ref",
     "interpreter_active",
+    "set_autotune",
     "word_attention",
     "word_attention_ref",
 ]

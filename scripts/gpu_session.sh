@@ -1,17 +1,46 @@
 #!/usr/bin/env bash
-# Everything a GPU session should run, in one call (about 15 minutes on an H200):
-#   1. the compiled Triton kernels against float64 (pytest -m gpu) -> $OUT/gpu_tests.log
-#   2. the GPU benchmark set -> benchmarks/results/<device>-<date>.{json,md}, copied to $OUT
-# Run from the repository root with the project on PYTHONPATH; the machine's own torch/triton are used.
-# Needs only what the CUDA image has (torch, triton, pytest, pytest-benchmark, numpy, pillow, pyyaml,
-# tqdm); nltk and torch-fidelity are not needed for these two steps. Then commit the results files and
-# the pytest summary into tests/GPU_RESULTS.md.
+# What a GPU session runs, one step per call so that each fits a 10-minute command limit:
+#   scripts/gpu_session.sh tests       # compiled Triton kernels against float64 (pytest -m gpu)
+#   scripts/gpu_session.sh damsm       # benchmarks: DAMSM word scores, all providers
+#   scripts/gpu_session.sh attention   # benchmarks: F_attn, all providers
+#   scripts/gpu_session.sh train       # benchmarks: one bird-preset training step, four variants
+#   scripts/gpu_session.sh all         # everything, in one call where there is no such limit
+# Several steps may be named in one call. Each step has its own time box (STEP_TIMEOUT seconds, default
+# 540), so one that overruns cannot take the others' output with it. Logs go to $OUT; the benchmark
+# parts add up in benchmarks/results/<device>-<date>.{json,md} (copied to $OUT after every step).
+# Run from the repository root; the machine's own torch/triton are used. Needs only what the CUDA image
+# has (torch, triton, pytest, pytest-benchmark, numpy, pillow, pyyaml, tqdm): not nltk, not
+# torch-fidelity. A results file already in benchmarks/results for the same day and device is added
+# to, so copy back what an earlier call left in $OUT before the next call. Afterwards commit the
+# results files and the pytest summary into tests/GPU_RESULTS.md.
 set -uo pipefail
 OUT=${OUT:-gpu-session-out}
+STEP_TIMEOUT=${STEP_TIMEOUT:-540}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/device.txt"
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
-python3 -m pytest -m gpu -p no:cacheprovider -q -rA tests/test_gpu.py 2>&1 | tee "$OUT/gpu_tests.log"
-python3 -m benchmarks.gpu --out benchmarks/results 2>&1 | tee "$OUT/benchmarks.log"
-cp benchmarks/results/*.json benchmarks/results/*.md "$OUT/" 2>/dev/null || true
+
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(all)
+[ "${steps[*]}" = "all" ] && steps=(tests damsm attention train)
+
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+} > "$OUT/device.txt" 2>&1
+cat "$OUT/device.txt"
+
+status=0
+for step in "${steps[@]}"; do
+  echo "=== $step (time box ${STEP_TIMEOUT}s) ==="
+  case "$step" in
+    tests) timeout "$STEP_TIMEOUT" python3 -m pytest -m gpu -p no:cacheprovider -q -rA tests/test_gpu.py \
+             2>&1 | tee "$OUT/gpu_tests.log" ;;
+    damsm|attention|train) timeout "$STEP_TIMEOUT" python3 -m benchmarks.gpu --only "$step" --out benchmarks/results \
+             2>&1 | tee "$OUT/bench_$step.log" ;;
+    *) echo "unknown step '$step' (tests, damsm, attention, train, all)"; exit 2 ;;
+  esac
+  rc=${PIPESTATUS[0]}
+  echo "=== $step: exit $rc ==="
+  [ "$rc" -ne 0 ] && status=$rc
+  cp benchmarks/results/*.json benchmarks/results/*.md "$OUT/" 2>/dev/null || true
+done
+exit $status

@@ -13,13 +13,27 @@ from __future__ import annotations
 import pytest
 import torch
 
+import kernels
 from kernels import damsm_word_scores, damsm_word_scores_ref, word_attention, word_attention_ref
+from kernels._tuning import LaunchConfig
+from kernels.attention import word_attention_ref_backward
+from kernels.damsm import damsm_word_scores_ref_backward
 from numerics import TOLERANCE, assert_rel
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
+
+
+
+@pytest.fixture(autouse=True)
+def pinned_launch_configs():
+    """The sweeps below run the default launch configurations (autotuning every dtype and shape would
+    take minutes); every candidate is checked on its own, and the autotuned path in one test."""
+    with kernels.autotuning(False):
+        yield
+
 
 # (label, input dtype, tl.dot precision for fp32 operands)
 PRECISIONS = [
@@ -155,3 +169,104 @@ def test_opcheck_on_cuda():
     query, context, word_mask = _attention_inputs(2, 32, 16, 6, torch.float32)
     torch.library.opcheck(torch.ops.attngan_fast.word_attention.default,
                           (query.requires_grad_(), context.requires_grad_(), word_mask, True, False, "ieee"))
+
+
+def _fits_or_skipped(run, config, skipped: list):
+    """Runs ``run()``; a candidate that does not fit this GPU (Triton's OutOfResources, which the
+    autotuner also skips) is noted instead of failing."""
+    import triton.runtime.errors as errors
+
+    does_not_fit = tuple(getattr(errors, name) for name in ("OutOfResources", "PTXASError") if hasattr(errors, name))
+    try:
+        return run()
+    except does_not_fit:
+        skipped.append(str(config))
+        return None
+
+
+@pytest.mark.parametrize("label, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_every_damsm_candidate_config_compiles_and_matches_float64(label, dtype):
+    from kernels.damsm import fused
+
+    words, cap_lens, regions = _damsm_inputs(12, 12, 256, 18, 17, dtype)
+    regions = regions.flatten(2)
+    grad = torch.randn(12, 12, device="cuda")
+    ref = damsm_word_scores_ref(words.double(), cap_lens, regions.double(), return_attn=True)
+    ref_w, ref_r = damsm_word_scores_ref_backward(grad.double(), words.double(), cap_lens, regions.double())
+    precision = "ieee" if dtype == torch.float32 else "tf32"
+    skipped: list = []
+    for config in fused.CANDIDATES:
+        out = _fits_or_skipped(lambda: fused.damsm_forward(words, cap_lens, regions, 4.0, 5.0, True, precision,
+                                                           config=config), config, skipped)
+        if out is None:
+            continue
+        assert_rel(out[0], ref[0], TOLERANCE[label], f"R {config}")
+        assert_rel(out[1], ref[1], TOLERANCE[label], f"maps {config}")
+        grads = _fits_or_skipped(lambda: fused.damsm_backward(grad, words, cap_lens, regions, 4.0, 5.0, precision,
+                                                              words_config=config, regions_config=config),
+                                 config, skipped)
+        if grads is not None:
+            assert_rel(grads[0], ref_w, TOLERANCE[label], f"d_words {config}")
+            assert_rel(grads[1], ref_r, TOLERANCE[label], f"d_regions {config}")
+    assert str(fused.default_config(18, 256, 289)) not in skipped, "the default launch must fit"
+    assert len(skipped) < len(fused.CANDIDATES), skipped
+
+
+@pytest.mark.parametrize("label, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+@pytest.mark.parametrize("channels, side, channels_last", [(32, 64, False), (48, 37, True)])
+def test_every_word_attention_candidate_config_compiles_and_matches_float64(label, dtype, channels, side, channels_last):
+    from kernels.attention import fused
+
+    query, context, word_mask = _attention_inputs(6, channels, side, 18, dtype, channels_last)
+    grad = torch.randn_like(query)
+    ref_ctx, ref_attn = word_attention_ref(query.double(), context.double(), word_mask, return_attn=True)
+    ref_q, ref_k = word_attention_ref_backward(grad.double(), query.double(), context.double(), word_mask)
+    precision = "ieee" if dtype == torch.float32 else "tf32"
+    skipped: list = []
+    for config in fused.FORWARD_CANDIDATES:
+        out = _fits_or_skipped(lambda: fused.word_attention_forward(query, context, word_mask, True, False, precision,
+                                                                    config=config), config, skipped)
+        if out is not None:
+            assert_rel(out[0], ref_ctx, TOLERANCE[label], f"ctx {config}")
+            assert_rel(out[1], ref_attn, TOLERANCE[label], f"maps {config}")
+    for config in fused.BACKWARD_CANDIDATES:
+        grads = _fits_or_skipped(lambda: fused.word_attention_backward(grad, query, context, word_mask, False,
+                                                                       precision, config=config), config, skipped)
+        if grads is not None:
+            assert_rel(grads[0], ref_q, TOLERANCE[label], f"d_query {config}")
+            assert_rel(grads[1], ref_k, TOLERANCE[label], f"d_context {config}")
+    assert str(fused.FORWARD_DEFAULT) not in skipped and str(fused.BACKWARD_DEFAULT) not in skipped
+
+
+def test_autotuned_launches_match_float64_and_repeat_exactly():
+    """With autotuning on: the first call tunes, later calls reuse the choice (bitwise equal results),
+    and the chosen configurations are candidates."""
+    from kernels.attention import fused as attention_fused
+    from kernels.damsm import fused as damsm_fused
+
+    words, cap_lens, regions = _damsm_inputs(20, 20, 256, 18, 17, torch.float32)
+    query, context, word_mask = _attention_inputs(20, 32, 64, 18, torch.float32)
+    leaves = [t.requires_grad_() for t in (words, regions, query, context)]
+    results = []
+    with kernels.autotuning(True):
+        for _ in range(2):
+            for t in leaves:
+                t.grad = None
+            scores = damsm_word_scores(words, cap_lens, regions, impl="triton", precision="ieee")
+            ctx, _ = word_attention(query, context, word_mask, impl="triton", precision="ieee")
+            (scores.square().sum() + ctx.square().sum()).backward()
+            results.append([scores.detach(), ctx.detach()] + [t.grad.clone() for t in leaves])
+    for a, b in zip(*results):
+        assert torch.equal(a, b), "a tuned launch must repeat exactly"
+    w64, r64, q64, k64 = (t.detach().double().requires_grad_() for t in leaves)
+    ref_scores = damsm_word_scores_ref(w64, cap_lens, r64.flatten(2))
+    ref_ctx, _ = word_attention_ref(q64, k64, word_mask)
+    (ref_scores.square().sum() + ref_ctx.square().sum()).backward()
+    for got, ref, what in zip(results[0], [ref_scores, ref_ctx, w64.grad, r64.grad, q64.grad, k64.grad],
+                              ["R", "ctx", "d_words", "d_regions", "d_query", "d_context"]):
+        assert_rel(got, ref, TOLERANCE["fp32"], f"{what} (autotuned)")
+    for kernel, candidates in ((damsm_fused._FWD, damsm_fused.CANDIDATES), (damsm_fused._BWD_WORDS, damsm_fused.CANDIDATES),
+                               (damsm_fused._BWD_REGIONS, damsm_fused.CANDIDATES),
+                               (attention_fused._FWD, attention_fused.FORWARD_CANDIDATES),
+                               (attention_fused._BWD, attention_fused.BACKWARD_CANDIDATES)):
+        assert isinstance(kernel.last_config, LaunchConfig) and kernel.last_config in candidates

@@ -105,6 +105,21 @@ def test_overrides_and_schema_errors(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+def test_runtime_autotune_switches_the_kernels_for_the_run(monkeypatch):
+    import kernels
+    from attngan_fast.train.runtime import setup_runtime, teardown_runtime
+
+    monkeypatch.delenv(kernels.AUTOTUNE_ENV, raising=False)
+    cfg = load_config("bird", ["runtime.autotune=false", "runtime.device=cpu"])
+    assert cfg.runtime.autotune is False and load_config("bird").runtime.autotune is True
+    with pytest.raises(ConfigError, match="runtime.autotune must be"):
+        load_config("bird", ["runtime.autotune=3"])
+    rt = setup_runtime(cfg.runtime.device, cfg.runtime.autotune)
+    assert not kernels.autotune_enabled()
+    teardown_runtime(rt)
+    assert kernels.autotune_enabled()  # back to the environment's setting
+
+
 def test_config_roundtrip():
     cfg = load_config("bird", ["damsm.epochs=3"])
     assert config_from_dict(cfg.to_dict()) == cfg

@@ -17,6 +17,7 @@ CASES = {
     "48-channels": (2, 48, 4, 4, 5, 1.0, "lengths", "nchw"),
     "one-word-no-mask": (2, 20, 3, 5, 1, 1.0, None, "nchw"),
     "odd-pixels": (3, 20, 5, 7, 6, 1.0, "lengths", "nchw"),
+    "two-backward-chunks": (2, 12, 13, 11, 5, 1.0, "lengths", "nchw"),  # 143 pixels: a partial last chunk
     "channels-last": (2, 16, 6, 6, 9, 1.0, "lengths", "channels_last"),
     "non-contiguous": (2, 24, 5, 6, 6, 1.0, "lengths", "transposed"),
     "saturated-softmax": (2, 20, 5, 5, 6, 6.0, "lengths", "nchw"),

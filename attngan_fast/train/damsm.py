@@ -225,7 +225,7 @@ def attention_picture(text_encoder, image_encoder, dataset: TextImageDataset, cf
 
 def train_damsm(cfg: Config, *, resume: str | Path | None = None, progress: bool = True) -> dict:
     """Pretrain the DAMSM as configured; returns the last evaluation metrics and the checkpoint path."""
-    rt = setup_runtime(cfg.runtime.device)
+    rt = setup_runtime(cfg.runtime.device, cfg.runtime.autotune)
     try:
         return _train(cfg, rt, resume, progress)
     finally:

@@ -173,7 +173,7 @@ def load_generator(path: str | Path, device: torch.device | str = "cpu", *, ema:
 
 def train_gan(cfg: Config, *, resume: str | Path | None = None, progress: bool = True) -> dict:
     """Train AttnGAN as configured (``cfg.gan.damsm`` names the DAMSM checkpoint)."""
-    rt = setup_runtime(cfg.runtime.device)
+    rt = setup_runtime(cfg.runtime.device, cfg.runtime.autotune)
     try:
         return _train(cfg, rt, resume, progress)
     finally:

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+import kernels
+
 
 @dataclass
 class Runtime:
@@ -39,8 +41,10 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def setup_runtime(device_name: str) -> Runtime:
-    """Single process, or one process of a ``torchrun`` group (NCCL on GPU, gloo on CPU)."""
+def setup_runtime(device_name: str, autotune: bool = True) -> Runtime:
+    """Single process, or one process of a ``torchrun`` group (NCCL on GPU, gloo on CPU). ``autotune``
+    switches the fused kernels' autotuning for this process (``teardown_runtime`` restores the default)."""
+    kernels.set_autotune(autotune)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Runtime(pick_device(device_name))
@@ -55,6 +59,7 @@ def setup_runtime(device_name: str) -> Runtime:
 
 
 def teardown_runtime(rt: Runtime) -> None:
+    kernels.set_autotune(None)
     if rt.distributed and dist.is_initialized():
         dist.destroy_process_group()
 

@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from .._runtime import alloc_like_query, alloc_output, kernel_is_interpreted, next_block, poison_
+from .._tuning import LaunchConfig, TunedKernel
 
 
 @triton.jit
@@ -102,29 +103,34 @@ def _word_attn_bwd_kernel(
     stride_gb, stride_gc, stride_gp,
     stride_db, stride_dc, stride_dp,
     stride_pb, stride_pq, stride_pc, stride_pt,
-    HAS_MASK: tl.constexpr, LEGACY_MASK: tl.constexpr,
+    HAS_MASK: tl.constexpr, LEGACY_MASK: tl.constexpr, CHUNK: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr, PRECISION: tl.constexpr,
 ):
+    """Program (b, chunk) covers pixels chunk·CHUNK .. +CHUNK in tiles of BLOCK_Q: it writes their
+    d_query and one partial sum of d_context. CHUNK is fixed by the launcher, not by the tile size, so
+    the partial buffer has the same shape whatever BLOCK_Q the autotuner picks."""
     b = tl.program_id(0).to(tl.int64)
-    tile = tl.program_id(1)
-    offs_q = tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    chunk = tl.program_id(1)
     offs_c = tl.arange(0, BLOCK_C)
     offs_t = tl.arange(0, BLOCK_T)
-    q_valid = offs_q < HW
     c_valid = offs_c < C
-    q, k, beta = _attention_tile(query_ptr, context_ptr, mask_ptr, b, offs_q, B, C, HW, T,
-                                 stride_qb, stride_qc, stride_qp, stride_kb, stride_kc, stride_kt,
-                                 stride_mb, stride_mt, HAS_MASK, LEGACY_MASK, BLOCK_Q, BLOCK_C, BLOCK_T, PRECISION)
-    g = tl.load(grad_ptr + b * stride_gb + offs_c[:, None] * stride_gc + offs_q[None, :] * stride_gp,
-                mask=c_valid[:, None] & q_valid[None, :], other=0.0).to(tl.float32)  # (BLOCK_C, BLOCK_Q)
-    d_beta = tl.dot(tl.trans(g), k, input_precision=PRECISION)  # (BLOCK_Q, BLOCK_T)
-    d_s = beta * (d_beta - tl.sum(beta * d_beta, axis=1)[:, None])
-    d_q = tl.dot(d_s, tl.trans(k), input_precision=PRECISION)  # (BLOCK_Q, BLOCK_C)
-    tl.store(dquery_ptr + b * stride_db + offs_c[None, :] * stride_dc + offs_q[:, None] * stride_dp,
-             d_q.to(dquery_ptr.dtype.element_ty), mask=q_valid[:, None] & c_valid[None, :])
-    # Rows past HW carry g = 0 and q = 0, so they add nothing to the context gradient.
-    d_k = tl.dot(g, beta, input_precision=PRECISION) + tl.dot(q, d_s, input_precision=PRECISION)
-    tl.store(partial_ptr + b * stride_pb + tile * stride_pq + offs_c[:, None] * stride_pc + offs_t[None, :] * stride_pt,
+    d_k = tl.zeros((BLOCK_C, BLOCK_T), dtype=tl.float32)
+    for q0 in range(chunk * CHUNK, tl.minimum(chunk * CHUNK + CHUNK, HW), BLOCK_Q):
+        offs_q = q0 + tl.arange(0, BLOCK_Q)
+        q_valid = offs_q < HW
+        q, k, beta = _attention_tile(query_ptr, context_ptr, mask_ptr, b, offs_q, B, C, HW, T,
+                                     stride_qb, stride_qc, stride_qp, stride_kb, stride_kc, stride_kt,
+                                     stride_mb, stride_mt, HAS_MASK, LEGACY_MASK, BLOCK_Q, BLOCK_C, BLOCK_T, PRECISION)
+        g = tl.load(grad_ptr + b * stride_gb + offs_c[:, None] * stride_gc + offs_q[None, :] * stride_gp,
+                    mask=c_valid[:, None] & q_valid[None, :], other=0.0).to(tl.float32)  # (BLOCK_C, BLOCK_Q)
+        d_beta = tl.dot(tl.trans(g), k, input_precision=PRECISION)  # (BLOCK_Q, BLOCK_T)
+        d_s = beta * (d_beta - tl.sum(beta * d_beta, axis=1)[:, None])
+        d_q = tl.dot(d_s, tl.trans(k), input_precision=PRECISION)  # (BLOCK_Q, BLOCK_C)
+        tl.store(dquery_ptr + b * stride_db + offs_c[None, :] * stride_dc + offs_q[:, None] * stride_dp,
+                 d_q.to(dquery_ptr.dtype.element_ty), mask=q_valid[:, None] & c_valid[None, :])
+        # Rows past HW carry g = 0 and q = 0, so they add nothing to the context gradient.
+        d_k += tl.dot(g, beta, input_precision=PRECISION) + tl.dot(q, d_s, input_precision=PRECISION)
+    tl.store(partial_ptr + b * stride_pb + chunk * stride_pq + offs_c[:, None] * stride_pc + offs_t[None, :] * stride_pt,
              d_k, mask=c_valid[:, None] & (offs_t[None, :] < T))
 
 
@@ -133,9 +139,38 @@ def _word_attn_bwd_kernel(
 
 INTERPRETED = kernel_is_interpreted(_word_attn_fwd_kernel)
 
+# Pixels per backward program: the partial sums of d_context are per chunk, so their buffer does not
+# depend on the tuned tile size. It must be a multiple of every backward BLOCK_Q below.
+PIXELS_PER_PROGRAM = 128
 
-def _blocks(C: int, T: int, HW: int) -> dict:
-    return dict(BLOCK_Q=min(64, next_block(HW)), BLOCK_C=next_block(C), BLOCK_T=next_block(T))
+# A memory-bound kernel: the candidates trade pixels per program (bytes in flight) against registers.
+# The forward has no loop, so its pipeline stages do not matter.
+FORWARD_CANDIDATES = [LaunchConfig.of(num_warps=w, num_stages=1, BLOCK_Q=q) for q, w in (
+    (32, 2), (64, 4), (128, 4), (128, 8), (256, 8))]
+BACKWARD_CANDIDATES = [LaunchConfig.of(num_warps=w, num_stages=s, BLOCK_Q=q) for q, w, s in (
+    (32, 2, 2), (32, 4, 3), (64, 4, 2), (64, 4, 3), (128, 4, 1), (128, 8, 1))]
+assert all(PIXELS_PER_PROGRAM % dict(c.meta)["BLOCK_Q"] == 0 for c in BACKWARD_CANDIDATES)
+
+
+def _prune(candidates, args):
+    """Pixel tiles wider than the (power-of-two-covered) image only repeat a smaller one."""
+    widest = next_block(args["HW"])
+    kept = [c for c in candidates if dict(c.meta)["BLOCK_Q"] <= widest]
+    return kept or candidates[:1]
+
+
+# stride_qp tells NCHW (1) from channels_last (C): the two access patterns tune differently.
+_FWD = TunedKernel(_word_attn_fwd_kernel, FORWARD_CANDIDATES, key=["C", "HW", "T", "stride_qp", "PRECISION", "RETURN_ATTN"],
+                   prune=_prune, interpreted=INTERPRETED)
+_BWD = TunedKernel(_word_attn_bwd_kernel, BACKWARD_CANDIDATES, key=["C", "HW", "T", "stride_qp", "PRECISION"],
+                   prune=_prune, interpreted=INTERPRETED)
+FORWARD_DEFAULT = LaunchConfig.of(num_warps=4, num_stages=1, BLOCK_Q=64)
+BACKWARD_DEFAULT = LaunchConfig.of(num_warps=4, num_stages=2, BLOCK_Q=64)
+
+
+def _whole_tiles(C: int, T: int) -> dict:
+    """Channels and words are whole in every program; only the pixel tile is tuned."""
+    return dict(BLOCK_C=next_block(C), BLOCK_T=next_block(T))
 
 
 def _check_fused_dtypes(*tensors: torch.Tensor) -> None:
@@ -156,9 +191,11 @@ def _flat_strides(x: torch.Tensor):
     return x.flatten(2).stride()
 
 
-def word_attention_forward(query, context, word_mask, return_attn: bool, legacy_mask: bool, precision: str):
+def word_attention_forward(query, context, word_mask, return_attn: bool, legacy_mask: bool, precision: str,
+                           config: LaunchConfig | None = None):
     """query (B, C, H, W), context (B, C, T), word_mask (B, T) bool or None ->
-    ctx (B, C, H, W) in the promoted dtype, attn (B, T, H, W) fp32 (empty unless ``return_attn``)."""
+    ctx (B, C, H, W) in the promoted dtype, attn (B, T, H, W) fp32 (empty unless ``return_attn``).
+    ``config`` forces a launch configuration."""
     _check_fused_dtypes(query, context)
     B, C, H, W = query.shape
     T = context.shape[2]
@@ -172,20 +209,22 @@ def word_attention_forward(query, context, word_mask, return_attn: bool, legacy_
         attn = torch.empty(0, device=query.device, dtype=torch.float32)
         attn_strides = (0, 0, 0)
     mask, mask_strides = _mask_args(query, word_mask)
-    blocks = _blocks(C, T, HW)
-    grid = (B, triton.cdiv(HW, blocks["BLOCK_Q"]))
-    _word_attn_fwd_kernel[grid](
+    _FWD.launch(
+        lambda meta: (B, triton.cdiv(HW, meta["BLOCK_Q"])),
         q, context, mask, out, attn,
         B, C, HW, T,
         *_flat_strides(q), *context.stride(), *mask_strides, *_flat_strides(out), *attn_strides,
+        default=FORWARD_DEFAULT, config=config,
         HAS_MASK=word_mask is not None, LEGACY_MASK=legacy_mask, RETURN_ATTN=return_attn,
-        PRECISION=precision, num_warps=4, **blocks,
+        PRECISION=precision, **_whole_tiles(C, T),
     )
     return out, attn
 
 
-def word_attention_backward(grad_ctx, query, context, word_mask, legacy_mask: bool, precision: str):
-    """Gradients (d_query (B, C, H, W), d_context (B, C, T)) in the inputs' dtypes."""
+def word_attention_backward(grad_ctx, query, context, word_mask, legacy_mask: bool, precision: str,
+                            config: LaunchConfig | None = None):
+    """Gradients (d_query (B, C, H, W), d_context (B, C, T)) in the inputs' dtypes. ``config`` forces
+    a launch configuration."""
     _check_fused_dtypes(query, context)
     B, C, H, W = query.shape
     T = context.shape[2]
@@ -193,16 +232,18 @@ def word_attention_backward(grad_ctx, query, context, word_mask, legacy_mask: bo
     q = query if _mergeable(query) else query.contiguous()
     g = grad_ctx if _mergeable(grad_ctx) else grad_ctx.contiguous()
     d_query = poison_(alloc_like_query(q, query.dtype))
-    blocks = _blocks(C, T, HW)
-    tiles = triton.cdiv(HW, blocks["BLOCK_Q"])
-    partial = alloc_output((B, tiles, C, T), query.device, torch.float32)
+    chunks = triton.cdiv(HW, PIXELS_PER_PROGRAM)
+    partial = alloc_output((B, chunks, C, T), query.device, torch.float32)
     mask, mask_strides = _mask_args(query, word_mask)
-    _word_attn_bwd_kernel[(B, tiles)](
+    _BWD.launch(
+        (B, chunks),
         q, context, mask, g, d_query, partial,
         B, C, HW, T,
         *_flat_strides(q), *context.stride(), *mask_strides, *_flat_strides(g), *_flat_strides(d_query),
         *partial.stride(),
-        HAS_MASK=word_mask is not None, LEGACY_MASK=legacy_mask, PRECISION=precision, num_warps=4, **blocks,
+        default=BACKWARD_DEFAULT, config=config,
+        HAS_MASK=word_mask is not None, LEGACY_MASK=legacy_mask, CHUNK=PIXELS_PER_PROGRAM, PRECISION=precision,
+        **_whole_tiles(C, T),
     )
     return d_query, partial.sum(1).to(context.dtype)
 
@@ -210,3 +251,9 @@ def word_attention_backward(grad_ctx, query, context, word_mask, legacy_mask: bo
 def _mergeable(x: torch.Tensor) -> bool:
     """True when the H and W axes of (B, C, H, W) ``x`` can be addressed as one pixel axis."""
     return x.shape[3] == 1 or x.stride(2) == x.stride(3) * x.shape[3]
+
+
+def chosen_configs() -> dict:
+    """The launch configuration each kernel last ran with (after autotuning, the tuned one)."""
+    return {name: (str(k.last_config) if k.last_config else None) for name, k in
+            (("word_attention_fwd", _FWD), ("word_attention_bwd", _BWD))}

@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from .._runtime import alloc_output, kernel_is_interpreted, next_block
+from .._tuning import LaunchConfig, TunedKernel
 
 COS_EPS = tl.constexpr(1e-8)
 
@@ -200,8 +201,8 @@ def _damsm_bwd_regions_kernel(
     stride_ps, stride_pb, stride_pd, stride_pn,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """d_regions for image i, summed over captions j ≡ split (mod SPLIT) into a zeroed partial buffer
-    that this program alone owns (read-modify-write per region tile, no atomics)."""
+    """d_regions for image i, summed over captions j ≡ split (mod SPLIT) into a partial buffer that this
+    program alone owns (read-modify-write per region tile, no atomics)."""
     i = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     offs_d = tl.arange(0, BLOCK_D)
@@ -212,6 +213,9 @@ def _damsm_bwd_regions_kernel(
         c, z = _pair_context(e, t_valid, regions_ptr, i, N, D, gamma1, stride_rb, stride_rd, stride_rn,
                              BLOCK_T, BLOCK_D, BLOCK_N, PRECISION)
         dc, _, row_dot = _pair_backward_setup(c, e, t_valid, g, gamma2)
+        # Whether this is a later caption of this program, as a row (the interpreter mistypes a scalar
+        # condition and-ed into a block mask; a block compares correctly on both paths).
+        later = tl.full((1, BLOCK_N), j, tl.int64) != split
         for n0 in range(0, N, BLOCK_N):
             v, n_valid = _load_region_tile(regions_ptr, i, n0, N, D, stride_rb, stride_rd, stride_rn, BLOCK_D, BLOCK_N)
             alpha, ds = _tile_backward(e, t_valid, v, n_valid, z, dc, row_dot, gamma1, PRECISION)
@@ -220,7 +224,10 @@ def _damsm_bwd_regions_kernel(
             offs_n = n0 + tl.arange(0, BLOCK_N)
             ptrs = partial_ptr + split * stride_ps + i * stride_pb + offs_d[:, None] * stride_pd + offs_n[None, :] * stride_pn
             tile_mask = (offs_d[:, None] < D) & n_valid[None, :]
-            tl.store(ptrs, tl.load(ptrs, mask=tile_mask, other=0.0) + dv, mask=tile_mask)
+            # The first caption stores, later ones add: the buffer needs no zeroing, so each autotuning
+            # trial on it starts clean. (The launcher makes SPLIT <= B_cap: every program has a caption.)
+            previous = tl.load(ptrs, mask=tile_mask & later, other=0.0)
+            tl.store(ptrs, previous + dv, mask=tile_mask)
         # The next caption reads these tiles back; the barrier makes this program's global stores
         # visible to all of its threads, whatever register layout the compiler picks for the load.
         tl.debug_barrier()
@@ -231,21 +238,44 @@ def _damsm_bwd_regions_kernel(
 
 INTERPRETED = kernel_is_interpreted(_damsm_fwd_kernel)
 
+# (BLOCK_N, warps, stages). The caption tile (BLOCK_T, BLOCK_D) is whole, so BLOCK_N and the warps
+# set the register load: at D = 256 a program holds several 32 x 256 fp32 tiles, which 4 warps cannot
+# keep in registers; 16 warps halve the per-thread share again. Small tiles suit ~100 KB-smem GPUs.
+CANDIDATES = [LaunchConfig.of(num_warps=w, num_stages=s, BLOCK_N=n) for n, w, s in (
+    (16, 4, 2), (32, 4, 2), (16, 8, 2), (32, 8, 2), (64, 8, 2), (32, 8, 3), (32, 16, 2), (64, 16, 2))]
 
-def _blocks(T: int, D: int, N: int) -> dict:
+
+def _prune(candidates, args):
+    """Region blocks wider than the (power-of-two-covered) region axis only repeat a smaller one."""
+    widest = next_block(args["N"])
+    kept = [c for c in candidates if dict(c.meta)["BLOCK_N"] <= widest]
+    return kept or candidates[:1]
+
+
+_FWD = TunedKernel(_damsm_fwd_kernel, CANDIDATES, key=["T", "D", "N", "PRECISION", "RETURN_ATTN"],
+                   prune=_prune, interpreted=INTERPRETED)
+_BWD_WORDS = TunedKernel(_damsm_bwd_words_kernel, CANDIDATES, key=["T", "D", "N", "PRECISION"],
+                         prune=_prune, interpreted=INTERPRETED)
+_BWD_REGIONS = TunedKernel(_damsm_bwd_regions_kernel, CANDIDATES, key=["T", "D", "N", "PRECISION"],
+                           prune=_prune, interpreted=INTERPRETED)
+
+
+def _whole_tiles(T: int, D: int) -> dict:
+    """The caption tile, never tuned: every program holds one caption's words whole."""
+    return dict(BLOCK_T=next_block(T), BLOCK_D=next_block(D))
+
+
+def default_config(T: int, D: int, N: int) -> LaunchConfig:
+    """What runs without autotuning (interpreter, ``ATTNGAN_FAST_AUTOTUNE=0``)."""
     block_d = next_block(D)
-    # Registers hold a few (BLOCK_T, BLOCK_D) tiles plus a (BLOCK_D, BLOCK_N) region tile.
-    block_n = 32 if block_d <= 256 else 16
-    return dict(BLOCK_T=next_block(T), BLOCK_D=block_d, BLOCK_N=min(block_n, next_block(N)))
-
-
-def _num_warps(block_d: int) -> int:
-    return 4 if block_d <= 64 else 8
+    block_n = min(32 if block_d <= 256 else 16, next_block(N))
+    return LaunchConfig.of(num_warps=4 if block_d <= 64 else 8, num_stages=2, BLOCK_N=block_n)
 
 
 def _split_for(batch_programs: int, loop_len: int, device: torch.device) -> int:
     """How many programs share one reduction loop: enough programs to fill the GPU, deterministic
-    partial sums added afterwards. Under the interpreter 2 (when possible) so that path is tested."""
+    partial sums added afterwards. Under the interpreter 2 (when possible) so that path is tested.
+    Never more than ``loop_len``: every program must own at least one loop step."""
     if device.type != "cuda":
         return min(2, loop_len)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
@@ -258,9 +288,10 @@ def _check_fused_dtypes(*tensors: torch.Tensor) -> None:
             raise TypeError(f"the fused DAMSM kernels take fp16, bf16 or fp32 features, got {t.dtype}")
 
 
-def damsm_forward(words, cap_lens, regions, gamma1: float, gamma2: float, return_attn: bool, precision: str):
+def damsm_forward(words, cap_lens, regions, gamma1: float, gamma2: float, return_attn: bool, precision: str,
+                  config: LaunchConfig | None = None):
     """words (B_cap, D, T), cap_lens (B_cap,), regions (B_img, D, N) -> scores (B_img, B_cap) fp32 and
-    attn (B, T, N) fp32 (empty unless ``return_attn``)."""
+    attn (B, T, N) fp32 (empty unless ``return_attn``). ``config`` forces a launch configuration."""
     _check_fused_dtypes(words, regions)
     B_cap, D, T = words.shape
     B_img, _, N = regions.shape
@@ -271,48 +302,57 @@ def damsm_forward(words, cap_lens, regions, gamma1: float, gamma2: float, return
     else:
         attn = torch.empty(0, device=words.device, dtype=torch.float32)
         attn_strides = (0, 0, 0)
-    blocks = _blocks(T, D, N)
-    _damsm_fwd_kernel[(B_img, B_cap)](
+    _FWD.launch(
+        (B_img, B_cap),
         words, cap_lens, regions, scores, attn,
         T, D, N, float(gamma1), float(gamma2),
         *words.stride(), *regions.stride(), *scores.stride(), *attn_strides,
-        RETURN_ATTN=return_attn, PRECISION=precision, num_warps=_num_warps(blocks["BLOCK_D"]), **blocks,
+        default=default_config(T, D, N), config=config,
+        RETURN_ATTN=return_attn, PRECISION=precision, **_whole_tiles(T, D),
     )
     return scores, attn
 
 
 def damsm_backward(grad_scores, words, cap_lens, regions, gamma1: float, gamma2: float, precision: str,
                    need_words: bool = True, need_regions: bool = True,
-                   split_words: int | None = None, split_regions: int | None = None):
+                   split_words: int | None = None, split_regions: int | None = None,
+                   words_config: LaunchConfig | None = None, regions_config: LaunchConfig | None = None):
     """Gradients (d_words (B_cap, D, T), d_regions (B_img, D, N)) in the inputs' dtypes; one that is
-    not needed is skipped and returned empty (GAN training needs only d_regions)."""
+    not needed is skipped and returned empty (GAN training needs only d_regions). The two kernels'
+    launch configurations can be forced with ``words_config`` / ``regions_config``."""
     _check_fused_dtypes(words, regions)
     B_cap, D, T = words.shape
     B_img, _, N = regions.shape
-    blocks = _blocks(T, D, N)
-    num_warps = _num_warps(blocks["BLOCK_D"])
-    common = dict(PRECISION=precision, num_warps=num_warps, **blocks)
+    common = dict(default=default_config(T, D, N), PRECISION=precision, **_whole_tiles(T, D))
 
     d_words = words.new_empty((0,))
     d_regions = regions.new_empty((0,))
     if need_words:
-        sw = split_words or _split_for(B_cap, B_img, words.device)
+        sw = min(split_words or _split_for(B_cap, B_img, words.device), B_img)
         partial_w = alloc_output((sw, B_cap, D, T), words.device, torch.float32)
-        _damsm_bwd_words_kernel[(B_cap, sw)](
+        _BWD_WORDS.launch(
+            (B_cap, sw),
             grad_scores, words, cap_lens, regions, partial_w,
             B_img, T, D, N, float(gamma1), float(gamma2), sw,
             *grad_scores.stride(), *words.stride(), *regions.stride(), *partial_w.stride(),
-            **common,
+            config=words_config, **common,
         )
         d_words = partial_w.sum(0).to(words.dtype)
     if need_regions:
-        sr = split_regions or _split_for(B_img, B_cap, words.device)
-        partial_r = torch.zeros((sr, B_img, D, N), device=words.device, dtype=torch.float32)
-        _damsm_bwd_regions_kernel[(B_img, sr)](
+        sr = min(split_regions or _split_for(B_img, B_cap, words.device), B_cap)
+        partial_r = alloc_output((sr, B_img, D, N), words.device, torch.float32)
+        _BWD_REGIONS.launch(
+            (B_img, sr),
             grad_scores, words, cap_lens, regions, partial_r,
             B_cap, T, D, N, float(gamma1), float(gamma2), sr,
             *grad_scores.stride(), *words.stride(), *regions.stride(), *partial_r.stride(),
-            **common,
+            config=regions_config, **common,
         )
         d_regions = partial_r.sum(0).to(regions.dtype)
     return d_words, d_regions
+
+
+def chosen_configs() -> dict:
+    """The launch configuration each kernel last ran with (after autotuning, the tuned one)."""
+    return {name: (str(k.last_config) if k.last_config else None) for name, k in
+            (("damsm_fwd", _FWD), ("damsm_bwd_words", _BWD_WORDS), ("damsm_bwd_regions", _BWD_REGIONS))}

@@ -1,0 +1,142 @@
+"""Launch configurations of the Triton kernels: a fixed default per kernel, and autotuning on CUDA.
+
+Each kernel comes with a list of candidate ``LaunchConfig`` s (block sizes over the looped axis, warps,
+pipeline stages) that spans small GPUs (about 100 KB of shared memory and 64K registers per SM) to
+Hopper (228 KB, where the D = 256 tiles want 8-16 warps to keep the fp32 tiles out of local memory).
+On CUDA, with autotuning on, Triton's autotuner times every candidate the first time it sees a key
+(the model's dimensions and the precision, never the batch), keeps the fastest, and skips candidates
+that do not fit the device (``OutOfResources``). Under the Triton interpreter, or with autotuning off,
+a fixed default runs instead (the interpreter has no timer and ignores warps and stages).
+
+Why autotuning can be switched off: two tile sizes add the same numbers in different orders, so two
+processes that tune to different candidates agree only to rounding. ``ATTNGAN_FAST_AUTOTUNE=0`` (or
+``set_autotune(False)``, or ``runtime.autotune: false`` in a training config) pins the defaults, for
+runs that must repeat bit for bit across processes (resume on a GPU). Inside one process the choice
+is cached, so repeated calls are deterministic either way.
+
+Every kernel must fully overwrite its outputs, whatever the candidate: the autotuner runs each
+candidate on the real output buffers, and nothing is reset between them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import triton
+
+AUTOTUNE_ENV = "ATTNGAN_FAST_AUTOTUNE"
+_autotune_override: bool | None = None
+
+
+def set_autotune(enabled: bool | None) -> None:
+    """Turn autotuning of the fused kernels on or off for this process (``None``: back to the
+    ``ATTNGAN_FAST_AUTOTUNE`` environment variable, default on)."""
+    global _autotune_override
+    if enabled is not None and not isinstance(enabled, bool):
+        raise TypeError(f"enabled must be True, False or None, got {enabled!r}")
+    _autotune_override = enabled
+
+
+@contextlib.contextmanager
+def autotuning(enabled: bool):
+    """``set_autotune(enabled)`` inside the block, the previous setting after it."""
+    global _autotune_override
+    previous = _autotune_override
+    set_autotune(enabled)
+    try:
+        yield
+    finally:
+        _autotune_override = previous
+
+
+def autotune_enabled() -> bool:
+    if _autotune_override is not None:
+        return _autotune_override
+    value = os.environ.get(AUTOTUNE_ENV, "1").strip().lower()
+    if value in ("1", "true", "on", "yes", ""):
+        return True
+    if value in ("0", "false", "off", "no"):
+        return False
+    raise ValueError(f"{AUTOTUNE_ENV} must be 1/0 (or true/false, on/off), got {value!r}")
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Compile-time block sizes (``meta``) plus the warps and pipeline stages of one launch."""
+
+    meta: tuple[tuple[str, int], ...]
+    num_warps: int = 4
+    num_stages: int = 2
+
+    @classmethod
+    def of(cls, num_warps: int = 4, num_stages: int = 2, **meta: int) -> "LaunchConfig":
+        return cls(tuple(sorted(meta.items())), num_warps, num_stages)
+
+    def launch_kwargs(self) -> dict:
+        return dict(self.meta, num_warps=self.num_warps, num_stages=self.num_stages)
+
+    def triton_config(self) -> triton.Config:
+        return triton.Config(dict(self.meta), num_warps=self.num_warps, num_stages=self.num_stages)
+
+    def __str__(self) -> str:
+        return " ".join([f"{k}={v}" for k, v in self.meta] + [f"warps={self.num_warps}", f"stages={self.num_stages}"])
+
+
+@dataclass
+class TunedKernel:
+    """A ``@triton.jit`` kernel with its candidate configs and the launch arguments its tuning is keyed on.
+
+    ``prune(candidates, args) -> candidates`` drops candidates that cannot be best for these arguments
+    (for instance a block larger than the axis it tiles); it must keep at least one.
+    """
+
+    kernel: object
+    candidates: Sequence[LaunchConfig]
+    key: Sequence[str]
+    prune: Callable[[Sequence[LaunchConfig], dict], Sequence[LaunchConfig]] | None = None
+    interpreted: bool = False
+    last_config: LaunchConfig | None = field(default=None, init=False)
+    _autotuner: object = field(default=None, init=False, repr=False)
+
+    def launch(self, grid, *args, default: LaunchConfig, config: LaunchConfig | None = None, **kwargs):
+        """Runs the kernel. ``config`` forces one launch configuration (tests run every candidate this
+        way); otherwise the autotuner picks on CUDA when autotuning is on, else ``default`` runs.
+        ``grid`` may be a function of the launch's meta-parameters. ``last_config`` records the choice."""
+        if config is None and not self.interpreted and autotune_enabled():
+            tuner = self._tuner()
+            tuner[grid](*args, **kwargs)
+            chosen = tuner.best_config
+            self.last_config = LaunchConfig.of(chosen.num_warps, chosen.num_stages, **chosen.kwargs)
+            return
+        chosen = config or default
+        self.kernel[grid](*args, **kwargs, **chosen.launch_kwargs())
+        self.last_config = chosen
+
+    def _tuner(self):
+        if self._autotuner is None:
+            configs = [c.triton_config() for c in self.candidates]
+            prune = None
+            if self.prune is not None:
+                def prune(triton_configs, named_args, **launch_kwargs):
+                    mine = [LaunchConfig.of(c.num_warps, c.num_stages, **c.kwargs) for c in triton_configs]
+                    kept = set(self.prune(mine, {**named_args, **launch_kwargs}))
+                    return [t for t, m in zip(triton_configs, mine) if m in kept] or triton_configs[:1]
+            self._autotuner = triton.autotune(
+                configs=configs, key=list(self.key),
+                prune_configs_by={"early_config_prune": prune} if prune else None,
+            )(self.kernel)
+        return self._autotuner
+
+
+def distinct_meta(candidates: Sequence[LaunchConfig]) -> list[LaunchConfig]:
+    """One candidate per distinct set of block sizes: what the interpreter can tell apart (it ignores
+    warps and stages), so what the CPU tests run."""
+    seen, out = set(), []
+    for c in candidates:
+        if c.meta not in seen:
+            seen.add(c.meta)
+            out.append(c)
+    return out
