@@ -72,7 +72,8 @@ def peak_extra_mb(fn, device: torch.device) -> float | None:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def _kernel_rows(op: str, cases, inputs_fn, provider_fn, work_fn, device, measure, rows: list, log) -> None:
+def _kernel_rows(op: str, cases, inputs_fn, provider_fn, work_fn, device, measure, rows: list, log,
+                 limits: dict | None = None) -> None:
     """Measures every provider on every case, dtype and mode, appending to ``rows`` and calling ``log``
     after each row."""
     for case in cases:
@@ -95,6 +96,7 @@ def _kernel_rows(op: str, cases, inputs_fn, provider_fn, work_fn, device, measur
                         flops, moved = work_fn(case, torch.finfo(dtype).bits // 8, mode == "fwd+bwd")
                         row["tflops"] = flops / (row["ms"] * 1e-3) / 1e12
                         row["gbps"] = moved / (row["ms"] * 1e-3) / 1e9
+                        _floor(row, flops, moved, limits)
                         if provider.startswith("fused"):
                             row["launch"] = _launch_configs(op, mode)
                     except Exception as err:  # a baseline that cannot run (memory, compiler) is recorded, not fatal
@@ -161,6 +163,46 @@ def _add_train_ratios(rows: list[dict]) -> None:
                     r["memory_vs_released"] = round(r["peak_extra_mb"] / base["peak_extra_mb"], 2)
 
 
+def ceilings(device: torch.device, measure) -> dict | None:
+    """The device's two ceilings, measured here rather than taken from a datasheet: device-to-device copy
+    bandwidth (bytes read + written) and the matrix rate of the units each kernel precision uses (fp32
+    without tensor cores for ieee dots, tf32 and bf16 tensor cores)."""
+    if device.type != "cuda":
+        return None
+    n = 1 << 28  # 1 GiB of fp32: many times the L2
+    src = torch.randn(n, device=device)
+    dst = torch.empty_like(src)
+    copy_ms = measure(lambda: dst.copy_(src))
+    del src, dst
+    out = {"copy_gbps": round(2 * n * 4 / (copy_ms * 1e-3) / 1e9, 1)}
+    size = 8192
+    for name, dtype, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True), ("bf16", torch.bfloat16, False)):
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        b = torch.randn(size, size, device=device, dtype=dtype)
+        previous = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        try:
+            ms = measure(lambda: a @ b)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = previous
+        out[f"{name}_tflops"] = round(2 * size**3 / (ms * 1e-3) / 1e12, 1)
+    torch.cuda.empty_cache()
+    return out
+
+
+def _floor(row: dict, flops: float, moved: float, limits: dict | None) -> None:
+    """Adds the roofline floor of a kernel row (the larger of counted FLOPs over the matrix rate its
+    dots use and counted bytes over the copy bandwidth), what bounds it, and the fraction achieved."""
+    if not limits:
+        return
+    rate = limits["fp32_tflops"] if row["dtype"] == "fp32" else limits["tf32_tflops"]  # bf16 inputs: tf32 dots
+    compute_ms = flops / (rate * 1e12) * 1e3
+    memory_ms = moved / (limits["copy_gbps"] * 1e9) * 1e3
+    row["floor_ms"] = max(compute_ms, memory_ms)
+    row["bound"] = "compute" if compute_ms >= memory_ms else "memory"
+    row["of_floor"] = round(row["floor_ms"] / row["ms"], 3)
+
+
 def environment(device: torch.device) -> dict:
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
             "torch": torch.__version__, "python": platform.python_version()}
@@ -177,20 +219,31 @@ def environment(device: torch.device) -> dict:
     return info
 
 
+def _of_floor(row: dict) -> str:
+    return f"{100 * row['of_floor']:.0f}% ({row['bound']})" if "of_floor" in row else "-"
+
+
 def markdown(report: dict) -> str:
     env = report["environment"]
     lines = [f"# Benchmarks on {env['device']} ({report['date']})", "",
              f"torch {env['torch']}, triton {env['triton']}, python {env['python']}. Commands: "
              + ", ".join(f"`{c}` ({report['seconds'].get(part, '?')} s)" for part, c in report["commands"].items()),
-             "", "Median times (ms); speedup = baseline time / fused time in the same run.", ""]
+             "", "Median times (ms); speedup = baseline time / fused time in the same run."]
+    limits = report.get("ceilings")
+    if limits:
+        lines += [f"Ceilings measured in this run: copy {limits['copy_gbps']:.0f} GB/s (read + write), matrix rate "
+                  f"fp32 {limits['fp32_tflops']} / tf32 {limits['tf32_tflops']} / bf16 {limits['bf16_tflops']} TFLOP/s. "
+                  "Floor = max(counted FLOPs / the rate of the dots used (fp32 inputs: fp32; bf16 inputs: tf32), "
+                  "counted bytes / copy bandwidth); '% of floor' = floor / time."]
+    lines.append("")
     for op in ("damsm", "attention"):
         rows = [r for r in report["kernels"] if r["op"] == op]
         if not rows:
             continue
         lines += [f"## {'DAMSM word scores' if op == 'damsm' else 'F_attn word attention'}", "",
                   "| case | dtype | mode | released | reference | ref. compiled | fused untuned | fused | fused TFLOP/s | "
-                  "fused GB/s | fused peak MB | speedup vs released / reference / compiled / untuned |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "fused GB/s | fused % of floor (bound) | fused peak MB | speedup vs released / reference / compiled / untuned |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         groups: dict = {}
         for r in rows:
             groups.setdefault((r["case"], r["dtype"], r["mode"]), {})[r["provider"]] = r
@@ -202,7 +255,7 @@ def markdown(report: dict) -> str:
             lines.append(
                 f"| {case} | {dtype} | {mode} | {cell('released')} | {cell('reference')} | {cell('reference-compiled')} | "
                 f"{cell('fused-untuned')} | {cell('fused')} | {fused.get('tflops', float('nan')):.2f} | {fused.get('gbps', float('nan')):.0f} | "
-                f"{'-' if peak is None else f'{peak:.1f}'} | "
+                f"{_of_floor(fused)} | {'-' if peak is None else f'{peak:.1f}'} | "
                 f"{sp.get('released', '-')}x / {sp.get('reference', '-')}x / {sp.get('reference-compiled', '-')}x / "
                 f"{sp.get('fused-untuned', '-')}x |")
         lines.append("")
@@ -301,7 +354,10 @@ def main(argv: list[str] | None = None) -> int:
                 (GPU_DAMSM if gpu else CPU_DAMSM, damsm_inputs, damsm_provider, damsm_work) if part == "damsm" else
                 (GPU_ATTENTION if gpu else CPU_ATTENTION, attention_inputs, attention_provider, attention_work))
             report["kernels"] = [r for r in report["kernels"] if r["op"] != part]
-            _kernel_rows(part, cases, inputs_fn, provider_fn, work_fn, device, measure, report["kernels"], log)
+            if "ceilings" not in report or report["ceilings"] is None:
+                report["ceilings"] = ceilings(device, measure)
+            _kernel_rows(part, cases, inputs_fn, provider_fn, work_fn, device, measure, report["kernels"], log,
+                         report["ceilings"])
         report["seconds"][part] = round(time.time() - part_start, 1)
         stem = _save(report, out)
     print(markdown(report))

@@ -45,3 +45,20 @@ def test_parts_run_separately_add_up_in_one_results_file(tmp_path, capsys):
     rows = [(r["op"], r["case"], r["dtype"], r["mode"], r["provider"]) for r in report["kernels"]]
     assert len(rows) == len(set(rows)) and {r[0] for r in rows} == {"attention", "damsm"}
     assert "F_attn word attention" in json_path.with_suffix(".md").read_text()
+
+
+def test_roofline_floor_takes_the_larger_term_and_names_it():
+    limits = {"copy_gbps": 4000.0, "fp32_tflops": 50.0, "tf32_tflops": 400.0, "bf16_tflops": 800.0}
+    row = {"dtype": "fp32", "ms": 1.0}
+    gpu._floor(row, flops=20e9, moved=1e9, limits=limits)  # 0.4 ms of fp32 arithmetic, 0.25 ms of bytes
+    assert row["bound"] == "compute" and abs(row["floor_ms"] - 0.4) < 1e-9 and row["of_floor"] == 0.4
+    row = {"dtype": "bf16", "ms": 1.0}
+    gpu._floor(row, flops=20e9, moved=1e9, limits=limits)  # bf16 inputs run tf32 dots: 0.05 ms < 0.25 ms
+    assert row["bound"] == "memory" and abs(row["floor_ms"] - 0.25) < 1e-9
+    row = {"dtype": "fp32", "ms": 1.0}
+    gpu._floor(row, flops=1.0, moved=1.0, limits=None)  # no ceilings (CPU): nothing claimed
+    assert "floor_ms" not in row
+    report = {"date": "2026-01-01", "environment": {"device": "x", "torch": "t", "triton": "t", "python": "p"},
+              "commands": {"damsm": "python -m benchmarks.gpu --only damsm"}, "seconds": {"damsm": 1.0},
+              "ceilings": limits, "kernels": [], "train": []}
+    assert "copy 4000 GB/s" in gpu.markdown(report)

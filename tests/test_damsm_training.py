@@ -137,8 +137,11 @@ def test_cli_pretrain_writes_checkpoint_log_and_pictures(synthetic_root, tmp_pat
     assert 0.0 <= result["retrieval_top1"] <= 1.0 and result["retrieval_candidates"] >= 2
     assert (out / "latest.pt").exists() and (out / "damsm_epoch0000.pt").exists() is False
     assert list(out.glob("attention_maps_step*.png")), "attention-map picture written"
-    lines = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
-    assert any(l.get("eval") for l in lines) and all(torch.isfinite(torch.tensor(l["total"])) for l in lines if "total" in l)
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert any(r.get("eval") for r in records)
+    assert all(torch.isfinite(torch.tensor(r["total"])) for r in records if "total" in r)
+    assert records[-1]["final"] and records[-1]["steps_per_s"] > 0 and result["speed"] == {
+        k: v for k, v in records[-1].items() if k not in ("final", "step")}
     models = damsm.load_damsm(out / "latest.pt")
     assert models.config.runtime.amp == "bf16" and len(models.vocab) > 10
 

@@ -231,8 +231,11 @@ def test_cli_train_writes_checkpoint_samples_and_log(synthetic_root, damsm_check
     result = json.loads(capsys.readouterr().out)
     assert result["step"] == 6 and Path(result["samples"]).exists()
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step0000003.png", "step0000006.png"]
-    lines = [json.loads(l) for l in (tmp_path / "log.jsonl").read_text().splitlines()]
-    assert [l["step"] for l in lines] == [2, 4, 6]
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 6, 6] and records[-1]["final"]
+    # Speed between log lines, and over the run without the first interval (compilation, warm-up).
+    assert all(r["steps_per_s"] > 0 for r in records[:3]) and records[-1]["timed_steps"] == 4
+    assert result["speed"]["steps_per_s"] == records[-1]["steps_per_s"]
     netG, text_encoder, vocab, cfg = gan.load_generator(tmp_path / "latest.pt")
     assert cfg.gan.stages == 2 and len(vocab) > 10
 

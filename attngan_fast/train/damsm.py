@@ -32,7 +32,7 @@ from ..pictures import attention_grid, save_png
 from ..text import Vocabulary, truncate
 from .checkpoint import load_checkpoint, rng_neutral, save_atomic
 from .common import caption_cache, check_vocabulary, gathered_rng_states, restore_rng, train_loader
-from .runtime import (JsonlLog, Runtime, autocast, grad_scaler, past_deadline, seed_everything, setup_runtime,
+from .runtime import (JsonlLog, Runtime, StepMeter, autocast, grad_scaler, past_deadline, seed_everything, setup_runtime,
                       teardown_runtime)
 
 FORMAT = "attngan-fast/damsm/1"
@@ -294,6 +294,7 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
                 save_atomic(payload, out / f"damsm_epoch{epoch:04d}.pt")
 
     stopped = d.max_steps is not None and step >= d.max_steps
+    meter = StepMeter(device, step)
     for epoch in range(start_epoch, d.epochs if not stopped else start_epoch):
         lr = lr_at(cfg, epoch)
         for group in optimizer.param_groups:
@@ -327,36 +328,41 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
             bar.set_postfix(loss=f"{running['total']:.3f}", w=f"{running['w0'] + running['w1']:.3f}",
                             s=f"{running['s0'] + running['s1']:.3f}")
             if step % cfg.runtime.log_every == 0:
-                log.write({"step": step, "epoch": epoch, "lr": lr, **{k: float(v.detach()) for k, v in losses.items()}})
+                log.write({"step": step, "epoch": epoch, "lr": lr, **{k: float(v.detach()) for k, v in losses.items()},
+                           **meter.reading(step)})
             if (d.max_steps is not None and step >= d.max_steps) or (deadline is not None and past_deadline(deadline, rt)):
                 stopped = True
                 break
         bar.close()
-        finished = not stopped or position >= steps_per_epoch
-        if rt.is_main:
-            with rng_neutral():
-                done_epochs = epoch + (1 if finished else position / steps_per_epoch)
-                metrics = evaluate(text_encoder, image_encoder, test_set, cfg, device, cfg.runtime.eval_batches,
-                                   seed=cfg.runtime.seed)
-                metrics.update(epoch=round(done_epochs, 3), step=step, lr=lr)
-                history.append(metrics)
-                log.write({"eval": True, **metrics})
-                if (finished and (epoch + 1) % d.pictures_every == 0) or epoch + 1 == d.epochs or stopped:
-                    attention_picture(text_encoder, image_encoder, test_set, cfg, device,
-                                      out / f"attention_maps_step{step:07d}.png",
-                                      f"epoch {done_epochs:g} (step {step}): region attention of each word (DAMSM)")
-                if progress:
-                    tqdm.write(f"epoch {done_epochs:g}: val loss {metrics['val_total']:.3f}, retrieval top-1 "
-                               f"{metrics['retrieval_top1']:.1%} (1 of {metrics['retrieval_candidates']})")
-        if finished:
-            position = 0
-            save(epoch + 1, 0, metrics)
-        else:
-            save(epoch, position, metrics)  # a time-limited stop: resume continues inside this epoch
+        with meter.paused():  # evaluation, pictures and the checkpoint are not training speed
+            finished = not stopped or position >= steps_per_epoch
+            if rt.is_main:
+                with rng_neutral():
+                    done_epochs = epoch + (1 if finished else position / steps_per_epoch)
+                    metrics = evaluate(text_encoder, image_encoder, test_set, cfg, device, cfg.runtime.eval_batches,
+                                       seed=cfg.runtime.seed)
+                    metrics.update(epoch=round(done_epochs, 3), step=step, lr=lr)
+                    history.append(metrics)
+                    log.write({"eval": True, **metrics})
+                    if (finished and (epoch + 1) % d.pictures_every == 0) or epoch + 1 == d.epochs or stopped:
+                        attention_picture(text_encoder, image_encoder, test_set, cfg, device,
+                                          out / f"attention_maps_step{step:07d}.png",
+                                          f"epoch {done_epochs:g} (step {step}): region attention of each word (DAMSM)")
+                    if progress:
+                        tqdm.write(f"epoch {done_epochs:g}: val loss {metrics['val_total']:.3f}, retrieval top-1 "
+                                   f"{metrics['retrieval_top1']:.1%} (1 of {metrics['retrieval_candidates']})")
+            if finished:
+                position = 0
+                save(epoch + 1, 0, metrics)
+            else:
+                save(epoch, position, metrics)  # a time-limited stop: resume continues inside this epoch
         if stopped:
             break
+    meter.reading(step)
+    speed = meter.summary()
+    log.write({"final": True, "step": step, **speed})
     checksum = sum(float(p.detach().double().sum()) for p in params)
-    return {"checkpoint": str(latest), "step": step, "param_checksum": checksum, **metrics}
+    return {"checkpoint": str(latest), "step": step, "param_checksum": checksum, "speed": speed, **metrics}
 
 
 def summarize(metrics: dict) -> str:

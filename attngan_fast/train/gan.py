@@ -32,7 +32,7 @@ from ..text import Vocabulary
 from .checkpoint import CheckpointError, load_checkpoint, rng_neutral, save_atomic
 from .common import caption_cache, check_vocabulary, gathered_rng_states, restore_rng, train_loader
 from .damsm import TrainingDiverged, load_damsm
-from .runtime import (JsonlLog, Runtime, autocast, grad_scaler, past_deadline, seed_everything, setup_runtime,
+from .runtime import (JsonlLog, Runtime, StepMeter, autocast, grad_scaler, past_deadline, seed_everything, setup_runtime,
                       teardown_runtime)
 
 FORMAT = "attngan-fast/gan/1"
@@ -295,6 +295,7 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
 
     stopped = g.max_steps is not None and step >= g.max_steps
     last: dict = {}
+    meter = StepMeter(device, step)
     for epoch in range(start_epoch, g.epochs if not stopped else start_epoch):
         sampler.set_epoch(epoch, start=position * g.batch_size)
         g_model.train()
@@ -316,25 +317,30 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
             bar.update(1)
             bar.set_postfix(G=f"{last['G']:.2f}", D=" ".join(f"{last[f'D{i}']:.2f}" for i in range(len(netsD))))
             if step % cfg.runtime.log_every == 0:
-                log.write({"step": step, "epoch": epoch, **last})
+                log.write({"step": step, "epoch": epoch, **last, **meter.reading(step)})
             if step % g.samples_every == 0:
-                samples()
+                with meter.paused():
+                    samples()
             if (g.max_steps is not None and step >= g.max_steps) or (deadline is not None and past_deadline(deadline, rt)):
                 stopped = True
                 break
         bar.close()
         finished = position >= steps_per_epoch
-        if finished:
-            position = 0
-            save(epoch + 1, 0)
-        else:
-            save(epoch, position)
+        with meter.paused():
+            if finished:
+                position = 0
+                save(epoch + 1, 0)
+            else:
+                save(epoch, position)
         if stopped:
             break
+    meter.reading(step)
+    speed = meter.summary()
+    log.write({"final": True, "step": step, **speed})
     picture = samples()
     checksum = sum(float(p.detach().double().sum()) for p in netG.parameters())
     return {"checkpoint": str(latest), "step": step, "samples": str(picture) if picture else None,
-            "param_checksum": checksum, **last}
+            "param_checksum": checksum, "speed": speed, **last}
 
 
 @torch.no_grad()

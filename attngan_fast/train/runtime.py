@@ -108,3 +108,60 @@ class JsonlLog:
         if self.enabled:
             with open(self.path, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
+
+
+class StepMeter:
+    """Training speed for the log: steps per second of the loop since the previous reading (wall clock,
+    the device synchronized first, time inside ``paused()`` left out: sample grids, evaluation,
+    checkpoints) and the peak device memory since the run started (CUDA only)."""
+
+    def __init__(self, device: torch.device, step: int):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        self.intervals: list[tuple[int, float]] = []  # (steps, seconds) per reading
+        self._restart(step)
+
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def _restart(self, step: int) -> None:
+        self._sync()
+        self.start, self.start_step, self.paused_s = time.perf_counter(), step, 0.0
+
+    @contextlib.contextmanager
+    def paused(self):
+        self._sync()
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.paused_s += time.perf_counter() - began
+
+    def reading(self, step: int) -> dict:
+        """{"steps_per_s", "peak_memory_mb"} since the previous reading (each present when known)."""
+        self._sync()
+        seconds = time.perf_counter() - self.start - self.paused_s
+        out: dict = {}
+        if step > self.start_step and seconds > 0:
+            self.intervals.append((step - self.start_step, seconds))
+            out["steps_per_s"] = round((step - self.start_step) / seconds, 3)
+        if self.cuda:
+            out["peak_memory_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+        self._restart(step)
+        return out
+
+    def summary(self) -> dict:
+        """Steps per second over every reading but the first (compilation, autotuning and the first
+        batches' warm-up land there), or over the first when it is the only one; peak memory."""
+        steady = self.intervals[1:] or self.intervals
+        out: dict = {}
+        if steady:
+            out["steps_per_s"] = round(sum(n for n, _ in steady) / sum(s for _, s in steady), 3)
+            out["timed_steps"] = sum(n for n, _ in steady)
+        if self.cuda:
+            out["peak_memory_mb"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+        return out

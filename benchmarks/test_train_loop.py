@@ -1,0 +1,40 @@
+"""The training-loop benchmark runs end to end on CPU at toy sizes (what a GPU session runs at the bird
+preset), reading speed from the loop's own log."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import train_loop
+
+TINY = ["gan.stages=2", "gan.base_size=16", "gan.gf_dim=4", "gan.df_dim=4", "gan.r_num=1", "gan.batch_size=8",
+        "text_encoder.hidden_dim=16", "data.image_size=32", "damsm.batch_size=8", "runtime.eval_batches=1",
+        "data.workers=0"]
+
+
+@pytest.mark.slow
+def test_train_loop_benchmark_writes_speed_and_ratios(tmp_path, capsys):
+    args = ["--device", "cpu", "--config", "synthetic", "--steps", "6", "--log-every", "2", "--images", "48",
+            "--size", "32", "--damsm-steps", "2", "--variants", "off,bf16", "--work", str(tmp_path / "work"),
+            "--out", str(tmp_path / "out")]
+    for kv in TINY:
+        args += ["--set", kv]
+    assert train_loop.main(args) == 0
+    (json_path,) = (tmp_path / "out").glob("*-train-loop.json")
+    report = json.loads(json_path.read_text())
+    assert [v["variant"] for v in report["variants"]] == ["off", "bf16"]
+    for v in report["variants"]:
+        assert v["steps_per_s"] > 0 and v["timed_steps"] == 4 and v["images_per_s"] == v["steps_per_s"] * 8
+    assert report["variants"][0]["speed_vs_off"] == 1.0 and "speed_vs_off" in report["variants"][1]
+    assert "| bf16 |" in json_path.with_suffix(".md").read_text()
+
+
+def test_a_run_without_a_final_record_is_an_error(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_text(json.dumps({"step": 2, "G": 1.0}) + "\n")
+    with pytest.raises(RuntimeError, match="no final record"):
+        train_loop.final_record(log)
+    log.write_text(log.read_text() + json.dumps({"final": True, "step": 2, "steps_per_s": 3.0}) + "\n")
+    assert train_loop.final_record(log)["steps_per_s"] == 3.0

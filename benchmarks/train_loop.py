@@ -1,0 +1,160 @@
+"""The real training loop, timed from its own log: steps/s and peak memory of ``attngan-fast train``
+on the bird preset with ``--amp bf16 --compile`` against ``--amp off`` (a few hundred steps each).
+
+    python -m benchmarks.train_loop                     # GPU: synthetic birds at 256 px, bird preset
+    python -m benchmarks.train_loop --device cpu --config synthetic --steps 6 --log-every 2 \\
+        --images 48 --size 32 --variants off,bf16 --set gan.stages=2 ...   # a self-check (tests)
+
+Unlike ``python -m benchmarks.gpu --only train`` (one step, repeated on a fixed batch), this runs the
+whole loop a user runs: data loading with workers, the frozen DAMSM, EMA, logging, checkpoints. Each
+variant is its own process. Its speed is the training loop's ``StepMeter`` reading (the log's final
+line): steps per second over every log interval but the first, where compilation and autotuning land,
+with sample grids and checkpoints left out; peak memory is ``max_memory_allocated`` over the run.
+
+The data are synthetic birds (CUB layout: the real loader reads them) and the DAMSM is a briefly
+pretrained one (a random Inception-v3 backbone unless weights are named): the speed of a step does
+not depend on what the weights have learnt. Captions need nltk (on a machine without it, carry it).
+Writes ``<out>/<device>-<date>-train-loop.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from attngan_fast.config import load_config
+from benchmarks.gpu import _results_stem, environment
+
+VARIANTS = {
+    "off": ["--amp", "off"],
+    "bf16": ["--amp", "bf16"],
+    "bf16-compile": ["--amp", "bf16", "--compile"],
+}
+
+
+def _run(args: list[str], log_path: Path, timeout: float) -> float:
+    """Runs ``python -m attngan_fast ARGS`` with its output in ``log_path``; seconds taken."""
+    start = time.time()
+    with open(log_path, "w") as log:
+        proc = subprocess.run([sys.executable, "-m", "attngan_fast", *args], stdout=log, stderr=subprocess.STDOUT,
+                              timeout=timeout)
+    if proc.returncode != 0:
+        tail = log_path.read_text()[-2000:]
+        raise RuntimeError(f"`attngan-fast {' '.join(args)}` exited with {proc.returncode}:\n{tail}")
+    return time.time() - start
+
+
+def final_record(log_jsonl: Path) -> dict:
+    """The training log's closing line (steps/s and peak memory of the run)."""
+    records = [json.loads(line) for line in log_jsonl.read_text().splitlines() if line.strip()]
+    finals = [r for r in records if r.get("final")]
+    if not finals:
+        raise RuntimeError(f"{log_jsonl} has no final record: did the run finish?")
+    return finals[-1]
+
+
+def markdown(report: dict) -> str:
+    env = report["environment"]
+    lines = [f"# AttnGAN training loop on {env['device']} ({report['date']})", "",
+             f"torch {env['torch']}, triton {env['triton']}. Command: `{report['command']}`", "",
+             f"Preset `{report['config']}`, batch {report['batch_size']}, {report['image_size']} px, "
+             f"{report['steps']} steps per variant; steps/s from the loop's log (first interval, with compilation "
+             "and autotuning, left out), peak memory over the whole run.", "",
+             "| variant | flags | steps/s | images/s | peak memory MB | process wall s | speed vs --amp off | memory vs --amp off |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in report["variants"]:
+        if "error" in r:
+            lines.append(f"| {r['variant']} | `{' '.join(r['flags'])}` | error: {r['error'][:120]} | | | | | |")
+            continue
+        peak = r.get("peak_memory_mb")
+        lines.append(f"| {r['variant']} | `{' '.join(r['flags'])}` | {r['steps_per_s']:.2f} | {r['images_per_s']:.1f} | "
+                     f"{'-' if peak is None else f'{peak:.0f}'} | {r['wall_s']:.0f} | {r.get('speed_vs_off', '-')}x | "
+                     f"{r.get('memory_vs_off', '-')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_loop", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default="bird")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--steps", type=int, default=300, help="training steps per variant")
+    parser.add_argument("--log-every", type=int, default=50, help="steps per speed reading")
+    parser.add_argument("--images", type=int, default=1000, help="synthetic images to draw")
+    parser.add_argument("--size", type=int, default=256, help="synthetic image side")
+    parser.add_argument("--damsm-steps", type=int, default=20, help="DAMSM pretraining steps")
+    parser.add_argument("--variants", default="off,bf16-compile", help=f"comma-separated, of {list(VARIANTS)}")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to both commands")
+    parser.add_argument("--work", default="/tmp/attngan-fast-train-loop", help="data and runs (reused if present)")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--timeout", type=float, default=540, help="seconds for the whole benchmark")
+    args = parser.parse_args(argv)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("benchmarks.train_loop: no CUDA device; use --device cpu for a self-check", file=sys.stderr)
+        return 2
+    deadline = time.time() + args.timeout
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    common = ["--device", args.device, "--quiet", *[x for kv in args.set for x in ("--set", kv)]]
+
+    data = work / f"birds-{args.images}-{args.size}"
+    if not (data / "CUB_200_2011" / "images.txt").exists():
+        _run(["data", "synth", "--out", str(data), "--images", str(args.images), "--size", str(args.size), "--quiet"],
+             work / "synth.log", deadline - time.time())
+    damsm = work / f"damsm-{args.config}"
+    if not (damsm / "latest.pt").exists():
+        _run(["pretrain-damsm", "--config", args.config, "--data", str(data), "--out", str(damsm),
+              "--set", f"damsm.max_steps={args.damsm_steps}", "--set", "runtime.eval_batches=1", *common],
+             work / "damsm.log", deadline - time.time())
+
+    cfg = load_config(args.config, args.set)
+    report = {"date": datetime.date.today().isoformat(), "environment": environment(device),
+              "command": "python -m benchmarks.train_loop " + " ".join(sys.argv[1:] if argv is None else argv),
+              "config": args.config, "steps": args.steps, "batch_size": cfg.gan.batch_size,
+              "image_size": cfg.gan.image_size, "variants": []}
+    for variant in variants:
+        run_dir = work / f"gan-{args.config}-{variant}"
+        row = {"variant": variant, "flags": VARIANTS[variant]}
+        try:
+            if run_dir.exists():  # a fresh run each time: a leftover checkpoint would resume instead
+                for path in sorted(run_dir.rglob("*"), reverse=True):
+                    path.unlink() if path.is_file() else path.rmdir()
+            row["wall_s"] = _run(["train", "--config", args.config, "--data", str(data), "--damsm", str(damsm / "latest.pt"),
+                                  "--out", str(run_dir), "--set", f"gan.max_steps={args.steps}",
+                                  "--set", f"runtime.log_every={args.log_every}", "--set", "gan.samples_every=1000000000",
+                                  *VARIANTS[variant], *common], work / f"train-{variant}.log", deadline - time.time())
+            final = final_record(run_dir / "log.jsonl")
+            row.update({k: final[k] for k in ("steps_per_s", "timed_steps", "peak_memory_mb") if k in final})
+            row["images_per_s"] = row["steps_per_s"] * cfg.gan.batch_size
+        except (RuntimeError, subprocess.TimeoutExpired, KeyError) as err:
+            row["error"] = f"{type(err).__name__}: {err}"[-600:]
+        report["variants"].append(row)
+        print(json.dumps(row), flush=True)
+    base = next((r for r in report["variants"] if r["variant"] == "off" and "steps_per_s" in r), None)
+    for r in report["variants"]:
+        if base and "steps_per_s" in r:
+            r["speed_vs_off"] = round(r["steps_per_s"] / base["steps_per_s"], 2)
+            if base.get("peak_memory_mb") and r.get("peak_memory_mb"):
+                r["memory_vs_off"] = round(r["peak_memory_mb"] / base["peak_memory_mb"], 2)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{_results_stem(report)}-train-loop"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    stem.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))
+    return 0 if all("error" not in r for r in report["variants"]) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
