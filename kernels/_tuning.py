@@ -98,6 +98,9 @@ class TunedKernel:
     key: Sequence[str]
     prune: Callable[[Sequence[LaunchConfig], dict], Sequence[LaunchConfig]] | None = None
     interpreted: bool = False
+    # The autotuner's timer, ``(kernel_call, quantiles) -> [median, ...]``; None = Triton's own (CUDA
+    # events). Tests give a fake one to run the whole autotuning path through the interpreter.
+    do_bench: Callable | None = None
     last_config: LaunchConfig | None = field(default=None, init=False)
     _autotuner: object = field(default=None, init=False, repr=False)
 
@@ -124,9 +127,10 @@ class TunedKernel:
                     mine = [LaunchConfig.of(c.num_warps, c.num_stages, **c.kwargs) for c in triton_configs]
                     kept = set(self.prune(mine, {**named_args, **launch_kwargs}))
                     return [t for t, m in zip(triton_configs, mine) if m in kept] or triton_configs[:1]
+            options = {"do_bench": self.do_bench} if self.do_bench is not None else {}
             self._autotuner = triton.autotune(
                 configs=configs, key=list(self.key),
-                prune_configs_by={"early_config_prune": prune} if prune else None,
+                prune_configs_by={"early_config_prune": prune} if prune else None, **options,
             )(self.kernel)
         return self._autotuner
 

@@ -146,3 +146,76 @@ def test_autotune_switch(monkeypatch):
     with pytest.raises(TypeError, match="enabled"):
         kernels.set_autotune("no")
     kernels.set_autotune(None)
+
+
+class _FakeTimer:
+    """Stands in for CUDA-event timing: runs each trial once (on the real buffers, as the autotuner
+    does) and reports every next trial faster, so the last candidate benchmarked wins."""
+
+    def __init__(self):
+        self.trials = 0
+
+    def __call__(self, kernel_call, quantiles=None):
+        kernel_call()
+        self.trials += 1
+        t = 1000.0 - self.trials
+        return [t, t, t] if quantiles else t
+
+
+def _tuned_through_interpreter(monkeypatch, module, name, timer):
+    """Swaps module.<name> for the same kernel autotuned through the interpreter with ``timer``."""
+    original = getattr(module, name)
+    tuned = _tuning.TunedKernel(original.kernel, original.candidates, original.key, prune=original.prune,
+                                interpreted=False, do_bench=timer)
+    monkeypatch.setattr(module, name, tuned)
+    return tuned
+
+
+def test_the_damsm_autotuning_path_keeps_results_exact_and_tunes_once_per_model_size(monkeypatch):
+    """Every candidate runs on the real output buffers before the winner runs again, so a kernel that
+    relied on a zeroed or untouched buffer would fail here; the choice is cached per (T, D, N, ...)."""
+    from kernels.damsm import fused
+
+    timers = {name: _FakeTimer() for name in ("_FWD", "_BWD_WORDS", "_BWD_REGIONS")}
+    tuned = {name: _tuned_through_interpreter(monkeypatch, fused, name, t) for name, t in timers.items()}
+    words, cap_lens, regions = _damsm_inputs()
+    grad = torch.randn(3, 2)
+    ref_scores = damsm_word_scores_ref(words.double(), cap_lens, regions.double())
+    ref_w, ref_r = damsm_word_scores_ref_backward(grad.double(), words.double(), cap_lens, regions.double())
+    with kernels.autotuning(True):
+        for _ in range(2):  # the second call reuses the choice: no new trials
+            scores, _ = fused.damsm_forward(words, cap_lens, regions, 4.0, 5.0, False, "ieee")
+            d_words, d_regions = fused.damsm_backward(grad, words, cap_lens, regions, 4.0, 5.0, "ieee")
+            assert_rel(scores, ref_scores, 1e-5, "R after autotuning")
+            assert_rel(d_words, ref_w, 1e-5, "d_words after autotuning")
+            assert_rel(d_regions, ref_r, 1e-5, "d_regions after autotuning")
+        kept = fused._prune(fused.CANDIDATES, {"N": 37})  # every candidate: 37 regions cover 64-wide tiles
+        for name, timer in timers.items():
+            assert timer.trials == len(kept), name
+            assert tuned[name].last_config == kept[-1], name  # the fake timer's winner
+        # Another batch is the same key; another region count is a new one.
+        fused.damsm_forward(words[:1], cap_lens[:1], regions[:1], 4.0, 5.0, False, "ieee")
+        assert timers["_FWD"].trials == len(kept)
+        fused.damsm_forward(words, cap_lens, regions[:, :, :9], 4.0, 5.0, False, "ieee")
+        assert timers["_FWD"].trials == len(kept) + len(fused._prune(fused.CANDIDATES, {"N": 9}))
+
+
+def test_the_word_attention_autotuning_path_keeps_results_exact(monkeypatch):
+    from kernels.attention import fused
+
+    timers = {"_FWD": _FakeTimer(), "_BWD": _FakeTimer()}
+    tuned = {name: _tuned_through_interpreter(monkeypatch, fused, name, t) for name, t in timers.items()}
+    query, context, word_mask = _attention_inputs()
+    grad = torch.randn_like(query)
+    ref_ctx, ref_attn = word_attention_ref(query.double(), context.double(), word_mask, return_attn=True)
+    ref_q, ref_k = word_attention_ref_backward(grad.double(), query.double(), context.double(), word_mask)
+    with kernels.autotuning(True):
+        ctx, attn = fused.word_attention_forward(query, context, word_mask, True, False, "ieee")
+        d_query, d_context = fused.word_attention_backward(grad, query, context, word_mask, False, "ieee")
+    assert_rel(ctx, ref_ctx, 1e-5, "ctx after autotuning")
+    assert_rel(attn, ref_attn, 1e-5, "maps after autotuning")
+    assert_rel(d_query, ref_q, 1e-5, "d_query after autotuning")
+    assert_rel(d_context, ref_k, 1e-5, "d_context after autotuning")
+    assert timers["_FWD"].trials == len(fused.FORWARD_CANDIDATES)  # 143 pixels: every tile up to 256 kept
+    assert tuned["_FWD"].last_config == fused.FORWARD_CANDIDATES[-1]
+    assert tuned["_BWD"].last_config == fused.BACKWARD_CANDIDATES[-1]
