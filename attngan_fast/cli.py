@@ -38,6 +38,7 @@ def _info(_args) -> int:
         "triton_interpreter": kernels.interpreter_active(),
         "cuda_available": torch.cuda.is_available(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "autotune": kernels.autotune_enabled(),  # CUDA only; ATTNGAN_FAST_AUTOTUNE=0 pins the defaults
     }
     if kernels.TRITON_AVAILABLE:
         import triton

@@ -7,7 +7,7 @@
 #   scripts/gpu_session.sh loop        # the real bird-preset loop, a few hundred steps, bf16+compile vs off
 #                                      # (needs nltk: wheels in .whl/ are installed first, see below)
 #   scripts/gpu_session.sh all         # everything, in one call where there is no such limit
-# Several steps may be named in one call. Each step has its own time box (STEP_TIMEOUT seconds, default
+# Several steps may be named in one call; LOOP_ARGS adds arguments to the loop step (e.g. "--steps 200"). Each step has its own time box (STEP_TIMEOUT seconds, default
 # 540), so one that overruns cannot take the others' output with it. Logs go to $OUT; the benchmark
 # parts add up in benchmarks/results/<device>-<date>.{json,md}, packed into $OUT/results.tgz after
 # every step (a call brings back at most 8 files).
@@ -45,7 +45,7 @@ for step in "${steps[@]}"; do
     damsm|attention|train) timeout "$STEP_TIMEOUT" python3 -m benchmarks.gpu --only "$step" --out benchmarks/results \
              2>&1 | tee "$OUT/bench_$step.log" ;;
     loop) timeout "$STEP_TIMEOUT" python3 -m benchmarks.train_loop --timeout $((STEP_TIMEOUT - 30)) \
-             --out benchmarks/results 2>&1 | tee "$OUT/bench_loop.log"
+             --out benchmarks/results ${LOOP_ARGS:-} 2>&1 | tee "$OUT/bench_loop.log"
           (cd /tmp/attngan-fast-train-loop && tar czf "$OUT/loop_logs.tgz" ./*.log) 2>/dev/null || true ;;
     *) echo "unknown step '$step' (tests, damsm, attention, train, loop, all)"; exit 2 ;;
   esac

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -16,12 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_cli_info_reports_versions_and_kernel_mode():
+    env = {k: v for k, v in os.environ.items() if k != "ATTNGAN_FAST_AUTOTUNE"}
     out = subprocess.run([sys.executable, "-m", "attngan_fast", "info"], capture_output=True, text=True, check=True,
-                         cwd=ROOT)
+                         cwd=ROOT, env=env)
     facts = json.loads(out.stdout)
     assert facts["torch"] == torch.__version__
     assert facts["cuda_available"] == torch.cuda.is_available()
-    assert isinstance(facts["triton_interpreter"], bool)
+    assert isinstance(facts["triton_interpreter"], bool) and facts["autotune"] is True
+    out = subprocess.run([sys.executable, "-m", "attngan_fast", "info"], capture_output=True, text=True, check=True,
+                         cwd=ROOT, env={**env, "ATTNGAN_FAST_AUTOTUNE": "0"})
+    assert json.loads(out.stdout)["autotune"] is False
 
 
 def test_cli_without_command_prints_help_and_fails():
