@@ -7,16 +7,18 @@
 #   scripts/gpu_session.sh loop        # the real bird-preset loop, a few hundred steps, bf16+compile vs off
 #                                      # (needs nltk: wheels in .whl/ are installed first, see below)
 #   scripts/gpu_session.sh all         # everything, in one call where there is no such limit
-# Several steps may be named in one call; LOOP_ARGS adds arguments to the loop step (e.g. "--steps 200"). Each step has its own time box (STEP_TIMEOUT seconds, default
-# 540), so one that overruns cannot take the others' output with it. Logs go to $OUT; the benchmark
-# parts add up in benchmarks/results/<device>-<date>.{json,md}, packed into $OUT/results.tgz after
-# every step (a call brings back at most 8 files).
+# Several steps may be named in one call; LOOP_ARGS adds arguments to the loop step (e.g.
+# "--steps 200"). Each step has its own time box (STEP_TIMEOUT seconds, default 540), so one that
+# overruns cannot take the others' output with it. Logs go to $OUT; the benchmark parts add up in
+# benchmarks/results/<device>-<date>.{json,md}, packed into $OUT/results.tgz after every step (a call
+# brings back at most 8 files). A results file already there for the same day and device is added
+# to, so unpack what an earlier call brought back before the next call.
 # Run from the repository root; the machine's own torch/triton are used. All steps but `loop` need
 # only what the CUDA image has (torch, triton, pytest, pytest-benchmark, numpy, pillow, pyyaml, tqdm).
 # `loop` tokenizes captions, so it needs nltk: download its wheel beforehand into .whl/ (ignored by
-# git; `pip download --no-deps --only-binary=:all: -d .whl nltk`) and carry .whl with the call. A results file already in benchmarks/results for the same day and device is added
-# to, so copy back what an earlier call left in $OUT before the next call. Afterwards commit the
-# results files and the pytest summary into tests/GPU_RESULTS.md.
+# git; `pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl nltk`) and carry
+# .whl with the call. Afterwards commit the results files and the pytest summary into
+# tests/GPU_RESULTS.md; tests/GPU_RESULTS.md also lays out a three-call session.
 set -uo pipefail
 OUT=${OUT:-gpu-session-out}
 STEP_TIMEOUT=${STEP_TIMEOUT:-540}
