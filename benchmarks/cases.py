@@ -141,7 +141,13 @@ def forward_backward(fn, inputs: tuple, grad_inputs: tuple):
 def damsm_work(case: DamsmCase, element_bytes: int, backward: bool) -> tuple[float, float]:
     """(FLOPs, bytes): the two matmuls per pair (s = eᵀv, c = αvᵀ), 2·T·N·D each, for every (image,
     caption) pair; bytes = the inputs read once and R written once (plus the gradients for fwd+bwd,
-    counted as 3x the forward FLOPs by the usual convention)."""
+    counted as 3x the forward FLOPs by the usual convention).
+
+    What the fused kernels really execute is more, by design (recomputation instead of O(B²·T·N)
+    memory): the forward does the 2 counted products on BLOCK_T = 32 rows for T = 18 words (x1.8);
+    each backward kernel redoes the forward's 2 and adds 3 (d_words) or 4 (d_regions), so fwd+bwd runs
+    13 products per pair against 6 counted. Expect the fused fwd+bwd to reach at most ~25 % of a
+    compute-bound floor; the fraction of floor in the results is against the counted work."""
     n = case.side ** 2
     flops = case.batch * case.batch * 2 * (2 * case.words * n * case.dim)
     bytes_in = case.batch * case.dim * (case.words + n) * element_bytes
