@@ -38,3 +38,15 @@ def test_a_run_without_a_final_record_is_an_error(tmp_path):
         train_loop.final_record(log)
     log.write_text(log.read_text() + json.dumps({"final": True, "step": 2, "steps_per_s": 3.0}) + "\n")
     assert train_loop.final_record(log)["steps_per_s"] == 3.0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--steps", "50", "--log-every", "50"], "--log-every (50) must be below --steps (50)"),
+    (["--variants", "fp8"], "--variants: unknown ['fp8']"),
+    (["--size", "8"], "--size must be at least 16"),
+])
+def test_bad_arguments_are_named(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_loop.main(["--device", "cpu", *args])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -22,8 +22,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,6 +43,8 @@ VARIANTS = {
 
 def _run(args: list[str], log_path: Path, timeout: float) -> float:
     """Runs ``python -m attngan_fast ARGS`` with its output in ``log_path``; seconds taken."""
+    if timeout <= 0:
+        raise subprocess.TimeoutExpired(["attngan-fast", *args], 0)
     start = time.time()
     with open(log_path, "w") as log:
         proc = subprocess.run([sys.executable, "-m", "attngan_fast", *args], stdout=log, stderr=subprocess.STDOUT,
@@ -105,14 +109,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--damsm-steps", type=int, default=20, help="DAMSM pretraining steps")
     parser.add_argument("--variants", default="off,bf16-compile", help=f"comma-separated, of {list(VARIANTS)}")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to both commands")
-    parser.add_argument("--work", default="/tmp/attngan-fast-train-loop", help="data and runs (reused if present)")
+    parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "attngan-fast-train-loop"),
+                        help="data and runs (reused if present; default: in the system's temporary folder)")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--timeout", type=float, default=540, help="seconds for the whole benchmark")
     args = parser.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    if unknown or not variants:
+        parser.error(f"--variants: unknown {unknown or 'none given'}; choose from {list(VARIANTS)}")
+    for name, value, least in (("--steps", args.steps, 1), ("--log-every", args.log_every, 1),
+                               ("--images", args.images, 2), ("--size", args.size, 16),
+                               ("--damsm-steps", args.damsm_steps, 1), ("--timeout", args.timeout, 1)):
+        if value < least:
+            parser.error(f"{name} must be at least {least}, got {value}")
+    if args.log_every >= args.steps:
+        parser.error(f"--log-every ({args.log_every}) must be below --steps ({args.steps}): the speed is read "
+                     "over every log interval but the first")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("benchmarks.train_loop: no CUDA device; use --device cpu for a self-check", file=sys.stderr)
@@ -141,9 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = work / f"gan-{args.config}-{variant}"
         row = {"variant": variant, "flags": VARIANTS[variant]}
         try:
-            if run_dir.exists():  # a fresh run each time: a leftover checkpoint would resume instead
-                for path in sorted(run_dir.rglob("*"), reverse=True):
-                    path.unlink() if path.is_file() else path.rmdir()
+            shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: a leftover checkpoint would resume instead
             row["wall_s"] = _run(["train", "--config", args.config, "--data", str(data), "--damsm", str(damsm / "latest.pt"),
                                   "--out", str(run_dir), "--set", f"gan.max_steps={args.steps}",
                                   "--set", f"runtime.log_every={args.log_every}", "--set", "gan.samples_every=1000000000",

@@ -133,14 +133,3 @@ class TunedKernel:
                 prune_configs_by={"early_config_prune": prune} if prune else None, **options,
             )(self.kernel)
         return self._autotuner
-
-
-def distinct_meta(candidates: Sequence[LaunchConfig]) -> list[LaunchConfig]:
-    """One candidate per distinct set of block sizes: what the interpreter can tell apart (it ignores
-    warps and stages), so what the CPU tests run."""
-    seen, out = set(), []
-    for c in candidates:
-        if c.meta not in seen:
-            seen.add(c.meta)
-            out.append(c)
-    return out

@@ -24,6 +24,7 @@ OUT=${OUT:-gpu-session-out}
 STEP_TIMEOUT=${STEP_TIMEOUT:-540}
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+LOOP_WORK=${LOOP_WORK:-${TMPDIR:-/tmp}/attngan-fast-train-loop}  # the loop step's data and runs
 
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(all)
@@ -47,8 +48,8 @@ for step in "${steps[@]}"; do
     damsm|attention|train) timeout "$STEP_TIMEOUT" python3 -m benchmarks.gpu --only "$step" --out benchmarks/results \
              2>&1 | tee "$OUT/bench_$step.log" ;;
     loop) timeout "$STEP_TIMEOUT" python3 -m benchmarks.train_loop --timeout $((STEP_TIMEOUT - 30)) \
-             --out benchmarks/results ${LOOP_ARGS:-} 2>&1 | tee "$OUT/bench_loop.log"
-          (cd /tmp/attngan-fast-train-loop && tar czf "$OUT/loop_logs.tgz" ./*.log) 2>/dev/null || true ;;
+             --work "$LOOP_WORK" --out benchmarks/results ${LOOP_ARGS:-} 2>&1 | tee "$OUT/bench_loop.log"
+          (cd "$LOOP_WORK" && tar czf "$OUT/loop_logs.tgz" ./*.log) 2>/dev/null || true ;;
     *) echo "unknown step '$step' (tests, damsm, attention, train, loop, all)"; exit 2 ;;
   esac
   rc=${PIPESTATUS[0]}

@@ -8,6 +8,7 @@ import random
 
 import numpy as np
 import pytest
+import torch
 
 from attngan_fast.config import ConfigError, config_from_dict, load_config, preset_names
 from attngan_fast.safe_pickle import UnsafePickleError, load_plain_pickle
@@ -107,17 +108,21 @@ def test_overrides_and_schema_errors(tmp_path):
 
 def test_runtime_autotune_switches_the_kernels_for_the_run(monkeypatch):
     import kernels
-    from attngan_fast.train.runtime import setup_runtime, teardown_runtime
+    from attngan_fast.train.runtime import training_runtime
 
     monkeypatch.delenv(kernels.AUTOTUNE_ENV, raising=False)
     cfg = load_config("bird", ["runtime.autotune=false", "runtime.device=cpu"])
     assert cfg.runtime.autotune is False and load_config("bird").runtime.autotune is True
     with pytest.raises(ConfigError, match="runtime.autotune must be"):
         load_config("bird", ["runtime.autotune=3"])
-    rt = setup_runtime(cfg.runtime.device, cfg.runtime.autotune)
-    assert not kernels.autotune_enabled()
-    teardown_runtime(rt)
+    with training_runtime(cfg.runtime):
+        assert not kernels.autotune_enabled()
     assert kernels.autotune_enabled()  # back to the environment's setting
+    if not torch.cuda.is_available():  # a set-up that fails restores the setting too
+        failing = load_config("bird", ["runtime.autotune=false", "runtime.device=cuda"]).runtime
+        with pytest.raises(RuntimeError, match="no CUDA device"), training_runtime(failing):
+            pass
+        assert kernels.autotune_enabled()
 
 
 def test_config_roundtrip():

@@ -32,8 +32,8 @@ from ..pictures import attention_grid, save_png
 from ..text import Vocabulary, truncate
 from .checkpoint import load_checkpoint, rng_neutral, save_atomic
 from .common import caption_cache, check_vocabulary, gathered_rng_states, restore_rng, train_loader
-from .runtime import (JsonlLog, Runtime, StepMeter, autocast, grad_scaler, past_deadline, seed_everything, setup_runtime,
-                      teardown_runtime)
+from .runtime import (JsonlLog, Runtime, StepMeter, autocast, grad_scaler, past_deadline, seed_everything,
+                      training_runtime)
 
 FORMAT = "attngan-fast/damsm/1"
 PICTURE_SAMPLES = 6
@@ -225,11 +225,8 @@ def attention_picture(text_encoder, image_encoder, dataset: TextImageDataset, cf
 
 def train_damsm(cfg: Config, *, resume: str | Path | None = None, progress: bool = True) -> dict:
     """Pretrain the DAMSM as configured; returns the last evaluation metrics and the checkpoint path."""
-    rt = setup_runtime(cfg.runtime.device, cfg.runtime.autotune)
-    try:
+    with training_runtime(cfg.runtime) as rt:
         return _train(cfg, rt, resume, progress)
-    finally:
-        teardown_runtime(rt)
 
 
 def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:

@@ -32,8 +32,8 @@ from ..text import Vocabulary
 from .checkpoint import CheckpointError, load_checkpoint, rng_neutral, save_atomic
 from .common import caption_cache, check_vocabulary, gathered_rng_states, restore_rng, train_loader
 from .damsm import TrainingDiverged, load_damsm
-from .runtime import (JsonlLog, Runtime, StepMeter, autocast, grad_scaler, past_deadline, seed_everything, setup_runtime,
-                      teardown_runtime)
+from .runtime import (JsonlLog, Runtime, StepMeter, autocast, grad_scaler, past_deadline, seed_everything,
+                      training_runtime)
 
 FORMAT = "attngan-fast/gan/1"
 SAMPLE_CAPTIONS = 8
@@ -173,11 +173,8 @@ def load_generator(path: str | Path, device: torch.device | str = "cpu", *, ema:
 
 def train_gan(cfg: Config, *, resume: str | Path | None = None, progress: bool = True) -> dict:
     """Train AttnGAN as configured (``cfg.gan.damsm`` names the DAMSM checkpoint)."""
-    rt = setup_runtime(cfg.runtime.device, cfg.runtime.autotune)
-    try:
+    with training_runtime(cfg.runtime) as rt:
         return _train(cfg, rt, resume, progress)
-    finally:
-        teardown_runtime(rt)
 
 
 def _check(cfg: Config) -> None:

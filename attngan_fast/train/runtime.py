@@ -9,11 +9,13 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
 
 import kernels
+from attngan_fast.config import RuntimeConfig
 
 
 @dataclass
@@ -41,10 +43,20 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def setup_runtime(device_name: str, autotune: bool = True) -> Runtime:
-    """Single process, or one process of a ``torchrun`` group (NCCL on GPU, gloo on CPU). ``autotune``
-    switches the fused kernels' autotuning for this process (``teardown_runtime`` restores the default)."""
-    kernels.set_autotune(autotune)
+@contextlib.contextmanager
+def training_runtime(settings: RuntimeConfig) -> Iterator[Runtime]:
+    """The process set-up of one training run (device, ``torchrun`` group, the kernels' autotuning),
+    undone on the way out, an error included."""
+    with kernels.autotuning(settings.autotune):
+        rt = setup_runtime(settings.device)
+        try:
+            yield rt
+        finally:
+            teardown_runtime(rt)
+
+
+def setup_runtime(device_name: str) -> Runtime:
+    """Single process, or one process of a ``torchrun`` group (NCCL on GPU, gloo on CPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Runtime(pick_device(device_name))
@@ -59,7 +71,6 @@ def setup_runtime(device_name: str, autotune: bool = True) -> Runtime:
 
 
 def teardown_runtime(rt: Runtime) -> None:
-    kernels.set_autotune(None)
     if rt.distributed and dist.is_initialized():
         dist.destroy_process_group()
 
