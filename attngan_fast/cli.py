@@ -38,8 +38,11 @@ def _info(_args) -> int:
         "triton_interpreter": kernels.interpreter_active(),
         "cuda_available": torch.cuda.is_available(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "autotune": kernels.autotune_enabled(),  # CUDA only; ATTNGAN_FAST_AUTOTUNE=0 pins the defaults
     }
+    try:  # CUDA only; ATTNGAN_FAST_AUTOTUNE=0 pins the defaults
+        facts["autotune"] = kernels.autotune_enabled()
+    except ValueError as err:  # a bad setting is what this report is for: say it, don't crash
+        facts["autotune"] = f"invalid: {err}"
     if kernels.TRITON_AVAILABLE:
         import triton
 

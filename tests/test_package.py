@@ -27,6 +27,9 @@ def test_cli_info_reports_versions_and_kernel_mode():
     out = subprocess.run([sys.executable, "-m", "attngan_fast", "info"], capture_output=True, text=True, check=True,
                          cwd=ROOT, env={**env, "ATTNGAN_FAST_AUTOTUNE": "0"})
     assert json.loads(out.stdout)["autotune"] is False
+    out = subprocess.run([sys.executable, "-m", "attngan_fast", "info"], capture_output=True, text=True, check=True,
+                         cwd=ROOT, env={**env, "ATTNGAN_FAST_AUTOTUNE": "maybe"})
+    assert json.loads(out.stdout)["autotune"].startswith("invalid: ATTNGAN_FAST_AUTOTUNE must be")
 
 
 def test_cli_without_command_prints_help_and_fails():
