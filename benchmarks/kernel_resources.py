@@ -1,0 +1,192 @@
+"""What every fused kernel costs a GPU in registers, spills and shared memory, found without a GPU.
+
+    python -m benchmarks.kernel_resources                       # all candidates, sm_90/80/86, -> benchmarks/results
+    python -m benchmarks.kernel_resources --defaults --arch 90 86 --out /tmp/x   # what CI checks
+
+The launches are taken from the real launchers at the bird sizes (DAMSM: B = 20, T = 18, N = 289,
+D = 256; F_attn: B = 20, C = 32 and 48, 128², T = 18, with a word mask), fp32 inputs (``ieee`` dots) and
+bf16 inputs (``tf32`` dots). Each is compiled with every autotuning candidate (or only the fixed
+default) for each architecture through ``benchmarks.offline_compile``, and reported with registers per
+thread, spill space and instructions, shared memory, resident warps per SM and whether it fits at all. A candidate
+that does not fit is skipped by the autotuner on that GPU; a *default* that does not fit would fail
+there with autotuning off, which is what the CI test guards.
+
+Writes ``<out>/kernel-resources-triton<version>.json`` and ``.md``. Runs in a process of its own,
+without ``TRITON_INTERPRET`` (it sets up a stand-in driver; see ``benchmarks.offline_compile``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import platform
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from unittest import mock
+
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    sys.exit("benchmarks.kernel_resources compiles the kernels: run it without TRITON_INTERPRET")
+
+import torch
+import triton
+
+from benchmarks.offline_compile import ARCHS, compile_for, occupancy, register_usage
+from kernels._tuning import TunedKernel
+from kernels.attention import fused as attention_fused
+from kernels.damsm import fused as damsm_fused
+
+KERNELS = {
+    "damsm_fwd": (damsm_fused, "_FWD"),
+    "damsm_bwd_words": (damsm_fused, "_BWD_WORDS"),
+    "damsm_bwd_regions": (damsm_fused, "_BWD_REGIONS"),
+    "word_attention_fwd": (attention_fused, "_FWD"),
+    "word_attention_bwd": (attention_fused, "_BWD"),
+}
+INPUTS = {"fp32": (torch.float32, "ieee"), "bf16": (torch.bfloat16, "tf32")}
+
+
+@contextmanager
+def _recording(calls: list):
+    """Runs the real launchers but records each ``TunedKernel.launch`` instead of launching it."""
+    names = {id(getattr(module, attr)): name for name, (module, attr) in KERNELS.items()}
+
+    def record(self, grid, *args, default, config=None, **kwargs):
+        calls.append(dict(kernel=names[id(self)], args=args, kwargs=kwargs, default=default))
+
+    with mock.patch.object(TunedKernel, "launch", record):
+        yield
+
+
+def bird_launches(dtype_name: str) -> list[dict]:
+    """Every kernel launch of the bird configuration's ops, with the arguments the launchers pass."""
+    dtype, precision = INPUTS[dtype_name]
+    calls: list[dict] = []
+    B, D, T, N = 20, 256, 18, 289
+
+    def label(case: str) -> None:
+        for call in calls:
+            call.setdefault("label", f"{dtype_name} {case} ({precision})")
+
+    with _recording(calls):
+        words, regions = torch.empty(B, D, T, dtype=dtype), torch.empty(B, D, N, dtype=dtype)
+        cap_lens = torch.full((B,), T, dtype=torch.int64)
+        damsm_fused.damsm_forward(words, cap_lens, regions, 4.0, 5.0, False, precision)
+        damsm_fused.damsm_backward(torch.empty(B, B), words, cap_lens, regions, 4.0, 5.0, precision)
+        label(f"D={D}")
+        for C in (32, 48):
+            query, context = torch.empty(B, C, 128, 128, dtype=dtype), torch.empty(B, C, T, dtype=dtype)
+            mask = torch.zeros(B, T, dtype=torch.bool)
+            attention_fused.word_attention_forward(query, context, mask, False, False, precision)
+            attention_fused.word_attention_backward(torch.empty_like(query), query, context, mask, False, precision)
+            label(f"C={C}")
+    return calls
+
+
+def _compile_one(job: tuple) -> dict:
+    kernel_name, args, kwargs, config, capability = job
+    module, attr = KERNELS[kernel_name]
+    started = time.perf_counter()
+    try:
+        compiled = compile_for(getattr(module, attr).kernel, args, kwargs, config.launch_kwargs(), capability)
+        usage = register_usage(compiled)
+        usage.update(occupancy(usage, config.num_warps, capability))
+    except Exception as error:  # reported per row: one config that fails to build must not hide the rest
+        usage = dict(error=f"{type(error).__name__}: {str(error).splitlines()[0][:300]}", fits=False)
+    usage["compile_s"] = round(time.perf_counter() - started, 2)
+    return usage
+
+
+def survey(archs: list[int], defaults_only: bool, dtypes: list[str], workers: int, only: str = "",
+           log=print) -> list[dict]:
+    jobs, rows = [], []
+    for dtype_name in dtypes:
+        for call in bird_launches(dtype_name):
+            if not call["kernel"].startswith(only):
+                continue
+            module, attr = KERNELS[call["kernel"]]
+            tuned = getattr(module, attr)
+            configs = [call["default"]] if defaults_only else list(dict.fromkeys([call["default"], *tuned.candidates]))
+            for config in configs:
+                for capability in archs:
+                    rows.append(dict(kernel=call["kernel"], case=call["label"], config=str(config),
+                                     default=config == call["default"], arch=f"sm_{capability}"))
+                    jobs.append((call["kernel"], call["args"], call["kwargs"], config, capability))
+    log(f"compiling {len(jobs)} kernels with {workers} worker(s)")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+        for n, (row, usage) in enumerate(zip(rows, pool.map(_compile_one, jobs)), 1):
+            row.update(usage)
+            log(f"[{n}/{len(jobs)}] {_row_line(row)}")
+    return rows
+
+
+def _row_line(row: dict) -> str:
+    head = f"{row['kernel']:<20} {row['case']:<18} {row['config']:<30} {row['arch']:<6}"
+    if "error" in row:
+        return f"{head} ERROR {row['error']}"
+    return (f"{head} regs={row['registers']:<3} stack={row['stack_bytes']:>5}B STL/LDL={row['local_stores']:>4}/{row['local_loads']:<4} "
+            f"smem={row['shared_bytes'] // 1024:>3}KB warps/SM={row['warps_per_sm']:<2} fits={row['fits']}")
+
+
+def markdown(result: dict) -> str:
+    env = result["environment"]
+    lines = [
+        f"# Fused kernels compiled offline — triton {env['triton']}, torch {env['torch']}",
+        "",
+        f"Command: `{result['command']}` (on {env['machine']}, no GPU: Triton's compiler with a stand-in driver, "
+        "the bundled `cuobjdump` on Triton's own cubin for registers and spills). Sizes: DAMSM B=20 T=18 N=289 D=256; F_attn B=20, 128², T=18, "
+        "with a word mask. Stack = spill space in bytes per thread; STL/LDL = local-memory store/load "
+        "instructions in the machine code (spill traffic, counted statically); warps/SM is what registers, shared memory and the "
+        "block limit allow; **bold** = the fixed default (what runs with autotuning off).",
+        "",
+        "| kernel | inputs | config | arch | regs | stack B | STL/LDL | smem KB | warps/SM | fits |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for row in result["rows"]:
+        config = f"**{row['config']}**" if row["default"] else row["config"]
+        if "error" in row:
+            lines.append(f"| {row['kernel']} | {row['case']} | {config} | {row['arch']} | | | | | | error: {row['error'][:80]} |")
+            continue
+        lines.append(f"| {row['kernel']} | {row['case']} | {config} | {row['arch']} | {row['registers']} | "
+                     f"{row['stack_bytes']} | {row['local_stores']}/{row['local_loads']} | {row['shared_bytes'] / 1024:.0f} | "
+                     f"{row['warps_per_sm']} | {'yes' if row['fits'] else '**no**'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.kernel_resources", description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", type=int, nargs="+", default=[90, 80, 86], choices=sorted(ARCHS),
+                        help="compute capabilities to compile for")
+    parser.add_argument("--defaults", action="store_true", help="only the fixed default launch configurations")
+    parser.add_argument("--inputs", nargs="+", default=list(INPUTS), choices=list(INPUTS))
+    parser.add_argument("--only", choices=["damsm", "word_attention"], default="", help="one op's kernels")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
+
+    started = time.perf_counter()
+    rows = survey(args.arch, args.defaults, args.inputs, args.workers, args.only)
+    result = dict(
+        command="python -m benchmarks.kernel_resources " + " ".join(argv if argv is not None else sys.argv[1:]),
+        environment=dict(torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
+                         machine=f"{platform.machine()} CPU"),
+        archs={f"sm_{c}": ARCHS[c].gpus for c in args.arch},
+        seconds=round(time.perf_counter() - started, 1),
+        rows=rows,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    parts = [f"triton{triton.__version__}", args.only, "defaults" if args.defaults else ""]
+    stem = "-".join(["kernel-resources", *filter(None, parts)])  # "3.6.0" has dots: no with_suffix
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / f"{stem}.md").write_text(markdown(result))
+    print(f"wrote {args.out / stem}.json and .md ({result['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Compiling the Triton kernels for a GPU architecture on a machine that has no GPU.
+
+Triton's compiler needs no device: only its launcher asks the CUDA driver for the current target.
+``use_offline_target`` installs a stand-in driver that answers with a chosen architecture, after which
+``kernel.warmup(...)`` (Triton's compile-without-launch) runs the whole pipeline down to a cubin with
+the bundled ``ptxas``. The bundled ``cuobjdump`` then reads what the interpreter cannot tell: registers
+per thread, spill space and spill instructions, and (from Triton's metadata) shared memory per program.
+
+This is a check of compiled code, not of results: a kernel that compiles and fits can still compute
+wrongly on a GPU (the ``gpu`` tests are for that). It needs a process of its own, one that imported
+``kernels`` *without* ``TRITON_INTERPRET`` and never uses a real GPU: the stand-in driver stays active.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+
+
+@dataclass(frozen=True)
+class Arch:
+    """What one SM of a GPU generation offers a kernel (CUDA programming guide, compute capabilities)."""
+
+    capability: int
+    gpus: str
+    max_shared_bytes: int  # opt-in shared memory per block
+    shared_per_sm: int  # shared memory per SM; each resident block also reserves 1 KB of it
+    max_warps: int  # resident warps per SM
+    max_blocks: int  # resident blocks per SM
+    registers: int = 65536  # 32-bit registers per SM
+
+
+ARCHS = {
+    90: Arch(90, "H100/H200", 232448, 233472, 64, 32),
+    80: Arch(80, "A100", 166912, 167936, 64, 32),
+    86: Arch(86, "RTX 30xx, A10", 101376, 102400, 48, 16),
+    89: Arch(89, "RTX 40xx, L4", 101376, 102400, 48, 24),
+}
+
+
+class _OfflineDriver:
+    """Answers the launcher's questions about "the current GPU" with a fixed target; launches nothing.
+    The device number is the capability, so Triton's per-device caches never mix two targets."""
+
+    def __init__(self) -> None:
+        self.capability = 90
+
+    def get_current_target(self) -> GPUTarget:
+        return GPUTarget("cuda", self.capability, 32)
+
+    def get_current_device(self) -> int:
+        return self.capability
+
+    def get_current_stream(self, device=None) -> int:
+        return 0
+
+
+_DRIVER = _OfflineDriver()
+
+
+def use_offline_target(capability: int) -> None:
+    """Makes Triton compile for ``capability`` (e.g. 90) from now on in this process."""
+    from triton.runtime.driver import driver
+
+    if capability not in ARCHS:
+        raise ValueError(f"capability must be one of {sorted(ARCHS)}, got {capability!r}")
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise RuntimeError("offline compilation needs the compiled kernels: unset TRITON_INTERPRET")
+    _DRIVER.capability = capability
+    driver.set_active(_DRIVER)
+
+
+def compile_for(kernel, args, kwargs: dict, launch_kwargs: dict, capability: int):
+    """The CompiledKernel of ``kernel[grid](*args, **kwargs, **launch_kwargs)`` for ``capability``."""
+    if not isinstance(kernel, triton.runtime.jit.JITFunction):
+        raise TypeError(f"expected a compiled-mode @triton.jit kernel, got {type(kernel).__name__} "
+                        "(was TRITON_INTERPRET set when kernels were imported?)")
+    use_offline_target(capability)
+    return kernel.warmup(*args, grid=(1,), **kwargs, **launch_kwargs)
+
+
+_RESOURCES = re.compile(r"REG:(\d+) STACK:(\d+)")
+
+
+def _cuobjdump() -> Path:
+    """The cuobjdump that ships with Triton (it reads the cubin Triton itself produced, so registers and
+    stack are exact whatever flags that Triton version passes to ptxas)."""
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not tool.exists():
+        raise RuntimeError(f"Triton's bundled cuobjdump is missing ({tool})")
+    return tool
+
+
+def register_usage(compiled) -> dict:
+    """Registers per thread and stack bytes per thread (spill space: these kernels keep no local
+    arrays) of the compiled kernel, the number of local-memory store/load instructions in its machine
+    code (STL/LDL: spill traffic, static count), and shared memory per program from Triton's metadata
+    (its pipelining and layout-conversion buffers live there)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin = Path(tmp) / "kernel.cubin"
+        cubin.write_bytes(compiled.asm["cubin"])
+        usage = subprocess.run([str(_cuobjdump()), "-res-usage", str(cubin)], capture_output=True, text=True, check=True)
+        sass = subprocess.run([str(_cuobjdump()), "-sass", str(cubin)], capture_output=True, text=True, check=True)
+    found = _RESOURCES.search(usage.stdout)
+    if found is None:
+        raise RuntimeError(f"unexpected cuobjdump -res-usage output: {usage.stdout[-300:]!r}")
+    opcodes = []
+    for line in sass.stdout.splitlines():
+        if line.strip().startswith("/*"):  # "/*0070*/  @P0 LDL.LU R124, [R1+0x780] ;"
+            tokens = [t for t in line.split(";")[0].split()[1:] if not t.startswith("@")]
+            if tokens:
+                opcodes.append(tokens[0].split(".")[0])
+    return dict(registers=int(found.group(1)), stack_bytes=int(found.group(2)),
+                local_stores=opcodes.count("STL"), local_loads=opcodes.count("LDL"),
+                shared_bytes=int(compiled.metadata.shared))
+
+
+def occupancy(usage: dict, num_warps: int, capability: int) -> dict:
+    """Resident programs and warps per SM that registers, shared memory and the block limit allow
+    (registers rounded up per warp to 256, as the hardware allocates them)."""
+    arch = ARCHS[capability]
+    regs_per_warp = -(-usage["registers"] * 32 // 256) * 256
+    by_registers = arch.registers // (regs_per_warp * num_warps)
+    by_shared = arch.shared_per_sm // (usage["shared_bytes"] + 1024)
+    programs = min(by_registers, by_shared, arch.max_blocks, arch.max_warps // num_warps)
+    return dict(programs_per_sm=programs, warps_per_sm=programs * num_warps,
+                fits=usage["shared_bytes"] <= arch.max_shared_bytes and programs >= 1)
