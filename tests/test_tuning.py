@@ -31,9 +31,10 @@ def _distinct_meta(candidates):
 
 
 def _damsm_inputs():
-    """3 images, 2 captions, D = 20, T = 6, N = 37: one, two and three region tiles for BLOCK_N 64/32/16."""
-    words = torch.randn(2, 20, 6)
-    regions = torch.randn(3, 20, 37)
+    """3 images, 2 captions, D = 40, T = 6, N = 37: one, two and three region tiles for BLOCK_N 64/32/16,
+    and a partial second chunk of D for BLOCK_K = 32."""
+    words = torch.randn(2, 40, 6) / 40 ** 0.25
+    regions = torch.randn(3, 40, 37) / 40 ** 0.25
     cap_lens = torch.tensor([6, 1])
     return words, cap_lens, regions
 
@@ -101,10 +102,10 @@ def test_the_interpreter_runs_the_defaults_even_with_autotuning_on():
     with kernels.autotuning(True):
         kernels.damsm_word_scores(words, cap_lens, regions, impl="triton")
         kernels.word_attention(query, context, word_mask, impl="triton")
-    assert damsm_fused._FWD.last_config == damsm_fused.default_config(6, 20, 37)
+    assert damsm_fused._FWD.last_config == damsm_fused.default_config(6, 40, 37)
     assert attention_fused._FWD.last_config == attention_fused.FORWARD_DEFAULT
     chosen = kernels.chosen_configs()
-    assert chosen["damsm_fwd"] == str(damsm_fused.default_config(6, 20, 37))
+    assert chosen["damsm_fwd"] == str(damsm_fused.default_config(6, 40, 37))
     assert chosen["word_attention_fwd"] == str(attention_fused.FORWARD_DEFAULT)
 
 
@@ -112,9 +113,11 @@ def test_defaults_follow_the_model_size():
     from kernels.damsm import fused
 
     real = fused.default_config(T=18, D=256, N=289)
-    assert dict(real.meta) == {"BLOCK_N": 32} and real.num_warps == 8
-    assert dict(fused.default_config(T=5, D=20, N=9).meta) == {"BLOCK_N": 16}  # never wider than the regions
-    assert dict(fused.default_config(T=5, D=300, N=289).meta) == {"BLOCK_N": 16}  # 512-wide caption tiles
+    assert dict(real.meta) == {"BLOCK_N": 32, "BLOCK_K": 32} and real.num_warps == 8
+    # never wider than the regions; never a chunk wider than the features
+    assert dict(fused.default_config(T=5, D=20, N=9).meta) == {"BLOCK_N": 16, "BLOCK_K": 32}
+    assert dict(fused.default_config(T=5, D=12, N=9).meta) == {"BLOCK_N": 16, "BLOCK_K": 16}
+    assert dict(fused.default_config(T=5, D=300, N=289).meta)["BLOCK_N"] == 16  # 512-wide accumulators
     assert fused.default_config(T=5, D=20, N=9).num_warps == 4
 
 
@@ -122,14 +125,17 @@ def test_pruning_drops_blocks_wider_than_the_axis_and_keeps_one():
     from kernels.attention import fused as attention_fused
     from kernels.damsm import fused as damsm_fused
 
-    kept = damsm_fused._prune(damsm_fused.CANDIDATES, {"N": 9})
+    kept = damsm_fused._prune(damsm_fused.CANDIDATES, {"N": 9, "D": 256})
     assert kept and all(dict(c.meta)["BLOCK_N"] == 16 for c in kept)
-    assert damsm_fused._prune(damsm_fused.CANDIDATES, {"N": 289}) == damsm_fused.CANDIDATES
+    kept = damsm_fused._prune(damsm_fused.CANDIDATES, {"N": 289, "D": 20})
+    assert kept and all(dict(c.meta)["BLOCK_K"] == 32 for c in kept)
+    assert damsm_fused._prune(damsm_fused.CANDIDATES, {"N": 289, "D": 256}) == damsm_fused.CANDIDATES
     kept = attention_fused._prune(attention_fused.FORWARD_CANDIDATES, {"HW": 40})
     assert {dict(c.meta)["BLOCK_Q"] for c in kept} == {32, 64}
     # The autotuner sees the same pruning through Triton's early_config_prune hook.
     tuner = damsm_fused._FWD._tuner()
-    assert len(tuner.early_config_prune(tuner.configs, {"N": 9})) == len(damsm_fused._prune(damsm_fused.CANDIDATES, {"N": 9}))
+    args = {"N": 9, "D": 256}
+    assert len(tuner.early_config_prune(tuner.configs, args)) == len(damsm_fused._prune(damsm_fused.CANDIDATES, args))
     assert tuner.keys == ["T", "D", "N", "PRECISION", "RETURN_ATTN"]
 
 
@@ -200,7 +206,8 @@ def test_the_damsm_autotuning_path_keeps_results_exact_and_tunes_once_per_model_
             assert_rel(scores, ref_scores, 1e-5, "R after autotuning")
             assert_rel(d_words, ref_w, 1e-5, "d_words after autotuning")
             assert_rel(d_regions, ref_r, 1e-5, "d_regions after autotuning")
-        kept = fused._prune(fused.CANDIDATES, {"N": 37})  # every candidate: 37 regions cover 64-wide tiles
+        kept = fused._prune(fused.CANDIDATES, {"N": 37, "D": 40})  # every candidate: 64-wide tiles and chunks
+        assert kept == fused.CANDIDATES
         for name, timer in timers.items():
             assert timer.trials == len(kept), name
             assert tuned[name].last_config == kept[-1], name  # the fake timer's winner
@@ -208,7 +215,7 @@ def test_the_damsm_autotuning_path_keeps_results_exact_and_tunes_once_per_model_
         fused.damsm_forward(words[:1], cap_lens[:1], regions[:1], 4.0, 5.0, False, "ieee")
         assert timers["_FWD"].trials == len(kept)
         fused.damsm_forward(words, cap_lens, regions[:, :, :9], 4.0, 5.0, False, "ieee")
-        assert timers["_FWD"].trials == len(kept) + len(fused._prune(fused.CANDIDATES, {"N": 9}))
+        assert timers["_FWD"].trials == len(kept) + len(fused._prune(fused.CANDIDATES, {"N": 9, "D": 40}))
 
 
 def test_the_word_attention_autotuning_path_keeps_results_exact(monkeypatch):

@@ -1,0 +1,65 @@
+"""The kernels compiled for real GPUs, without one: Triton's compiler and ptxas run on this machine for
+Hopper (sm_90) and for the ~100 KB-shared-memory consumer GPUs (sm_86), and what comes out is checked.
+
+The interpreter runs the kernels' arithmetic but never compiles them, so it cannot see a kernel that
+fails to build, needs more shared memory than a GPU has (it then fails to launch with autotuning off,
+where the fixed defaults run), or spills its registers to local memory. This test runs
+``python -m benchmarks.kernel_resources --defaults`` in a process without ``TRITON_INTERPRET``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Bytes of stack (spill space) per thread a default DAMSM launch may use. Before the products over D
+# were chunked (BLOCK_K), the defaults spilled 2-5 KB per thread with fp32 (ieee) dots; now they spill
+# at most a few hundred bytes with either Triton that this project runs on (3.6 on the GPU machine,
+# PyPI's newest in CI).
+DAMSM_STACK_LIMIT = 1024
+
+
+@pytest.fixture(scope="module")
+def default_launches(tmp_path_factory):
+    out = tmp_path_factory.mktemp("resources")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(out / "triton-cache")  # compile from scratch, leave the user's cache alone
+    run = subprocess.run([sys.executable, "-m", "benchmarks.kernel_resources", "--defaults", "--arch", "90", "86",
+                          "--out", str(out)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=1200)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    (result,) = out.glob("kernel-resources-*-defaults.json")
+    return json.loads(result.read_text())
+
+
+def test_every_default_launch_compiles_and_fits_hopper_and_small_gpus(default_launches):
+    rows = default_launches["rows"]
+    kernels = {row["kernel"] for row in rows}
+    assert kernels == {"damsm_fwd", "damsm_bwd_words", "damsm_bwd_regions", "word_attention_fwd", "word_attention_bwd"}
+    assert {row["arch"] for row in rows} == {"sm_90", "sm_86"}
+    for row in rows:
+        where = f"{row['kernel']} {row['case']} {row['config']} on {row['arch']}"
+        assert "error" not in row, f"{where}: {row.get('error')}"
+        assert row["fits"] and row["programs_per_sm"] >= 1, f"{where}: {row['shared_bytes']} B of shared memory"
+        assert 0 < row["registers"] <= 255, where
+
+
+def test_damsm_defaults_keep_their_registers_out_of_local_memory(default_launches):
+    for row in default_launches["rows"]:
+        if row["kernel"].startswith("damsm"):
+            assert row["stack_bytes"] <= DAMSM_STACK_LIMIT, (
+                f"{row['kernel']} {row['case']} {row['config']} on {row['arch']} spills: {row['stack_bytes']} B "
+                f"of stack per thread, {row['local_stores']} STL / {row['local_loads']} LDL")
+
+
+def test_the_report_names_what_was_compiled(default_launches):
+    env = default_launches["environment"]
+    assert env["triton"] and env["torch"]
+    assert default_launches["archs"] == {"sm_90": "H100/H200", "sm_86": "RTX 30xx, A10"}
+    assert all(row["default"] for row in default_launches["rows"])
