@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers must be at least 1, got {args.workers}")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out must be a folder, {args.out} is a file")  # before minutes of compiling
 
     started = time.perf_counter()
     rows = survey(args.arch, args.defaults, args.inputs, args.workers, args.only)
