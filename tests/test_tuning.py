@@ -40,7 +40,8 @@ def _damsm_inputs():
 
 
 def _attention_inputs():
-    """B = 2, C = 20, 13 x 11 = 143 pixels (a partial last tile for every BLOCK_Q), T = 6 with padding."""
+    """B = 2, C = 20 (a partial last chunk for either BLOCK_K), 13 x 11 = 143 pixels (a partial last tile
+    for every BLOCK_Q; several backward tiles add into one partial sum), T = 6 with padding."""
     query = torch.randn(2, 20, 13, 11)
     context = torch.randn(2, 20, 6)
     word_mask = torch.arange(6)[None, :] >= torch.tensor([6, 2])[:, None]
@@ -130,8 +131,12 @@ def test_pruning_drops_blocks_wider_than_the_axis_and_keeps_one():
     kept = damsm_fused._prune(damsm_fused.CANDIDATES, {"N": 289, "D": 20})
     assert kept and all(dict(c.meta)["BLOCK_K"] == 32 for c in kept)
     assert damsm_fused._prune(damsm_fused.CANDIDATES, {"N": 289, "D": 256}) == damsm_fused.CANDIDATES
-    kept = attention_fused._prune(attention_fused.FORWARD_CANDIDATES, {"HW": 40})
+    kept = attention_fused._prune(attention_fused.FORWARD_CANDIDATES, {"HW": 40, "C": 48})
     assert {dict(c.meta)["BLOCK_Q"] for c in kept} == {32, 64}
+    kept = attention_fused._prune(attention_fused.BACKWARD_CANDIDATES, {"HW": 128 * 128, "C": 12})
+    assert kept and all(dict(c.meta)["BLOCK_K"] == 16 for c in kept)
+    assert attention_fused._prune(attention_fused.BACKWARD_CANDIDATES, {"HW": 4096, "C": 32}) == \
+        attention_fused.BACKWARD_CANDIDATES
     # The autotuner sees the same pruning through Triton's early_config_prune hook.
     tuner = damsm_fused._FWD._tuner()
     args = {"N": 9, "D": 256}
