@@ -242,3 +242,27 @@ def test_the_word_attention_autotuning_path_keeps_results_exact(monkeypatch):
     assert timers["_FWD"].trials == len(fused.FORWARD_CANDIDATES)  # 143 pixels: every tile up to 256 kept
     assert tuned["_FWD"].last_config == fused.FORWARD_CANDIDATES[-1]
     assert tuned["_BWD"].last_config == fused.BACKWARD_CANDIDATES[-1]
+
+
+def test_direct_and_autotuned_launches_pass_the_pinned_compile_options(monkeypatch):
+    """Both launch paths hand kernels._tuning.COMPILE_OPTIONS to Triton (the interpreter then drops them;
+    a compiling Triton builds with them). tests/test_compiled_resources.py sees the compiled side."""
+    from kernels.attention import fused
+
+    seen = []
+    kernel = fused._FWD.kernel
+    original_run = kernel.run
+
+    def recording_run(*args, **kwargs):
+        seen.append({key: kwargs.get(key) for key in _tuning.COMPILE_OPTIONS})
+        return original_run(*args, **kwargs)
+
+    monkeypatch.setattr(kernel, "run", recording_run)
+    query, context, word_mask = _attention_inputs()
+    fused.word_attention_forward(query, context, word_mask, False, False, "ieee")
+    assert seen == [_tuning.COMPILE_OPTIONS]
+    _tuned_through_interpreter(monkeypatch, fused, "_FWD", _FakeTimer())
+    with kernels.autotuning(True):
+        fused.word_attention_forward(query, context, word_mask, False, False, "ieee")
+    assert len(seen) == 2 + len(fused.FORWARD_CANDIDATES)  # every trial, then the winner
+    assert all(options == _tuning.COMPILE_OPTIONS for options in seen), seen
