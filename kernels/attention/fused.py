@@ -168,9 +168,9 @@ def _word_attn_bwd_kernel(
                                        stride_gb, stride_gc, stride_gp, BLOCK_Q, BLOCK_T, BLOCK_K, PRECISION)
         beta = _word_softmax(s, valid)
         d_s = beta * (d_beta - tl.sum(beta * d_beta, axis=1)[:, None])
-        # Spelled as a (BLOCK_T,) tensor: the interpreter turns `mask & <scalar comparison>` into int32
-        # and then refuses it as a load mask.
-        not_first = offs_t * 0 + q0 > first
+        # Whether this is a later tile of this program, as a block, as in the DAMSM regions kernel (the
+        # interpreter mistypes a scalar condition and-ed into a block mask).
+        not_first = tl.full((BLOCK_T,), q0, tl.int32) > first
         for c0 in range(0, C, BLOCK_K):
             offs_c = c0 + tl.arange(0, BLOCK_K)
             c_valid = offs_c < C
