@@ -128,7 +128,12 @@ def _row_line(row: dict) -> str:
     if "error" in row:
         return f"{head} ERROR {row['error']}"
     return (f"{head} regs={row['registers']:<3} stack={row['stack_bytes']:>5}B STL/LDL={row['local_stores']:>4}/{row['local_loads']:<4} "
+            f"by-depth={_by_depth(row):<14} inner={row['local_in_inner_loops']:<3} "
             f"smem={row['shared_bytes'] // 1024:>3}KB warps/SM={row['warps_per_sm']:<2} fits={row['fits']}")
+
+
+def _by_depth(row: dict) -> str:
+    return "/".join(str(n) for n in row["local_by_loop_depth"])
 
 
 def markdown(result: dict) -> str:
@@ -139,19 +144,23 @@ def markdown(result: dict) -> str:
         f"Command: `{result['command']}` (on {env['machine']}, no GPU: Triton's compiler with a stand-in driver, "
         "the bundled `cuobjdump` on Triton's own cubin for registers and spills). Sizes: DAMSM B=20 T=18 N=289 D=256; F_attn B=20, 128², T=18, "
         "with a word mask. Stack = spill space in bytes per thread; STL/LDL = local-memory store/load "
-        "instructions in the machine code (spill traffic, counted statically); warps/SM is what registers, shared memory and the "
+        "instructions in the machine code (spill traffic, counted statically); *by loop depth* splits them "
+        "by how many loops enclose them (0/1/2/3: outside every loop / DAMSM backward: per image-caption "
+        "pair, per region tile, per feature chunk), *inner* counts those inside innermost loops (the "
+        "hot ones: a spill there is paid every step); warps/SM is what registers, shared memory and the "
         "block limit allow; **bold** = the fixed default (what runs with autotuning off).",
         "",
-        "| kernel | inputs | config | arch | regs | stack B | STL/LDL | smem KB | warps/SM | fits |",
-        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| kernel | inputs | config | arch | regs | stack B | STL/LDL | by loop depth | inner | smem KB | warps/SM | fits |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for row in result["rows"]:
         config = f"**{row['config']}**" if row["default"] else row["config"]
         if "error" in row:
-            lines.append(f"| {row['kernel']} | {row['case']} | {config} | {row['arch']} | | | | | | error: {row['error'][:80]} |")
+            lines.append(f"| {row['kernel']} | {row['case']} | {config} | {row['arch']} | | | | | | | | error: {row['error'][:80]} |")
             continue
         lines.append(f"| {row['kernel']} | {row['case']} | {config} | {row['arch']} | {row['registers']} | "
-                     f"{row['stack_bytes']} | {row['local_stores']}/{row['local_loads']} | {row['shared_bytes'] / 1024:.0f} | "
+                     f"{row['stack_bytes']} | {row['local_stores']}/{row['local_loads']} | {_by_depth(row)} | "
+                     f"{row['local_in_inner_loops']} | {row['shared_bytes'] / 1024:.0f} | "
                      f"{row['warps_per_sm']} | {'yes' if row['fits'] else '**no**'} |")
     return "\n".join(lines) + "\n"
 

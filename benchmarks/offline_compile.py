@@ -95,11 +95,60 @@ def _cuobjdump() -> Path:
     return tool
 
 
+_INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+([^;\n]*);")  # "/*2f10*/  @!P3 BRA 0x2e50 ;"
+_BRANCH_TARGET = re.compile(r"\b0x([0-9a-f]+)\b")
+
+
+def sass_instructions(sass: str) -> list[tuple[int, str, str]]:
+    """(address, opcode, text) of every instruction in ``cuobjdump -sass`` output; the opcode without
+    its predicate and modifiers ("@P0 LDL.LU R124, [R1+0x780]" -> "LDL")."""
+    found = []
+    for match in _INSTRUCTION.finditer(sass):
+        text = match.group(2).strip()
+        tokens = [t for t in text.split() if not t.startswith("@")]
+        if tokens:
+            found.append((int(match.group(1), 16), tokens[0].split(".")[0], text))
+    return found
+
+
+def sass_loops(instructions: list[tuple[int, str, str]]) -> list[tuple[int, int]]:
+    """The loops of the machine code as (first, last) address ranges: every branch to an earlier
+    address closes one (ptxas lays structured loops out contiguously; the branch-to-self that pads the
+    end of a function is no loop). Back branches to the same head are one loop."""
+    ends: dict[int, int] = {}
+    for address, opcode, text in instructions:
+        target = _BRANCH_TARGET.search(text) if opcode == "BRA" else None
+        if target and int(target.group(1), 16) < address:
+            head = int(target.group(1), 16)
+            ends[head] = max(ends.get(head, address), address)
+    return sorted(ends.items())
+
+
+def local_memory_by_loop(sass: str) -> dict:
+    """Where the spill instructions (STL/LDL) sit: how many at each loop depth (0 = outside every loop)
+    and how many inside innermost loops, the hot ones (for these kernels the product's chunk loops).
+    A spill outside the loops costs once per program or per pair; one in an inner loop, every step."""
+    instructions = sass_instructions(sass)
+    loops = sass_loops(instructions)
+
+    def depth(address: int) -> int:
+        return sum(first <= address <= last for first, last in loops)
+
+    inner = [(a, b) for a, b in loops if not any((c, d) != (a, b) and a <= c and d <= b for c, d in loops)]
+    by_depth = [0] * (max((depth(first) for first, _ in loops), default=0) + 1)
+    in_inner = 0
+    for address, opcode, _ in instructions:
+        if opcode in ("STL", "LDL"):
+            by_depth[depth(address)] += 1
+            in_inner += any(a <= address <= b for a, b in inner)
+    return dict(local_by_loop_depth=by_depth, local_in_inner_loops=in_inner)
+
+
 def register_usage(compiled) -> dict:
     """Registers per thread and stack bytes per thread (spill space: these kernels keep no local
     arrays) of the compiled kernel, the number of local-memory store/load instructions in its machine
-    code (STL/LDL: spill traffic, static count), and shared memory per program from Triton's metadata
-    (its pipelining and layout-conversion buffers live there)."""
+    code (STL/LDL: spill traffic, static count) and where they sit in its loops, and shared memory per
+    program from Triton's metadata (its pipelining and layout-conversion buffers live there)."""
     with tempfile.TemporaryDirectory() as tmp:
         cubin = Path(tmp) / "kernel.cubin"
         cubin.write_bytes(compiled.asm["cubin"])
@@ -108,15 +157,10 @@ def register_usage(compiled) -> dict:
     found = _RESOURCES.search(usage.stdout)
     if found is None:
         raise RuntimeError(f"unexpected cuobjdump -res-usage output: {usage.stdout[-300:]!r}")
-    opcodes = []
-    for line in sass.stdout.splitlines():
-        if line.strip().startswith("/*"):  # "/*0070*/  @P0 LDL.LU R124, [R1+0x780] ;"
-            tokens = [t for t in line.split(";")[0].split()[1:] if not t.startswith("@")]
-            if tokens:
-                opcodes.append(tokens[0].split(".")[0])
+    opcodes = [opcode for _, opcode, _ in sass_instructions(sass.stdout)]
     return dict(registers=int(found.group(1)), stack_bytes=int(found.group(2)),
                 local_stores=opcodes.count("STL"), local_loads=opcodes.count("LDL"),
-                shared_bytes=int(compiled.metadata.shared))
+                **local_memory_by_loop(sass.stdout), shared_bytes=int(compiled.metadata.shared))
 
 
 def occupancy(usage: dict, num_warps: int, capability: int) -> dict:

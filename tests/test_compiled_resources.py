@@ -3,7 +3,8 @@ Hopper (sm_90) and for the ~100 KB-shared-memory consumer GPUs (sm_86), and what
 
 The interpreter runs the kernels' arithmetic but never compiles them, so it cannot see a kernel that
 fails to build, needs more shared memory than a GPU has (it then fails to launch with autotuning off,
-where the fixed defaults run), or spills its registers to local memory. This test runs
+where the fixed defaults run), or spills its registers to local memory, least of all inside its hot
+loops. This test runs
 ``python -m benchmarks.kernel_resources --defaults`` in a process without ``TRITON_INTERPRET``.
 """
 
@@ -58,6 +59,42 @@ def test_defaults_keep_their_registers_out_of_local_memory(default_launches):
         assert row["stack_bytes"] <= limit, (
             f"{row['kernel']} {row['case']} {row['config']} on {row['arch']} spills: {row['stack_bytes']} B "
             f"of stack per thread, {row['local_stores']} STL / {row['local_loads']} LDL")
+
+
+def test_no_default_spills_inside_its_innermost_loops(default_launches):
+    # The chunk loops of the products run every step of every tile: a spill there is paid thousands of
+    # times per program, one outside them once per tile, pair or program.
+    for row in default_launches["rows"]:
+        assert row["local_in_inner_loops"] == 0, (
+            f"{row['kernel']} {row['case']} {row['config']} on {row['arch']}: {row['local_in_inner_loops']} "
+            f"spill instructions inside innermost loops (by loop depth: {row['local_by_loop_depth']})")
+
+
+# cuobjdump -sass layout: an outer loop 0x20-0x60 around an inner one 0x30-0x50, a forward branch, and
+# the branch-to-self after EXIT that pads every function.
+SASS = """
+        /*0000*/                   LDC R1, c[0x0][0x28] ;                   /* 0x00000a00ff017b82 */
+                                                                            /* 0x000e620000000800 */
+        /*0010*/                   STL [R1+0x10], R2 ;                      /* 0x0000100201007387 */
+        /*0020*/                   LDL R3, [R1+0x10] ;                      /* 0x0000100001037983 */
+        /*0030*/                   FFMA R4, R4, R4, R4 ;                    /* 0x0000000404047223 */
+        /*0040*/               @P0 LDL.LU R5, [R1+0x14] ;                   /* 0x0000140001050983 */
+        /*0050*/              @!P0 BRA 0x30 ;                               /* 0xfffffffc00f48947 */
+        /*0058*/               @P1 BRA 0x70 ;                               /* 0x0000000c00041947 */
+        /*0060*/                   BRA 0x20 ;                               /* 0xfffffff800ec7947 */
+        /*0070*/                   EXIT ;                                   /* 0x000000000000794d */
+        /*0080*/                   BRA 0x80;                                /* 0xfffffffc00fc7947 */
+"""
+
+
+def test_spill_instructions_are_placed_in_their_loops():
+    from benchmarks.offline_compile import local_memory_by_loop, sass_instructions, sass_loops
+
+    instructions = sass_instructions(SASS)
+    assert [op for _, op, _ in instructions] == ["LDC", "STL", "LDL", "FFMA", "LDL", "BRA", "BRA", "BRA", "EXIT", "BRA"]
+    assert sass_loops(instructions) == [(0x20, 0x60), (0x30, 0x50)]
+    assert local_memory_by_loop(SASS) == dict(local_by_loop_depth=[1, 1, 1], local_in_inner_loops=1)
+    assert local_memory_by_loop("") == dict(local_by_loop_depth=[0], local_in_inner_loops=0)
 
 
 def test_the_report_names_what_was_compiled(default_launches):
