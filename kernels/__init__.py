@@ -9,8 +9,10 @@ Public ops (each with ``impl="auto" | "triton" | "reference"``):
 Importable on its own (needs only torch; Triton optional). To run the Triton kernels on CPU tensors,
 set ``TRITON_INTERPRET=1`` before importing this package. On CUDA the kernels autotune their launch
 configuration per model size; ``set_autotune(False)`` or ``ATTNGAN_FAST_AUTOTUNE=0`` pins the defaults.
+``value_checks(False)`` skips the checks of input values (each a host sync on a GPU) inside a block.
 """
 
+from ._checks import value_checks
 from ._runtime import TRITON_AVAILABLE
 from ._tuning import AUTOTUNE_ENV, autotune_enabled, autotuning, set_autotune
 from .attention import word_attention, word_attention_ref
@@ -45,6 +47,7 @@ __all__ = [
     "damsm_word_scores_ref",
     "interpreter_active",
     "set_autotune",
+    "value_checks",
     "word_attention",
     "word_attention_ref",
 ]

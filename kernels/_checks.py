@@ -1,14 +1,17 @@
 """Input validation at the public boundary of the ops: every error names the argument at fault.
 
 Shape, dtype and device checks are free. Checks of *values* (caption lengths, fully masked captions)
-need one host sync; they run in eager mode and are skipped while ``torch.compile`` traces, where a
-sync would break the graph.
+need one host sync each on a GPU; they run in eager mode and are skipped while ``torch.compile``
+traces, where a sync would break the graph, and inside ``value_checks(False)``, which a training loop
+whose data pipeline already guarantees those values uses so that its step never waits for the GPU.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -19,8 +22,24 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_GAMMA1 = 80.0
 
 
-def _is_compiling() -> bool:
-    return torch.compiler.is_compiling()
+_VALUE_CHECKS = contextvars.ContextVar("attngan_fast_value_checks", default=True)
+
+
+@contextlib.contextmanager
+def value_checks(enabled: bool) -> Iterator[None]:
+    """Turns the ops' checks of input *values* on or off inside the block (on by default): caption
+    lengths in [1, T] and no caption whose words are all masked. Each reads the device once, a host
+    sync that empties the GPU's queue; turn them off only where the inputs are known to be valid (a
+    wrong length then gives wrong numbers, not an error). Shape, dtype and device checks always run."""
+    token = _VALUE_CHECKS.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _VALUE_CHECKS.reset(token)
+
+
+def _skip_value_checks() -> bool:
+    return torch.compiler.is_compiling() or not _VALUE_CHECKS.get()
 
 
 def check_features(name: str, x, ranks: Sequence[int], layout: str) -> None:
@@ -69,7 +88,7 @@ def as_cap_lens(cap_lens, batch: int, device: torch.device) -> torch.Tensor:
 
 def check_cap_lens_values(cap_lens: torch.Tensor, max_len: int) -> None:
     """Every length must lie in [1, T]: a caption has at least one word and at most the padded length."""
-    if _is_compiling():
+    if _skip_value_checks():
         return
     bad = (cap_lens < 1) | (cap_lens > max_len)
     if bool(bad.any()):
@@ -99,7 +118,7 @@ def check_word_mask(word_mask, batch: int, length: int) -> None:
         raise ValueError(
             f"word_mask must have shape (B, T) = ({batch}, {length}) to match context, got {tuple(word_mask.shape)}"
         )
-    if _is_compiling():
+    if _skip_value_checks():
         return
     empty = word_mask.all(dim=1)
     if bool(empty.any()):

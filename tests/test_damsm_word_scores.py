@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import kernels
 import kernels.damsm.op as damsm_op
 from kernels import damsm_word_scores, damsm_word_scores_loop, damsm_word_scores_ref
 from kernels.damsm import damsm_word_scores_ref_backward
@@ -270,6 +271,21 @@ def test_bad_inputs_name_the_argument(mutate, error, match):
     words, cap_lens, regions = mutate(*_good())
     with pytest.raises(error, match=match):
         damsm_word_scores(words, cap_lens, regions)
+
+
+def test_value_checks_can_be_turned_off_for_a_block():
+    # A training loop whose data guarantees the lengths turns off the check (a host sync on a GPU);
+    # the checks that cost nothing stay on, and the block's end restores the default.
+    words, _, regions = _good()
+    with kernels.value_checks(False):
+        scores = damsm_word_scores(words, torch.tensor([0, 2]), regions, impl="reference")
+        assert scores.shape == (2, 2)
+        with pytest.raises(ValueError, match=r"cap_lens must have shape \(2,\)"):
+            damsm_word_scores(words, torch.tensor([4, 2, 1]), regions)
+        with kernels.value_checks(True), pytest.raises(ValueError, match=r"cap_lens\[0\] = 0"):
+            damsm_word_scores(words, torch.tensor([0, 2]), regions)
+    with pytest.raises(ValueError, match=r"cap_lens\[0\] = 0"):
+        damsm_word_scores(words, torch.tensor([0, 2]), regions)
 
 
 def test_bad_options_name_the_argument():

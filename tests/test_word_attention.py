@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import kernels
 import kernels.attention.op as attention_op
 from kernels import word_attention, word_attention_ref
 from kernels.attention import word_attention_ref_backward
@@ -294,3 +295,15 @@ def test_bad_inputs_name_the_argument(mutate, error, match):
     query, context, word_mask = mutate(*_good())
     with pytest.raises(error, match=match):
         word_attention(query, context, word_mask)
+
+
+def test_value_checks_can_be_turned_off_for_a_block():
+    query, context, _ = _good()
+    everything_masked = torch.ones(2, 4, dtype=torch.bool)
+    with kernels.value_checks(False):
+        ctx, _ = word_attention(query, context, everything_masked, impl="reference")
+        assert ctx.shape == query.shape
+        with pytest.raises(ValueError, match=r"word_mask must have shape"):
+            word_attention(query, context, everything_masked[:, :3])
+    with pytest.raises(ValueError, match="masks every word of sample 0"):
+        word_attention(query, context, everything_masked)
