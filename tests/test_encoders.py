@@ -25,6 +25,32 @@ def test_text_encoder_shapes_padding_and_unsorted_lengths():
         torch.testing.assert_close(sentence[i : i + 1], alone_sentence)
 
 
+def _plain_packed_forward(enc, captions, lens):
+    """The encoder's math written with pack_padded_sequence(enforce_sorted=False) as documented."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    packed = pack_padded_sequence(enc.drop(enc.encoder(captions)), lens, batch_first=True, enforce_sorted=False)
+    output, (hidden, _) = enc.rnn(packed)
+    words = pad_packed_sequence(output, batch_first=True, total_length=captions.shape[1])[0].transpose(1, 2)
+    return words, hidden.transpose(0, 1).reshape(captions.shape[0], enc.hidden_dim)
+
+
+def test_text_encoder_packs_as_pack_padded_sequence_unsorted_does_gradients_included():
+    torch.manual_seed(3)
+    enc = TextEncoder(vocab_size=40, embedding_dim=10, hidden_dim=12, dropout=0.0)
+    lens = torch.tensor([2, 6, 6, 1, 4, 6, 3])  # ties, the longest not first
+    captions = torch.randint(1, 40, (7, 8))
+    captions[torch.arange(8)[None, :] >= lens[:, None]] = 0
+    results = []
+    for forward in (enc, lambda c, n: _plain_packed_forward(enc, c, n)):
+        enc.zero_grad()
+        words, sentence = forward(captions, lens)
+        (words.square().sum() + sentence.sin().sum()).backward()
+        results.append((words, sentence, *[p.grad.clone() for p in enc.parameters()]))
+    for ours, plain in zip(*results):
+        torch.testing.assert_close(ours, plain, rtol=1e-6, atol=1e-7)
+
+
 def test_compact_encoder_outputs():
     regions, code = CompactImageEncoder(out_dim=24, width=8)(torch.randn(3, 3, 64, 64))
     assert regions.shape == (3, 24, 8, 8) and code.shape == (3, 24)

@@ -20,6 +20,10 @@ class TextEncoder(nn.Module):
 
     forward(captions (B, T) long, cap_lens (B,)) -> words (B, D, T), sentence (B, D) with
     D = hidden_dim (hidden_dim / 2 per direction). Padding positions of ``words`` are zero.
+
+    The LSTM runs on a packed batch, which needs the lengths on the host: give ``cap_lens`` as a CPU
+    tensor (the data loader's) and the forward never waits for the GPU; lengths on the GPU are read
+    back first, one host sync.
     """
 
     def __init__(self, vocab_size: int, embedding_dim: int = 300, hidden_dim: int = 256, dropout: float = 0.5):
@@ -37,12 +41,28 @@ class TextEncoder(nn.Module):
             raise ValueError(f"captions must be (B, T) word ids, got shape {tuple(captions.shape)}")
         total = captions.shape[1]
         emb = self.drop(self.encoder(captions))
-        # Packed, unsorted: no sorting of the batch by length (the lengths must live on the CPU).
-        packed = pack_padded_sequence(emb, cap_lens.detach().cpu(), batch_first=True, enforce_sorted=False)
+        # The batch is packed longest first and put back in its order afterwards (the caller never sorts).
+        # This is pack_padded_sequence(enforce_sorted=False) without its two host syncs: that copies the
+        # sorting permutation to the GPU with a blocking copy and pad_packed_sequence reads the
+        # inverse back; here the permutation goes over asynchronously and is inverted on the device.
+        lengths, order = _longest_first(cap_lens, captions.device)
+        packed = pack_padded_sequence(emb.index_select(0, order), lengths, batch_first=True, enforce_sorted=True)
         output, (hidden, _) = self.rnn(packed)
-        words = pad_packed_sequence(output, batch_first=True, total_length=total)[0].transpose(1, 2)
-        sentence = hidden.transpose(0, 1).reshape(captions.shape[0], self.hidden_dim)
-        return words, sentence
+        restore = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
+        words = pad_packed_sequence(output, batch_first=True, total_length=total)[0].index_select(0, restore)
+        sentence = hidden.index_select(1, restore).transpose(0, 1).reshape(captions.shape[0], self.hidden_dim)
+        return words.transpose(1, 2), sentence
+
+
+def _longest_first(cap_lens: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lengths sorted longest first, on the host; the sorting permutation (B,), on ``device``)."""
+    lengths = cap_lens.detach()
+    if lengths.device.type != "cpu":
+        lengths = lengths.cpu()  # a host sync; the training loops pass the loader's host lengths
+    lengths, order = torch.sort(lengths.to(torch.int64), descending=True)
+    if device.type == "cuda":
+        order = order.pin_memory()  # a non-blocking copy from pinned memory does not wait for the GPU
+    return lengths, order.to(device, non_blocking=True)
 
 
 _INCEPTION_LAYERS = [
