@@ -87,7 +87,8 @@ def _load_config(args, out_key: str):
 
 
 def _pretrain_damsm(args) -> int:
-    from .train.damsm import TrainingDiverged, summarize, train_damsm
+    from .train.damsm import summarize, train_damsm
+    from .train.runtime import TrainingDiverged
 
     cfg = _load_config(args, "damsm.out_dir")
     try:
@@ -102,8 +103,8 @@ def _pretrain_damsm(args) -> int:
 
 
 def _train_gan(args) -> int:
-    from .train.damsm import TrainingDiverged
     from .train.gan import train_gan
+    from .train.runtime import TrainingDiverged
 
     cfg = _load_config(args, "gan.out_dir")
     if args.damsm is not None:

@@ -43,7 +43,7 @@ status=0
 for step in "${steps[@]}"; do
   echo "=== $step (time box ${STEP_TIMEOUT}s) ==="
   case "$step" in
-    tests) timeout "$STEP_TIMEOUT" python3 -m pytest -m gpu -p no:cacheprovider -q -rA tests/test_gpu.py \
+    tests) timeout "$STEP_TIMEOUT" python3 -m pytest -m gpu -p no:cacheprovider -q -rA tests/test_gpu.py tests/test_gpu_training.py \
              2>&1 | tee "$OUT/gpu_tests.log" ;;
     damsm|attention|train) timeout "$STEP_TIMEOUT" python3 -m benchmarks.gpu --only "$step" --out benchmarks/results \
              2>&1 | tee "$OUT/bench_$step.log" ;;

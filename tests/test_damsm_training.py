@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -17,6 +16,8 @@ from attngan_fast.config import load_config
 from attngan_fast.data.dataset import TextImageDataset, collate
 from attngan_fast.data.prepare import load_captions
 from attngan_fast.train.checkpoint import load_checkpoint
+from attngan_fast.train.runtime import TrainingDiverged
+from host_sync import HostReads, free_port
 from numerics import assert_rel, needs_interpreter
 
 
@@ -52,6 +53,21 @@ def test_optimisation_lowers_the_loss_on_a_fixed_batch(synthetic_root, tmp_path)
     with torch.no_grad():
         last = float(damsm.damsm_losses(text_encoder.eval(), image_encoder.eval(), batch, cfg, torch.device("cpu"))[0]["total"])
     assert torch.isfinite(torch.tensor(last)) and last < 0.7 * first, (first, last)
+
+
+def test_a_training_step_reads_nothing_back_from_the_device(synthetic_root, tmp_path):
+    # Each read of a device value makes the host wait for the GPU's queue; the step has none of ours
+    # (the encoder gets the loader's host lengths, the ops' value checks are off for loader batches).
+    cfg = tiny_config(synthetic_root, tmp_path)
+    vocab, batch = _batch(cfg)
+    text_encoder, image_encoder = damsm.build_models(cfg, vocab)
+    with HostReads() as reads:
+        losses, _ = damsm.damsm_losses(text_encoder, image_encoder, batch, cfg, torch.device("cpu"))
+        losses["total"].backward()
+    assert reads.found == []
+    with HostReads() as reads:  # the control: called directly, the op checks the lengths' values
+        damsm.words_loss(torch.randn(8, 16, 3, 3), torch.randn(8, 16, 5), torch.full((8,), 5))
+    assert any("kernels/_checks.py" in r for r in reads.found), reads.found
 
 
 @needs_interpreter
@@ -121,7 +137,8 @@ def test_nan_loss_stops_with_last_checkpoint_kept(synthetic_root, tmp_path, monk
         return s0 * float("nan"), s1
 
     monkeypatch.setattr(damsm, "sent_loss", poisoned)
-    with pytest.raises(damsm.TrainingDiverged, match="loss became nan .* last good checkpoint is .*latest.pt"):
+    with pytest.raises(TrainingDiverged, match=r"DAMSM loss became non-finite at step \d+ \(w0 .*s0 nan.*total nan\); "
+                                               r"training stopped .* last good checkpoint is .*latest.pt"):
         damsm.train_damsm(tiny_config(synthetic_root, tmp_path), resume=tmp_path / "latest.pt", progress=False)
     assert (tmp_path / "latest.pt").read_bytes() == before
 
@@ -151,12 +168,6 @@ def test_cli_config_errors_are_clear(synthetic_root, tmp_path, capsys):
     assert code == 2 and "unknown config key 'gama1' in damsm" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank, world, port, root, out, results):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
@@ -169,7 +180,7 @@ def _ddp_worker(rank, world, port, root, out, results):
 def test_two_process_gloo_ddp_keeps_ranks_in_sync(synthetic_root, tmp_path):
     manager = mp.Manager()
     results = manager.dict()
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(synthetic_root), str(tmp_path), results), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(synthetic_root), str(tmp_path), results), nprocs=2, join=True)
     assert results[0]["step"] == results[1]["step"] == 72 // 2 // 8
     assert results[0]["param_checksum"] == results[1]["param_checksum"], "DDP ranks diverged"
     ckpt = load_checkpoint(tmp_path / "latest.pt", damsm.FORMAT)

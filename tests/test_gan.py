@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import warnings
 from pathlib import Path
 
@@ -21,6 +20,10 @@ from attngan_fast.models.discriminators import Discriminator, discriminator_loss
 from attngan_fast.models.generator import Generator, kl_loss
 from attngan_fast.train.checkpoint import load_checkpoint
 from attngan_fast.train.damsm import train_damsm
+from attngan_fast.train.runtime import TrainingDiverged
+from benchmarks.train_step import build_step, random_batch
+from benchmarks.train_step import tiny_config as tiny_step_config
+from host_sync import HostReads, free_port
 from numerics import assert_rel, needs_interpreter
 
 LAYOUTS = json.loads((Path(__file__).resolve().parents[2] / "shared" / "reference" /
@@ -198,11 +201,39 @@ def test_nan_loss_stops_and_keeps_the_checkpoint(synthetic_root, damsm_checkpoin
         warnings.simplefilter("ignore")
         gan.train_gan(tiny_gan_config(synthetic_root, damsm_checkpoint, tmp_path, "gan.epochs=1"), progress=False)
         before = (tmp_path / "latest.pt").read_bytes()
-        monkeypatch.setattr(gan, "kl_loss", lambda mu, logvar: torch.tensor(float("inf")))
-        with pytest.raises(gan.TrainingDiverged, match="non-finite .* last good checkpoint is .*latest.pt"):
-            gan.train_gan(tiny_gan_config(synthetic_root, damsm_checkpoint, tmp_path), resume=tmp_path / "latest.pt",
-                          progress=False)
+        start = load_checkpoint(tmp_path / "latest.pt", gan.FORMAT)["step"]
+        calls = []
+
+        def kl_from_the_second_step(mu, logvar):  # the losses are read every 4 steps, not at once
+            calls.append(None)
+            return kl_loss(mu, logvar) * (float("inf") if len(calls) >= 2 else 1.0)
+
+        monkeypatch.setattr(gan, "kl_loss", kl_from_the_second_step)
+        with pytest.raises(TrainingDiverged) as caught:
+            gan.train_gan(tiny_gan_config(synthetic_root, damsm_checkpoint, tmp_path, "runtime.log_every=4"),
+                          resume=tmp_path / "latest.pt", progress=False)
+    message = str(caught.value)
+    assert f"GAN loss became non-finite at step {start + 2} (G inf, " in message, message
+    assert "kl inf" in message and f"training stopped at step {-(-(start + 2) // 4) * 4}," in message, message
+    assert message.endswith(f"the last good checkpoint is {tmp_path / 'latest.pt'}"), message
     assert (tmp_path / "latest.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("variant", ["ours-fp32-eager", "ours-bf16"])
+def test_a_training_step_reads_nothing_back_from_the_device(variant):
+    # Each read of a device value makes the host wait for the GPU's queue to drain; a step has none of
+    # ours, so the host runs ahead (the losses stay on the device until a log step reads them).
+    cfg = tiny_step_config()
+    step, context = build_step(cfg, variant, torch.device("cpu"))
+    batch = random_batch(cfg)
+    batch["class_ids"] = torch.arange(cfg.gan.batch_size) % 2
+    with context():
+        step(batch)
+        with HostReads() as reads:
+            losses = step(batch)
+    assert reads.found == []
+    assert set(losses) == {"G", "G_adv", "damsm", "kl", "D0", "D1"}
+    assert all(v.dim() == 0 and not v.requires_grad and torch.isfinite(v) for v in losses.values())
 
 
 @pytest.mark.slow
@@ -245,12 +276,6 @@ def test_cli_train_without_damsm_is_a_clear_error(synthetic_root, tmp_path, caps
     assert code == 2 and "needs a DAMSM checkpoint" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank, world, port, root, damsm_ckpt, out, results):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
@@ -264,7 +289,7 @@ def _ddp_worker(rank, world, port, root, damsm_ckpt, out, results):
 def test_two_process_gloo_ddp(synthetic_root, damsm_checkpoint, tmp_path):
     manager = mp.Manager()
     results = manager.dict()
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(synthetic_root), str(damsm_checkpoint), str(tmp_path), results),
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(synthetic_root), str(damsm_checkpoint), str(tmp_path), results),
              nprocs=2, join=True)
     assert results[0] == results[1], "DDP ranks' generators diverged"
     ckpt = load_checkpoint(tmp_path / "latest.pt", gan.FORMAT)

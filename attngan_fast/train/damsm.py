@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
+
+import kernels
 
 from ..config import Config, config_from_dict
 from ..data.dataset import TextImageDataset, collate
@@ -32,15 +33,11 @@ from ..pictures import attention_grid, save_png
 from ..text import Vocabulary, truncate
 from .checkpoint import load_checkpoint, rng_neutral, save_atomic
 from .common import caption_cache, check_vocabulary, gathered_rng_states, restore_rng, train_loader
-from .runtime import (JsonlLog, Runtime, StepMeter, autocast, grad_scaler, past_deadline, seed_everything,
+from .runtime import (Deadline, JsonlLog, LossWatch, Runtime, StepMeter, autocast, grad_scaler, seed_everything,
                       training_runtime)
 
 FORMAT = "attngan-fast/damsm/1"
 PICTURE_SAMPLES = 6
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -91,16 +88,21 @@ def lr_at(cfg: Config, epoch: int) -> float:
 
 def damsm_losses(text_encoder, image_encoder, batch: dict, cfg: Config, device: torch.device, *,
                  return_attn: bool = False):
-    """(dict of the four losses and their sum, attention maps or None) for one batch."""
+    """(dict of the four losses and their sum, attention maps or None) for one batch of ``collate``.
+
+    Nothing here waits for the GPU: the text encoder gets the loader's host lengths, the rest moves
+    with non-blocking copies, and the ops' value checks are off (``collate`` makes every caption 1..T
+    words long)."""
     d = cfg.damsm
     images = batch["images"][-1].to(device, non_blocking=True)
     if cfg.runtime.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     captions = batch["captions"].to(device, non_blocking=True)
-    cap_lens = batch["cap_lens"].to(device, non_blocking=True)
-    class_ids = batch["class_ids"]
-    with autocast(device, cfg.runtime.amp):
-        words, sentence = text_encoder(captions, cap_lens)
+    host_lens = batch["cap_lens"]
+    cap_lens = host_lens.to(device, non_blocking=True)
+    class_ids = None if batch["class_ids"] is None else batch["class_ids"].to(device, non_blocking=True)
+    with autocast(device, cfg.runtime.amp), kernels.value_checks(False):
+        words, sentence = text_encoder(captions, host_lens)
         regions, global_code = image_encoder(images)
         w0, w1, attn = words_loss(regions, words, cap_lens, class_ids, d.gamma1, d.gamma2, d.gamma3,
                                   return_attn=return_attn, impl=cfg.runtime.impl)
@@ -265,7 +267,9 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
     text_model, image_model = text_encoder, image_encoder
     if rt.distributed:
         ids = [device.index] if device.type == "cuda" else None
-        text_model = DistributedDataParallel(text_encoder, device_ids=ids)
+        # No device_ids for the text encoder: DDP would copy the host caption lengths to the GPU, and
+        # packing reads them back (a host sync per step); its inputs are placed by damsm_losses.
+        text_model = DistributedDataParallel(text_encoder)
         image_model = DistributedDataParallel(image_encoder, device_ids=ids)
     if cfg.runtime.compile:
         image_model = torch.compile(image_model)
@@ -273,10 +277,12 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
     sampler, loader, steps_per_epoch = train_loader(train_set, d.batch_size, cfg, rt, device)
     log = JsonlLog(out / "log.jsonl", rt.is_main)
     latest = out / "latest.pt"
-    deadline = time.monotonic() + d.max_minutes * 60 if d.max_minutes else None
+    deadline = Deadline(d.max_minutes or None, rt, cfg.runtime.log_every)
+    watch = LossWatch("DAMSM", rt)
     metrics: dict = {}
 
     def save(epoch: int, pos: int, extra: dict) -> None:
+        watch.check(step, latest)  # nothing non-finite is ever saved
         states = gathered_rng_states(rt)
         if rt.is_main:
             payload = {
@@ -301,15 +307,9 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
         image_model.train()
         bar = tqdm(total=steps_per_epoch, initial=position, desc=f"damsm epoch {epoch}", leave=False,
                    disable=not (progress and rt.is_main))
-        running: dict[str, float] = {}
         for batch in loader:
             losses, _ = damsm_losses(text_model, image_model, batch, cfg, device)
             loss = losses["total"]
-            if not torch.isfinite(loss.detach()):
-                raise TrainingDiverged(
-                    f"DAMSM loss became {float(loss.detach())} at epoch {epoch}, step {step}; training stopped, the last "
-                    f"good checkpoint is {latest if latest.exists() else 'none (no epoch finished yet)'}"
-                )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -318,16 +318,15 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
             scaler.update()
             position += 1
             step += 1
-            for k, v in losses.items():
-                v = float(v.detach())
-                running[k] = 0.9 * running.get(k, v) + 0.1 * v
+            watch.record(step, losses)
             bar.update(1)
-            bar.set_postfix(loss=f"{running['total']:.3f}", w=f"{running['w0'] + running['w1']:.3f}",
-                            s=f"{running['s0'] + running['s1']:.3f}")
-            if step % cfg.runtime.log_every == 0:
-                log.write({"step": step, "epoch": epoch, "lr": lr, **{k: float(v.detach()) for k, v in losses.items()},
-                           **meter.reading(step)})
-            if (d.max_steps is not None and step >= d.max_steps) or (deadline is not None and past_deadline(deadline, rt)):
+            if step % cfg.runtime.log_every == 0:  # the losses are read (a host sync) only here
+                watch.check(step, latest)
+                running = watch.read(smoothed=True)
+                bar.set_postfix(loss=f"{running['total']:.3f}", w=f"{running['w0'] + running['w1']:.3f}",
+                                s=f"{running['s0'] + running['s1']:.3f}")
+                log.write({"step": step, "epoch": epoch, "lr": lr, **watch.read(), **meter.reading(step)})
+            if (d.max_steps is not None and step >= d.max_steps) or deadline.passed(step):
                 stopped = True
                 break
         bar.close()

@@ -6,13 +6,13 @@ attention kernel. Each D: (uncond_real + cond_real)/2 + (uncond_fake + cond_fake
 Adam (2e-4, betas 0.5/0.999) for G and every D; an EMA copy of G draws the samples and is what the
 checkpoints offer for generation. Checkpoints are written atomically; ``resume`` restores models,
 EMA, optimizers, grad scaler, step, position in the epoch and RNG state; a NaN/inf loss stops the run
-and keeps the last good checkpoint.
+and keeps the last good checkpoint. A step never waits for the GPU (no host sync with amp off or bf16;
+fp16's gradient scaler reads its overflow flag): the losses stay on the device until a log step.
 """
 
 from __future__ import annotations
 
 import copy
-import time
 import warnings
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+import kernels
 from ..config import Config, ConfigError, config_from_dict
 from ..data.dataset import TextImageDataset, collate
 from ..losses import sent_loss, words_loss
@@ -31,8 +32,8 @@ from ..pictures import generation_grid, save_png
 from ..text import Vocabulary
 from .checkpoint import CheckpointError, load_checkpoint, rng_neutral, save_atomic
 from .common import caption_cache, check_vocabulary, gathered_rng_states, restore_rng, train_loader
-from .damsm import TrainingDiverged, load_damsm
-from .runtime import (JsonlLog, Runtime, StepMeter, autocast, grad_scaler, past_deadline, seed_everything,
+from .damsm import load_damsm
+from .runtime import (Deadline, JsonlLog, LossWatch, Runtime, StepMeter, autocast, grad_scaler, seed_everything,
                       training_runtime)
 
 FORMAT = "attngan-fast/gan/1"
@@ -100,8 +101,11 @@ def generator_loss(netsD, images: list[torch.Tensor], mu, logvar, sentence, word
 
 
 class GanStep:
-    """One training step on a batch: every D, then G (the EMA update is the caller's). Returns the
-    losses as floats; raises TrainingDiverged on a non-finite loss before any G update."""
+    """One training step on a batch of ``collate``: every D, then G (the EMA update is the caller's).
+    Returns the losses as 0-dim device tensors, unread: reading one waits for the GPU, so the loop
+    reads (and checks) them at log steps (``LossWatch``). Nothing in the step reads the device: the
+    text encoder packs with the loader's host lengths, class ids move without blocking, and the ops'
+    value checks are off (``collate`` makes every caption 1..T words long)."""
 
     def __init__(self, netG, d_steps, netsD, optG, optsD, scaler, text_encoder, image_encoder, cfg: Config, device):
         self.netG, self.d_steps, self.netsD = netG, d_steps, netsD
@@ -110,13 +114,18 @@ class GanStep:
         self.cfg, self.device = cfg, device
         self.memory_format = torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format
 
-    def __call__(self, batch: dict) -> dict:
+    def __call__(self, batch: dict) -> dict[str, torch.Tensor]:
+        with kernels.value_checks(False):
+            return self._step(batch)
+
+    def _step(self, batch: dict) -> dict[str, torch.Tensor]:
         cfg, device, amp, g = self.cfg, self.device, self.cfg.runtime.amp, self.cfg.gan
         real = [x.to(device, non_blocking=True).contiguous(memory_format=self.memory_format) for x in batch["images"]]
         captions = batch["captions"].to(device, non_blocking=True)
         cap_lens = batch["cap_lens"].to(device, non_blocking=True)
+        class_ids = None if batch["class_ids"] is None else batch["class_ids"].to(device, non_blocking=True)
         with torch.no_grad(), autocast(device, amp):
-            words, sentence = self.text_encoder(captions, cap_lens)
+            words, sentence = self.text_encoder(captions, batch["cap_lens"])
         words, sentence = words.float(), sentence.float()
         z = torch.randn(captions.shape[0], g.z_dim, device=device)
         with autocast(device, amp):
@@ -136,17 +145,13 @@ class GanStep:
         self.netsD.requires_grad_(False)  # D parameters need no gradient in the G step
         with autocast(device, amp):
             loss_g, parts = generator_loss(self.netsD, fakes, fake.mu, fake.logvar, sentence, words, cap_lens,
-                                           batch["class_ids"], self.image_encoder, cfg)
+                                           class_ids, self.image_encoder, cfg)
         self.netsD.requires_grad_(True)
-        values = torch.stack([loss_g.detach().float(), *[x.float() for x in d_losses]])
-        if not bool(torch.isfinite(values).all()):
-            raise TrainingDiverged(f"a GAN loss became non-finite (G {float(values[0])}, D "
-                                   f"{[float(v) for v in values[1:]]})")
         self.optG.zero_grad(set_to_none=True)
         self.scaler.scale(loss_g).backward()
         self.scaler.step(self.optG)
         self.scaler.update()
-        return {**{k: float(v) for k, v in parts.items()}, **{f"D{i}": float(x) for i, x in enumerate(d_losses)}}
+        return {**parts, **{f"D{i}": x for i, x in enumerate(d_losses)}}
 
 
 def word_mask(captions: torch.Tensor) -> torch.Tensor:
@@ -258,7 +263,8 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
     sampler, loader, steps_per_epoch = train_loader(train_set, g.batch_size, cfg, rt, device)
     log = JsonlLog(out / "log.jsonl", rt.is_main)
     latest = out / "latest.pt"
-    deadline = time.monotonic() + g.max_minutes * 60 if g.max_minutes else None
+    deadline = Deadline(g.max_minutes or None, rt, cfg.runtime.log_every)
+    watch = LossWatch("GAN", rt)
     amp = cfg.runtime.amp
 
     # Fixed captions (the first test images') and fixed noise for every sample grid.
@@ -268,6 +274,7 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
     sample_ca = torch.randn(len(sample_batch["keys"]), g.c_dim, generator=sample_gen)
 
     def save(epoch: int, pos: int) -> None:
+        watch.check(step, latest)  # nothing non-finite is ever saved
         states = gathered_rng_states(rt)
         if rt.is_main:
             payload = {
@@ -291,7 +298,6 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
             return save_png(grid, out / "samples" / f"step{step:07d}.png")
 
     stopped = g.max_steps is not None and step >= g.max_steps
-    last: dict = {}
     meter = StepMeter(device, step)
     for epoch in range(start_epoch, g.epochs if not stopped else start_epoch):
         sampler.set_epoch(epoch, start=position * g.batch_size)
@@ -301,24 +307,21 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
         bar = tqdm(total=steps_per_epoch, initial=position, desc=f"attngan epoch {epoch}", leave=False,
                    disable=not (progress and rt.is_main))
         for batch in loader:
-            try:
-                last = step_fn(batch)
-            except TrainingDiverged as err:
-                raise TrainingDiverged(
-                    f"{err} at epoch {epoch}, step {step}; training stopped, the last good checkpoint is "
-                    f"{latest if latest.exists() else 'none (no epoch finished yet)'}"
-                ) from None
+            losses = step_fn(batch)
             ema_update(netG_ema, netG, g.ema_decay)
             position += 1
             step += 1
+            watch.record(step, losses)
             bar.update(1)
-            bar.set_postfix(G=f"{last['G']:.2f}", D=" ".join(f"{last[f'D{i}']:.2f}" for i in range(len(netsD))))
-            if step % cfg.runtime.log_every == 0:
-                log.write({"step": step, "epoch": epoch, **last, **meter.reading(step)})
+            if step % cfg.runtime.log_every == 0:  # the losses are read (a host sync) only here
+                watch.check(step, latest)
+                running = watch.read(smoothed=True)
+                bar.set_postfix(G=f"{running['G']:.2f}", D=" ".join(f"{running[f'D{i}']:.2f}" for i in range(len(netsD))))
+                log.write({"step": step, "epoch": epoch, **watch.read(), **meter.reading(step)})
             if step % g.samples_every == 0:
                 with meter.paused():
                     samples()
-            if (g.max_steps is not None and step >= g.max_steps) or (deadline is not None and past_deadline(deadline, rt)):
+            if (g.max_steps is not None and step >= g.max_steps) or deadline.passed(step):
                 stopped = True
                 break
         bar.close()
@@ -337,7 +340,7 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
     picture = samples()
     checksum = sum(float(p.detach().double().sum()) for p in netG.parameters())
     return {"checkpoint": str(latest), "step": step, "samples": str(picture) if picture else None,
-            "param_checksum": checksum, "speed": speed, **last}
+            "param_checksum": checksum, "speed": speed, **watch.read()}
 
 
 @torch.no_grad()
@@ -345,12 +348,11 @@ def generate_from_batch(netG: Generator, text_encoder: TextEncoder, batch: dict,
                         device, amp: str = "off", ca_noise: torch.Tensor | None = None):
     """Images per stage (B, 3, s, s), attention maps per attention stage (B, T, s, s) and the words of
     each caption, for a collated batch and fixed noise."""
-    captions = batch["captions"].to(device)
-    cap_lens = batch["cap_lens"].to(device)
+    captions, cap_lens = batch["captions"], batch["cap_lens"]
     with autocast(torch.device(device) if isinstance(device, str) else device, amp):
-        words, sentence = text_encoder(captions, cap_lens)
-        out = netG(noise.to(device), sentence.float(), words.float(), word_mask(captions), return_attn=True,
+        words, sentence = text_encoder(captions.to(device), cap_lens)
+        out = netG(noise.to(device), sentence.float(), words.float(), word_mask(captions.to(device)), return_attn=True,
                    ca_noise=None if ca_noise is None else ca_noise.to(device))
-    words_list = [vocab.decode(captions[b, : int(cap_lens[b])].cpu()) for b in range(captions.shape[0])]
+    words_list = [vocab.decode(captions[b, : int(cap_lens[b])]) for b in range(captions.shape[0])]
     return ([x.float().cpu() for x in out.images], [m.float().cpu() for m in out.attn if m is not None], words_list)
 

@@ -93,20 +93,77 @@ def grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
 
-def all_reduce_mean(value: torch.Tensor, rt: Runtime) -> torch.Tensor:
-    if rt.distributed:
-        value = value.clone()
-        dist.all_reduce(value)
-        value /= rt.world
-    return value
+class TrainingDiverged(RuntimeError):
+    """A training loss became NaN or infinite; the run stopped and the last good checkpoint was kept."""
 
 
-def past_deadline(deadline: float, rt: Runtime) -> bool:
-    """Whether the time limit has passed, agreed by every rank (one rank stopping alone would hang DDP)."""
-    late = torch.tensor([float(time.monotonic() > deadline)])
-    if rt.distributed:
-        dist.all_reduce(late, op=dist.ReduceOp.MAX)
-    return bool(late.item())
+class LossWatch:
+    """A training loop's losses, kept on the device so that a step never waits for the GPU (reading a
+    loss is a host sync that empties the GPU's queue): ``record`` every step, ``read`` at log steps,
+    ``check`` at log steps and before every checkpoint. The first step whose losses were not all finite
+    is remembered on the device with its values, so that the error names it however late it is read;
+    nothing non-finite is ever saved, because a checkpoint is checked first."""
+
+    def __init__(self, what: str, rt: Runtime, smoothing: float = 0.9):
+        self.what, self.rt, self.smoothing = what, rt, smoothing
+        self.names: tuple[str, ...] = ()
+        self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=rt.device)
+        self.latest = self.running = self.first_bad = None
+
+    def record(self, step: int, losses: dict[str, torch.Tensor]) -> None:
+        """This step's losses (0-dim tensors), ``step`` counted from 1 as in the log."""
+        values = torch.stack([v.detach().float().reshape(()) for v in losses.values()])
+        if self.latest is None:
+            self.names, self.running, self.first_bad = tuple(losses), values.clone(), torch.zeros_like(values)
+        elif tuple(losses) != self.names:
+            raise ValueError(f"losses changed from {self.names} to {tuple(losses)}")
+        newly_bad = ~torch.isfinite(values).all() & (self.first_bad_step < 0)
+        self.first_bad_step.masked_fill_(newly_bad, step)
+        self.first_bad = torch.where(newly_bad, values, self.first_bad)
+        self.running = torch.lerp(self.running, values, 1.0 - self.smoothing)  # NaN only after the check fires
+        self.latest = values
+
+    def read(self, *, smoothed: bool = False) -> dict[str, float]:
+        """The latest (or exponentially smoothed) losses by name; one host sync."""
+        values = self.running if smoothed else self.latest
+        return {} if values is None else dict(zip(self.names, values.tolist()))
+
+    def check(self, step: int, checkpoint: Path) -> None:
+        """Raises TrainingDiverged if any recorded step had a non-finite loss, on any rank (a collective
+        under torchrun: every rank calls it at the same steps)."""
+        first = self.first_bad_step
+        if self.rt.distributed:
+            first = torch.where(first < 0, torch.iinfo(torch.int64).max, first)
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+            first = torch.where(first == torch.iinfo(torch.int64).max, -1, first)
+        bad_step = int(first)
+        if bad_step < 0:
+            return
+        values = ", ".join(f"{k} {v:.4g}" for k, v in zip(self.names, self.first_bad.tolist()))
+        where = f" ({values})" if int(self.first_bad_step) == bad_step else " (on another rank)"
+        kept = checkpoint if checkpoint.exists() else "none (no epoch finished yet)"
+        raise TrainingDiverged(f"{self.what} loss became non-finite at step {bad_step}{where}; training stopped at "
+                               f"step {step}, the last good checkpoint is {kept}")
+
+
+class Deadline:
+    """``max_minutes`` of training (None: no limit). Every rank must stop at the same step or DDP hangs,
+    so under torchrun the ranks agree, through a collective every ``every`` steps; alone, each step
+    just reads the clock."""
+
+    def __init__(self, max_minutes: float | None, rt: Runtime, every: int):
+        self.at = None if max_minutes is None else time.monotonic() + max_minutes * 60
+        self.rt, self.every = rt, every
+
+    def passed(self, step: int) -> bool:
+        if self.at is None or (self.rt.distributed and step % self.every):
+            return False
+        late = time.monotonic() > self.at
+        if self.rt.distributed:
+            flag = torch.tensor([float(late)], device=self.rt.device)  # NCCL reduces device tensors only
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            late = bool(flag.item())
+        return late
 
 
 class JsonlLog:

@@ -1,0 +1,93 @@
+"""The training loops' loss watch and time limit: losses stay on the device until read, the first
+non-finite step is named however late it is checked, and under torchrun every rank stops together."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from attngan_fast.train.runtime import Deadline, LossWatch, Runtime, TrainingDiverged, setup_runtime, teardown_runtime
+from host_sync import HostReads, free_port
+
+CPU = Runtime(torch.device("cpu"))
+
+
+def _losses(g, d):
+    return {"G": torch.tensor(g), "D0": torch.tensor(d)}
+
+
+def test_recording_reads_nothing_and_reading_gives_the_latest_and_the_smoothed_losses():
+    watch = LossWatch("GAN", CPU, smoothing=0.5)
+    assert watch.read() == {}
+    with HostReads() as reads:
+        watch.record(1, _losses(4.0, 1.0))
+        watch.record(2, _losses(2.0, 3.0))
+    assert reads.found == []
+    assert watch.read() == {"G": 2.0, "D0": 3.0}
+    assert watch.read(smoothed=True) == {"G": 3.0, "D0": 2.0}
+    watch.check(2, Path("nowhere.pt"))  # all finite: no error
+
+
+def test_the_first_non_finite_step_is_named_when_checked_later(tmp_path):
+    watch = LossWatch("DAMSM", CPU)
+    watch.record(1, _losses(1.0, 1.0))
+    watch.record(2, _losses(float("nan"), 0.5))
+    watch.record(3, _losses(float("inf"), float("nan")))
+    watch.record(4, _losses(1.0, 1.0))
+    (tmp_path / "latest.pt").write_bytes(b"")
+    with pytest.raises(TrainingDiverged, match=r"^DAMSM loss became non-finite at step 2 \(G nan, D0 0\.5\); training "
+                                               r"stopped at step 4, the last good checkpoint is .*latest\.pt$"):
+        watch.check(4, tmp_path / "latest.pt")
+    with pytest.raises(TrainingDiverged, match="the last good checkpoint is none"):
+        watch.check(4, tmp_path / "missing.pt")
+
+
+def test_the_losses_must_keep_their_names():
+    watch = LossWatch("GAN", CPU)
+    watch.record(1, _losses(1.0, 1.0))
+    with pytest.raises(ValueError, match="losses changed"):
+        watch.record(2, {"G": torch.tensor(1.0)})
+
+
+def test_deadline_alone_reads_the_clock_every_step():
+    assert not Deadline(None, CPU, every=10).passed(3)
+    assert not Deadline(1.0, CPU, every=10).passed(3)
+    passed = Deadline(1e-6, CPU, every=10)
+    time.sleep(0.01)
+    assert passed.passed(3)
+
+
+def _two_ranks(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    rt = setup_runtime("cpu")
+    try:
+        watch = LossWatch("GAN", rt)
+        for step in (1, 2, 3):
+            bad = rank == 1 and step >= 2  # only rank 1 diverges
+            watch.record(step, _losses(float("nan") if bad else 1.0, 1.0))
+        try:
+            watch.check(3, Path(out) / "latest.pt")
+            out_message = "no error"
+        except TrainingDiverged as err:
+            out_message = str(err)
+        # Rank 1 is past its time limit, rank 0 not: both stop, at a step where they agree.
+        deadline = Deadline(1e-6 if rank == 1 else 60.0, rt, every=4)
+        time.sleep(0.01)
+        stops = [deadline.passed(step) for step in (1, 2, 3, 4)]
+        Path(out, f"rank{rank}.txt").write_text(f"{out_message}\n{stops}")
+    finally:
+        teardown_runtime(rt)
+
+
+def test_under_torchrun_every_rank_stops_together(tmp_path):
+    mp.spawn(_two_ranks, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    rank0, rank1 = ((tmp_path / f"rank{r}.txt").read_text().splitlines() for r in (0, 1))
+    assert rank0[0].startswith("GAN loss became non-finite at step 2 (on another rank)"), rank0
+    assert rank1[0].startswith("GAN loss became non-finite at step 2 (G nan, D0 1)"), rank1
+    assert rank0[1] == rank1[1] == "[False, False, False, True]"
