@@ -180,6 +180,24 @@ def _states(path):
     return [ckpt["netG"], ckpt["netG_ema"], ckpt["netsD"]]
 
 
+def test_ema_update_moves_every_parameter_towards_the_model_and_copies_buffers():
+    model = Generator(4, 16, z_dim=8, c_dim=8, r_num=1, stages=2)
+    ema = Generator(4, 16, z_dim=8, c_dim=8, r_num=1, stages=2)
+    model.train()(*_inputs(batch=3, emb=16, z_dim=8))  # moves the BatchNorm statistics
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    gan.ema_update(ema, model, 0.9)
+    params = dict(model.named_parameters())
+    for name, value in ema.state_dict().items():
+        target = model.state_dict()[name]
+        if name in params:
+            expected = before[name].double() + 0.1 * (target.double() - before[name].double())
+            assert_rel(value, expected, 1e-6, name)
+        else:
+            assert torch.equal(value, target), name
+    tracked = [k for k in before if k.endswith("num_batches_tracked")]
+    assert tracked and all(ema.state_dict()[k] == 1 for k in tracked)
+
+
 @pytest.mark.slow
 def test_resume_equals_uninterrupted(synthetic_root, damsm_checkpoint, tmp_path):
     with warnings.catch_warnings():

@@ -78,10 +78,11 @@ class DiscriminatorStep(nn.Module):
 
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for p_ema, p in zip(ema.parameters(), model.parameters()):
-        p_ema.lerp_(p.detach(), 1.0 - decay)
-    for b_ema, b in zip(ema.buffers(), model.buffers()):
-        b_ema.copy_(b)
+    """ema ← ema + (1 − decay)·(model − ema) for every parameter; buffers (BatchNorm statistics) copied.
+    One multi-tensor launch each (torch's foreach ops, as torch.optim.swa_utils uses), not one small
+    kernel per tensor: a G has hundreds, and the launches would cost the host more than the GPU."""
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
+    torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))
 
 
 def generator_loss(netsD, images: list[torch.Tensor], mu, logvar, sentence, words, cap_lens, class_ids, image_encoder,
