@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import kernels
+
 from ..config import Config, ConfigError, config_from_dict
 from ..data.dataset import TextImageDataset, collate
 from ..losses import sent_loss, words_loss
@@ -79,8 +80,8 @@ class DiscriminatorStep(nn.Module):
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """ema ← ema + (1 − decay)·(model − ema) for every parameter; buffers (BatchNorm statistics) copied.
-    One multi-tensor launch each (torch's foreach ops, as torch.optim.swa_utils uses), not one small
-    kernel per tensor: a G has hundreds, and the launches would cost the host more than the GPU."""
+    One multi-tensor launch each (torch's foreach ops, as torch.optim.swa_utils uses) rather than one
+    small kernel per tensor: a G has hundreds of parameter tensors."""
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
     torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))
 
@@ -349,10 +350,11 @@ def generate_from_batch(netG: Generator, text_encoder: TextEncoder, batch: dict,
                         device, amp: str = "off", ca_noise: torch.Tensor | None = None):
     """Images per stage (B, 3, s, s), attention maps per attention stage (B, T, s, s) and the words of
     each caption, for a collated batch and fixed noise."""
-    captions, cap_lens = batch["captions"], batch["cap_lens"]
+    captions, cap_lens = batch["captions"], batch["cap_lens"]  # host tensors, as collate makes them
+    on_device = captions.to(device)
     with autocast(torch.device(device) if isinstance(device, str) else device, amp):
-        words, sentence = text_encoder(captions.to(device), cap_lens)
-        out = netG(noise.to(device), sentence.float(), words.float(), word_mask(captions.to(device)), return_attn=True,
+        words, sentence = text_encoder(on_device, cap_lens)
+        out = netG(noise.to(device), sentence.float(), words.float(), word_mask(on_device), return_attn=True,
                    ca_noise=None if ca_noise is None else ca_noise.to(device))
     words_list = [vocab.decode(captions[b, : int(cap_lens[b])]) for b in range(captions.shape[0])]
     return ([x.float().cpu() for x in out.images], [m.float().cpu() for m in out.attn if m is not None], words_list)
