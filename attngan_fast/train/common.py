@@ -1,5 +1,5 @@
 """Set-up shared by the DAMSM and GAN loops: the caption cache built once, the resumable data loader,
-RNG states gathered from every rank into a checkpoint and restored from it."""
+RNG states gathered from every rank into a checkpoint, and the parts of resuming that both loops share."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from ..config import Config, ConfigError
 from ..data.dataset import EpochSampler, collate
 from ..data.prepare import CaptionCache, load_captions
-from .checkpoint import CheckpointError, rng_state, set_rng_state
+from .checkpoint import CheckpointError, load_checkpoint, rng_state, set_rng_state
 from .runtime import Runtime
 
 
@@ -50,10 +50,17 @@ def gathered_rng_states(rt: Runtime):
     return gathered
 
 
-def restore_rng(ckpt: dict, rt: Runtime) -> None:
-    set_rng_state(ckpt["rng"][rt.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
-
-
-def check_vocabulary(ckpt: dict, cache: CaptionCache, path, root) -> None:
+def open_resume(path, expected_format: str, cache: CaptionCache, root) -> dict:
+    """The checkpoint to resume from, checked to be of this loop's kind and of these captions' vocabulary."""
+    ckpt = load_checkpoint(path, expected_format)
     if ckpt["vocab"] != cache.vocab.to_json():
         raise CheckpointError(f"{path} was trained with another vocabulary than {root}'s captions")
+    return ckpt
+
+
+def restore_progress(ckpt: dict, scaler, rt: Runtime) -> tuple[int, int, int]:
+    """Restores what both loops save beside their models and optimizers (the gradient scaler and this
+    rank's RNG states) and returns (epoch, position in the epoch, step)."""
+    scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"][rt.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
+    return ckpt["epoch"], ckpt["position"], ckpt["step"]

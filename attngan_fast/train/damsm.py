@@ -32,7 +32,7 @@ from ..models.encoders import TextEncoder, build_image_encoder
 from ..pictures import attention_grid, save_png
 from ..text import Vocabulary, truncate
 from .checkpoint import load_checkpoint, rng_neutral, save_atomic
-from .common import caption_cache, check_vocabulary, gathered_rng_states, restore_rng, train_loader
+from .common import caption_cache, gathered_rng_states, open_resume, restore_progress, train_loader
 from .runtime import (Deadline, JsonlLog, LossWatch, Runtime, StepMeter, autocast, grad_scaler, seed_everything,
                       training_runtime)
 
@@ -254,15 +254,12 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
     scaler = grad_scaler(device, cfg.runtime.amp)
     start_epoch, position, step, history = 0, 0, 0, []
     if resume is not None:
-        ckpt = load_checkpoint(resume, FORMAT)
-        check_vocabulary(ckpt, cache, resume, cfg.data.root)
+        ckpt = open_resume(resume, FORMAT, cache, cfg.data.root)
         text_encoder.load_state_dict(ckpt["text_encoder"])
         image_encoder.load_state_dict(ckpt["image_encoder"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, position, step = ckpt["epoch"], ckpt["position"], ckpt["step"]
+        start_epoch, position, step = restore_progress(ckpt, scaler, rt)
         history = list(ckpt.get("history", []))
-        restore_rng(ckpt, rt)
 
     text_model, image_model = text_encoder, image_encoder
     if rt.distributed:

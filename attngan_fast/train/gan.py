@@ -32,7 +32,7 @@ from ..models.generator import Generator, kl_loss
 from ..pictures import generation_grid, save_png
 from ..text import Vocabulary
 from .checkpoint import CheckpointError, load_checkpoint, rng_neutral, save_atomic
-from .common import caption_cache, check_vocabulary, gathered_rng_states, restore_rng, train_loader
+from .common import caption_cache, gathered_rng_states, open_resume, restore_progress, train_loader
 from .damsm import load_damsm
 from .runtime import (Deadline, JsonlLog, LossWatch, Runtime, StepMeter, autocast, grad_scaler, seed_everything,
                       training_runtime)
@@ -236,17 +236,14 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
     scaler = grad_scaler(device, cfg.runtime.amp)
     start_epoch, position, step = 0, 0, 0
     if resume is not None:
-        ckpt = load_checkpoint(resume, FORMAT)
-        check_vocabulary(ckpt, cache, resume, cfg.data.root)
+        ckpt = open_resume(resume, FORMAT, cache, cfg.data.root)
         netG.load_state_dict(ckpt["netG"])
         netG_ema.load_state_dict(ckpt["netG_ema"])
         netsD.load_state_dict(ckpt["netsD"])
         optG.load_state_dict(ckpt["optG"])
         for opt, state in zip(optsD, ckpt["optsD"]):
             opt.load_state_dict(state)
-        scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, position, step = ckpt["epoch"], ckpt["position"], ckpt["step"]
-        restore_rng(ckpt, rt)
+        start_epoch, position, step = restore_progress(ckpt, scaler, rt)
 
     g_model = netG
     d_steps = [DiscriminatorStep(d) for d in netsD]
