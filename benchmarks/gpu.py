@@ -4,6 +4,7 @@ to 10 minutes (scripts/gpu_session.sh runs it that way):
     python -m benchmarks.gpu                 # all: DAMSM and F_attn kernels, training steps
     python -m benchmarks.gpu --only damsm    # or: --only attention, --only train, --only kernels
     python -m benchmarks.gpu --device cpu --quick --out /tmp/x   # self-check of this script (CI)
+    python -m benchmarks.gpu --device cpu --sizes model --only kernels   # the baselines at the model's sizes on CPU
 
 Times are medians of ``triton.testing.do_bench`` (CUDA events, warm-up first, so autotuning and
 compilation are done before timing); peak extra memory is ``max_memory_allocated`` above what the
@@ -73,15 +74,13 @@ def peak_extra_mb(fn, device: torch.device) -> float | None:
 
 
 def _kernel_rows(op: str, cases, inputs_fn, provider_fn, work_fn, device, measure, rows: list, log,
-                 limits: dict | None = None) -> None:
-    """Measures every provider on every case, dtype and mode, appending to ``rows`` and calling ``log``
-    after each row."""
+                 limits: dict | None = None, providers=PROVIDERS) -> None:
+    """Measures each of ``providers`` on every case, dtype and mode, appending to ``rows`` and calling
+    ``log`` after each row."""
     for case in cases:
         for dtype_name, dtype in DTYPES.items():
             for mode in ("fwd", "fwd+bwd"):
-                for provider in PROVIDERS:
-                    if provider == "fused-untuned" and device.type != "cuda":
-                        continue  # nothing is autotuned without a GPU
+                for provider in providers:
                     inputs = inputs_fn(case, device, dtype)
                     fn = provider_fn(provider)
                     if mode == "fwd":
@@ -120,6 +119,9 @@ def _add_ratios(rows: list[dict]) -> None:
     for row in rows:
         groups.setdefault((row["op"], row["case"], row["dtype"], row["mode"]), {})[row["provider"]] = row
     for group in groups.values():
+        reference, released = group.get("reference", {}), group.get("released", {})
+        if "ms" in reference and "ms" in released:
+            reference["speedup_vs"] = {"released": round(released["ms"] / reference["ms"], 2)}
         fused = group.get("fused")
         if not fused or "ms" not in fused:
             continue
@@ -203,8 +205,19 @@ def _floor(row: dict, flops: float, moved: float, limits: dict | None) -> None:
     row["of_floor"] = round(row["floor_ms"] / row["ms"], 3)
 
 
+def _cpu_name() -> str:
+    """'cpu (<model>, <n> cores)': the model from /proc/cpuinfo where there is one."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"cpu ({model}, {os.cpu_count()} cores)"
+
+
 def environment(device: torch.device) -> dict:
-    info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
+    info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
             "torch": torch.__version__, "python": platform.python_version()}
     try:
         import triton
@@ -227,8 +240,11 @@ def markdown(report: dict) -> str:
     env = report["environment"]
     lines = [f"# Benchmarks on {env['device']} ({report['date']})", "",
              f"torch {env['torch']}, triton {env['triton']}, python {env['python']}. Commands: "
-             + ", ".join(f"`{c}` ({report['seconds'].get(part, '?')} s)" for part, c in report["commands"].items()),
-             "", "Median times (ms); speedup = baseline time / fused time in the same run."]
+             + ", ".join(f"{part}: `{c}` ({report['seconds'].get(part, '?')} s)" for part, c in report["commands"].items()),
+             "", "Median times (ms); speedup = baseline time / fused time in the same run." if any(
+                 r["provider"] == "fused" for r in report["kernels"]) or report["train"] else
+             "Median times (ms) of the baselines, measured side by side; the fused kernels are not timed here "
+             "(without a GPU only the Triton interpreter runs them)."]
     limits = report.get("ceilings")
     if limits:
         lines += [f"Ceilings measured in this run: copy {limits['copy_gbps']:.0f} GB/s (read + write), matrix rate "
@@ -240,10 +256,14 @@ def markdown(report: dict) -> str:
         rows = [r for r in report["kernels"] if r["op"] == op]
         if not rows:
             continue
-        lines += [f"## {'DAMSM word scores' if op == 'damsm' else 'F_attn word attention'}", "",
-                  "| case | dtype | mode | released | reference | ref. compiled | fused untuned | fused | fused TFLOP/s | "
-                  "fused GB/s | fused % of floor (bound) | fused peak MB | speedup vs released / reference / compiled / untuned |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [f"## {'DAMSM word scores' if op == 'damsm' else 'F_attn word attention'}", ""]
+        if not any(r["provider"] == "fused" for r in rows):
+            lines += _baseline_table(rows)
+            continue
+        lines += ["| case | dtype | mode | released | reference | ref. compiled | fused untuned | fused | fused TFLOP/s | "
+                  "fused GB/s | fused % of floor (bound) | fused peak MB | fused speedup vs released / reference / compiled / "
+                  "untuned | reference vs released |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         groups: dict = {}
         for r in rows:
             groups.setdefault((r["case"], r["dtype"], r["mode"]), {})[r["provider"]] = r
@@ -257,7 +277,8 @@ def markdown(report: dict) -> str:
                 f"{cell('fused-untuned')} | {cell('fused')} | {fused.get('tflops', float('nan')):.2f} | {fused.get('gbps', float('nan')):.0f} | "
                 f"{_of_floor(fused)} | {'-' if peak is None else f'{peak:.1f}'} | "
                 f"{sp.get('released', '-')}x / {sp.get('reference', '-')}x / {sp.get('reference-compiled', '-')}x / "
-                f"{sp.get('fused-untuned', '-')}x |")
+                f"{sp.get('fused-untuned', '-')}x | "
+                f"{g.get('reference', {}).get('speedup_vs', {}).get('released', '-')}x |")
         lines.append("")
         tuned = sorted({f"{name}: {config}" for r in rows if r["provider"] == "fused" for name, config in
                         r.get("launch", {}).items()})
@@ -280,11 +301,32 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _baseline_table(rows: list[dict]) -> list[str]:
+    """The table of a run without the fused kernels (CPU at the model's sizes): the baselines and their
+    ratios."""
+    lines = ["| case | dtype | mode | released ms | reference ms | ref. compiled ms | reference GFLOP/s | "
+             "reference vs released | compiled vs reference |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["case"], r["dtype"], r["mode"]), {})[r["provider"]] = r
+    for (case, dtype, mode), g in groups.items():
+        ms = {p: g[p]["ms"] for p in ("released", "reference", "reference-compiled") if "ms" in g.get(p, {})}
+        cell = lambda p: f"{ms[p]:.1f}" if p in ms else "err" if p in g else "-"  # noqa: E731
+        ratio = lambda a, b: f"{ms[a] / ms[b]:.2f}x" if a in ms and b in ms else "-"  # noqa: E731
+        gflops = f"{1e3 * g['reference']['tflops']:.1f}" if "reference" in ms else "-"
+        lines.append(f"| {case} | {dtype} | {mode} | {cell('released')} | {cell('reference')} | "
+                     f"{cell('reference-compiled')} | {gflops} | {ratio('released', 'reference')} | "
+                     f"{ratio('reference', 'reference-compiled')} |")
+    return lines + [""]
+
+
 PARTS = ("damsm", "attention", "train")
 
 
 def _results_stem(report: dict) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", report["environment"]["device"]).strip("-").lower() + "-" + report["date"]
+    """<device>-<date>, and -small for the CPU self-check's sizes (so they never mix with real ones)."""
+    stem = re.sub(r"[^A-Za-z0-9]+", "-", report["environment"]["device"]).strip("-").lower() + "-" + report["date"]
+    return stem + ("-small" if report.get("sizes") == "small" else "")
 
 
 def _previous_report(path: Path, report: dict) -> dict | None:
@@ -317,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=["kernels", *PARTS],
                         help="run one part only (kernels = damsm + attention); parts run on the same day and "
                              "device add up in one results file")
+    parser.add_argument("--sizes", choices=["auto", "model"], default="auto",
+                        help="kernel sizes: auto = the model's on CUDA, small ones on CPU; model = the model's "
+                             "anywhere (on CPU without the fused kernels, which only the Triton interpreter "
+                             "runs there: a check, not a speed)")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--out", default="benchmarks/results", help="folder for the results files")
     args = parser.parse_args(argv)
@@ -328,9 +374,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
 
     gpu = device.type == "cuda"
+    model_sizes = gpu or args.sizes == "model"
+    # Nothing is autotuned without a GPU, and interpreted kernels at the model's sizes take minutes a call.
+    providers = PROVIDERS if gpu else [p for p in PROVIDERS if p != "fused-untuned" and (p != "fused" or not model_sizes)]
     parts = PARTS if args.only is None else ("damsm", "attention") if args.only == "kernels" else (args.only,)
     command = "python -m benchmarks.gpu " + " ".join(sys.argv[1:] if argv is None else argv)
     report = {"date": datetime.date.today().isoformat(), "environment": environment(device),
+              "sizes": "model" if model_sizes else "small",
               "commands": {}, "seconds": {}, "kernels": [], "train": []}
     out = Path(args.out)
     report = _previous_report(out / f"{_results_stem(report)}.json", report) or report
@@ -351,13 +401,13 @@ def main(argv: list[str] | None = None) -> int:
             _train_rows(device, measure, report["train"], log)
         else:
             cases, inputs_fn, provider_fn, work_fn = (
-                (GPU_DAMSM if gpu else CPU_DAMSM, damsm_inputs, damsm_provider, damsm_work) if part == "damsm" else
-                (GPU_ATTENTION if gpu else CPU_ATTENTION, attention_inputs, attention_provider, attention_work))
+                (GPU_DAMSM if model_sizes else CPU_DAMSM, damsm_inputs, damsm_provider, damsm_work) if part == "damsm" else
+                (GPU_ATTENTION if model_sizes else CPU_ATTENTION, attention_inputs, attention_provider, attention_work))
             report["kernels"] = [r for r in report["kernels"] if r["op"] != part]
             if "ceilings" not in report or report["ceilings"] is None:
                 report["ceilings"] = ceilings(device, measure)
             _kernel_rows(part, cases, inputs_fn, provider_fn, work_fn, device, measure, report["kernels"], log,
-                         report["ceilings"])
+                         report["ceilings"], providers)
         report["seconds"][part] = round(time.time() - part_start, 1)
         stem = _save(report, out)
     print(markdown(report))

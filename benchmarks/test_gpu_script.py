@@ -62,3 +62,26 @@ def test_roofline_floor_takes_the_larger_term_and_names_it():
               "commands": {"damsm": "python -m benchmarks.gpu --only damsm"}, "seconds": {"damsm": 1.0},
               "ceilings": limits, "kernels": [], "train": []}
     assert "copy 4000 GB/s" in gpu.markdown(report)
+
+
+def test_model_sizes_on_cpu_time_the_baselines_only(tmp_path, capsys, monkeypatch):
+    """--sizes model on CPU: the model's cases (stood in for here by small ones), no fused rows (the
+    interpreter is no speed), a baseline table with the ratios, and a results file apart from the
+    self-check's."""
+    from benchmarks.cases import CPU_ATTENTION
+
+    monkeypatch.setattr(gpu, "GPU_ATTENTION", CPU_ATTENTION)
+    assert gpu.main(["--device", "cpu", "--quick", "--sizes", "model", "--only", "attention",
+                     "--out", str(tmp_path)]) == 0
+    assert gpu.main(["--device", "cpu", "--quick", "--only", "attention", "--out", str(tmp_path)]) == 0
+    model, small = sorted(tmp_path.glob("*.json"), key=lambda p: p.name.endswith("-small.json"))
+    assert small.name.endswith("-small.json") and not model.name.endswith("-small.json")
+    report = json.loads(model.read_text())
+    assert report["sizes"] == "model"
+    assert {r["provider"] for r in report["kernels"]} == {"released", "reference", "reference-compiled"}
+    for r in report["kernels"]:
+        if r["provider"] == "reference":
+            assert set(r["speedup_vs"]) == {"released"} and r["speedup_vs"]["released"] > 0
+    md = model.with_suffix(".md").read_text()
+    assert "reference vs released" in md and "fused" not in md.split("## F_attn")[1].split("\n")[2]
+    assert "nan" not in md
