@@ -50,3 +50,24 @@ def test_bad_arguments_are_named(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train_loop.main(["--device", "cpu", *args])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_bird_preset_runs_unchanged(tmp_path, capsys):
+    """What a GPU session runs (scripts/gpu_session.sh loop), with nothing shrunk but the step counts:
+    synthetic birds at 256 px, the bird preset's DAMSM (Inception-v3 image encoder, batch 48) and its
+    AttnGAN2 (3 stages to 256 px, batch 20, three discriminators). About a minute on 2 cores."""
+    args = ["--device", "cpu", "--config", "bird", "--steps", "2", "--log-every", "1", "--images", "60",
+            "--size", "256", "--damsm-steps", "1", "--variants", "off", "--work", str(tmp_path / "work"),
+            "--out", str(tmp_path / "out")]
+    assert train_loop.main(args) == 0
+    assert "backbone is RANDOM" in (tmp_path / "work" / "damsm.log").read_text()  # no weights here: loudly said
+    (json_path,) = (tmp_path / "out").glob("*-train-loop.json")
+    report = json.loads(json_path.read_text())
+    assert (report["config"], report["batch_size"], report["image_size"]) == ("bird", 20, 256)
+    (row,) = report["variants"]
+    assert row["steps_per_s"] > 0 and row["timed_steps"] == 1, row
+    from attngan_fast.train import gan
+
+    netG, _, _, cfg = gan.load_generator(tmp_path / "work" / "gan-bird-off" / "latest.pt")
+    assert cfg.gan.stages == 3 and cfg.gan.gf_dim == 32 and cfg.gan.r_num == 2
