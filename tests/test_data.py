@@ -198,3 +198,17 @@ def test_cli_synth_and_prepare(tmp_path, capsys):
     assert cli(["data", "prepare", "--root", str(tmp_path / "s"), "--quiet"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["captions"]["train"] + report["captions"]["test"] == 100
+
+
+def test_collate_pads_to_a_fixed_length_when_asked():
+    def item(n):
+        return {"caption": torch.arange(1, n + 1), "images": [torch.zeros(3, 4, 4)], "class_id": -1, "key": "k",
+                "caption_index": 0}
+
+    batch = [item(3), item(5)]
+    assert collate(batch)["captions"].shape == (2, 5)
+    padded = collate(batch, pad_to=18)
+    assert padded["captions"].shape == (2, 18) and padded["cap_lens"].tolist() == [3, 5]
+    assert padded["captions"][0, 3:].eq(0).all() and padded["captions"][1, :5].tolist() == [1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match="pad_to=4 is shorter than the batch's longest caption"):
+        collate(batch, pad_to=4)

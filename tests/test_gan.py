@@ -354,3 +354,26 @@ def test_cli_batch_larger_than_the_data_is_a_clear_error(synthetic_root, damsm_c
     code = cli(["train", "--config", "synthetic", "--data", str(synthetic_root), "--damsm", str(damsm_checkpoint),
                 "--out", str(tmp_path), "--quiet", "--set", "gan.batch_size=5000"])
     assert code == 2 and "batch size 5000 is larger than the 72 training images" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compiled_steps_never_recompile_after_the_first(synthetic_root, damsm_checkpoint, tmp_path):
+    """A compiled run compiles its graphs in the first step and never again, though caption lengths
+    change from batch to batch: captions are padded to words_num, every graph is static (one per
+    discriminator), so later steps run what the first compiled. A recompile mid-run costs minutes on
+    a GPU and swaps a static graph for a dynamic-shape one."""
+    from torch._dynamo.utils import counters
+
+    def graphs_after(steps: int) -> int:
+        torch._dynamo.reset()
+        counters.clear()
+        cfg = tiny_gan_config(synthetic_root, damsm_checkpoint, tmp_path / str(steps), f"gan.max_steps={steps}",
+                              "runtime.compile=true")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gan.train_gan(cfg, progress=False)
+        return counters["stats"]["unique_graphs"]
+
+    first = graphs_after(1)
+    assert first >= 3  # the generator, each discriminator step (2 here), the image encoder: all compiled
+    assert graphs_after(5) == first

@@ -156,11 +156,16 @@ class TextImageDataset(Dataset):
         }
 
 
-def collate(batch: list[dict]) -> dict:
-    """Stack a batch: images per stage, captions padded with 0 to the longest, lengths, class ids
-    (None when the dataset has none), keys. No sorting by length (the encoder packs unsorted)."""
+def collate(batch: list[dict], pad_to: int | None = None) -> dict:
+    """Stack a batch: images per stage, captions padded with 0 to the longest or to ``pad_to`` words,
+    lengths, class ids (None when the dataset has none), keys. No sorting by length (the encoder
+    packs unsorted). Training pads to words_num: every batch then has the same shape, so a compiled
+    model never meets a new caption length (padding words take no part in anything)."""
     lengths = torch.tensor([len(b["caption"]) for b in batch], dtype=torch.long)
-    captions = torch.zeros(len(batch), int(lengths.max()), dtype=torch.long)
+    longest = int(lengths.max())
+    if pad_to is not None and pad_to < longest:
+        raise ValueError(f"pad_to={pad_to} is shorter than the batch's longest caption ({longest} words)")
+    captions = torch.zeros(len(batch), longest if pad_to is None else pad_to, dtype=torch.long)
     for i, b in enumerate(batch):
         captions[i, : len(b["caption"])] = b["caption"]
     class_ids = torch.tensor([b["class_id"] for b in batch], dtype=torch.long)

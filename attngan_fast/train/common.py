@@ -3,6 +3,8 @@ RNG states gathered from every rank into a checkpoint, and the parts of resuming
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
@@ -28,12 +30,14 @@ def caption_cache(cfg: Config, rt: Runtime, progress: bool) -> CaptionCache:
 
 def train_loader(dataset, batch_size: int, cfg: Config, rt: Runtime, device: torch.device):
     """(sampler, loader, steps per epoch). The loader's own generator, not the global RNG, seeds its
-    workers: the global stream is left to the models (dropout, noise), which a resumed run replays."""
+    workers: the global stream is left to the models (dropout, noise), which a resumed run replays.
+    Every batch has one shape (drop_last, captions padded to words_num): compiled models compile once."""
     if len(dataset) // rt.world < batch_size:
         raise ConfigError(f"batch size {batch_size} is larger than the {len(dataset) // rt.world} training images "
                          "each process gets")
     sampler = EpochSampler(len(dataset), seed=cfg.runtime.seed, shuffle=True, rank=rt.rank, world=rt.world)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, collate_fn=collate,
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
+                        collate_fn=functools.partial(collate, pad_to=dataset.words_num),
                         num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
                         persistent_workers=cfg.data.workers > 0,
                         generator=torch.Generator().manual_seed(cfg.runtime.seed + rt.rank))

@@ -269,7 +269,7 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
         text_model = DistributedDataParallel(text_encoder)
         image_model = DistributedDataParallel(image_encoder, device_ids=ids)
     if cfg.runtime.compile:
-        image_model = torch.compile(image_model)
+        image_model = torch.compile(image_model, dynamic=False)  # one static graph: every batch has one shape
 
     sampler, loader, steps_per_epoch = train_loader(train_set, d.batch_size, cfg, rt, device)
     log = JsonlLog(out / "log.jsonl", rt.is_main)

@@ -252,9 +252,11 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
         g_model = DistributedDataParallel(netG, device_ids=ids)
         d_steps = [DistributedDataParallel(s, device_ids=ids) for s in d_steps]
     if cfg.runtime.compile:
-        g_model = torch.compile(g_model)
-        d_steps = [torch.compile(s) for s in d_steps]
-        image_fn = torch.compile(image_encoder)
+        # Static graphs: every batch has one shape (train_loader). The discriminator steps share one
+        # forward, so without dynamic=False the second would be recompiled with dynamic sizes.
+        g_model = torch.compile(g_model, dynamic=False)
+        d_steps = [torch.compile(s, dynamic=False) for s in d_steps]
+        image_fn = torch.compile(image_encoder, dynamic=False)
     else:
         image_fn = image_encoder
 
