@@ -97,6 +97,6 @@ def build_step(cfg: Config, variant: str, device: torch.device):
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     g_model, d_steps, image_fn = netG, [gan_module.DiscriminatorStep(d) for d in netsD], image_encoder
     if options["compile"]:
-        g_model, d_steps, image_fn = torch.compile(netG), [torch.compile(s) for s in d_steps], torch.compile(image_encoder)
+        g_model, d_steps, image_fn = gan_module.compiled(netG, d_steps, image_encoder)
     step = gan_module.GanStep(g_model, d_steps, netsD, optG, optsD, scaler, text_encoder, image_fn, cfg, device)
     return step, (released_algorithms if options["released"] else contextlib.nullcontext)

@@ -156,6 +156,14 @@ class GanStep:
         return {**parts, **{f"D{i}": x for i, x in enumerate(d_losses)}}
 
 
+def compiled(g_model, d_steps, image_encoder):
+    """(G, the D steps, the image encoder) under ``torch.compile``, each as one static graph: every
+    training batch has one shape (``train_loader``), and the discriminator steps share one forward,
+    so without ``dynamic=False`` the second would be recompiled with dynamic sizes."""
+    return (torch.compile(g_model, dynamic=False), [torch.compile(s, dynamic=False) for s in d_steps],
+            torch.compile(image_encoder, dynamic=False))
+
+
 def word_mask(captions: torch.Tensor) -> torch.Tensor:
     """True at padding (id 0), as the release builds it."""
     return captions == 0
@@ -251,14 +259,9 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
         ids = [device.index] if device.type == "cuda" else None
         g_model = DistributedDataParallel(netG, device_ids=ids)
         d_steps = [DistributedDataParallel(s, device_ids=ids) for s in d_steps]
+    image_fn = image_encoder
     if cfg.runtime.compile:
-        # Static graphs: every batch has one shape (train_loader). The discriminator steps share one
-        # forward, so without dynamic=False the second would be recompiled with dynamic sizes.
-        g_model = torch.compile(g_model, dynamic=False)
-        d_steps = [torch.compile(s, dynamic=False) for s in d_steps]
-        image_fn = torch.compile(image_encoder, dynamic=False)
-    else:
-        image_fn = image_encoder
+        g_model, d_steps, image_fn = compiled(g_model, d_steps, image_encoder)
 
     step_fn = GanStep(g_model, d_steps, netsD, optG, optsD, scaler, text_encoder, image_fn, cfg, device)
     sampler, loader, steps_per_epoch = train_loader(train_set, g.batch_size, cfg, rt, device)
