@@ -96,7 +96,9 @@ def build_step(cfg: Config, variant: str, device: torch.device):
     optsD = [torch.optim.Adam(d.parameters(), lr=g.lr_d, betas=g.betas) for d in netsD]
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     g_model, d_steps, image_fn = netG, [gan_module.DiscriminatorStep(d) for d in netsD], image_encoder
+    adversarial = gan_module.GeneratorAdversarial(netsD)
     if options["compile"]:
-        g_model, d_steps, image_fn = gan_module.compiled(netG, d_steps, image_encoder)
-    step = gan_module.GanStep(g_model, d_steps, netsD, optG, optsD, scaler, text_encoder, image_fn, cfg, device)
+        g_model, d_steps, adversarial, image_fn = gan_module.compiled(netG, d_steps, adversarial, image_encoder)
+    step = gan_module.GanStep(g_model, d_steps, netsD, optG, optsD, scaler, text_encoder, image_fn, cfg, device,
+                              adversarial)
     return step, (released_algorithms if options["released"] else contextlib.nullcontext)

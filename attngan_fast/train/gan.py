@@ -13,6 +13,7 @@ fp16's gradient scaler reads its overflow flag): the losses stay on the device u
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from pathlib import Path
 
@@ -77,6 +78,18 @@ class DiscriminatorStep(nn.Module):
         return loss
 
 
+class GeneratorAdversarial(nn.Module):
+    """The G step's pass through every D: Σ_stages of the fooling terms on the generated images, as one
+    forward (one graph under ``--compile``). The Ds' own parameters are frozen meanwhile (GanStep)."""
+
+    def __init__(self, netsD: nn.ModuleList):
+        super().__init__()
+        self.netsD = netsD
+
+    def forward(self, images: list[torch.Tensor], sentence: torch.Tensor) -> torch.Tensor:
+        return sum(generator_adversarial_loss(netD, images[i], sentence) for i, netD in enumerate(self.netsD))
+
+
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """ema ← ema + (1 − decay)·(model − ema) for every parameter; buffers (BatchNorm statistics) copied.
@@ -86,12 +99,12 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))
 
 
-def generator_loss(netsD, images: list[torch.Tensor], mu, logvar, sentence, words, cap_lens, class_ids, image_encoder,
-                   cfg: Config) -> tuple[torch.Tensor, dict]:
-    """Σ_stages (uncond + cond fooling terms) + λ·(L1w + L2w + L1s + L2s) on the last image + KL.
-    Returns (loss, parts as detached tensors)."""
+def generator_loss(adversarial, images: list[torch.Tensor], mu, logvar, sentence, words, cap_lens, class_ids,
+                   image_encoder, cfg: Config) -> tuple[torch.Tensor, dict]:
+    """Σ_stages (uncond + cond fooling terms, ``adversarial(images, sentence)``, a GeneratorAdversarial)
+    + λ·(L1w + L2w + L1s + L2s) on the last image + KL. Returns (loss, parts as detached tensors)."""
     d = cfg.damsm
-    adv = sum(generator_adversarial_loss(netD, images[i], sentence) for i, netD in enumerate(netsD))
+    adv = adversarial(images, sentence)
     regions, code = image_encoder(images[-1])
     w0, w1, _ = words_loss(regions, words, cap_lens, class_ids, d.gamma1, d.gamma2, d.gamma3, return_attn=False,
                            impl=cfg.runtime.impl)
@@ -109,8 +122,10 @@ class GanStep:
     text encoder packs with the loader's host lengths, class ids move without blocking, and the ops'
     value checks are off (``collate`` makes every caption 1..T words long)."""
 
-    def __init__(self, netG, d_steps, netsD, optG, optsD, scaler, text_encoder, image_encoder, cfg: Config, device):
+    def __init__(self, netG, d_steps, netsD, optG, optsD, scaler, text_encoder, image_encoder, cfg: Config, device,
+                 adversarial=None):
         self.netG, self.d_steps, self.netsD = netG, d_steps, netsD
+        self.adversarial = GeneratorAdversarial(netsD) if adversarial is None else adversarial
         self.optG, self.optsD, self.scaler = optG, optsD, scaler
         self.text_encoder, self.image_encoder = text_encoder, image_encoder
         self.cfg, self.device = cfg, device
@@ -146,7 +161,7 @@ class GanStep:
 
         self.netsD.requires_grad_(False)  # D parameters need no gradient in the G step
         with autocast(device, amp):
-            loss_g, parts = generator_loss(self.netsD, fakes, fake.mu, fake.logvar, sentence, words, cap_lens,
+            loss_g, parts = generator_loss(self.adversarial, fakes, fake.mu, fake.logvar, sentence, words, cap_lens,
                                            class_ids, self.image_encoder, cfg)
         self.netsD.requires_grad_(True)
         self.optG.zero_grad(set_to_none=True)
@@ -156,12 +171,13 @@ class GanStep:
         return {**parts, **{f"D{i}": x for i, x in enumerate(d_losses)}}
 
 
-def compiled(g_model, d_steps, image_encoder):
-    """(G, the D steps, the image encoder) under ``torch.compile``, each as one static graph: every
-    training batch has one shape (``train_loader``), and the discriminator steps share one forward,
-    so without ``dynamic=False`` the second would be recompiled with dynamic sizes."""
-    return (torch.compile(g_model, dynamic=False), [torch.compile(s, dynamic=False) for s in d_steps],
-            torch.compile(image_encoder, dynamic=False))
+def compiled(g_model, d_steps, adversarial, image_encoder):
+    """(G, the D steps, the G step's pass through the Ds, the image encoder) under ``torch.compile``, each
+    as static graphs: every training batch has one shape (``train_loader``), and the discriminator
+    steps share one forward, so without ``dynamic=False`` the second would be recompiled with dynamic
+    sizes."""
+    static = functools.partial(torch.compile, dynamic=False)
+    return static(g_model), [static(s) for s in d_steps], static(adversarial), static(image_encoder)
 
 
 def word_mask(captions: torch.Tensor) -> torch.Tensor:
@@ -259,11 +275,11 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
         ids = [device.index] if device.type == "cuda" else None
         g_model = DistributedDataParallel(netG, device_ids=ids)
         d_steps = [DistributedDataParallel(s, device_ids=ids) for s in d_steps]
-    image_fn = image_encoder
+    image_fn, adversarial = image_encoder, GeneratorAdversarial(netsD)
     if cfg.runtime.compile:
-        g_model, d_steps, image_fn = compiled(g_model, d_steps, image_encoder)
+        g_model, d_steps, adversarial, image_fn = compiled(g_model, d_steps, adversarial, image_encoder)
 
-    step_fn = GanStep(g_model, d_steps, netsD, optG, optsD, scaler, text_encoder, image_fn, cfg, device)
+    step_fn = GanStep(g_model, d_steps, netsD, optG, optsD, scaler, text_encoder, image_fn, cfg, device, adversarial)
     sampler, loader, steps_per_epoch = train_loader(train_set, g.batch_size, cfg, rt, device)
     log = JsonlLog(out / "log.jsonl", rt.is_main)
     latest = out / "latest.pt"
