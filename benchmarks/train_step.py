@@ -2,7 +2,7 @@
 for the variants of DESIGN.md §6, on a fixed random batch.
 
 ``released-fp32-eager`` swaps in the release's algorithms: F_attn by flatten/bmm/repeated mask and
-the DAMSM word score by the per-caption Python loop with host syncs.
+the DAMSM word score by the per-caption Python loop with host syncs, and torch's default Adam (ours: fused).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import attngan_fast.train.gan as gan_module
 from attngan_fast.config import Config, load_config
 from attngan_fast.losses import matching_losses
 from attngan_fast.models.encoders import TextEncoder, build_image_encoder
+from attngan_fast.train.common import adam
 from kernels import damsm_word_scores_loop
 from kernels.attention import word_attention_released
 
@@ -92,8 +93,12 @@ def build_step(cfg: Config, variant: str, device: torch.device):
     gan_module.init_weights(netG)
     gan_module.init_weights(netsD)
     g = cfg.gan
-    optG = torch.optim.Adam(netG.parameters(), lr=g.lr_g, betas=g.betas)
-    optsD = [torch.optim.Adam(d.parameters(), lr=g.lr_d, betas=g.betas) for d in netsD]
+
+    def optimizer(params, lr):  # the release: torch's default Adam; ours: the fused one the loops use
+        return torch.optim.Adam(params, lr=lr, betas=g.betas) if options["released"] else adam(params, lr, g.betas)
+
+    optG = optimizer(netG.parameters(), g.lr_g)
+    optsD = [optimizer(d.parameters(), g.lr_d) for d in netsD]
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     g_model, d_steps, image_fn = netG, [gan_module.DiscriminatorStep(d) for d in netsD], image_encoder
     adversarial = gan_module.GeneratorAdversarial(netsD)

@@ -32,7 +32,7 @@ from ..models.encoders import TextEncoder, build_image_encoder
 from ..pictures import attention_grid, save_png
 from ..text import Vocabulary, truncate
 from .checkpoint import load_checkpoint, rng_neutral, save_atomic
-from .common import caption_cache, gathered_rng_states, open_resume, restore_progress, train_loader
+from .common import adam, caption_cache, gathered_rng_states, open_resume, restore_progress, train_loader
 from .runtime import (Deadline, JsonlLog, LossWatch, Runtime, StepMeter, autocast, grad_scaler, seed_everything,
                       training_runtime)
 
@@ -250,7 +250,7 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
     if cfg.runtime.channels_last:
         image_encoder.to(memory_format=torch.channels_last)
     params = list(text_encoder.parameters()) + [p for p in image_encoder.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=d.lr, betas=d.betas)
+    optimizer = adam(params, d.lr, d.betas)
     scaler = grad_scaler(device, cfg.runtime.amp)
     start_epoch, position, step, history = 0, 0, 0, []
     if resume is not None:

@@ -33,7 +33,7 @@ from ..models.generator import Generator, kl_loss
 from ..pictures import generation_grid, save_png
 from ..text import Vocabulary
 from .checkpoint import CheckpointError, load_checkpoint, rng_neutral, save_atomic
-from .common import caption_cache, gathered_rng_states, open_resume, restore_progress, train_loader
+from .common import adam, caption_cache, gathered_rng_states, open_resume, restore_progress, train_loader
 from .damsm import load_damsm
 from .runtime import (Deadline, JsonlLog, LossWatch, Runtime, StepMeter, autocast, grad_scaler, seed_everything,
                       training_runtime)
@@ -255,8 +255,8 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
         netsD.to(memory_format=memory_format)
         image_encoder.to(memory_format=memory_format)
     netG_ema = copy.deepcopy(netG).eval().requires_grad_(False)
-    optG = torch.optim.Adam(netG.parameters(), lr=g.lr_g, betas=g.betas)
-    optsD = [torch.optim.Adam(d.parameters(), lr=g.lr_d, betas=g.betas) for d in netsD]
+    optG = adam(netG.parameters(), g.lr_g, g.betas)
+    optsD = [adam(d.parameters(), g.lr_d, g.betas) for d in netsD]
     scaler = grad_scaler(device, cfg.runtime.amp)
     start_epoch, position, step = 0, 0, 0
     if resume is not None:
