@@ -27,7 +27,7 @@ def test_gpu_script_self_check_writes_results(tmp_path, capsys):
                 ("attention", "fwd+bwd"): {"word_attention_fwd", "word_attention_bwd"}}
     for r in fused:
         assert set(r["launch"]) == launched[r["op"], r["mode"]], r["launch"]
-    assert [r["variant"] for r in report["train"]] == ["released-fp32-eager", "ours-fp32-eager", "ours-bf16",
+    assert [r["variant"] for r in report["train"]] == ["released-fp32-eager", "ours-fp32-eager", "ours-bf16", "ours-fp16",
                                                        "ours-bf16-compile-fused"]
     assert all("ms" in r for r in report["train"]), report["train"]
     md = json_path.with_suffix(".md").read_text()

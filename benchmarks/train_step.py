@@ -18,6 +18,7 @@ from attngan_fast.config import Config, load_config
 from attngan_fast.losses import matching_losses
 from attngan_fast.models.encoders import TextEncoder, build_image_encoder
 from attngan_fast.train.common import adam
+from attngan_fast.train.runtime import grad_scaler
 from kernels import damsm_word_scores_loop
 from kernels.attention import word_attention_released
 
@@ -25,6 +26,7 @@ VARIANTS = {
     "released-fp32-eager": dict(amp="off", compile=False, impl="reference", released=True),
     "ours-fp32-eager": dict(amp="off", compile=False, impl="reference", released=False),
     "ours-bf16": dict(amp="bf16", compile=False, impl="reference", released=False),
+    "ours-fp16": dict(amp="fp16", compile=False, impl="reference", released=False),  # with a gradient scaler
     "ours-bf16-compile-fused": dict(amp="bf16", compile=True, impl="triton", released=False),
 }
 VOCAB = 5450  # the bird vocabulary's size
@@ -99,7 +101,7 @@ def build_step(cfg: Config, variant: str, device: torch.device):
 
     optG = optimizer(netG.parameters(), g.lr_g)
     optsD = [optimizer(d.parameters(), g.lr_d) for d in netsD]
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    scaler = grad_scaler(device, options["amp"])
     g_model, d_steps, image_fn = netG, [gan_module.DiscriminatorStep(d) for d in netsD], image_encoder
     adversarial = gan_module.GeneratorAdversarial(netsD)
     if options["compile"]:

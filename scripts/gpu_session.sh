@@ -3,7 +3,7 @@
 #   scripts/gpu_session.sh tests       # compiled Triton kernels against float64 (pytest -m gpu)
 #   scripts/gpu_session.sh damsm       # benchmarks: DAMSM word scores, all providers
 #   scripts/gpu_session.sh attention   # benchmarks: F_attn, all providers
-#   scripts/gpu_session.sh train       # benchmarks: one bird-preset training step, four variants
+#   scripts/gpu_session.sh train       # benchmarks: one bird-preset training step, five variants
 #   scripts/gpu_session.sh loop        # the real bird-preset loop, a few hundred steps, bf16+compile vs off
 #                                      # (needs nltk: wheels in .whl/ are installed first, see below)
 #   scripts/gpu_session.sh all         # everything, in one call where there is no such limit

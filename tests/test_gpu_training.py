@@ -28,7 +28,7 @@ def syncs_are_errors():
         torch.cuda.set_sync_debug_mode(previous)
 
 
-@pytest.mark.parametrize("variant", ["ours-fp32-eager", "ours-bf16", "ours-bf16-compile-fused"])
+@pytest.mark.parametrize("variant", ["ours-fp32-eager", "ours-bf16", "ours-fp16", "ours-bf16-compile-fused"])
 def test_a_gan_training_step_never_syncs_with_the_host(variant):
     torch._dynamo.reset()
     cfg = tiny_config(batch=8)
