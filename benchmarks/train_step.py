@@ -94,6 +94,9 @@ def build_step(cfg: Config, variant: str, device: torch.device):
     netsD = gan_module.build_discriminators(cfg).to(device)
     gan_module.init_weights(netG)
     gan_module.init_weights(netsD)
+    if cfg.runtime.channels_last:  # as the training loop lays them out
+        for module in (netG, netsD, image_encoder):
+            module.to(memory_format=torch.channels_last)
     g = cfg.gan
 
     def optimizer(params, lr):  # the release: torch's default Adam; ours: the fused one the loops use

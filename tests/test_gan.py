@@ -14,6 +14,7 @@ import torch
 import torch.multiprocessing as mp
 
 import attngan_fast.train.gan as gan
+import kernels
 from attngan_fast.cli import main as cli
 from attngan_fast.config import load_config
 from attngan_fast.models.discriminators import Discriminator, discriminator_loss, generator_adversarial_loss
@@ -378,3 +379,33 @@ def test_compiled_steps_never_recompile_after_the_first(synthetic_root, damsm_ch
     first = graphs_after(1)
     assert first >= 5  # G, each D step (2 here), the G step's pass through the Ds, the image encoder
     assert graphs_after(5) == first
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["ours-bf16", "ours-bf16-compile-fused"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gradients_keep_their_parameters_layout(variant, channels_last):
+    """CUDA's fused Adam refuses a gradient whose strides differ from its parameter's (size-1 axes
+    aside: "params, grads, exp_avgs, and exp_avg_sqs must have same ... layout"); the CPU one does not
+    check. So it is checked here, after real steps, eager and compiled, NCHW and channels_last."""
+    if variant.endswith("fused") and not kernels.interpreter_active():
+        pytest.skip("the fused variant needs the Triton interpreter on CPU")
+    torch._dynamo.reset()
+    cfg = tiny_step_config(batch=8)
+    cfg.runtime.channels_last = channels_last
+    step, context = build_step(cfg, variant, torch.device("cpu"))
+    with context(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        step(random_batch(cfg))
+        step(random_batch(cfg, seed=1))
+    checked = 0
+    for optimizer in (step.optG, *step.optsD):
+        assert optimizer.param_groups[0]["fused"] is True
+        for p in optimizer.param_groups[0]["params"]:
+            if p.grad is None:
+                continue
+            assert p.grad.dtype == p.dtype
+            kept = [(s, g) for s, g, n in zip(p.stride(), p.grad.stride(), p.shape) if n != 1]
+            assert all(s == g for s, g in kept), (tuple(p.shape), p.stride(), p.grad.stride())
+            checked += 1
+    assert checked > 20
