@@ -6,8 +6,8 @@ attention kernel. Each D: (uncond_real + cond_real)/2 + (uncond_fake + cond_fake
 Adam (2e-4, betas 0.5/0.999) for G and every D; an EMA copy of G draws the samples and is what the
 checkpoints offer for generation. Checkpoints are written atomically; ``resume`` restores models,
 EMA, optimizers, grad scaler, step, position in the epoch and RNG state; a NaN/inf loss stops the run
-and keeps the last good checkpoint. A step never waits for the GPU (no host sync with amp off or bf16;
-fp16's gradient scaler reads its overflow flag): the losses stay on the device until a log step.
+and keeps the last good checkpoint. A step never waits for the GPU: the losses stay on the device until
+a log step (with fp16 too: the fused Adam takes the gradient scaler's overflow flag on the device).
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ import torch
 import torch.distributed as dist
 
 import kernels
-from attngan_fast.config import RuntimeConfig
+
+from ..config import RuntimeConfig
 
 
 @dataclass
