@@ -35,18 +35,24 @@ import torch
 import triton
 
 from benchmarks.offline_compile import ARCHS, compile_for, occupancy, register_usage
+from kernels._runtime import resolve_precision
 from kernels._tuning import TunedKernel
 from kernels.attention import fused as attention_fused
 from kernels.damsm import fused as damsm_fused
 
 KERNELS = {
     "damsm_fwd": (damsm_fused, "_FWD"),
-    "damsm_bwd_words": (damsm_fused, "_BWD_WORDS"),
-    "damsm_bwd_regions": (damsm_fused, "_BWD_REGIONS"),
+    "damsm_bwd_context": (damsm_fused, "_CONTEXT"),
+    "damsm_bwd_grad": (damsm_fused, "_GRAD"),
     "word_attention_fwd": (attention_fused, "_FWD"),
     "word_attention_bwd": (attention_fused, "_BWD"),
 }
-INPUTS = {"fp32": (torch.float32, "ieee"), "bf16": (torch.bfloat16, "tf32")}
+# Input dtype and the precision the ops run it with: "auto" is what a user gets by default
+# (``kernels._runtime.resolve_precision``: tf32x3 for fp32, native MMAs for bf16/fp16); fp32 with
+# "ieee" is the FMA-only option.
+INPUTS = {"fp32": (torch.float32, "auto"), "bf16": (torch.bfloat16, "auto"), "fp16": (torch.float16, "auto"),
+          "fp32-ieee": (torch.float32, "ieee")}
+DEFAULT_INPUTS = ("fp32", "bf16", "fp16")
 
 
 @contextmanager
@@ -61,17 +67,20 @@ def _recording(calls: list):
         yield
 
 
-def bird_launches(dtype_name: str) -> list[dict]:
-    """Every kernel launch of the bird configuration's ops, with the arguments the launchers pass."""
-    dtype, precision = INPUTS[dtype_name]
+def bird_launches(dtype_name: str, capability: int) -> list[dict]:
+    """Every kernel launch of the bird configuration's ops on a GPU of ``capability``, with the
+    arguments the launchers pass (and the default launch configuration they pick for that GPU)."""
+    dtype, asked = INPUTS[dtype_name]
     calls: list[dict] = []
     B, D, T, N = 20, 256, 18, 289
+    precision = resolve_precision(asked, torch.empty(0, dtype=dtype))
 
     def label(case: str) -> None:
         for call in calls:
             call.setdefault("label", f"{dtype_name} {case} ({precision})")
 
-    with _recording(calls):
+    with _recording(calls), mock.patch.object(damsm_fused, "_capability", lambda device: capability), \
+            mock.patch.object(attention_fused, "_capability", lambda device: capability):
         words, regions = torch.empty(B, D, T, dtype=dtype), torch.empty(B, D, N, dtype=dtype)
         cap_lens = torch.full((B,), T, dtype=torch.int64)
         damsm_fused.damsm_forward(words, cap_lens, regions, 4.0, 5.0, False, precision)
@@ -104,14 +113,14 @@ def survey(archs: list[int], defaults_only: bool, dtypes: list[str], workers: in
            log=print) -> list[dict]:
     jobs, rows = [], []
     for dtype_name in dtypes:
-        for call in bird_launches(dtype_name):
-            if not call["kernel"].startswith(only):
-                continue
-            module, attr = KERNELS[call["kernel"]]
-            tuned = getattr(module, attr)
-            configs = [call["default"]] if defaults_only else list(dict.fromkeys([call["default"], *tuned.candidates]))
-            for config in configs:
-                for capability in archs:
+        for capability in archs:
+            for call in bird_launches(dtype_name, capability):
+                if not call["kernel"].startswith(only):
+                    continue
+                module, attr = KERNELS[call["kernel"]]
+                tuned = getattr(module, attr)
+                configs = [call["default"]] if defaults_only else list(dict.fromkeys([call["default"], *tuned.candidates]))
+                for config in configs:
                     rows.append(dict(kernel=call["kernel"], case=call["label"], config=str(config),
                                      default=config == call["default"], arch=f"sm_{capability}"))
                     jobs.append((call["kernel"], call["args"], call["kwargs"], config, capability))
@@ -129,6 +138,7 @@ def _row_line(row: dict) -> str:
         return f"{head} ERROR {row['error']}"
     return (f"{head} regs={row['registers']:<3} stack={row['stack_bytes']:>5}B STL/LDL={row['local_stores']:>4}/{row['local_loads']:<4} "
             f"by-depth={_by_depth(row):<14} inner={row['local_in_inner_loops']:<3} "
+            f"HGMMA/HMMA/FFMA={row['hgmma']}/{row['hmma']}/{row['ffma']:<5} "
             f"smem={row['shared_bytes'] // 1024:>3}KB warps/SM={row['warps_per_sm']:<2} fits={row['fits']}")
 
 
@@ -148,19 +158,24 @@ def markdown(result: dict) -> str:
         "by how many loops enclose them (0/1/2/3: outside every loop / DAMSM backward: per image-caption "
         "pair, per region tile, per feature chunk), *inner* counts those inside innermost loops (the "
         "hot ones: a spill there is paid every step); warps/SM is what registers, shared memory and the "
-        "block limit allow; **bold** = the fixed default (what runs with autotuning off).",
+        "block limit allow; HGMMA / HMMA / FFMA count the machine code's wgmma (Hopper's warpgroup MMA), "
+        "mma.sync (warp-level tensor-core MMA) and fp32 fused multiply-add instructions (static counts); "
+        "**bold** = the fixed default (what runs with autotuning off).",
         "",
-        "| kernel | inputs | config | arch | regs | stack B | STL/LDL | by loop depth | inner | smem KB | warps/SM | fits |",
-        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| kernel | inputs | config | arch | regs | stack B | STL/LDL | by loop depth | inner | HGMMA | HMMA | FFMA | "
+        "smem KB | programs/SM | warps/SM | fits |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for row in result["rows"]:
         config = f"**{row['config']}**" if row["default"] else row["config"]
         if "error" in row:
-            lines.append(f"| {row['kernel']} | {row['case']} | {config} | {row['arch']} | | | | | | | | error: {row['error'][:80]} |")
+            lines.append(f"| {row['kernel']} | {row['case']} | {config} | {row['arch']} | | | | | | | | | | | | "
+                         f"error: {row['error'][:80]} |")
             continue
         lines.append(f"| {row['kernel']} | {row['case']} | {config} | {row['arch']} | {row['registers']} | "
                      f"{row['stack_bytes']} | {row['local_stores']}/{row['local_loads']} | {_by_depth(row)} | "
-                     f"{row['local_in_inner_loops']} | {row['shared_bytes'] / 1024:.0f} | "
+                     f"{row['local_in_inner_loops']} | {row['hgmma']} | {row['hmma']} | {row['ffma']} | "
+                     f"{row['shared_bytes'] / 1024:.0f} | {row['programs_per_sm']} | "
                      f"{row['warps_per_sm']} | {'yes' if row['fits'] else '**no**'} |")
     return "\n".join(lines) + "\n"
 
@@ -170,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", type=int, nargs="+", default=[90, 80, 86], choices=sorted(ARCHS),
                         help="compute capabilities to compile for")
     parser.add_argument("--defaults", action="store_true", help="only the fixed default launch configurations")
-    parser.add_argument("--inputs", nargs="+", default=list(INPUTS), choices=list(INPUTS))
+    parser.add_argument("--inputs", nargs="+", default=list(DEFAULT_INPUTS), choices=list(INPUTS),
+                        help="input dtypes (fp32, bf16, fp16 at the default precision; fp32-ieee: FMA only)")
     parser.add_argument("--only", choices=["damsm", "word_attention"], default="", help="one op's kernels")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")

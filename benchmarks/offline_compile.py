@@ -160,7 +160,19 @@ def register_usage(compiled) -> dict:
     opcodes = [opcode for _, opcode, _ in sass_instructions(sass.stdout)]
     return dict(registers=int(found.group(1)), stack_bytes=int(found.group(2)),
                 local_stores=opcodes.count("STL"), local_loads=opcodes.count("LDL"),
-                **local_memory_by_loop(sass.stdout), shared_bytes=int(compiled.metadata.shared))
+                **local_memory_by_loop(sass.stdout), **math_instructions(opcodes),
+                shared_bytes=int(compiled.metadata.shared))
+
+
+# What the products compile to: HGMMA is Hopper's warpgroup MMA (wgmma), HMMA the warp-level mma.sync
+# (tensor cores before Hopper, and on Hopper whenever a product cannot take wgmma), FFMA the fp32
+# fused multiply-add of the FMA units (an ``ieee`` product, and all the softmax arithmetic).
+MATH_OPCODES = ("HGMMA", "HMMA", "FFMA")
+
+
+def math_instructions(opcodes: list[str]) -> dict:
+    """Static counts of the tensor-core and FMA instructions in the machine code."""
+    return {opcode.lower(): opcodes.count(opcode) for opcode in MATH_OPCODES}
 
 
 def occupancy(usage: dict, num_warps: int, capability: int) -> dict:

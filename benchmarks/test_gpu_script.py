@@ -22,7 +22,7 @@ def test_gpu_script_self_check_writes_results(tmp_path, capsys):
     assert all(set(r["speedup_vs"]) == {"released", "reference", "reference-compiled"} for r in fused)
     # Which launch configuration each fused row ran (on CPU the defaults; the backward's only in fwd+bwd).
     launched = {("damsm", "fwd"): {"damsm_fwd"},
-                ("damsm", "fwd+bwd"): {"damsm_fwd", "damsm_bwd_words", "damsm_bwd_regions"},
+                ("damsm", "fwd+bwd"): {"damsm_fwd", "damsm_bwd_context", "damsm_bwd_grad"},
                 ("attention", "fwd"): {"word_attention_fwd"},
                 ("attention", "fwd+bwd"): {"word_attention_fwd", "word_attention_bwd"}}
     for r in fused:

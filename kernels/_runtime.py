@@ -19,7 +19,8 @@ except ImportError:  # pragma: no cover - Linux builds of torch ship Triton
     TRITON_AVAILABLE = False
 
 IMPLS = ("auto", "triton", "reference")
-PRECISIONS = ("auto", "ieee", "tf32")
+# What a user may ask for; "native" is what "auto" resolves to for bf16/fp16 inputs of one dtype.
+PRECISIONS = ("auto", "ieee", "tf32", "tf32x3", "bf16x3")
 
 
 def kernel_is_interpreted(kernel) -> bool:
@@ -81,18 +82,32 @@ def fused_runnable(fused_module, interpreted: bool, *tensors: torch.Tensor) -> b
 
 
 def resolve_precision(precision: str, *tensors: torch.Tensor) -> str:
-    """The ``tl.dot`` input precision for fp32 operands.
+    """How the Triton kernels multiply: ``"native"`` (bf16/fp16 operands straight into the tensor
+    cores, fp32 accumulation) or the ``tl.dot`` input precision of fp32 operands.
 
-    ``"auto"`` keeps full fp32 (``"ieee"``) when every floating input is fp32, and uses ``"tf32"`` when
-    any input is fp16/bf16: such values are exact in tf32, so only the kernel's own intermediates are
-    rounded, which stays far inside the 16-bit tolerance.
+    ``"auto"``: ``"native"`` when every floating input is bf16, or every one fp16; ``"bf16x3"`` (each
+    fp32 operand as a bf16 hi/lo pair, three bf16 MMAs per product: fp32 accuracy on the tensor
+    cores) when any is fp32; ``"tf32"`` for a mix of bf16 and fp16, whose values tf32 holds exactly.
+    ``"ieee"`` (FMA units only), ``"tf32"``, ``"tf32x3"`` and ``"bf16x3"`` may be asked for
+    explicitly; 16-bit inputs are then up-cast to fp32 first.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision != "auto":
         return precision
-    low = any(t.dtype in (torch.float16, torch.bfloat16) for t in tensors)
-    return "tf32" if low else "ieee"
+    dtypes = {t.dtype for t in tensors if t.is_floating_point()}
+    if torch.float32 in dtypes or torch.float64 in dtypes:
+        return "bf16x3"
+    return "native" if len(dtypes) == 1 else "tf32"
+
+
+def device_capability(device: torch.device) -> int | None:
+    """10·major + minor of a CUDA device (90 for Hopper), None elsewhere: the launchers' defaults
+    depend on it (wgmma tiles on Hopper, smaller ones where shared memory is ~100 KB)."""
+    if device.type != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
 
 
 def next_block(n: int, minimum: int = 16) -> int:

@@ -148,18 +148,72 @@ def test_attention_maps_of_matching_pairs(impl):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("splits", [(1, 1), (2, 3), (3, 2)])
-def test_split_reductions_agree(splits):
-    """The backward's partial sums over splits of the image/caption loops add up to the same gradient."""
+@pytest.mark.parametrize("splits, images_per_chunk", [((1, 1), None), ((2, 3), None), ((3, 2), 3), ((1, 3), 2),
+                                                      ((2, 1), 1)])
+def test_split_reductions_agree(splits, images_per_chunk):
+    """The backward's partial sums over (image, caption-group) splits, and its chunks of images, add up
+    to the same gradients: 5 images, 7 captions of 18 words in 3 groups."""
     from kernels.damsm import fused
 
-    words, cap_lens, regions = make_inputs(3, 3, 20, 5, 17)
-    grad = torch.randn(3, 3)
-    d_words, d_regions = fused.damsm_backward(grad, words, cap_lens, regions, 4.0, 5.0, "ieee",
-                                              split_words=splits[0], split_regions=splits[1])
+    words, cap_lens, regions = make_inputs(5, 7, 20, 18, 17)
+    grad = torch.randn(5, 7)
+    d_words, d_regions = fused.damsm_backward(grad, words, cap_lens, regions, 4.0, 5.0, "ieee", splits=splits,
+                                              images_per_chunk=images_per_chunk)
     ref_w, ref_r = damsm_word_scores_ref_backward(grad.double(), words.double(), cap_lens, regions.double())
     assert_rel(d_words, ref_w, 1e-5, "d_words")
     assert_rel(d_regions, ref_r, 1e-5, "d_regions")
+
+
+@needs_interpreter
+def test_captions_are_packed_several_to_a_program():
+    """T = 18: three captions share a program's 64 rows; T = 40: one caption, its own 64-row tile."""
+    from kernels.damsm import fused
+
+    assert fused._shape_meta(18, 256) == dict(T=18, GROUP=3, BLOCK_W=64, BLOCK_D=256)
+    assert fused._shape_meta(40, 20) == dict(T=40, GROUP=1, BLOCK_W=64, BLOCK_D=32)
+    assert fused._shape_meta(1, 16)["GROUP"] == fused.MAX_GROUP
+    assert fused._shape_meta(18, 256, narrow=True)["GROUP"] == 1
+    words, cap_lens, _ = make_inputs(1, 4, 3, 18, 1)
+    for j, n in enumerate(cap_lens.tolist()):
+        words[j, :, n:] = float("nan")  # padding words must come out zero, whatever memory held
+    packed = fused.pack_caption_groups(words, cap_lens, torch.float32, fused._shape_meta(18, 3))
+    assert packed.shape == (2, 64, 16) and torch.isfinite(packed).all()
+    for j in range(4):
+        g, k = divmod(j, 3)
+        rows = packed[g, k * 18:(k + 1) * 18, :3]
+        n = int(cap_lens[j])
+        assert torch.equal(rows[:n], words[j, :, :n].t()) and torch.all(rows[n:] == 0)
+    assert torch.all(packed[:, 54:] == 0) and torch.all(packed[:, :, 3:] == 0) and torch.all(packed[1, 18:] == 0)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("case", ["basic", "17x17-regions", "more-images-than-captions", "saturated-softmaxes"])
+def test_bf16x3_operand_pairs(monkeypatch, case):
+    """fp32's default products hold each operand as a (hi, lo) pair of 16-bit values. The interpreter
+    runs bf16 dots wrongly, so this runs the same plumbing with fp16 pairs (correct there): the
+    launchers' split of the regions, the kernels' split of their own operands, the three products.
+    fp16's narrower range costs the small lo parts some bits, hence 1e-4; a dropped pair or product
+    fails by orders of magnitude more (the hi parts alone are ~1e-3 off)."""
+    import triton.language as tl
+
+    import kernels._mma as mma
+
+    monkeypatch.setattr(mma, "INTERPRETER_SPLIT_DTYPE", tl.float16)
+    words, cap_lens, regions = make_inputs(*CASES[case])
+    words64, regions64 = words.double().requires_grad_(), regions.double().flatten(2).requires_grad_()
+    words, regions = words.requires_grad_(), regions.requires_grad_()
+    ref = damsm_word_scores_ref(words64, cap_lens, regions64)
+    out = damsm_word_scores(words, cap_lens, regions, impl="triton", precision="bf16x3")
+    assert_rel(out, ref, 1e-4, "R")
+    grad = torch.randn_like(ref)
+    (ref * grad).sum().backward()
+    (out * grad.float()).sum().backward()
+    floor_w = floor_r = 0.0
+    if case in SATURATED:
+        floor_w = float(grad.norm() * torch.linalg.vector_norm(regions64.detach(), dim=1).max())
+        floor_r = float(grad.norm() * torch.linalg.vector_norm(words64.detach(), dim=1).max())
+    assert_rel(words.grad, words64.grad, 1e-4, "d_words", floor=floor_w)
+    assert_rel(regions.grad, regions64.grad.reshape(regions.shape), 1e-4, "d_regions", floor=floor_r)
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -37,6 +37,7 @@ def pinned_launch_configs():
 
 # (label, input dtype, tl.dot precision for fp32 operands)
 PRECISIONS = [
+    ("fp32", torch.float32, "auto"),  # bf16x3: the default for fp32 inputs
     ("fp32", torch.float32, "ieee"),
     ("tf32", torch.float32, "tf32"),
     ("bf16", torch.bfloat16, "auto"),
@@ -193,23 +194,30 @@ def test_every_damsm_candidate_config_compiles_and_matches_float64(label, dtype)
     grad = torch.randn(12, 12, device="cuda")
     ref = damsm_word_scores_ref(words.double(), cap_lens, regions.double(), return_attn=True)
     ref_w, ref_r = damsm_word_scores_ref_backward(grad.double(), words.double(), cap_lens, regions.double())
-    precision = "ieee" if dtype == torch.float32 else "tf32"
+    precision = kernels._runtime.resolve_precision("auto", words)
     skipped: list = []
-    for config in fused.CANDIDATES:
+    for config in fused.FORWARD_CANDIDATES:
         out = _fits_or_skipped(lambda: fused.damsm_forward(words, cap_lens, regions, 4.0, 5.0, True, precision,
                                                            config=config), config, skipped)
-        if out is None:
-            continue
-        assert_rel(out[0], ref[0], TOLERANCE[label], f"R {config}")
-        assert_rel(out[1], ref[1], TOLERANCE[label], f"maps {config}")
+        if out is not None:
+            assert_rel(out[0], ref[0], TOLERANCE[label], f"R {config}")
+            assert_rel(out[1], ref[1], TOLERANCE[label], f"maps {config}")
         grads = _fits_or_skipped(lambda: fused.damsm_backward(grad, words, cap_lens, regions, 4.0, 5.0, precision,
-                                                              words_config=config, regions_config=config),
-                                 config, skipped)
+                                                              context_config=config), config, skipped)
+        if grads is not None:
+            assert_rel(grads[0], ref_w, TOLERANCE[label], f"d_words {config} (context)")
+            assert_rel(grads[1], ref_r, TOLERANCE[label], f"d_regions {config} (context)")
+    for config in fused.GRAD_CANDIDATES:
+        grads = _fits_or_skipped(lambda: fused.damsm_backward(grad, words, cap_lens, regions, 4.0, 5.0, precision,
+                                                              grad_config=config), config, skipped)
         if grads is not None:
             assert_rel(grads[0], ref_w, TOLERANCE[label], f"d_words {config}")
             assert_rel(grads[1], ref_r, TOLERANCE[label], f"d_regions {config}")
-    assert str(fused.default_config(18, 256, 289)) not in skipped, "the default launch must fit"
-    assert len(skipped) < len(fused.CANDIDATES), skipped
+    split = precision == "bf16x3"
+    for default in (fused.default_config(18, 256, 289, 90, split=split),
+                    fused.default_config(18, 256, 289, 90, grad=True, split=split)):
+        assert str(default) not in skipped, "the default launch must fit"
+    assert len(skipped) < len(fused.FORWARD_CANDIDATES) + len(fused.GRAD_CANDIDATES), skipped
 
 
 @pytest.mark.parametrize("label, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
@@ -221,7 +229,7 @@ def test_every_word_attention_candidate_config_compiles_and_matches_float64(labe
     grad = torch.randn_like(query)
     ref_ctx, ref_attn = word_attention_ref(query.double(), context.double(), word_mask, return_attn=True)
     ref_q, ref_k = word_attention_ref_backward(grad.double(), query.double(), context.double(), word_mask)
-    precision = "ieee" if dtype == torch.float32 else "tf32"
+    precision = kernels._runtime.resolve_precision("auto", query)
     skipped: list = []
     for config in fused.FORWARD_CANDIDATES:
         out = _fits_or_skipped(lambda: fused.word_attention_forward(query, context, word_mask, True, False, precision,
@@ -235,7 +243,8 @@ def test_every_word_attention_candidate_config_compiles_and_matches_float64(labe
         if grads is not None:
             assert_rel(grads[0], ref_q, TOLERANCE[label], f"d_query {config}")
             assert_rel(grads[1], ref_k, TOLERANCE[label], f"d_context {config}")
-    assert str(fused.FORWARD_DEFAULT) not in skipped and str(fused.BACKWARD_DEFAULT) not in skipped
+    assert str(fused.FORWARD_DEFAULT) not in skipped
+    assert str(fused.BACKWARD_SPLIT_DEFAULT if precision == "bf16x3" else fused.BACKWARD_DEFAULT) not in skipped
 
 
 def test_autotuned_launches_match_float64_and_repeat_exactly():
@@ -265,8 +274,9 @@ def test_autotuned_launches_match_float64_and_repeat_exactly():
     for got, ref, what in zip(results[0], [ref_scores, ref_ctx, w64.grad, r64.grad, q64.grad, k64.grad],
                               ["R", "ctx", "d_words", "d_regions", "d_query", "d_context"]):
         assert_rel(got, ref, TOLERANCE["fp32"], f"{what} (autotuned)")
-    for kernel, candidates in ((damsm_fused._FWD, damsm_fused.CANDIDATES), (damsm_fused._BWD_WORDS, damsm_fused.CANDIDATES),
-                               (damsm_fused._BWD_REGIONS, damsm_fused.CANDIDATES),
+    for kernel, candidates in ((damsm_fused._FWD, damsm_fused.FORWARD_CANDIDATES),
+                               (damsm_fused._CONTEXT, damsm_fused.FORWARD_CANDIDATES),
+                               (damsm_fused._GRAD, damsm_fused.GRAD_CANDIDATES),
                                (attention_fused._FWD, attention_fused.FORWARD_CANDIDATES),
                                (attention_fused._BWD, attention_fused.BACKWARD_CANDIDATES)):
         assert isinstance(kernel.last_config, LaunchConfig) and kernel.last_config in candidates

@@ -31,8 +31,8 @@ def _distinct_meta(candidates):
 
 
 def _damsm_inputs():
-    """3 images, 2 captions, D = 40, T = 6, N = 37: one, two and three region tiles for BLOCK_N 64/32/16,
-    and a partial second chunk of D for BLOCK_K = 32."""
+    """3 images, 2 captions, D = 40, T = 6, N = 37: one or two region tiles for BLOCK_N 64/32, and a
+    partial second chunk of D for BLOCK_K = 32."""
     words = torch.randn(2, 40, 6) / 40 ** 0.25
     regions = torch.randn(3, 40, 37) / 40 ** 0.25
     cap_lens = torch.tensor([6, 1])
@@ -48,21 +48,34 @@ def _attention_inputs():
     return query, context, word_mask
 
 
-@pytest.mark.parametrize("config", _distinct_meta(kernels.damsm.fused.CANDIDATES), ids=str)
-def test_every_damsm_candidate_matches_float64(config):
+def _damsm_candidates():
+    from kernels.damsm import fused
+
+    return ([("forward", c) for c in _distinct_meta(fused.FORWARD_CANDIDATES)]
+            + [("grad", c) for c in _distinct_meta(fused.GRAD_CANDIDATES)])
+
+
+@pytest.mark.parametrize("kernel, config", _damsm_candidates(), ids=lambda x: str(x))
+def test_every_damsm_candidate_matches_float64(kernel, config):
+    """Forward candidates run the forward and the backward's context kernel, gradient-kernel
+    candidates the gradient kernel; the other kernel runs its default."""
     from kernels.damsm import fused
 
     words, cap_lens, regions = _damsm_inputs()
-    scores, attn = fused.damsm_forward(words, cap_lens, regions[:2], 4.0, 5.0, True, "ieee", config=config)
-    ref_scores, ref_attn = damsm_word_scores_ref(words.double(), cap_lens, regions[:2].double(), return_attn=True)
-    assert_rel(scores, ref_scores, 1e-5, f"R with {config}")
-    assert_rel(attn, ref_attn, 1e-5, f"maps with {config}")
-    assert fused._FWD.last_config == config
-
     grad = torch.randn(3, 2)
-    d_words, d_regions = fused.damsm_backward(grad, words, cap_lens, regions, 4.0, 5.0, "ieee",
-                                              words_config=config, regions_config=config)
     ref_w, ref_r = damsm_word_scores_ref_backward(grad.double(), words.double(), cap_lens, regions.double())
+    if kernel == "forward":
+        scores, attn = fused.damsm_forward(words, cap_lens, regions[:2], 4.0, 5.0, True, "ieee", config=config)
+        ref_scores, ref_attn = damsm_word_scores_ref(words.double(), cap_lens, regions[:2].double(), return_attn=True)
+        assert_rel(scores, ref_scores, 1e-5, f"R with {config}")
+        assert_rel(attn, ref_attn, 1e-5, f"maps with {config}")
+        assert fused._FWD.last_config == config
+        d_words, d_regions = fused.damsm_backward(grad, words, cap_lens, regions, 4.0, 5.0, "ieee",
+                                                  context_config=config)
+        assert fused._CONTEXT.last_config == config
+    else:
+        d_words, d_regions = fused.damsm_backward(grad, words, cap_lens, regions, 4.0, 5.0, "ieee", grad_config=config)
+        assert fused._GRAD.last_config == config
     assert_rel(d_words, ref_w, 1e-5, f"d_words with {config}")
     assert_rel(d_regions, ref_r, 1e-5, f"d_regions with {config}")
 
@@ -110,44 +123,59 @@ def test_the_interpreter_runs_the_defaults_even_with_autotuning_on():
     assert chosen["word_attention_fwd"] == str(attention_fused.FORWARD_DEFAULT)
 
 
-def test_defaults_follow_the_model_size():
+def test_defaults_follow_the_model_size_and_the_gpu():
     from kernels.damsm import fused
 
-    real = fused.default_config(T=18, D=256, N=289)
-    assert dict(real.meta) == {"BLOCK_N": 32, "BLOCK_K": 32} and real.num_warps == 8
+    hopper = fused.default_config(T=18, D=256, N=289, capability=90)
+    assert dict(hopper.meta) == {"BLOCK_N": 128} and hopper.num_warps == 8  # wgmma's M for 8 warps
+    split = fused.default_config(T=18, D=256, N=289, capability=90, split=True)
+    assert dict(split.meta) == {"BLOCK_N": 32} and split.num_stages == 2
+    assert dict(fused.default_config(18, 256, 289, capability=90, grad=True, split=True).meta) == \
+        {"BLOCK_N": 64, "BLOCK_K": 32}
+    assert dict(fused.default_config(T=18, D=256, N=289, capability=86).meta) == {"BLOCK_N": 32}
+    assert fused.default_config(T=18, D=256, N=289) == hopper  # the interpreter's
     # never wider than the regions; never a chunk wider than the features
-    assert dict(fused.default_config(T=5, D=20, N=9).meta) == {"BLOCK_N": 16, "BLOCK_K": 32}
-    assert dict(fused.default_config(T=5, D=12, N=9).meta) == {"BLOCK_N": 16, "BLOCK_K": 16}
-    assert dict(fused.default_config(T=5, D=300, N=289).meta)["BLOCK_N"] == 16  # 512-wide accumulators
-    assert fused.default_config(T=5, D=20, N=9).num_warps == 4
+    assert dict(fused.default_config(T=5, D=20, N=9).meta) == {"BLOCK_N": 16}
+    assert dict(fused.default_config(T=5, D=12, N=9, grad=True).meta) == {"BLOCK_N": 16, "BLOCK_K": 16}
+
+
+def test_backward_splits_fill_the_gpu_in_few_waves():
+    from kernels.damsm import fused
+
+    slots = (256 * 289, 256 * 18 * 3)
+    # B = 48 on 132 SMs: 48 x 16 (image, group) pairs, 6 per program fill one wave of 128 programs.
+    s_m, s_k = fused.backward_splits(48, 16, True, 132, slots, 48)
+    assert s_m * s_k <= 132 and -(-48 // s_m) * -(-16 // s_k) == 6
+    # Without d_words every image has its own programs.
+    s_m, s_k = fused.backward_splits(20, 7, False, 132, slots, 20)
+    assert s_m == 20 and s_m * s_k <= 132
+    # A chunk bounds its images, and so the image splits.
+    assert fused.backward_splits(3, 16, True, 132, slots, 48)[0] <= 3
 
 
 def test_pruning_drops_blocks_wider_than_the_axis_and_keeps_one():
     from kernels.attention import fused as attention_fused
     from kernels.damsm import fused as damsm_fused
 
-    kept = damsm_fused._prune(damsm_fused.CANDIDATES, {"N": 9, "D": 256})
-    assert kept and all(dict(c.meta)["BLOCK_N"] == 16 for c in kept)
-    kept = damsm_fused._prune(damsm_fused.CANDIDATES, {"N": 289, "D": 20})
-    assert kept and all(dict(c.meta)["BLOCK_K"] == 32 for c in kept)
-    assert damsm_fused._prune(damsm_fused.CANDIDATES, {"N": 289, "D": 256}) == damsm_fused.CANDIDATES
+    kept = damsm_fused._prune(damsm_fused.GRAD_CANDIDATES, {"N": 9, "D": 256})
+    assert kept and all(dict(c.meta)["BLOCK_N"] == 32 for c in kept)
+    assert damsm_fused._prune(damsm_fused.FORWARD_CANDIDATES, {"N": 289, "D": 256}) == damsm_fused.FORWARD_CANDIDATES
     kept = attention_fused._prune(attention_fused.FORWARD_CANDIDATES, {"HW": 40, "C": 48})
-    assert {dict(c.meta)["BLOCK_Q"] for c in kept} == {32, 64}
-    kept = attention_fused._prune(attention_fused.BACKWARD_CANDIDATES, {"HW": 128 * 128, "C": 12})
-    assert kept and all(dict(c.meta)["BLOCK_K"] == 16 for c in kept)
+    assert {dict(c.meta)["BLOCK_Q"] for c in kept} == {64}
     assert attention_fused._prune(attention_fused.BACKWARD_CANDIDATES, {"HW": 4096, "C": 32}) == \
         attention_fused.BACKWARD_CANDIDATES
     # The autotuner sees the same pruning through Triton's early_config_prune hook.
     tuner = damsm_fused._FWD._tuner()
     args = {"N": 9, "D": 256}
-    assert len(tuner.early_config_prune(tuner.configs, args)) == len(damsm_fused._prune(damsm_fused.CANDIDATES, args))
-    assert tuner.keys == ["T", "D", "N", "PRECISION", "RETURN_ATTN"]
+    assert len(tuner.early_config_prune(tuner.configs, args)) == len(damsm_fused._prune(damsm_fused.FORWARD_CANDIDATES,
+                                                                                        args))
+    assert tuner.keys == ["T", "D", "N", "PRECISION", "DOT_DTYPE", "SPLIT", "RETURN_ATTN"]
 
 
 def test_backward_chunk_is_a_multiple_of_every_tile():
     from kernels.attention import fused
 
-    for config in fused.BACKWARD_CANDIDATES:
+    for config in fused.BACKWARD_CANDIDATES + [fused.BACKWARD_SPLIT_DEFAULT]:
         assert fused.PIXELS_PER_PROGRAM % dict(config.meta)["BLOCK_Q"] == 0
 
 
@@ -198,7 +226,7 @@ def test_the_damsm_autotuning_path_keeps_results_exact_and_tunes_once_per_model_
     relied on a zeroed or untouched buffer would fail here; the choice is cached per (T, D, N, ...)."""
     from kernels.damsm import fused
 
-    timers = {name: _FakeTimer() for name in ("_FWD", "_BWD_WORDS", "_BWD_REGIONS")}
+    timers = {name: _FakeTimer() for name in ("_FWD", "_CONTEXT", "_GRAD")}
     tuned = {name: _tuned_through_interpreter(monkeypatch, fused, name, t) for name, t in timers.items()}
     words, cap_lens, regions = _damsm_inputs()
     grad = torch.randn(3, 2)
@@ -211,16 +239,17 @@ def test_the_damsm_autotuning_path_keeps_results_exact_and_tunes_once_per_model_
             assert_rel(scores, ref_scores, 1e-5, "R after autotuning")
             assert_rel(d_words, ref_w, 1e-5, "d_words after autotuning")
             assert_rel(d_regions, ref_r, 1e-5, "d_regions after autotuning")
-        kept = fused._prune(fused.CANDIDATES, {"N": 37, "D": 40})  # every candidate: 64-wide tiles and chunks
-        assert kept == fused.CANDIDATES
-        for name, timer in timers.items():
-            assert timer.trials == len(kept), name
+        for name, candidates in (("_FWD", fused.FORWARD_CANDIDATES), ("_CONTEXT", fused.FORWARD_CANDIDATES),
+                                 ("_GRAD", fused.GRAD_CANDIDATES)):
+            kept = fused._prune(candidates, {"N": 37, "D": 40})  # 37 regions: tiles up to 64 kept
+            assert timers[name].trials == len(kept), name
             assert tuned[name].last_config == kept[-1], name  # the fake timer's winner
         # Another batch is the same key; another region count is a new one.
+        trials = timers["_FWD"].trials
         fused.damsm_forward(words[:1], cap_lens[:1], regions[:1], 4.0, 5.0, False, "ieee")
-        assert timers["_FWD"].trials == len(kept)
-        fused.damsm_forward(words, cap_lens, regions[:, :, :9], 4.0, 5.0, False, "ieee")
-        assert timers["_FWD"].trials == len(kept) + len(fused._prune(fused.CANDIDATES, {"N": 9, "D": 40}))
+        assert timers["_FWD"].trials == trials
+        fused.damsm_forward(words, cap_lens, regions[:, :, :20], 4.0, 5.0, False, "ieee")
+        assert timers["_FWD"].trials == trials + len(fused._prune(fused.FORWARD_CANDIDATES, {"N": 20, "D": 40})) > trials
 
 
 def test_the_word_attention_autotuning_path_keeps_results_exact(monkeypatch):
@@ -239,9 +268,9 @@ def test_the_word_attention_autotuning_path_keeps_results_exact(monkeypatch):
     assert_rel(attn, ref_attn, 1e-5, "maps after autotuning")
     assert_rel(d_query, ref_q, 1e-5, "d_query after autotuning")
     assert_rel(d_context, ref_k, 1e-5, "d_context after autotuning")
-    assert timers["_FWD"].trials == len(fused.FORWARD_CANDIDATES)  # 143 pixels: every tile up to 256 kept
-    assert tuned["_FWD"].last_config == fused.FORWARD_CANDIDATES[-1]
-    assert tuned["_BWD"].last_config == fused.BACKWARD_CANDIDATES[-1]
+    assert timers["_FWD"].trials == len(fused._prune(fused.FORWARD_CANDIDATES, {"HW": 143, "C": 20}))
+    assert tuned["_FWD"].last_config == fused._prune(fused.FORWARD_CANDIDATES, {"HW": 143, "C": 20})[-1]
+    assert tuned["_BWD"].last_config == fused._prune(fused.BACKWARD_CANDIDATES, {"HW": 143, "C": 20})[-1]
 
 
 def test_direct_and_autotuned_launches_pass_the_pinned_compile_options(monkeypatch):
@@ -264,5 +293,5 @@ def test_direct_and_autotuned_launches_pass_the_pinned_compile_options(monkeypat
     _tuned_through_interpreter(monkeypatch, fused, "_FWD", _FakeTimer())
     with kernels.autotuning(True):
         fused.word_attention_forward(query, context, word_mask, False, False, "ieee")
-    assert len(seen) == 2 + len(fused.FORWARD_CANDIDATES)  # every trial, then the winner
+    assert len(seen) == 2 + len(fused._prune(fused.FORWARD_CANDIDATES, {"HW": 143, "C": 20}))  # trials, winner
     assert all(options == _tuning.COMPILE_OPTIONS for options in seen), seen

@@ -6,14 +6,12 @@ the forward reads ``query`` once and writes ``ctx`` once; the (B, HW, T) attenti
 when asked for. The backward recomputes β from ``query`` (cheaper than storing it), writes
 ``d_query`` and per-chunk partial sums of ``d_context`` that are added afterwards (deterministic).
 
-Why every product runs over BLOCK_K channels at a time: with fp32 inputs and ``ieee`` dots, Triton
-multiplies on the FMA units with each thread holding its rows and columns of both operands for the
-whole contraction; whole 64-channel tiles (C = 48 padded) made the compiled kernels spill 5-8 KB per
-thread and the backward outgrow the shared memory of ~100 KB GPUs (``python -m
-benchmarks.kernel_resources``). So s = qᵀ·k and dβ = gᵀ·k are accumulated chunk by chunk, and
-ctx = β·kᵀ, d_query = ds·kᵀ and d_context = g·β + q·ds are produced chunk by chunk; the second pass
-re-reads the tile's chunks of q and g, which are still in L1/L2. No padding to a power of two is paid
-on the channels either (48 = 3 chunks of 16).
+How it meets the tensor cores: the pixels are the M axis of every product but one (s = qᵀ·k,
+ctx = β·kᵀ, dβ = gᵀ·k, d_query = ds·kᵀ: 64 pixels fill a warpgroup's wgmma), the words (32 with
+padding) and the channels (whole: C <= 64) the small axes; d_context = g·β + q·ds has the channels on
+M and sums over the pixels of a chunk in registers (8-16 per thread), written once per program.
+Operands follow ``kernels._mma``: bf16/fp16 straight in, fp32 as bf16 (hi, lo) pairs split in
+registers (these tiles are small enough for that), or fp32 dots at an explicit precision.
 """
 
 from __future__ import annotations
@@ -23,6 +21,8 @@ import triton
 import triton.language as tl
 
 from .._runtime import alloc_like_query, alloc_output, kernel_is_interpreted, next_block, poison_
+from .._runtime import device_capability as _capability  # noqa: F401 (benchmarks.kernel_resources sets it)
+from .._mma import dot_operands, mma, operand_parts
 from .._tuning import LaunchConfig, TunedKernel
 
 
@@ -51,9 +51,10 @@ def _word_validity(mask_ptr, b, offs_q, B, HW, T, stride_mb, stride_mt,
 
 
 @triton.jit
-def _load_channels(ptr, b, offs_c, C, offs_x, x_valid, stride_b, stride_c, stride_x):
-    """Channels offs_c (BLOCK_K,) of sample b's (C, X) features at columns offs_x, (BLOCK_K, len(offs_x))
-    fp32; channels past C and columns not in ``x_valid`` load as zero."""
+def _load_tile(ptr, b, C, offs_x, x_valid, stride_b, stride_c, stride_x, BLOCK_C: tl.constexpr):
+    """Sample b's (C, X) features at columns offs_x as a (BLOCK_C, len(offs_x)) fp32 tile; channels past
+    C and columns not in ``x_valid`` load as zero."""
+    offs_c = tl.arange(0, BLOCK_C)
     ptrs = ptr + b * stride_b + offs_c[:, None] * stride_c + offs_x[None, :] * stride_x
     return tl.load(ptrs, mask=(offs_c[:, None] < C) & x_valid[None, :], other=0.0).to(tl.float32)
 
@@ -68,40 +69,6 @@ def _word_softmax(s, valid):
 
 
 @triton.jit
-def _scores(query_ptr, context_ptr, b, offs_q, q_valid, load_cols, C,
-            stride_qb, stride_qc, stride_qp, stride_kb, stride_kc, stride_kt,
-            BLOCK_Q: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
-    """s = qᵀ·k on a pixel tile, (BLOCK_Q, BLOCK_T), contracted over the channels in chunks of BLOCK_K."""
-    offs_t = tl.arange(0, BLOCK_T)
-    s = tl.zeros((BLOCK_Q, BLOCK_T), dtype=tl.float32)
-    for c0 in range(0, C, BLOCK_K):
-        offs_c = c0 + tl.arange(0, BLOCK_K)
-        q = _load_channels(query_ptr, b, offs_c, C, offs_q, q_valid, stride_qb, stride_qc, stride_qp)
-        k = _load_channels(context_ptr, b, offs_c, C, offs_t, load_cols, stride_kb, stride_kc, stride_kt)
-        s += tl.dot(tl.trans(q), k, input_precision=PRECISION)
-    return s
-
-
-@triton.jit
-def _scores_and_d_beta(query_ptr, context_ptr, grad_ptr, b, offs_q, q_valid, load_cols, C,
-                       stride_qb, stride_qc, stride_qp, stride_kb, stride_kc, stride_kt,
-                       stride_gb, stride_gc, stride_gp,
-                       BLOCK_Q: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
-    """s = qᵀ·k and dβ = gᵀ·k on a pixel tile, (BLOCK_Q, BLOCK_T) each, sharing each chunk of k."""
-    offs_t = tl.arange(0, BLOCK_T)
-    s = tl.zeros((BLOCK_Q, BLOCK_T), dtype=tl.float32)
-    d_beta = tl.zeros((BLOCK_Q, BLOCK_T), dtype=tl.float32)
-    for c0 in range(0, C, BLOCK_K):
-        offs_c = c0 + tl.arange(0, BLOCK_K)
-        k = _load_channels(context_ptr, b, offs_c, C, offs_t, load_cols, stride_kb, stride_kc, stride_kt)
-        q = _load_channels(query_ptr, b, offs_c, C, offs_q, q_valid, stride_qb, stride_qc, stride_qp)
-        g = _load_channels(grad_ptr, b, offs_c, C, offs_q, q_valid, stride_gb, stride_gc, stride_gp)
-        s += tl.dot(tl.trans(q), k, input_precision=PRECISION)
-        d_beta += tl.dot(tl.trans(g), k, input_precision=PRECISION)
-    return s, d_beta
-
-
-@triton.jit
 def _word_attn_fwd_kernel(
     query_ptr, context_ptr, mask_ptr, out_ptr, attn_ptr,
     B, C, HW, T,
@@ -111,24 +78,30 @@ def _word_attn_fwd_kernel(
     stride_ob, stride_oc, stride_op,
     stride_ab, stride_at, stride_ap,
     HAS_MASK: tl.constexpr, LEGACY_MASK: tl.constexpr, RETURN_ATTN: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr,
 ):
+    """Program (b, tile): BLOCK_Q pixels of sample b. The pixels are the M axis of both products
+    (s = qᵀ·k, ctx = β·kᵀ), the words and the channels (whole: C <= 64) are small; the query tile is
+    read once and the context map written once."""
     b = tl.program_id(0).to(tl.int64)
     offs_q = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     offs_t = tl.arange(0, BLOCK_T)
+    offs_c = tl.arange(0, BLOCK_C)
     q_valid = offs_q < HW
     valid, load_cols = _word_validity(mask_ptr, b, offs_q, B, HW, T, stride_mb, stride_mt,
                                       HAS_MASK, LEGACY_MASK, BLOCK_Q, BLOCK_T)
-    s = _scores(query_ptr, context_ptr, b, offs_q, q_valid, load_cols, C, stride_qb, stride_qc, stride_qp,
-                stride_kb, stride_kc, stride_kt, BLOCK_Q, BLOCK_T, BLOCK_K, PRECISION)
+    q, q_lo = operand_parts(_load_tile(query_ptr, b, C, offs_q, q_valid, stride_qb, stride_qc, stride_qp, BLOCK_C),
+                            DOT_DTYPE, SPLIT)
+    k, k_lo = operand_parts(_load_tile(context_ptr, b, C, offs_t, load_cols, stride_kb, stride_kc, stride_kt,
+                                       BLOCK_C), DOT_DTYPE, SPLIT)
+    s = mma(tl.trans(q), tl.trans(q_lo), k, k_lo, tl.zeros((BLOCK_Q, BLOCK_T), dtype=tl.float32), SPLIT, PRECISION)
     beta = _word_softmax(s, valid)
-    # ctx = β·kᵀ, one chunk of output channels at a time (the context chunk is re-read from L1).
-    for c0 in range(0, C, BLOCK_K):
-        offs_c = c0 + tl.arange(0, BLOCK_K)
-        k = _load_channels(context_ptr, b, offs_c, C, offs_t, load_cols, stride_kb, stride_kc, stride_kt)
-        out = tl.dot(beta, tl.trans(k), input_precision=PRECISION)  # (BLOCK_Q, BLOCK_K)
-        tl.store(out_ptr + b * stride_ob + offs_c[None, :] * stride_oc + offs_q[:, None] * stride_op,
-                 out.to(out_ptr.dtype.element_ty), mask=q_valid[:, None] & (offs_c[None, :] < C))
+    b_hi, b_lo = operand_parts(beta, DOT_DTYPE, SPLIT)
+    out = mma(b_hi, b_lo, tl.trans(k), tl.trans(k_lo), tl.zeros((BLOCK_Q, BLOCK_C), dtype=tl.float32), SPLIT,
+              PRECISION)
+    tl.store(out_ptr + b * stride_ob + offs_c[None, :] * stride_oc + offs_q[:, None] * stride_op,
+             out.to(out_ptr.dtype.element_ty), mask=q_valid[:, None] & (offs_c[None, :] < C))
     if RETURN_ATTN:
         tl.store(attn_ptr + b * stride_ab + offs_t[None, :] * stride_at + offs_q[:, None] * stride_ap,
                  beta, mask=q_valid[:, None] & (offs_t[None, :] < T))
@@ -145,54 +118,51 @@ def _word_attn_bwd_kernel(
     stride_db, stride_dc, stride_dp,
     stride_pb, stride_pq, stride_pc, stride_pt,
     HAS_MASK: tl.constexpr, LEGACY_MASK: tl.constexpr, CHUNK: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Program (b, chunk) covers pixels chunk·CHUNK .. +CHUNK in tiles of BLOCK_Q: it writes their
-    d_query and one partial sum of d_context. CHUNK is fixed by the launcher, not by the tile size, so
-    the partial buffer has the same shape whatever BLOCK_Q the autotuner picks. The partial sum is
-    accumulated in place in its (C, T) slot, which only this program touches: a register accumulator
-    would have to span all channels, while every product here is taken BLOCK_K channels at a time."""
+    d_query and one partial sum of d_context, (C, T) in registers for the whole chunk (the channels
+    are whole, C <= 64, so the accumulator is 8-16 registers per thread). CHUNK is fixed by the
+    launcher, not by the tile size, so the partial buffer has the same shape whatever BLOCK_Q the
+    autotuner picks."""
     b = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     offs_t = tl.arange(0, BLOCK_T)
-    t_store = offs_t < T
+    offs_c = tl.arange(0, BLOCK_C)
+    c_valid = offs_c < C
+    # The words are the same for every tile of the sample: the context's operands are loaded once.
+    _all_rows, load_cols = _word_validity(mask_ptr, b, tl.arange(0, BLOCK_Q), B, HW, T, stride_mb, stride_mt,
+                                  HAS_MASK, LEGACY_MASK, BLOCK_Q, BLOCK_T)
+    k, k_lo = operand_parts(_load_tile(context_ptr, b, C, offs_t, load_cols, stride_kb, stride_kc, stride_kt,
+                                       BLOCK_C), DOT_DTYPE, SPLIT)
+    d_k = tl.zeros((BLOCK_C, BLOCK_T), dtype=tl.float32)
     first = chunk * CHUNK
-    partial = partial_ptr + b * stride_pb + chunk * stride_pq
     for q0 in range(first, tl.minimum(first + CHUNK, HW), BLOCK_Q):
         offs_q = q0 + tl.arange(0, BLOCK_Q)
         q_valid = offs_q < HW
-        valid, load_cols = _word_validity(mask_ptr, b, offs_q, B, HW, T, stride_mb, stride_mt,
-                                          HAS_MASK, LEGACY_MASK, BLOCK_Q, BLOCK_T)
-        s, d_beta = _scores_and_d_beta(query_ptr, context_ptr, grad_ptr, b, offs_q, q_valid, load_cols, C,
-                                       stride_qb, stride_qc, stride_qp, stride_kb, stride_kc, stride_kt,
-                                       stride_gb, stride_gc, stride_gp, BLOCK_Q, BLOCK_T, BLOCK_K, PRECISION)
-        beta = _word_softmax(s, valid)
+        valid, _tile_cols = _word_validity(mask_ptr, b, offs_q, B, HW, T, stride_mb, stride_mt,
+                                           HAS_MASK, LEGACY_MASK, BLOCK_Q, BLOCK_T)
+        # Pixels past HW load q = 0 and g = 0, so they add nothing to the context gradient.
+        q, q_lo = operand_parts(_load_tile(query_ptr, b, C, offs_q, q_valid, stride_qb, stride_qc, stride_qp,
+                                           BLOCK_C), DOT_DTYPE, SPLIT)
+        g, g_lo = operand_parts(_load_tile(grad_ptr, b, C, offs_q, q_valid, stride_gb, stride_gc, stride_gp,
+                                           BLOCK_C), DOT_DTYPE, SPLIT)
+        zeros = tl.zeros((BLOCK_Q, BLOCK_T), dtype=tl.float32)
+        beta = _word_softmax(mma(tl.trans(q), tl.trans(q_lo), k, k_lo, zeros, SPLIT, PRECISION), valid)
+        d_beta = mma(tl.trans(g), tl.trans(g_lo), k, k_lo, zeros, SPLIT, PRECISION)
         d_s = beta * (d_beta - tl.sum(beta * d_beta, axis=1)[:, None])
-        # Whether this is a later tile of this program, as a block, as in the DAMSM regions kernel (the
-        # interpreter mistypes a scalar condition and-ed into a block mask).
-        not_first = tl.full((BLOCK_T,), q0, tl.int32) > first
-        for c0 in range(0, C, BLOCK_K):
-            offs_c = c0 + tl.arange(0, BLOCK_K)
-            c_valid = offs_c < C
-            k = _load_channels(context_ptr, b, offs_c, C, offs_t, load_cols, stride_kb, stride_kc, stride_kt)
-            d_q = tl.dot(d_s, tl.trans(k), input_precision=PRECISION)  # (BLOCK_Q, BLOCK_K)
-            tl.store(dquery_ptr + b * stride_db + offs_c[None, :] * stride_dc + offs_q[:, None] * stride_dp,
-                     d_q.to(dquery_ptr.dtype.element_ty), mask=q_valid[:, None] & c_valid[None, :])
-            # Pixels past HW load g = 0 and q = 0, so they add nothing to the context gradient.
-            q = _load_channels(query_ptr, b, offs_c, C, offs_q, q_valid, stride_qb, stride_qc, stride_qp)
-            g = _load_channels(grad_ptr, b, offs_c, C, offs_q, q_valid, stride_gb, stride_gc, stride_gp)
-            slot = partial + offs_c[:, None] * stride_pc + offs_t[None, :] * stride_pt
-            slot_mask = c_valid[:, None] & t_store[None, :]
-            # The first tile starts the sum (the buffer is uninitialised), later tiles add to it. The
-            # barrier keeps every thread's read of the slot ahead of any thread's write to it (layouts
-            # may replicate an element across threads).
-            d_k = tl.load(slot, mask=slot_mask & not_first[None, :], other=0.0)
-            tl.debug_barrier()
-            d_k += tl.dot(g, beta, input_precision=PRECISION) + tl.dot(q, d_s, input_precision=PRECISION)
-            tl.store(slot, d_k, mask=slot_mask)
-        # The next tile reads the slots back in whatever layout its load gets: other threads' stores
-        # must have landed first.
-        tl.debug_barrier()
+        ds, ds_lo = operand_parts(d_s, DOT_DTYPE, SPLIT)
+        d_q = mma(ds, ds_lo, tl.trans(k), tl.trans(k_lo), tl.zeros((BLOCK_Q, BLOCK_C), dtype=tl.float32), SPLIT,
+                  PRECISION)
+        tl.store(dquery_ptr + b * stride_db + offs_c[None, :] * stride_dc + offs_q[:, None] * stride_dp,
+                 d_q.to(dquery_ptr.dtype.element_ty), mask=q_valid[:, None] & c_valid[None, :])
+        # d_context += g·β + q·ds, the channels on M, contracted over the tile's pixels.
+        be, be_lo = operand_parts(beta, DOT_DTYPE, SPLIT)
+        d_k = mma(g, g_lo, be, be_lo, d_k, SPLIT, PRECISION)
+        d_k = mma(q, q_lo, ds, ds_lo, d_k, SPLIT, PRECISION)
+    tl.store(partial_ptr + b * stride_pb + chunk * stride_pq + offs_c[:, None] * stride_pc + offs_t[None, :] * stride_pt,
+             d_k, mask=c_valid[:, None] & (offs_t[None, :] < T))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -204,39 +174,42 @@ INTERPRETED = kernel_is_interpreted(_word_attn_fwd_kernel)
 # depend on the tuned tile size. It must be a multiple of every backward BLOCK_Q below (a test checks).
 PIXELS_PER_PROGRAM = 128
 
-# A memory-bound kernel: the candidates trade pixels per program (bytes in flight) against registers,
-# and chunks of channels per product (BLOCK_K) against loop trips. Every one compiles without spills for
-# fp32 (ieee) and bf16 (tf32) inputs on sm_90 and sm_86, within 8 bytes (``python -m
-# benchmarks.kernel_resources --only word_attention``); wider chunks (64) and pipelined backward loops
-# spilled kilobytes and are left out.
-FORWARD_CANDIDATES = [LaunchConfig.of(num_warps=w, num_stages=s, BLOCK_Q=q, BLOCK_K=k) for q, k, w, s in (
-    (32, 16, 4, 1), (64, 16, 4, 1), (64, 16, 4, 2), (64, 32, 8, 2), (128, 16, 4, 1),
-    (128, 16, 8, 1), (128, 16, 8, 2), (128, 32, 8, 1), (256, 16, 8, 1), (256, 32, 8, 1))]
-BACKWARD_CANDIDATES = [LaunchConfig.of(num_warps=w, num_stages=s, BLOCK_Q=q, BLOCK_K=k) for q, k, w, s in (
-    (16, 16, 4, 1), (32, 16, 4, 1), (32, 32, 4, 2), (32, 16, 8, 1), (64, 16, 4, 1),
-    (64, 16, 8, 1), (64, 16, 8, 2), (64, 32, 8, 1), (128, 16, 8, 1), (128, 32, 8, 1))]
+# A memory-bound kernel: the candidates trade pixels per program (bytes in flight) against registers.
+# The pixel tile is the M axis of products whose result feeds another product, to which Triton gives
+# every warp: BLOCK_Q >= 16 x warps, or the tile is computed several times over.
+FORWARD_CANDIDATES = [LaunchConfig.of(num_warps=w, num_stages=s, BLOCK_Q=q) for q, w, s in (
+    (64, 4, 1), (64, 4, 2), (128, 4, 1), (128, 8, 1), (128, 8, 2), (256, 8, 1))]
+BACKWARD_CANDIDATES = [LaunchConfig.of(num_warps=w, num_stages=s, BLOCK_Q=q) for q, w, s in (
+    (32, 4, 1), (64, 4, 1), (64, 4, 2), (64, 8, 1), (128, 8, 1), (128, 8, 2))]
 
 
 def _prune(candidates, args):
-    """Pixel tiles wider than the (power-of-two-covered) image, or channel chunks wider than the
-    channels, only repeat a smaller candidate's work with more masked lanes."""
-    widest_q, widest_k = next_block(args["HW"]), next_block(args["C"])
-    kept = [c for c in candidates if dict(c.meta)["BLOCK_Q"] <= widest_q and dict(c.meta)["BLOCK_K"] <= widest_k]
+    """Pixel tiles wider than the (power-of-two-covered) image only repeat a smaller candidate's work
+    with more masked lanes."""
+    widest = next_block(args["HW"])
+    kept = [c for c in candidates if dict(c.meta)["BLOCK_Q"] <= widest]
     return kept or candidates[:1]
 
 
 # stride_qp tells NCHW (1) from channels_last (C): the two access patterns tune differently.
-_FWD = TunedKernel(_word_attn_fwd_kernel, FORWARD_CANDIDATES, key=["C", "HW", "T", "stride_qp", "PRECISION", "RETURN_ATTN"],
+_FWD = TunedKernel(_word_attn_fwd_kernel, FORWARD_CANDIDATES,
+                   key=["C", "HW", "T", "stride_qp", "PRECISION", "DOT_DTYPE", "SPLIT", "RETURN_ATTN"],
                    prune=_prune, interpreted=INTERPRETED)
-_BWD = TunedKernel(_word_attn_bwd_kernel, BACKWARD_CANDIDATES, key=["C", "HW", "T", "stride_qp", "PRECISION"],
+_BWD = TunedKernel(_word_attn_bwd_kernel, BACKWARD_CANDIDATES,
+                   key=["C", "HW", "T", "stride_qp", "PRECISION", "DOT_DTYPE", "SPLIT"],
                    prune=_prune, interpreted=INTERPRETED)
-FORWARD_DEFAULT = LaunchConfig.of(num_warps=4, num_stages=1, BLOCK_Q=64, BLOCK_K=16)
-BACKWARD_DEFAULT = LaunchConfig.of(num_warps=8, num_stages=1, BLOCK_Q=64, BLOCK_K=16)
+# 4 warps on 64 pixels: the tile fills one warpgroup's M, and two or more programs fit an SM. The
+# backward with bf16x3 operands (fp32 inputs) holds each q and g tile three times (fp32, hi, lo): on
+# 4 warps that spills inside the tile loop, so it takes 128 pixels on 8 warps (one tile per program).
+FORWARD_DEFAULT = LaunchConfig.of(num_warps=4, num_stages=1, BLOCK_Q=64)
+BACKWARD_DEFAULT = LaunchConfig.of(num_warps=4, num_stages=1, BLOCK_Q=64)
+BACKWARD_SPLIT_DEFAULT = LaunchConfig.of(num_warps=8, num_stages=1, BLOCK_Q=128)
 
 
 def _whole_tiles(C: int, T: int) -> dict:
-    """The words are whole in every program; pixels and channels are tiled."""
-    return dict(BLOCK_T=next_block(T))
+    """The words and the channels are whole in every program (T <= ~32, C <= 64 in the model); the
+    pixels are tiled."""
+    return dict(BLOCK_T=next_block(T), BLOCK_C=next_block(C))
 
 
 def _check_fused_dtypes(*tensors: torch.Tensor) -> None:
@@ -275,6 +248,7 @@ def word_attention_forward(query, context, word_mask, return_attn: bool, legacy_
         attn = torch.empty(0, device=query.device, dtype=torch.float32)
         attn_strides = (0, 0, 0)
     mask, mask_strides = _mask_args(query, word_mask)
+    dots = dot_operands(query, context, precision, INTERPRETED)
     _FWD.launch(
         lambda meta: (B, triton.cdiv(HW, meta["BLOCK_Q"])),
         q, context, mask, out, attn,
@@ -282,7 +256,7 @@ def word_attention_forward(query, context, word_mask, return_attn: bool, legacy_
         *_flat_strides(q), *context.stride(), *mask_strides, *_flat_strides(out), *attn_strides,
         default=FORWARD_DEFAULT, config=config,
         HAS_MASK=word_mask is not None, LEGACY_MASK=legacy_mask, RETURN_ATTN=return_attn,
-        PRECISION=precision, **_whole_tiles(C, T),
+        **dots, **_whole_tiles(C, T),
     )
     return out, attn
 
@@ -301,15 +275,16 @@ def word_attention_backward(grad_ctx, query, context, word_mask, legacy_mask: bo
     chunks = triton.cdiv(HW, PIXELS_PER_PROGRAM)
     partial = alloc_output((B, chunks, C, T), query.device, torch.float32)
     mask, mask_strides = _mask_args(query, word_mask)
+    dots = dot_operands(query, context, precision, INTERPRETED)
     _BWD.launch(
         (B, chunks),
         q, context, mask, g, d_query, partial,
         B, C, HW, T,
         *_flat_strides(q), *context.stride(), *mask_strides, *_flat_strides(g), *_flat_strides(d_query),
         *partial.stride(),
-        default=BACKWARD_DEFAULT, config=config,
-        HAS_MASK=word_mask is not None, LEGACY_MASK=legacy_mask, CHUNK=PIXELS_PER_PROGRAM, PRECISION=precision,
-        **_whole_tiles(C, T),
+        default=BACKWARD_SPLIT_DEFAULT if dots["SPLIT"] else BACKWARD_DEFAULT, config=config,
+        HAS_MASK=word_mask is not None, LEGACY_MASK=legacy_mask, CHUNK=PIXELS_PER_PROGRAM,
+        **dots, **_whole_tiles(C, T),
     )
     return d_query, partial.sum(1).to(context.dtype)
 

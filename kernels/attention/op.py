@@ -112,7 +112,9 @@ def word_attention(
     legacy_mask: reproduce the released code's mask layout (row b·HW + q of the flattened scores takes
         the mask of sample (b·HW + q) mod B), for generators trained with the released code.
     impl: "auto" (Triton on CUDA, reference elsewhere), "triton" or "reference".
-    precision: fp32 ``tl.dot`` precision of the Triton path: "auto", "ieee" or "tf32".
+    precision: how the Triton path multiplies: "auto" (bf16/fp16 inputs straight into the tensor
+        cores; fp32 inputs as bf16 hi/lo pairs, "bf16x3", fp32 accuracy on tensor cores), "bf16x3",
+        "tf32x3", "tf32" or "ieee" (FMA only); see ``kernels._runtime.resolve_precision``.
 
     Returns (ctx (B, C, H, W) in the promoted input dtype, attn (B, T, H, W) or None).
     """

@@ -1,33 +1,43 @@
 """Fused Triton kernels for the DAMSM word-level score (DESIGN.md §2.1): forward and backward.
 
-Layout of the work: one program per (image i, caption j) pair in the forward; the backward has one
-kernel per gradient so that every reduction stays inside a program (deterministic, no atomics):
-``d_words`` loops over images for a caption, ``d_regions`` loops over captions for an image. The
-pair's (T, N) similarity never leaves registers: it is recomputed tile by tile over the regions.
-Extra memory: the (B_img, B_cap) scores, and in the backward the partial sums of each gradient, one
-copy per split of its reduction loop (``_split_for``: enough programs for two per SM). For d_regions
-that is about 2·SMs·D·N floats whatever the batch (~85 MB on a 132-SM H200 at D = 256, N = 289),
-plus a (T, D) scratch row per program. Nothing is O(B_img·B_cap·T·N), as in the reference; but at
-small batches (B = 20: ~8 MB per pair-map tensor) the reference's few pair maps can take less than
-these partial sums. They buy determinism (no atomics) with a full GPU.
+How the work meets the tensor cores. Hopper's wgmma needs M >= 64 rows per warpgroup, and a caption
+has T = 18 words, so no product is oriented with one caption's words on M. Instead:
+- Captions are packed side by side, GROUP = BLOCK_W // T of them into BLOCK_W rows (64 rows hold 3
+  captions of 18 words: 54 real words, where padding each caption to its own 32-wide tile would keep
+  18 of 32). ``pack_caption_groups`` lays them out densely, features last, padding words zero.
+- A program takes one image i and one caption group; the similarity of a region tile with the whole
+  group is one product with the regions on M, sᵀ (BLOCK_N, BLOCK_W) = vᵀ (BLOCK_N, D) · E; the word
+  softmax runs along each caption's columns of a row (segmented by caption).
+- Products that build or consume per-word D-vectors have the group's words on M: c (BLOCK_W, D) +=
+  uᵀ · vᵀ (the region tile staged once serves both products of every caption of the group), d_words
+  (BLOCK_W, D) += dsᵀ · vᵀ; d_regions has the regions on M, dvᵀ (BLOCK_N, D) = u·(dc/z) + ds·Eᵀ.
+- bf16/fp16 inputs of one dtype feed the MMA directly (fp32 accumulation; the kernels' own operands,
+  u, ds and dc, are rounded to that dtype too, well inside the 2e-2 tolerance). fp32 inputs default
+  to three tf32 MMAs per product (``tf32x3``: fp32 accuracy on tensor cores); ``ieee`` (FMA only) and
+  plain ``tf32`` are options.
+- Region tiles are 128 rows on 8 warps: Triton gives all warps of a product whose result feeds
+  another product to M, so a 64-row tile on 8 warps would be computed twice.
 
-Per pair, with e = caption j's words (T, D) and v = image i's regions (D, N):
-  pass A (over region tiles):  s = e·v, s̄ = softmax_t(s), u = exp(γ1·s̄), z += Σ_r u, c += u·vᵀ
-  then c /= z, cos_t, R = logsumexp_t(γ2·cos_t)
-  backward pass B (over region tiles): recompute s, s̄, α = u/z, then dα, ds̄, ds and their products
-  with v (d_words) or with e and dc (d_regions).
+The backward needs each pair's context c before any region's gradient (dα = dc·v with dc from the
+cosine of c): keeping c from the forward would cost O(B²·T·D) memory, so the backward recomputes it
+once, in a kernel of its own (``_damsm_context_kernel``: pass A and the cosine backward, per image
+and caption group), and a second kernel makes one more pass over the region tiles that gives both
+gradients (``_damsm_grad_kernel``). Products per pair: 2 in the forward, 2 + 5 in the backward,
+against 6 useful (``benchmarks.work``). The context kernel's output (dc/z, the direct word gradient,
+dc·c/z: O(T·D) per pair) is kept for a chunk of images at a time, at most ``CONTEXT_BYTES``, so it
+never grows with the batch squared. The two gradients are reductions over different axes (d_regions
+over captions, d_words over images); each program of the gradient kernel owns a slot of a partial
+sum of each, summed afterwards, so the result is deterministic (no atomics); ``backward_splits``
+chooses the programs to fill the GPU in as few waves as possible. Extra memory: that chunk, and the
+partial sums S_k·B_img·N·D + S_m·B_cap·T·D floats; never anything of O(B²·T·N).
 
-Why the products over D run in chunks of BLOCK_K: a whole (T, D) operand of a D-long product held in
-registers (32 x 256 fp32 at the real size) made the compiled kernels spill kilobytes per thread with
-fp32 (``ieee``) dots, and their shared memory outgrew ~100 KB GPUs (``python -m
-benchmarks.kernel_resources``). Products whose contraction runs over D (s = e·v, dα = dc·v) and the
-d_regions output dv = dcᵀ·α + eᵀ·ds are therefore taken BLOCK_K rows of D at a time from memory (L1/L2
-resident: a caption is 18 KB); only the accumulators c (pass A) and d_words stay whole. The backward
-kernels keep dc in a per-program scratch row for that purpose.
+s̄ ∈ [0, 1] bounds the region softmax: u = exp(γ1·(s̄ − 1)) ∈ (0, 1] needs no running max and stays
+inside fp16's range whatever γ1 (<= 80).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -35,304 +45,348 @@ import triton
 import triton.language as tl
 
 from .._runtime import alloc_output, kernel_is_interpreted, next_block
+from .._runtime import device_capability as _capability
+from .._mma import dot_operands as _dot_operands
+from .._mma import mma, operand_parts, split_parts, torch_dtype
 from .._tuning import LaunchConfig, TunedKernel
 
 COS_EPS = tl.constexpr(1e-8)
 
+# At most this many captions share a program's rows: short test captions (T = 1) would otherwise
+# unroll the per-caption loops of the segmented softmax 64 times.
+MAX_GROUP = 8
+
 
 @triton.jit
-def _load_caption(words_ptr, j, cap_len, D, stride_wb, stride_wd, stride_wt, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Caption j's words as a (BLOCK_T, BLOCK_D) fp32 tile; padding words load as zero."""
-    offs_t = tl.arange(0, BLOCK_T)
+def _group_columns(cap_lens_ptr, group, B_cap, T: tl.constexpr, GROUP: tl.constexpr, BLOCK_W: tl.constexpr):
+    """What each of the group's BLOCK_W words holds: its caption j (int64) and word t, whether it
+    belongs to a caption of the batch, and ``slot``: the caption's place in the group for a real
+    (unpadded) word, -1 for any other. One int vector carries both the segment and the mask: such
+    per-word vectors cost 16 registers each in the tiles' layout."""
+    w = tl.arange(0, BLOCK_W)
+    k = w // T
+    t = w - k * T
+    j = group * GROUP + k
+    in_group = (k < GROUP) & (j < B_cap)
+    cap_len = tl.load(cap_lens_ptr + j, mask=in_group, other=0)
+    return j.to(tl.int64), t, in_group, tl.where(in_group & (t < cap_len), k, -1)
+
+
+@triton.jit
+def _load_rows(base, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A dense (ROWS, BLOCK_D) block with rows BLOCK_D apart (the packed words, the context scratch),
+    in fp32."""
+    offs = tl.arange(0, ROWS)[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
+    return tl.load(base + offs).to(tl.float32)
+
+
+@triton.jit
+def _load_region_tile(regions_ptr, lo_offset, i, n0, N, D, stride_rb, stride_rn, stride_rd,
+                      BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr):
+    """vᵀ: (BLOCK_N, BLOCK_D), image i's regions n0 .. n0 + BLOCK_N as rows, as MMA operands (hi, lo),
+    and which of the regions exist. With SPLIT the launcher has split the regions into hi and lo
+    parts, ``lo_offset`` elements apart: splitting a whole tile in registers here would spill."""
     offs_d = tl.arange(0, BLOCK_D)
-    t_valid = offs_t < cap_len
-    ptrs = words_ptr + j * stride_wb + offs_t[:, None] * stride_wt + offs_d[None, :] * stride_wd
-    e = tl.load(ptrs, mask=t_valid[:, None] & (offs_d[None, :] < D), other=0.0).to(tl.float32)
-    return e, t_valid
-
-
-@triton.jit
-def _load_words_chunk(words_ptr, j, cap_len, offs_k, D, stride_wb, stride_wd, stride_wt, BLOCK_T: tl.constexpr):
-    """Features offs_k (BLOCK_K,) of caption j's words, (BLOCK_T, BLOCK_K) fp32; padding loads zero."""
-    offs_t = tl.arange(0, BLOCK_T)
-    ptrs = words_ptr + j * stride_wb + offs_t[:, None] * stride_wt + offs_k[None, :] * stride_wd
-    return tl.load(ptrs, mask=(offs_t[:, None] < cap_len) & (offs_k[None, :] < D), other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _load_regions(regions_ptr, i, offs_d, n0, N, D, stride_rb, stride_rd, stride_rn, BLOCK_N: tl.constexpr):
-    """Features offs_d of image i's regions n0 .. n0+BLOCK_N, (len(offs_d), BLOCK_N) fp32, and which
-    regions exist; out-of-range loads zero."""
     offs_n = n0 + tl.arange(0, BLOCK_N)
     n_valid = offs_n < N
-    ptrs = regions_ptr + i * stride_rb + offs_d[:, None] * stride_rd + offs_n[None, :] * stride_rn
-    v = tl.load(ptrs, mask=(offs_d[:, None] < D) & n_valid[None, :], other=0.0).to(tl.float32)
-    return v, n_valid
+    ptrs = regions_ptr + i * stride_rb + offs_n[:, None] * stride_rn + offs_d[None, :] * stride_rd
+    mask = n_valid[:, None] & (offs_d[None, :] < D)
+    hi = tl.load(ptrs, mask=mask, other=0.0).to(DOT_DTYPE)
+    if SPLIT:
+        lo = tl.load(ptrs + lo_offset, mask=mask, other=0.0).to(DOT_DTYPE)
+    else:
+        lo = hi
+    return hi, lo, offs_n, n_valid
 
 
 @triton.jit
-def _load_scratch(scratch, offs_k, D, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Columns offs_k of this program's (BLOCK_T, BLOCK_D) scratch row (masked to D, so a BLOCK_K
-    wider than BLOCK_D is only wasteful, never wrong)."""
-    offs_t = tl.arange(0, BLOCK_T)
-    return tl.load(scratch + offs_t[:, None] * BLOCK_D + offs_k[None, :], mask=offs_k[None, :] < D, other=0.0)
+def _segment_max(x, slot, GROUP: tl.constexpr):
+    """Max of x (R, BLOCK_W) over each caption's words, broadcast back to them; -inf elsewhere."""
+    out = tl.full(x.shape, float("-inf"), tl.float32)
+    for caption in tl.static_range(GROUP):
+        mine = (slot == caption)[None, :]
+        out = tl.where(mine, tl.max(tl.where(mine, x, float("-inf")), axis=1)[:, None], out)
+    return out
 
 
 @triton.jit
-def _similarity(words_ptr, j, cap_len, regions_ptr, i, n0, N, D,
-                stride_wb, stride_wd, stride_wt, stride_rb, stride_rd, stride_rn,
-                BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
-    """s = e·v on one region tile, (BLOCK_T, BLOCK_N), contracted over D in chunks of BLOCK_K."""
-    s = tl.zeros((BLOCK_T, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, D, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        e = _load_words_chunk(words_ptr, j, cap_len, offs_k, D, stride_wb, stride_wd, stride_wt, BLOCK_T)
-        v, _ = _load_regions(regions_ptr, i, offs_k, n0, N, D, stride_rb, stride_rd, stride_rn, BLOCK_N)
-        s += tl.dot(e, v, input_precision=PRECISION)
-    return s
+def _segment_sum(x, slot, GROUP: tl.constexpr):
+    """Sum of x (R, BLOCK_W) over each caption's words, broadcast back to them; 0 elsewhere."""
+    out = tl.zeros(x.shape, tl.float32)
+    for caption in tl.static_range(GROUP):
+        mine = (slot == caption)[None, :]
+        out = tl.where(mine, tl.sum(tl.where(mine, x, 0.0), axis=1)[:, None], out)
+    return out
 
 
 @triton.jit
-def _similarity_and_d_alpha(words_ptr, j, cap_len, regions_ptr, i, n0, N, D, scratch,
-                            stride_wb, stride_wd, stride_wt, stride_rb, stride_rd, stride_rn,
-                            BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
-                            BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
-    """s = e·v and dα = dc·v on one region tile (dc from the scratch row), sharing each chunk of v."""
-    s = tl.zeros((BLOCK_T, BLOCK_N), dtype=tl.float32)
-    d_alpha = tl.zeros((BLOCK_T, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, D, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        v, _ = _load_regions(regions_ptr, i, offs_k, n0, N, D, stride_rb, stride_rd, stride_rn, BLOCK_N)
-        e = _load_words_chunk(words_ptr, j, cap_len, offs_k, D, stride_wb, stride_wd, stride_wt, BLOCK_T)
-        s += tl.dot(e, v, input_precision=PRECISION)
-        d_alpha += tl.dot(_load_scratch(scratch, offs_k, D, BLOCK_T, BLOCK_D), v, input_precision=PRECISION)
-    return s, d_alpha
+def _word_softmax(s, slot, GROUP: tl.constexpr):
+    """s̄ = softmax over each caption's real words of every region row of sᵀ (BLOCK_N, BLOCK_W); 0 on
+    columns that are no word."""
+    word = (slot >= 0)[None, :]
+    s = tl.where(word, s, float("-inf"))
+    p = tl.exp(s - tl.where(word, _segment_max(s, slot, GROUP), 0.0))  # finite: every caption has a word
+    return p / tl.where(word, _segment_sum(p, slot, GROUP), 1.0)
 
 
 @triton.jit
-def _word_softmax(s, t_valid):
-    """Softmax over the caption's words (axis 0) for every region column of s: (BLOCK_T, BLOCK_N)."""
-    s = tl.where(t_valid[:, None], s, float("-inf"))
-    m = tl.max(s, axis=0)  # finite: every caption has at least one word
-    p = tl.exp(s - m[None, :])
-    return p / tl.sum(p, axis=0)[None, :]
+def _region_weights(s_bar, n_valid, slot, gamma1):
+    # u = exp(γ1·(s̄ − 1)) = exp(γ1·s̄) / e^γ1: the same softmax over the regions, and s̄ ∈ [0, 1] puts
+    # u in (0, 1], so the sum over regions needs no running max and fits fp16 for any γ1 <= 80.
+    return tl.where(n_valid[:, None] & (slot >= 0)[None, :], tl.exp(gamma1 * (s_bar - 1.0)), 0.0)
 
 
 @triton.jit
-def _region_weights(s_bar, n_valid, gamma1):
-    # s̄ ∈ [0, 1], so exp(γ1·s̄) ∈ [1, e^γ1]: the region softmax needs no running max (γ1 <= 80).
-    return tl.where(n_valid[None, :], tl.exp(gamma1 * s_bar), 0.0)
+def _similarity(vt, vt_lo, et, et_lo, SPLIT: tl.constexpr, PRECISION: tl.constexpr):
+    """sᵀ = vᵀ·E: (BLOCK_N, BLOCK_W), the regions on the MMA's M axis, contracted over D."""
+    acc = tl.zeros((vt.shape[0], et.shape[0]), dtype=tl.float32)
+    return mma(vt, vt_lo, tl.trans(et), tl.trans(et_lo), acc, SPLIT, PRECISION)
 
 
 @triton.jit
-def _pair_context(words_ptr, j, cap_len, t_valid, regions_ptr, i, N, D, gamma1,
-                  stride_wb, stride_wd, stride_wt, stride_rb, stride_rd, stride_rn,
-                  BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
-                  PRECISION: tl.constexpr):
-    """Pass A: region-context vectors c (BLOCK_T, BLOCK_D) and region-softmax sums z (BLOCK_T,)."""
-    offs_d = tl.arange(0, BLOCK_D)
-    c = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
-    z = tl.zeros((BLOCK_T,), dtype=tl.float32)
+def _group_context(regions_ptr, lo_offset, i, et, et_lo, slot, N, D, gamma1, stride_rb, stride_rn, stride_rd,
+                   GROUP: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+                   DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr):
+    """Pass A for image i and the group: the region-context vectors c (BLOCK_W, BLOCK_D), normalized,
+    and the region-softmax sums z (BLOCK_W,) (1 on columns that are no word)."""
+    c = tl.zeros((BLOCK_W, BLOCK_D), dtype=tl.float32)
+    z = tl.zeros((BLOCK_W,), dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
-        s = _similarity(words_ptr, j, cap_len, regions_ptr, i, n0, N, D, stride_wb, stride_wd, stride_wt,
-                        stride_rb, stride_rd, stride_rn, BLOCK_T, BLOCK_K, BLOCK_N, PRECISION)
-        v, n_valid = _load_regions(regions_ptr, i, offs_d, n0, N, D, stride_rb, stride_rd, stride_rn, BLOCK_N)
-        u = _region_weights(_word_softmax(s, t_valid), n_valid, gamma1)
-        z += tl.sum(u, axis=1)
-        c += tl.dot(u, tl.trans(v), input_precision=PRECISION)
+        vt, vt_lo, _, n_valid = _load_region_tile(regions_ptr, lo_offset, i, n0, N, D, stride_rb, stride_rn,
+                                                  stride_rd, BLOCK_D, BLOCK_N, DOT_DTYPE, SPLIT)
+        s_bar = _word_softmax(_similarity(vt, vt_lo, et, et_lo, SPLIT, PRECISION), slot, GROUP)
+        u = _region_weights(s_bar, n_valid, slot, gamma1)
+        z += tl.sum(u, axis=0)
+        # c += uᵀ·vᵀ: the tile staged for the similarity serves this product too (64 words on M).
+        u_hi, u_lo = operand_parts(tl.trans(u), DOT_DTYPE, SPLIT)
+        c = mma(u_hi, u_lo, vt, vt_lo, c, SPLIT, PRECISION)
+    z = tl.where(slot >= 0, z, 1.0)
     return c / z[:, None], z
 
 
 @triton.jit
-def _pair_cosine(c, e, t_valid, gamma2):
-    """Steps 5-6: the pair's score R and, for the backward, cos_t, the softmax weights w_t of the
-    log-sum-exp, the clamped denominator and the two norms (all (BLOCK_T,))."""
-    num = tl.sum(c * e, axis=1)
-    c_norm = tl.sqrt(tl.sum(c * c, axis=1))
-    e_norm = tl.sqrt(tl.sum(e * e, axis=1))
-    prod = c_norm * e_norm
-    den = tl.maximum(prod, COS_EPS)
-    cos = num / den
-    logits = tl.where(t_valid, gamma2 * cos, float("-inf"))
-    m = tl.max(logits, axis=0)
-    w = tl.exp(logits - m)
-    w_sum = tl.sum(w, axis=0)
-    return m + tl.log(w_sum), cos, w / w_sum, prod, den, c_norm, e_norm
+def _words_after_pass_a(words, z, BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The group's words (BLOCK_W, BLOCK_D) fp32 once more, for the cosine, from an address known only
+    after pass A (0 is added: z >= 1), so that the compiler neither merges this load with the one
+    before pass A nor keeps that one's registers (64 per thread) alive through the pass."""
+    return _load_rows(words + (tl.min(z, axis=0) < 0).to(tl.int32), BLOCK_W, BLOCK_D)
 
 
 @triton.jit
-def _pair_backward_setup(c, e, t_valid, g, gamma2):
-    """Gradient of the pair's score g·∂R w.r.t. c (BLOCK_T, BLOCK_D), the direct gradient to the words
-    through the cosine, and Σ_r α·dα = dc·c per word (BLOCK_T,)."""
-    _, cos, w, prod, den, c_norm, e_norm = _pair_cosine(c, e, t_valid, gamma2)
-    dcos = g * gamma2 * w  # zero on padding words
+def _group_cosine(c, et, slot, gamma2, GROUP: tl.constexpr):
+    """Steps 5-6 per word, from c and the words (BLOCK_W, BLOCK_D) fp32: each caption's score R
+    (broadcast to its words), and for the backward cos, the log-sum-exp weights w, the clamped
+    denominator and the two norms (all (BLOCK_W,))."""
+    num = tl.sum(c * et, axis=1)
+    c_norm = tl.sqrt(tl.sum(c * c, axis=1))
+    e_norm = tl.sqrt(tl.sum(et * et, axis=1))
+    prod = c_norm * e_norm
+    den = tl.maximum(prod, COS_EPS)
+    cos = num / den
+    word = (slot >= 0)[None, :]
+    logits = tl.where(word, gamma2 * cos[None, :], float("-inf"))
+    m = tl.where(word, _segment_max(logits, slot, GROUP), 0.0)
+    w = tl.exp(logits - m)
+    safe_total = tl.where(word, _segment_sum(w, slot, GROUP), 1.0)
+    score = tl.sum(m + tl.log(safe_total), axis=0)  # (1, W) -> (W,)
+    weight = tl.sum(w / safe_total, axis=0)
+    return score, cos, weight, prod, den, c_norm, e_norm
+
+
+@triton.jit
+def _cosine_backward(c, et, slot, g, gamma2, GROUP: tl.constexpr):
+    """Gradient of Σ g_j·R_j with respect to c (BLOCK_W, BLOCK_D), the direct gradient to the words
+    through the cosine (same shape), and Σ_r α·dα = dc·c per word (BLOCK_W,). Zero on non-words."""
+    _, cos, w, prod, den, c_norm, e_norm = _group_cosine(c, et, slot, gamma2, GROUP)
+    dcos = g * gamma2 * w
     big = prod >= COS_EPS  # below eps the clamped denominator is a constant
     coef = dcos / den
     coef_c = tl.where(big, dcos * cos / tl.where(big, c_norm * c_norm, 1.0), 0.0)
     coef_e = tl.where(big, dcos * cos / tl.where(big, e_norm * e_norm, 1.0), 0.0)
-    dc = coef[:, None] * e - coef_c[:, None] * c
-    de = coef[:, None] * c - coef_e[:, None] * e
-    row_dot = tl.sum(dc * c, axis=1)
-    return dc, de, row_dot
-
-
-@triton.jit
-def _pair_gradients(words_ptr, j, cap_len, t_valid, regions_ptr, i, N, D, gamma1, gamma2, g, scratch,
-                    stride_wb, stride_wd, stride_wt, stride_rb, stride_rd, stride_rn,
-                    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
-                    PRECISION: tl.constexpr):
-    """Pass A and the cosine backward of pair (i, j): stores dc in this program's scratch row and
-    returns the direct word gradient de (BLOCK_T, BLOCK_D), z and dc·c (both (BLOCK_T,))."""
-    c, z = _pair_context(words_ptr, j, cap_len, t_valid, regions_ptr, i, N, D, gamma1, stride_wb, stride_wd, stride_wt,
-                         stride_rb, stride_rd, stride_rn, BLOCK_T, BLOCK_D, BLOCK_K, BLOCK_N, PRECISION)
-    e, _ = _load_caption(words_ptr, j, cap_len, D, stride_wb, stride_wd, stride_wt, BLOCK_T, BLOCK_D)
-    dc, de, row_dot = _pair_backward_setup(c, e, t_valid, g, gamma2)
-    offs_t = tl.arange(0, BLOCK_T)
-    offs_d = tl.arange(0, BLOCK_D)
-    tl.store(scratch + offs_t[:, None] * BLOCK_D + offs_d[None, :], dc)
-    # The region loop reads dc back in chunks laid out differently across threads: make the stores
-    # visible to the whole program first.
-    tl.debug_barrier()
-    return de, z, row_dot
-
-
-@triton.jit
-def _tile_gradients(s, d_alpha, t_valid, n_valid, z, row_dot, gamma1):
-    """Pass B on one region tile: the region attention α and the similarity gradient ds, both (BLOCK_T, BLOCK_N)."""
-    s_bar = _word_softmax(s, t_valid)
-    alpha = _region_weights(s_bar, n_valid, gamma1) / z[:, None]
-    d_sbar = gamma1 * alpha * (d_alpha - row_dot[:, None])
-    ds = s_bar * (d_sbar - tl.sum(s_bar * d_sbar, axis=0)[None, :])
-    return alpha, ds
+    dc = coef[:, None] * et - coef_c[:, None] * c
+    de = coef[:, None] * c - coef_e[:, None] * et
+    return dc, de, tl.sum(dc * c, axis=1)
 
 
 @triton.jit
 def _damsm_fwd_kernel(
-    words_ptr, cap_lens_ptr, regions_ptr, scores_ptr, attn_ptr,
-    T, D, N, gamma1, gamma2,
-    stride_wb, stride_wd, stride_wt,
-    stride_rb, stride_rd, stride_rn,
+    packed_ptr, cap_lens_ptr, regions_ptr, scores_ptr, attn_ptr,
+    B_cap, D, N, gamma1, gamma2, lo_offset,
+    stride_rb, stride_rn, stride_rd,
     stride_si, stride_sj,
     stride_ab, stride_at, stride_an,
-    RETURN_ATTN: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+    T: tl.constexpr, RETURN_ATTN: tl.constexpr, GROUP: tl.constexpr, BLOCK_W: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
+    """Program (i, group): R[i, j] for the group's captions j. packed (groups, BLOCK_W, BLOCK_D),
+    regions (B_img, N, D), features last."""
     i = tl.program_id(0).to(tl.int64)
-    j = tl.program_id(1).to(tl.int64)
-    cap_len = tl.load(cap_lens_ptr + j)
-    t_valid = tl.arange(0, BLOCK_T) < cap_len
-    c, z = _pair_context(words_ptr, j, cap_len, t_valid, regions_ptr, i, N, D, gamma1, stride_wb, stride_wd, stride_wt,
-                         stride_rb, stride_rd, stride_rn, BLOCK_T, BLOCK_D, BLOCK_K, BLOCK_N, PRECISION)
-    e, _ = _load_caption(words_ptr, j, cap_len, D, stride_wb, stride_wd, stride_wt, BLOCK_T, BLOCK_D)
-    score, _, _, _, _, _, _ = _pair_cosine(c, e, t_valid, gamma2)
-    tl.store(scores_ptr + i * stride_si + j * stride_sj, score)
+    group = tl.program_id(1)
+    j, t, in_group, slot = _group_columns(cap_lens_ptr, group, B_cap, T, GROUP, BLOCK_W)
+    words = packed_ptr + group.to(tl.int64) * (BLOCK_W * BLOCK_D)
+    et, et_lo = operand_parts(_load_rows(words, BLOCK_W, BLOCK_D), DOT_DTYPE, SPLIT)
+    c, z = _group_context(regions_ptr, lo_offset, i, et, et_lo, slot, N, D, gamma1, stride_rb, stride_rn,
+                          stride_rd, GROUP, BLOCK_W, BLOCK_D, BLOCK_N, DOT_DTYPE, SPLIT, PRECISION)
+    e32 = _words_after_pass_a(words, z, BLOCK_W, BLOCK_D)
+    score, _, _, _, _, _, _ = _group_cosine(c, e32, slot, gamma2, GROUP)
+    # One store per caption, from its first word (every caption has one).
+    tl.store(scores_ptr + i * stride_si + j * stride_sj, score, mask=in_group & (t == 0))
 
     if RETURN_ATTN:
-        if i == j:
-            # The matching pair's maps need z, known only after pass A: recompute the tiles once more
-            # (B programs out of B², cheaper than keeping (T, N) per pair).
-            offs_t = tl.arange(0, BLOCK_T)
+        # The matching pair's maps need z, known only after pass A: the program holding caption i
+        # recomputes the tiles once more (B of the B·B/GROUP programs).
+        if (i >= group * GROUP) & (i < group * GROUP + GROUP):
+            mine = in_group & (j == i)
             for n0 in range(0, N, BLOCK_N):
-                s = _similarity(words_ptr, j, cap_len, regions_ptr, i, n0, N, D, stride_wb, stride_wd, stride_wt,
-                                stride_rb, stride_rd, stride_rn, BLOCK_T, BLOCK_K, BLOCK_N, PRECISION)
-                offs_n = n0 + tl.arange(0, BLOCK_N)
-                n_valid = offs_n < N
-                alpha = tl.where(t_valid[:, None], _region_weights(_word_softmax(s, t_valid), n_valid, gamma1) / z[:, None], 0.0)
-                ptrs = attn_ptr + i * stride_ab + offs_t[:, None] * stride_at + offs_n[None, :] * stride_an
-                tl.store(ptrs, alpha, mask=(offs_t[:, None] < T) & n_valid[None, :])
+                vt, vt_lo, offs_n, n_valid = _load_region_tile(regions_ptr, lo_offset, i, n0, N, D, stride_rb,
+                                                               stride_rn, stride_rd, BLOCK_D, BLOCK_N, DOT_DTYPE, SPLIT)
+                s_bar = _word_softmax(_similarity(vt, vt_lo, et, et_lo, SPLIT, PRECISION), slot, GROUP)
+                alpha = _region_weights(s_bar, n_valid, slot, gamma1) / z[None, :]
+                ptrs = attn_ptr + i * stride_ab + t[None, :] * stride_at + offs_n[:, None] * stride_an
+                tl.store(ptrs, alpha, mask=mine[None, :] & n_valid[:, None])
 
 
 @triton.jit
-def _damsm_bwd_words_kernel(
-    grad_ptr, words_ptr, cap_lens_ptr, regions_ptr, partial_ptr, scratch_ptr,
-    B_img, T, D, N, gamma1, gamma2, SPLIT,
+def _damsm_context_kernel(
+    grad_ptr, packed_ptr, cap_lens_ptr, regions_ptr, dc_ptr, de_ptr, rd_ptr,
+    image0, B_cap, D, N, gamma1, gamma2, GROUPS, lo_offset, dc_lo_offset,
     stride_gi, stride_gj,
-    stride_wb, stride_wd, stride_wt,
-    stride_rb, stride_rd, stride_rn,
-    stride_ps, stride_pb, stride_pd, stride_pt,
-    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+    stride_rb, stride_rn, stride_rd,
+    T: tl.constexpr, NEED_WORDS: tl.constexpr, GROUP: tl.constexpr, BLOCK_W: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """d_words for caption j, summed over images i ≡ split (mod SPLIT); partial sums over splits."""
-    j = tl.program_id(0).to(tl.int64)
-    split = tl.program_id(1)
-    scratch = scratch_ptr + (j * SPLIT + split) * (BLOCK_T * BLOCK_D)
-    cap_len = tl.load(cap_lens_ptr + j)
-    t_valid = tl.arange(0, BLOCK_T) < cap_len
+    """Program (image image0 + p, group): pass A again, and the cosine's backward for the gradient g of
+    R. Writes, densely per (image, group): dc/z (BLOCK_W, BLOCK_D) as MMA operands (its lo part
+    ``dc_lo_offset`` further with SPLIT), dc·c/z (BLOCK_W,), and the direct word gradient through the
+    cosine (BLOCK_W, BLOCK_D) fp32, which the gradient kernel then accumulates into. With α = u/z,
+    dividing by z here leaves the gradient kernel without z: dα/z = vᵀ·(dc/z), d s̄ = γ1·u·(dα/z −
+    dc·c/z), α·dc = u·(dc/z)."""
+    local = tl.program_id(0)
+    group = tl.program_id(1)
+    i = (image0 + local).to(tl.int64)
+    j, t, in_group, slot = _group_columns(cap_lens_ptr, group, B_cap, T, GROUP, BLOCK_W)
+    words = packed_ptr + group.to(tl.int64) * (BLOCK_W * BLOCK_D)
+    et, et_lo = operand_parts(_load_rows(words, BLOCK_W, BLOCK_D), DOT_DTYPE, SPLIT)
+    c, z = _group_context(regions_ptr, lo_offset, i, et, et_lo, slot, N, D, gamma1, stride_rb, stride_rn,
+                          stride_rd, GROUP, BLOCK_W, BLOCK_D, BLOCK_N, DOT_DTYPE, SPLIT, PRECISION)
+    g = tl.load(grad_ptr + i * stride_gi + j * stride_gj, mask=slot >= 0, other=0.0).to(tl.float32)
+    dc, d_e, row_dot = _cosine_backward(c, _words_after_pass_a(words, z, BLOCK_W, BLOCK_D), slot, g, gamma2, GROUP)
+    pair = local.to(tl.int64) * GROUPS + group
+    rows = tl.arange(0, BLOCK_W)
+    block = pair * (BLOCK_W * BLOCK_D) + rows[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
+    dc_hi, dc_lo = operand_parts(dc / z[:, None], DOT_DTYPE, SPLIT)
+    tl.store(dc_ptr + block, dc_hi)
+    if SPLIT:
+        tl.store(dc_ptr + dc_lo_offset + block, dc_lo)
+    tl.store(rd_ptr + pair * BLOCK_W + rows, row_dot / z)
+    if NEED_WORDS:
+        tl.store(de_ptr + block, d_e)
+
+
+@triton.jit
+def _damsm_grad_kernel(
+    packed_ptr, cap_lens_ptr, regions_ptr, dc_ptr, de_ptr, rd_ptr, d_regions_ptr, d_words_ptr, acc_ptr,
+    image0, images, B_cap, D, N, gamma1, IMAGE_SPLITS, GROUP_SPLITS, GROUPS, lo_offset, dc_lo_offset,
+    stride_rb, stride_rn, stride_rd,
+    stride_vs, stride_vb, stride_vn, stride_vd,
+    stride_es, stride_eb, stride_et, stride_ed,
+    T: tl.constexpr, NEED_WORDS: tl.constexpr, NEED_REGIONS: tl.constexpr, GROUP: tl.constexpr,
+    BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Pass B for the chunk's images image0 .. image0 + images. Program (m, q) takes images
+    i ≡ m (mod IMAGE_SPLITS) and caption groups ≡ q (mod GROUP_SPLITS). It owns partial-sum slot q of
+    d_regions (S_k, B_img, N, D) for its images and slot m of d_words (S_m, B_cap, T, D) for its
+    captions: the first caption group (the first image, in the first chunk) of the program stores its
+    slot, later ones add to it, so the buffers need no zeroing and every autotuning trial on them
+    starts clean. The d_words of the current (image, group) build up in the program's own fp32 row
+    of ``acc``, which the first region tile starts from the context kernel's direct term: the inputs
+    are only read, so a rerun gives the same result."""
+    m = tl.program_id(0)
+    q = tl.program_id(1)
+    acc = acc_ptr + (m * GROUP_SPLITS + q).to(tl.int64) * (BLOCK_W * BLOCK_D)
+    rows = tl.arange(0, BLOCK_W)
     offs_d = tl.arange(0, BLOCK_D)
-    acc = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
-    for i in range(split, B_img, SPLIT):
-        g = tl.load(grad_ptr + i * stride_gi + j * stride_gj).to(tl.float32)
-        de, z, row_dot = _pair_gradients(words_ptr, j, cap_len, t_valid, regions_ptr, i, N, D, gamma1, gamma2, g, scratch,
-                                         stride_wb, stride_wd, stride_wt, stride_rb, stride_rd, stride_rn,
-                                         BLOCK_T, BLOCK_D, BLOCK_K, BLOCK_N, PRECISION)
-        acc += de
-        for n0 in range(0, N, BLOCK_N):
-            s, d_alpha = _similarity_and_d_alpha(words_ptr, j, cap_len, regions_ptr, i, n0, N, D, scratch,
-                                                 stride_wb, stride_wd, stride_wt, stride_rb, stride_rd, stride_rn,
-                                                 BLOCK_T, BLOCK_D, BLOCK_K, BLOCK_N, PRECISION)
-            v, n_valid = _load_regions(regions_ptr, i, offs_d, n0, N, D, stride_rb, stride_rd, stride_rn, BLOCK_N)
-            _, ds = _tile_gradients(s, d_alpha, t_valid, n_valid, z, row_dot, gamma1)
-            acc += tl.dot(ds, tl.trans(v), input_precision=PRECISION)
-        # The next image overwrites the scratch row: every thread must be done reading it.
-        tl.debug_barrier()
-    offs_t = tl.arange(0, BLOCK_T)
-    ptrs = partial_ptr + split * stride_ps + j * stride_pb + offs_t[:, None] * stride_pt + offs_d[None, :] * stride_pd
-    # Rows of padding words are exactly zero (their ds, dc and direct terms vanish): store all T rows.
-    tl.store(ptrs, acc, mask=(offs_t[:, None] < T) & (offs_d[None, :] < D))
-
-
-@triton.jit
-def _damsm_bwd_regions_kernel(
-    grad_ptr, words_ptr, cap_lens_ptr, regions_ptr, partial_ptr, scratch_ptr,
-    B_cap, T, D, N, gamma1, gamma2, SPLIT,
-    stride_gi, stride_gj,
-    stride_wb, stride_wd, stride_wt,
-    stride_rb, stride_rd, stride_rn,
-    stride_ps, stride_pb, stride_pd, stride_pn,
-    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    """d_regions for image i, summed over captions j ≡ split (mod SPLIT) into a partial buffer that this
-    program alone owns (read-modify-write per tile, no atomics)."""
-    i = tl.program_id(0).to(tl.int64)
-    split = tl.program_id(1)
-    scratch = scratch_ptr + (i * SPLIT + split) * (BLOCK_T * BLOCK_D)
-    for j in range(split, B_cap, SPLIT):
-        cap_len = tl.load(cap_lens_ptr + j)
-        t_valid = tl.arange(0, BLOCK_T) < cap_len
-        g = tl.load(grad_ptr + i * stride_gi + j * stride_gj).to(tl.float32)
-        _, z, row_dot = _pair_gradients(words_ptr, j, cap_len, t_valid, regions_ptr, i, N, D, gamma1, gamma2, g, scratch,
-                                        stride_wb, stride_wd, stride_wt, stride_rb, stride_rd, stride_rn,
-                                        BLOCK_T, BLOCK_D, BLOCK_K, BLOCK_N, PRECISION)
-        # Whether this is a later caption of this program, as a row (the interpreter mistypes a scalar
-        # condition and-ed into a block mask; a block compares correctly on both paths).
-        later = tl.full((1, BLOCK_N), j, tl.int64) != split
-        for n0 in range(0, N, BLOCK_N):
-            s, d_alpha = _similarity_and_d_alpha(words_ptr, j, cap_len, regions_ptr, i, n0, N, D, scratch,
-                                                 stride_wb, stride_wd, stride_wt, stride_rb, stride_rd, stride_rn,
-                                                 BLOCK_T, BLOCK_D, BLOCK_K, BLOCK_N, PRECISION)
-            offs_n = n0 + tl.arange(0, BLOCK_N)
-            n_valid = offs_n < N
-            alpha, ds = _tile_gradients(s, d_alpha, t_valid, n_valid, z, row_dot, gamma1)
-            # dv = dcᵀ·α + eᵀ·ds, BLOCK_K features at a time (a contraction over the words only).
-            for k0 in range(0, D, BLOCK_K):
-                offs_k = k0 + tl.arange(0, BLOCK_K)
-                dc = _load_scratch(scratch, offs_k, D, BLOCK_T, BLOCK_D)
-                e = _load_words_chunk(words_ptr, j, cap_len, offs_k, D, stride_wb, stride_wd, stride_wt, BLOCK_T)
-                dv = tl.dot(tl.trans(dc), alpha, input_precision=PRECISION)
-                dv += tl.dot(tl.trans(e), ds, input_precision=PRECISION)
-                ptrs = partial_ptr + split * stride_ps + i * stride_pb + offs_k[:, None] * stride_pd + offs_n[None, :] * stride_pn
-                tile_mask = (offs_k[:, None] < D) & n_valid[None, :]
-                # The first caption stores, later ones add: the buffer needs no zeroing, so each
-                # autotuning trial on it starts clean. (The launcher makes SPLIT <= B_cap: every
-                # program has a caption.)
-                previous = tl.load(ptrs, mask=tile_mask & later, other=0.0)
-                tl.store(ptrs, previous + dv, mask=tile_mask)
-        # The next caption reads these tiles back and overwrites the scratch row; the barrier makes
-        # this program's global stores visible to all of its threads and its scratch reads finished,
-        # whatever register layout the compiler picks for the loads.
-        tl.debug_barrier()
+    first = image0 + (m - image0 % IMAGE_SPLITS + IMAGE_SPLITS) % IMAGE_SPLITS  # the first i ≡ m in the chunk
+    for i in range(first, image0 + images, IMAGE_SPLITS):
+        # Later image / caption group of this program, as blocks: the interpreter mistypes a scalar
+        # condition and-ed into a block mask, a block compares correctly on both paths.
+        later_image = tl.full((BLOCK_W, 1), i, tl.int32) != m
+        for group in range(q, GROUPS, GROUP_SPLITS):
+            later_group = tl.full((BLOCK_N, 1), group, tl.int32) != q
+            j, t, in_group, slot = _group_columns(cap_lens_ptr, group, B_cap, T, GROUP, BLOCK_W)
+            # Offsets within the packed words and the context chunk fit int32: the chunk is capped at
+            # CONTEXT_BYTES.
+            words = packed_ptr + group * (BLOCK_W * BLOCK_D)
+            et, et_lo = operand_parts(_load_rows(words, BLOCK_W, BLOCK_D), DOT_DTYPE, SPLIT)
+            pair = (i - image0) * GROUPS + group
+            dc = dc_ptr + pair * (BLOCK_W * BLOCK_D)
+            direct = de_ptr + pair * (BLOCK_W * BLOCK_D)  # the direct term through the cosine
+            row_dot = tl.load(rd_ptr + pair * BLOCK_W + rows)
+            dc_t = tl.trans(_load_rows(dc, BLOCK_W, BLOCK_D).to(DOT_DTYPE))
+            if SPLIT:
+                dc_t_lo = tl.trans(_load_rows(dc + dc_lo_offset, BLOCK_W, BLOCK_D).to(DOT_DTYPE))
+            else:
+                dc_t_lo = dc_t
+            for n0 in range(0, N, BLOCK_N):
+                first_tile = tl.full((BLOCK_W, 1), n0, tl.int32) == 0  # a block: see later_image
+                vt, vt_lo, offs_n, n_valid = _load_region_tile(regions_ptr, lo_offset, i, n0, N, D, stride_rb,
+                                                               stride_rn, stride_rd, BLOCK_D, BLOCK_N, DOT_DTYPE, SPLIT)
+                s_bar = _word_softmax(_similarity(vt, vt_lo, et, et_lo, SPLIT, PRECISION), slot, GROUP)
+                d_alpha = mma(vt, vt_lo, dc_t, dc_t_lo, tl.zeros(s_bar.shape, dtype=tl.float32), SPLIT,
+                               PRECISION)  # dα/z
+                u = _region_weights(s_bar, n_valid, slot, gamma1)
+                d_sbar = gamma1 * u * (d_alpha - row_dot[None, :])
+                ds, ds_lo = operand_parts(s_bar * (d_sbar - _segment_sum(s_bar * d_sbar, slot, GROUP)), DOT_DTYPE, SPLIT)
+                u, u_lo = operand_parts(u, DOT_DTYPE, SPLIT)
+                # Both gradients BLOCK_K features at a time: a whole (BLOCK_N, D) or (BLOCK_W, D) fp32
+                # tile in registers beside this tile's attention would spill.
+                for k0 in range(0, D, BLOCK_K):
+                    offs_k = k0 + tl.arange(0, BLOCK_K)
+                    k_valid = offs_k < D
+                    chunk = rows[:, None] * BLOCK_D + offs_k[None, :]
+                    if NEED_REGIONS:
+                        # dvᵀ = u·(dc/z) + ds·Eᵀ: a contraction over the group's words, regions on M;
+                        # the slot's running sum is the products' accumulator.
+                        ptrs = (d_regions_ptr + q * stride_vs + i * stride_vb + offs_n[:, None] * stride_vn
+                                + offs_k[None, :] * stride_vd)
+                        tile_mask = n_valid[:, None] & k_valid[None, :]
+                        dv = tl.load(ptrs, mask=tile_mask & later_group, other=0.0)
+                        dc_k = tl.load(dc + chunk).to(DOT_DTYPE)
+                        if SPLIT:
+                            dc_k_lo = tl.load(dc + dc_lo_offset + chunk).to(DOT_DTYPE)
+                        else:
+                            dc_k_lo = dc_k
+                        dv = mma(u, u_lo, dc_k, dc_k_lo, dv, SPLIT, PRECISION)
+                        e_k, e_k_lo = operand_parts(tl.load(words + chunk).to(tl.float32), DOT_DTYPE, SPLIT)
+                        dv = mma(ds, ds_lo, e_k, e_k_lo, dv, SPLIT, PRECISION)
+                        tl.store(ptrs, dv, mask=tile_mask)
+                    if NEED_WORDS:
+                        # d_words += dsᵀ·vᵀ, the words on M; the tile's chunk is re-read from L2.
+                        v_ptrs = regions_ptr + i * stride_rb + offs_n[:, None] * stride_rn + offs_k[None, :] * stride_rd
+                        v_mask = n_valid[:, None] & k_valid[None, :]
+                        v_k = tl.load(v_ptrs, mask=v_mask, other=0.0).to(DOT_DTYPE)
+                        if SPLIT:
+                            v_k_lo = tl.load(v_ptrs + lo_offset, mask=v_mask, other=0.0).to(DOT_DTYPE)
+                        else:
+                            v_k_lo = v_k
+                        so_far = (tl.load(direct + chunk, mask=first_tile, other=0.0)
+                                  + tl.load(acc + chunk, mask=~first_tile, other=0.0))
+                        tl.store(acc + chunk, mma(tl.trans(ds), tl.trans(ds_lo), v_k, v_k_lo, so_far, SPLIT, PRECISION))
+                # The next tile reads the running sums back in whatever layout its loads get.
+                tl.debug_barrier()
+            if NEED_WORDS:
+                # Padding words' rows are exactly zero (their dc, ds and direct terms vanish): store every
+                # row of the group's captions, so d_words needs no zeroing either.
+                ptrs = (d_words_ptr + m * stride_es + j[:, None] * stride_eb + t[:, None] * stride_et
+                        + offs_d[None, :] * stride_ed)
+                slot_mask = in_group[:, None] & (offs_d < D)[None, :]
+                previous = tl.load(ptrs, mask=slot_mask & later_image, other=0.0)
+                tl.store(ptrs, previous + tl.load(acc + rows[:, None] * BLOCK_D + offs_d[None, :]), mask=slot_mask)
+            # The next group reads these slots back: this program's stores must have landed first.
+            tl.debug_barrier()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -340,57 +394,144 @@ def _damsm_bwd_regions_kernel(
 
 INTERPRETED = kernel_is_interpreted(_damsm_fwd_kernel)
 
-# (BLOCK_N, BLOCK_K, warps, stages): the region tile and the chunk of D a product takes at a time.
-# The whole-D accumulators (c, d_words: 32 x 256 fp32 at the real size) want 8-16 warps to stay in
-# registers; small region tiles and chunks suit GPUs with ~100 KB of shared memory.
-CANDIDATES = [LaunchConfig.of(num_warps=w, num_stages=s, BLOCK_N=n, BLOCK_K=k) for n, k, w, s in (
-    (16, 32, 4, 2), (32, 32, 4, 2), (16, 32, 8, 2), (32, 32, 8, 2), (32, 64, 8, 2), (64, 32, 8, 2),
-    (32, 32, 8, 3), (32, 32, 16, 2), (64, 64, 16, 2))]
+# Region tiles: 128 rows fill wgmma's M for 8 warps, 64 suit 4 warps, 32 GPUs without wgmma (mma.sync
+# takes M = 16) and ~100 KB of shared memory. BLOCK_K: the chunk of features the gradient kernel
+# produces both gradients in.
+FORWARD_CANDIDATES = [LaunchConfig.of(num_warps=w, num_stages=s, BLOCK_N=n) for n, w, s in (
+    (32, 4, 1), (32, 8, 2), (64, 4, 2), (64, 8, 2), (128, 8, 1), (128, 8, 2))]
+GRAD_CANDIDATES = [LaunchConfig.of(num_warps=w, num_stages=s, BLOCK_N=n, BLOCK_K=kk) for n, kk, w, s in (
+    (32, 32, 4, 1), (64, 32, 4, 1), (64, 32, 8, 2), (128, 32, 8, 1), (128, 64, 8, 1), (128, 32, 8, 2))]
 
 
 def _prune(candidates, args):
-    """Region tiles wider than the (power-of-two-covered) region axis, and chunks wider than the
-    feature axis, only repeat a smaller candidate."""
-    widest_n, widest_k = next_block(args["N"]), next_block(args["D"])
-    kept = [c for c in candidates if dict(c.meta)["BLOCK_N"] <= widest_n and dict(c.meta)["BLOCK_K"] <= widest_k]
+    """Region tiles wider than the (power-of-two-covered) region axis only repeat a smaller candidate."""
+    widest = next_block(args["N"])
+    kept = [c for c in candidates if dict(c.meta)["BLOCK_N"] <= widest]
     return kept or candidates[:1]
 
 
-_FWD = TunedKernel(_damsm_fwd_kernel, CANDIDATES, key=["T", "D", "N", "PRECISION", "RETURN_ATTN"],
+_FWD = TunedKernel(_damsm_fwd_kernel, FORWARD_CANDIDATES,
+                   key=["T", "D", "N", "PRECISION", "DOT_DTYPE", "SPLIT", "RETURN_ATTN"],
                    prune=_prune, interpreted=INTERPRETED)
-_BWD_WORDS = TunedKernel(_damsm_bwd_words_kernel, CANDIDATES, key=["T", "D", "N", "PRECISION"],
-                         prune=_prune, interpreted=INTERPRETED)
-_BWD_REGIONS = TunedKernel(_damsm_bwd_regions_kernel, CANDIDATES, key=["T", "D", "N", "PRECISION"],
-                           prune=_prune, interpreted=INTERPRETED)
+_CONTEXT = TunedKernel(_damsm_context_kernel, FORWARD_CANDIDATES,
+                       key=["T", "D", "N", "PRECISION", "DOT_DTYPE", "SPLIT", "NEED_WORDS"],
+                       prune=_prune, interpreted=INTERPRETED)
+_GRAD = TunedKernel(_damsm_grad_kernel, GRAD_CANDIDATES,
+                    key=["T", "D", "N", "PRECISION", "DOT_DTYPE", "SPLIT", "NEED_WORDS", "NEED_REGIONS"],
+                    prune=_prune, interpreted=INTERPRETED)
+KERNELS = {"damsm_fwd": _FWD, "damsm_bwd_context": _CONTEXT, "damsm_bwd_grad": _GRAD}
+
+# The context kernel's output is kept for as many images at a time as fit in this (O(T·D) per pair):
+# the backward then runs the two kernels per chunk of images.
+CONTEXT_BYTES = 64 * 2**20
 
 
-def _whole_tiles(T: int, D: int) -> dict:
-    """The caption tile, never tuned: the whole-D accumulators and the scratch rows have this shape."""
-    return dict(BLOCK_T=next_block(T), BLOCK_D=next_block(D))
+def _operands(words, cap_lens, regions, precision):
+    """What every kernel reads: the packed caption groups, the regions features last (split into
+    hi/lo parts with SPLIT), the offset of the lo part, the products' (DOT_DTYPE, PRECISION, SPLIT)
+    and the compile-time sizes."""
+    dots = _dot_operands(words, regions, precision, INTERPRETED)
+    dot_dtype, split = dots["DOT_DTYPE"], dots["SPLIT"]
+    capability = _capability(words.device)
+    shape = _shape_meta(words.shape[2], words.shape[1], narrow=split and capability is not None and capability < 90)
+    packed = pack_caption_groups(words, cap_lens, torch.float32 if split else torch_dtype(dot_dtype), shape)
+    regions_t = features_last(regions)
+    lo_offset = 0
+    if split:
+        regions_t = split_parts(regions_t, dot_dtype)
+        lo_offset = regions_t[1].storage_offset()
+        regions_t = regions_t[0]  # the hi part's strides; the lo part is lo_offset elements on
+    return packed, regions_t, lo_offset, dots, shape
 
 
-def default_config(T: int, D: int, N: int) -> LaunchConfig:
-    """What runs without autotuning (interpreter, ``ATTNGAN_FAST_AUTOTUNE=0``)."""
-    block_d = next_block(D)
-    block_n = min(32 if block_d <= 256 else 16, next_block(N))
-    return LaunchConfig.of(num_warps=4 if block_d <= 64 else 8, num_stages=2, BLOCK_N=block_n, BLOCK_K=min(32, block_d))
+def group_width(T: int, narrow: bool = False) -> int:
+    """Rows of words per program: 64 (several short captions side by side), or the caption's own tile
+    (also when ``narrow``: bf16x3 operands on a GPU with ~100 KB of shared memory, where two 64-row
+    pairs of hi/lo words and dc do not fit)."""
+    return 64 if T <= 32 and not narrow else next_block(T)
 
 
-def _scratch(programs: int, T: int, D: int, device: torch.device) -> torch.Tensor:
-    """One (BLOCK_T, BLOCK_D) fp32 row per backward program, where it keeps dc of its current pair
-    (fully written before it is read, so NaN-poisoning in tests is harmless)."""
-    tiles = _whole_tiles(T, D)
-    return alloc_output((programs, tiles["BLOCK_T"], tiles["BLOCK_D"]), device, torch.float32)
+def _shape_meta(T: int, D: int, narrow: bool = False) -> dict:
+    """Compile-time sizes fixed by the model and the operand format, never tuned: the buffers'
+    shapes depend on them. GROUP captions share a program's BLOCK_W rows of words."""
+    width = group_width(T, narrow)
+    return dict(T=T, GROUP=max(1, min(width // T, MAX_GROUP)), BLOCK_W=width, BLOCK_D=next_block(D))
 
 
-def _split_for(batch_programs: int, loop_len: int, device: torch.device) -> int:
-    """How many programs share one reduction loop: enough programs to fill the GPU, deterministic
-    partial sums added afterwards. Under the interpreter 2 (when possible) so that path is tested.
-    Never more than ``loop_len``: every program must own at least one loop step."""
+def pack_caption_groups(words: torch.Tensor, cap_lens: torch.Tensor, dtype: torch.dtype, shape: dict) -> torch.Tensor:
+    """words (B_cap, D, T) -> (groups, BLOCK_W, BLOCK_D) in ``dtype``: GROUP captions' words side by side
+    as rows, features last and padded to BLOCK_D, padding words (and rows past the last caption)
+    zero, whatever memory held there."""
+    B_cap, D, T = words.shape
+    group, width = shape["GROUP"], shape["BLOCK_W"]
+    groups = triton.cdiv(B_cap, group)
+    real = torch.arange(T, device=words.device)[None, :] < cap_lens[:, None]
+    rows = torch.where(real[:, :, None], words.transpose(1, 2), 0).to(dtype)  # (B_cap, T, D)
+    packed = rows.new_zeros((groups * group, T, shape["BLOCK_D"]))
+    packed[:B_cap, :, :D] = rows
+    packed = packed.reshape(groups, group * T, shape["BLOCK_D"])
+    return torch.nn.functional.pad(packed, (0, 0, 0, width - group * T)).contiguous()
+
+
+def default_config(T: int, D: int, N: int, capability: int | None = None, grad: bool = False,
+                   split: bool = False) -> LaunchConfig:
+    """What runs without autotuning (interpreter, ``ATTNGAN_FAST_AUTOTUNE=0``), per GPU generation and
+    operand format (``python -m benchmarks.kernel_resources`` shows what each compiles to):
+    - Hopper (and the interpreter), 16-bit or single fp32 operands: 128-region tiles, the rows wgmma
+      takes for 8 warps, with a (BLOCK_W, D) fp32 accumulator at 64 registers per thread;
+    - Hopper, bf16x3 (fp32 held as bf16 pairs, twice the operand bytes): 32-region tiles (64 in the
+      gradient kernel) in a 2-stage pipeline, the largest whose operands stay out of local memory in
+      the region loops; the similarity of a 32-row tile runs as mma.sync, replicated over the 8 warps;
+    - other GPUs (mma.sync): 32-region tiles on 8 warps (16 for bf16x3, whose words are then one
+      caption per program), whose staged operands fit ~100 KB of shared memory."""
+    hopper = capability is None or capability >= 90
+    if hopper and split:
+        block_n, warps, stages = (64 if grad else 32), 8, 2
+    elif hopper:
+        block_n, warps, stages = 128, 8, 1
+    else:
+        block_n, warps, stages = (16 if split else 32), 8, 1
+    meta = dict(BLOCK_N=min(block_n, next_block(N)))
+    if grad:
+        meta["BLOCK_K"] = min(32, next_block(D))
+    return LaunchConfig.of(num_warps=warps, num_stages=stages, **meta)
+
+
+@functools.lru_cache(maxsize=None)
+def backward_splits(images: int, groups: int, need_words: bool, programs_per_wave: int,
+                    slot_floats: tuple[int, int], B_img: int) -> tuple[int, int]:
+    """(image splits S_m, caption-group splits S_k) of the gradient kernel for a chunk of ``images``:
+    the fewest waves of programs times the most (image, group) pairs one program runs, then the
+    least partial-sum memory (``slot_floats`` = floats of one d_regions slot per image and of one
+    d_words slot per group). Without d_words every image of the chunk gets its own programs."""
+    best = None
+    for s_m in range(1, images + 1):
+        if not need_words and s_m != images:
+            continue
+        for s_k in range(1, groups + 1):
+            work = math.ceil(images / s_m) * math.ceil(groups / s_k)
+            time = math.ceil(s_m * s_k / programs_per_wave) * work
+            memory = s_k * B_img * slot_floats[0] + (s_m * groups * slot_floats[1] if need_words else 0)
+            key = (time, memory, s_m * s_k)
+            if best is None or key < best[0]:
+                best = (key, (s_m, s_k))
+    return best[1]
+
+
+def _image_chunks(B_img: int, groups: int, shape: dict, dot_bytes: int, need_words: bool) -> int:
+    """Images per chunk of the backward: as many as CONTEXT_BYTES hold, in equal chunks."""
+    per_image = groups * shape["BLOCK_W"] * (shape["BLOCK_D"] * (dot_bytes + (4 if need_words else 0)) + 4)
+    chunks = math.ceil(B_img / max(1, min(B_img, CONTEXT_BYTES // per_image)))
+    return math.ceil(B_img / chunks)
+
+
+def _splits_for(images: int, groups: int, need_words: bool, shape: dict, D: int, N: int, B_img: int,
+                device: torch.device) -> tuple[int, int]:
     if device.type != "cuda":
-        return min(2, loop_len)
+        # Under the interpreter 2 x 2 where possible, so that every slot path (store, add) is tested.
+        return (min(2, images) if need_words else images), min(2, groups)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(loop_len, math.ceil(2 * sms / max(batch_programs, 1))))
+    return backward_splits(images, groups, need_words, sms, (D * N, D * shape["T"] * shape["GROUP"]), B_img)
 
 
 def _check_fused_dtypes(*tensors: torch.Tensor) -> None:
@@ -399,10 +540,18 @@ def _check_fused_dtypes(*tensors: torch.Tensor) -> None:
             raise TypeError(f"the fused DAMSM kernels take fp16, bf16 or fp32 features, got {t.dtype}")
 
 
+def features_last(x: torch.Tensor) -> torch.Tensor:
+    """(B, D, L) -> (B, L, D) with the features contiguous: every row the kernels load is then one
+    aligned run of D values (as (B, D, L) rows of L = 289 values are not, so loads would not
+    vectorize). Free for channels_last region maps, a copy of the input's size otherwise."""
+    return x.transpose(1, 2).contiguous()
+
+
 def damsm_forward(words, cap_lens, regions, gamma1: float, gamma2: float, return_attn: bool, precision: str,
                   config: LaunchConfig | None = None):
     """words (B_cap, D, T), cap_lens (B_cap,), regions (B_img, D, N) -> scores (B_img, B_cap) fp32 and
-    attn (B, T, N) fp32 (empty unless ``return_attn``). ``config`` forces a launch configuration."""
+    attn (B, T, N) fp32 (empty unless ``return_attn``). ``precision``: "ieee", "tf32", "tf32x3" or
+    "native" (see ``dot_operands``); ``config`` forces a launch configuration."""
     _check_fused_dtypes(words, regions)
     B_cap, D, T = words.shape
     B_img, _, N = regions.shape
@@ -413,57 +562,79 @@ def damsm_forward(words, cap_lens, regions, gamma1: float, gamma2: float, return
     else:
         attn = torch.empty(0, device=words.device, dtype=torch.float32)
         attn_strides = (0, 0, 0)
+    packed, regions_t, lo_offset, dots, shape = _operands(words, cap_lens, regions, precision)
     _FWD.launch(
-        (B_img, B_cap),
-        words, cap_lens, regions, scores, attn,
-        T, D, N, float(gamma1), float(gamma2),
-        *words.stride(), *regions.stride(), *scores.stride(), *attn_strides,
-        default=default_config(T, D, N), config=config,
-        RETURN_ATTN=return_attn, PRECISION=precision, **_whole_tiles(T, D),
+        (B_img, packed.shape[0]),
+        packed, cap_lens, regions_t, scores, attn,
+        B_cap, D, N, float(gamma1), float(gamma2), lo_offset,
+        *regions_t.stride(), *scores.stride(), *attn_strides,
+        default=default_config(T, D, N, _capability(words.device), split=dots["SPLIT"]), config=config,
+        RETURN_ATTN=return_attn, **dots, **shape,
     )
     return scores, attn
 
 
 def damsm_backward(grad_scores, words, cap_lens, regions, gamma1: float, gamma2: float, precision: str,
-                   need_words: bool = True, need_regions: bool = True,
-                   split_words: int | None = None, split_regions: int | None = None,
-                   words_config: LaunchConfig | None = None, regions_config: LaunchConfig | None = None):
+                   need_words: bool = True, need_regions: bool = True, splits: tuple[int, int] | None = None,
+                   images_per_chunk: int | None = None, context_config: LaunchConfig | None = None,
+                   grad_config: LaunchConfig | None = None):
     """Gradients (d_words (B_cap, D, T), d_regions (B_img, D, N)) in the inputs' dtypes; one that is
-    not needed is skipped and returned empty (GAN training needs only d_regions). The two kernels'
-    launch configurations can be forced with ``words_config`` / ``regions_config``."""
+    not needed is skipped and returned empty (GAN training needs only d_regions). ``splits`` forces
+    the gradient kernel's (image splits, caption-group splits), ``images_per_chunk`` the chunking of
+    the images, ``context_config`` / ``grad_config`` the two kernels' launch configurations."""
     _check_fused_dtypes(words, regions)
     B_cap, D, T = words.shape
     B_img, _, N = regions.shape
-    common = dict(default=default_config(T, D, N), PRECISION=precision, **_whole_tiles(T, D))
-
-    d_words = words.new_empty((0,))
-    d_regions = regions.new_empty((0,))
-    if need_words:
-        sw = min(split_words or _split_for(B_cap, B_img, words.device), B_img)
-        partial_w = alloc_output((sw, B_cap, D, T), words.device, torch.float32)
-        _BWD_WORDS.launch(
-            (B_cap, sw),
-            grad_scores, words, cap_lens, regions, partial_w, _scratch(B_cap * sw, T, D, words.device),
-            B_img, T, D, N, float(gamma1), float(gamma2), sw,
-            *grad_scores.stride(), *words.stride(), *regions.stride(), *partial_w.stride(),
-            config=words_config, **common,
+    device = words.device
+    packed, regions_t, lo_offset, dots, shape = _operands(words, cap_lens, regions, precision)
+    groups = packed.shape[0]
+    width, block_d = shape["BLOCK_W"], shape["BLOCK_D"]
+    parts = 2 if dots["SPLIT"] else 1
+    dc_dtype = torch_dtype(dots["DOT_DTYPE"])
+    chunk = images_per_chunk or _image_chunks(B_img, groups, shape, parts * dc_dtype.itemsize, need_words)
+    s_m, s_k = splits or _splits_for(min(chunk, B_img), groups, need_words, shape, D, N, B_img, device)
+    s_m, s_k = min(s_m, chunk, B_img), min(s_k, groups)  # every program's first image and group exist
+    # Partial sums, features last like the inputs; summed over the splits and put back to (B, D, L).
+    partial_r = alloc_output((s_k, B_img, N, D) if need_regions else (1, 1, 1, 1), device, torch.float32)
+    partial_w = alloc_output((s_m, B_cap, T, D) if need_words else (1, 1, 1, 1), device, torch.float32)
+    # What the context kernel hands the gradient kernel, per (image of the chunk, caption group): dc/z
+    # as MMA operands (hi, and lo with SPLIT), the direct word gradient, dc·c/z.
+    dc = alloc_output((parts, chunk, groups, width, block_d), device, dc_dtype)
+    de = alloc_output((chunk, groups, width, block_d) if need_words else (1,), device, torch.float32)
+    rd = alloc_output((chunk, groups, width), device, torch.float32)
+    dc_lo_offset = dc[1].storage_offset() if parts == 2 else 0
+    # The gradient kernel's per-program running sum of d_words (written before it is read).
+    acc = alloc_output((s_m * s_k if need_words else 1, width, block_d), device, torch.float32)
+    common = dict(NEED_WORDS=need_words, **dots, **shape)
+    for image0 in range(0, B_img, chunk):
+        images = min(chunk, B_img - image0)
+        _CONTEXT.launch(
+            (images, groups),
+            grad_scores, packed, cap_lens, regions_t, dc, de, rd,
+            image0, B_cap, D, N, float(gamma1), float(gamma2), groups, lo_offset, dc_lo_offset,
+            *grad_scores.stride(), *regions_t.stride(),
+            default=default_config(T, D, N, _capability(device), split=dots["SPLIT"]), config=context_config,
+            **common,
         )
-        d_words = partial_w.sum(0).to(words.dtype)
-    if need_regions:
-        sr = min(split_regions or _split_for(B_img, B_cap, words.device), B_cap)
-        partial_r = alloc_output((sr, B_img, D, N), words.device, torch.float32)
-        _BWD_REGIONS.launch(
-            (B_img, sr),
-            grad_scores, words, cap_lens, regions, partial_r, _scratch(B_img * sr, T, D, words.device),
-            B_cap, T, D, N, float(gamma1), float(gamma2), sr,
-            *grad_scores.stride(), *words.stride(), *regions.stride(), *partial_r.stride(),
-            config=regions_config, **common,
+        _GRAD.launch(
+            (s_m, s_k),
+            packed, cap_lens, regions_t, dc, de, rd, partial_r, partial_w, acc,
+            image0, images, B_cap, D, N, float(gamma1), s_m, s_k, groups, lo_offset, dc_lo_offset,
+            *regions_t.stride(), *partial_r.stride(), *partial_w.stride(),
+            default=default_config(T, D, N, _capability(device), grad=True, split=dots["SPLIT"]), config=grad_config,
+            NEED_REGIONS=need_regions, **common,
         )
-        d_regions = partial_r.sum(0).to(regions.dtype)
+    d_words = _reduce_splits(partial_w, words) if need_words else words.new_empty((0,))
+    d_regions = _reduce_splits(partial_r, regions) if need_regions else regions.new_empty((0,))
     return d_words, d_regions
+
+
+def _reduce_splits(partial: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(S, B, L, D) partial sums -> their sum as a contiguous (B, D, L) tensor of ``like``'s dtype."""
+    total = partial[0] if partial.shape[0] == 1 else partial.sum(0)
+    return total.transpose(1, 2).to(like.dtype).contiguous()
 
 
 def chosen_configs() -> dict:
     """The launch configuration each kernel last ran with (after autotuning, the tuned one)."""
-    return {name: (str(k.last_config) if k.last_config else None) for name, k in
-            (("damsm_fwd", _FWD), ("damsm_bwd_words", _BWD_WORDS), ("damsm_bwd_regions", _BWD_REGIONS))}
+    return {name: (str(k.last_config) if k.last_config else None) for name, k in KERNELS.items()}

@@ -1,0 +1,68 @@
+"""The counted work of benchmarks.work: executed beside useful, at the launchers' own defaults."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+import torch
+
+from benchmarks.work import attention_executed, attention_useful, damsm_executed, damsm_useful
+from kernels._tuning import TunedKernel
+from kernels.attention import fused as attention_fused
+from kernels.damsm import fused as damsm_fused
+
+
+@pytest.mark.parametrize("element_bytes", [2, 4])
+def test_damsm_executed_work_at_the_bird_sizes_stays_within_two_and_a_half_times_the_useful(element_bytes):
+    """Issue 'tensor-core kernels': fwd+bwd at B = 48, T = 18, N = 289, D = 256 executes at most 2.5x the
+    useful products (the first fused kernels executed 4.3x), bf16 and fp32 inputs alike."""
+    useful = damsm_useful(48, 18, 289, 256, element_bytes, backward=True)
+    executed = damsm_executed(48, 18, 289, 256, element_bytes, backward=True)
+    assert useful.flops == pytest.approx(36.82e9, rel=1e-3)
+    assert 1.0 < executed.flops / useful.flops <= 2.5
+    assert executed.bytes > useful.bytes
+    assert set(executed.detail) == {"forward", "context", "grad"}
+    assert sum(len(k["products"]) for k in executed.detail.values()) == 9  # 2 + 2 + 5 per pair
+
+
+def test_the_forward_alone_and_word_attention_count_their_own_kernels():
+    fwd = damsm_executed(20, 18, 289, 256, 2, backward=False)
+    assert set(fwd.detail) == {"forward"} and fwd.flops > damsm_useful(20, 18, 289, 256, 2, False).flops
+    for element_bytes in (2, 4):
+        for channels in (32, 48):
+            useful = attention_useful(20, channels, 128 * 128, 18, element_bytes, backward=True)
+            executed = attention_executed(20, channels, 128 * 128, 18, element_bytes, backward=True)
+            assert 1.0 < executed.flops / useful.flops < 3.0 and executed.bytes >= useful.bytes
+
+
+def _recorded_defaults(launch) -> dict:
+    """The default launch configuration each kernel gets from its launcher on a Hopper GPU."""
+    seen = {}
+
+    def record(self, grid, *args, default, config=None, **kwargs):
+        seen[id(self)] = default
+
+    with mock.patch.object(TunedKernel, "launch", record), \
+            mock.patch.object(damsm_fused, "_capability", lambda device: 90), \
+            mock.patch.object(damsm_fused, "INTERPRETED", False), \
+            mock.patch.object(attention_fused, "INTERPRETED", False):
+        launch()
+    return seen
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_the_counts_use_the_configurations_the_launchers_launch(dtype):
+    words, regions = torch.randn(4, 256, 18).to(dtype), torch.randn(4, 256, 289).to(dtype)
+    cap_lens = torch.full((4,), 18)
+    precision = "native" if dtype == torch.bfloat16 else "bf16x3"
+
+    def launch():
+        damsm_fused.damsm_forward(words, cap_lens, regions, 4.0, 5.0, False, precision)
+        damsm_fused.damsm_backward(torch.ones(4, 4), words, cap_lens, regions, 4.0, 5.0, precision)
+
+    seen = _recorded_defaults(launch)
+    detail = damsm_executed(4, 18, 289, 256, dtype.itemsize, backward=True).detail
+    assert detail["forward"]["config"] == str(seen[id(damsm_fused._FWD)])
+    assert detail["context"]["config"] == str(seen[id(damsm_fused._CONTEXT)])
+    assert detail["grad"]["config"] == str(seen[id(damsm_fused._GRAD)])
