@@ -32,6 +32,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -338,7 +339,7 @@ def loop_arguments(cfg: dict, seconds: float) -> list[str]:
     """Arguments of ``python -m benchmarks.train_loop`` for part e: a short bird-preset loop on the GPU,
     a toy one for the CPU self-check."""
     out = str(Path(cfg["out"]) / "loop")
-    work = str(Path(cfg.get("loop_work") or Path(cfg["out"]).parent / "attngan-quick-loop"))
+    work = str(Path(cfg.get("loop_work") or Path(tempfile.gettempdir()) / "attngan-quick-loop"))  # data: not sent back
     common = ["--timeout", str(int(seconds)), "--work", work, "--out", out, "--variants", ",".join(LOOP_VARIANTS)]
     if cfg["sizes"] == "model":
         return ["--steps", "120", "--log-every", "40", "--images", "400", *common]
