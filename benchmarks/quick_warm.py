@@ -169,7 +169,9 @@ class WarmPool:
         self.submitted: dict[str, str] = {}  # task id -> tag
 
     def start(self, env: dict) -> None:
-        with _environ({**env, "TORCHINDUCTOR_COMPILE_THREADS": "1"}):  # the parallelism is the workers
+        # The parallelism is mostly the workers; a few compile threads each still let max-autotune
+        # precompile its choices side by side (16 each would be ~240 compiler processes).
+        with _environ({**env, "TORCHINDUCTOR_COMPILE_THREADS": "4"}):
             for _ in range(self.workers):
                 proc = self._context.Process(target=_worker, args=(self._queue, self.cfg, self.output), daemon=True)
                 proc.start()

@@ -188,3 +188,14 @@ def test_the_wrapper_logs_into_out_and_passes_the_exit_status_on(tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     log = (tmp_path / "out" / "quick.log").read_text()
     assert "torch" in log and "--parts: letters of 'abcde'" in log
+
+
+def test_the_training_step_warm_up_task_runs_one_step(tmp_path):
+    """The warm-up's longest task on the GPU (part c's compiled step), here with a variant that needs no
+    compiler: it builds the step and runs its first step, and a broken variant is an error, not a hang."""
+    from benchmarks.quick_warm import run_task
+
+    cfg = {"device": "cpu", "compile_backend": "aot_eager", "rows": str(tmp_path / "rows.jsonl")}
+    run_task({"kind": "train", "variant": "ours-bf16"}, cfg)
+    with pytest.raises(RuntimeError, match="KeyError"):
+        run_task({"kind": "train", "variant": "no-such-variant"}, cfg)
