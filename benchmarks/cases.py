@@ -1,23 +1,44 @@
-"""Sizes, inputs, the four providers of DESIGN.md §6 and the counted work of each op.
+"""Sizes, inputs, the providers of DESIGN.md §6 and the work of each op.
 
 Providers: (a) ``released`` — the release's algorithm (a Python loop over captions with host syncs
 for the DAMSM score; flatten/bmm/repeated mask for F_attn); (b) ``reference`` — our vectorized
-plain-PyTorch reference, eager; (c) ``reference-compiled`` — (b) under ``torch.compile``; (d)
-``fused`` — the Triton kernels, autotuned on CUDA; and ``fused-untuned``, the same kernels with their
-fixed default launch configurations, which shows what autotuning buys.
+plain-PyTorch reference, eager; (c) ``reference-compiled`` — (b) under ``torch.compile``, plus
+``reference-compiled-max-autotune`` (inductor's ``max-autotune-no-cudagraphs``: it times its own
+matmul templates) and, for bf16 inputs, ``reference-compiled-tf32`` (fp32 matmuls on TF32 tensor
+cores, as the fused bf16 path uses them); (d) ``fused`` — the Triton kernels, autotuned on CUDA; and
+``fused-untuned``, the same kernels with their fixed default launch configurations.
+
+What keeps the comparison fair to both sides:
+- the fused providers run inside ``kernels.value_checks(False)``, as the training loops call them: the
+  checks of input values are host syncs, which the references do not pay either;
+- every compiled provider is compiled afresh for its case with ``dynamic=False`` (one static graph
+  per size, never a dynamic-shape graph left over from another size, and never the recompile limit
+  that silently falls back to eager), so create it right before timing it;
+- the TF32 variant scopes its matmul precision to its own calls and restores it after.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 
-from kernels import autotuning, damsm_word_scores, damsm_word_scores_loop, damsm_word_scores_ref, word_attention, word_attention_ref
+from benchmarks.work import Work, attention_executed, attention_useful, damsm_executed, damsm_useful
+from kernels import (autotuning, damsm_word_scores, damsm_word_scores_loop, damsm_word_scores_ref, value_checks,
+                     word_attention, word_attention_ref)
 from kernels.attention import word_attention_released
 
-PROVIDERS = ("released", "reference", "reference-compiled", "fused", "fused-untuned")
+PROVIDERS = ("released", "reference", "reference-compiled", "reference-compiled-max-autotune",
+             "reference-compiled-tf32", "fused", "fused-untuned")
+BASELINES = tuple(p for p in PROVIDERS if not p.startswith("fused"))
+MAX_AUTOTUNE = "max-autotune-no-cudagraphs"
+
+
+def applies(provider: str, dtype: torch.dtype) -> bool:
+    """Whether ``provider`` has a row for inputs of ``dtype``: the TF32 reference only for 16-bit
+    inputs (for fp32 inputs it would compute less accurately than the fp32 rows it sits beside)."""
+    return provider != "reference-compiled-tf32" or dtype in (torch.bfloat16, torch.float16)
 
 
 @dataclass(frozen=True)
@@ -73,9 +94,51 @@ def attention_inputs(case: AttentionCase, device, dtype=torch.float32, seed: int
     return query, context, (torch.arange(case.words)[None, :] >= lengths[:, None]).to(device)
 
 
-@lru_cache(maxsize=None)
-def _compiled(fn):
-    return torch.compile(fn)
+def compiled(fn, mode: str | None = None):
+    """fn under ``torch.compile`` as one static graph per input size (``dynamic=False``), compiled
+    afresh: dynamo's compiled code is reset first, so the graph never comes from another case's compile
+    (whose second size would have been traced with dynamic shapes) and no earlier case counts towards
+    the recompile limit. ``mode`` is inductor's (None: its default)."""
+    torch._dynamo.reset()
+    return torch.compile(fn, dynamic=False, mode=mode)
+
+
+def tf32_matmuls(fn):
+    """fn with fp32 matmuls allowed on TF32 tensor cores during its calls only (the previous settings
+    come back after every call, also when it raises)."""
+    def run(*args):
+        previous = torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            return fn(*args)
+        finally:
+            torch.set_float32_matmul_precision(previous[0])
+            torch.backends.cuda.matmul.allow_tf32 = previous[1]
+
+    return run
+
+
+@contextlib.contextmanager
+def compile_backend(backend: str):
+    """``torch.compile`` with ``backend`` for everything compiled inside the block, its ``mode`` dropped
+    (modes are inductor's). For CPU self-checks of the scripts: inductor on the 2-core CPU takes ~20 s a
+    graph and max-autotune ~90 s (measured at B = 3), and CPU timings are no evidence anyway."""
+    if backend == "inductor":
+        yield
+        return
+    original = torch.compile
+
+    def patched(model=None, **options):
+        options.pop("mode", None)
+        options["backend"] = backend
+        return original(**options) if model is None else original(model, **options)
+
+    torch.compile = patched
+    try:
+        yield
+    finally:
+        torch.compile = original
 
 
 def _untuned(fn):
@@ -88,11 +151,13 @@ def _untuned(fn):
 
 
 def _damsm_fused(words, cap_lens, regions):
-    return damsm_word_scores(words, cap_lens, regions, impl="triton")
+    with value_checks(False):  # the backward runs inside this block too (forward_backward)
+        return damsm_word_scores(words, cap_lens, regions, impl="triton")
 
 
 def _attention_fused(query, context, word_mask):
-    return word_attention(query, context, word_mask, impl="triton")[0]
+    with value_checks(False):
+        return word_attention(query, context, word_mask, impl="triton")[0]
 
 
 def _damsm_released(words, cap_lens, regions):
@@ -103,30 +168,41 @@ def _damsm_reference(words, cap_lens, regions):
     return damsm_word_scores_ref(words, cap_lens, regions.flatten(2))
 
 
-def damsm_provider(name: str):
-    """f(words, cap_lens, regions) -> R (B, B)."""
-    return {
-        "released": _damsm_released,
-        "reference": _damsm_reference,
-        "reference-compiled": _compiled(_damsm_reference),
-        "fused": _damsm_fused,
-        "fused-untuned": _untuned(_damsm_fused),
-    }[name]
-
-
 def _attention_reference(query, context, word_mask):
     return word_attention_ref(query, context, word_mask)[0]
 
 
+def _attention_released(query, context, word_mask):
+    return word_attention_released(query, context, word_mask)[0]
+
+
+def _provider(name: str, released, reference, fused):
+    if name == "released":
+        return released
+    if name == "reference":
+        return reference
+    if name == "reference-compiled":
+        return compiled(reference)
+    if name == "reference-compiled-max-autotune":
+        return compiled(reference, mode=MAX_AUTOTUNE)
+    if name == "reference-compiled-tf32":
+        return tf32_matmuls(compiled(reference))
+    if name == "fused":
+        return fused
+    if name == "fused-untuned":
+        return _untuned(fused)
+    raise ValueError(f"provider must be one of {PROVIDERS}, got {name!r}")
+
+
+def damsm_provider(name: str):
+    """f(words, cap_lens, regions) -> R (B, B). A compiled provider is compiled for the first size it
+    sees: make one per case, right before timing it."""
+    return _provider(name, _damsm_released, _damsm_reference, _damsm_fused)
+
+
 def attention_provider(name: str):
     """f(query, context, word_mask) -> ctx (B, C, H, W). The released algorithm uses its own masking."""
-    return {
-        "released": lambda q, k, m: word_attention_released(q, k, m)[0],
-        "reference": _attention_reference,
-        "reference-compiled": _compiled(_attention_reference),
-        "fused": _attention_fused,
-        "fused-untuned": _untuned(_attention_fused),
-    }[name]
+    return _provider(name, _attention_released, _attention_reference, _attention_fused)
 
 
 def forward_backward(fn, inputs: tuple, grad_inputs: tuple):
@@ -138,31 +214,14 @@ def forward_backward(fn, inputs: tuple, grad_inputs: tuple):
     return run
 
 
-def damsm_work(case: DamsmCase, element_bytes: int, backward: bool) -> tuple[float, float]:
-    """(FLOPs, bytes): the two matmuls per pair (s = eᵀv, c = αvᵀ), 2·T·N·D each, for every (image,
-    caption) pair; bytes = the inputs read once and R written once (plus the gradients for fwd+bwd,
-    counted as 3x the forward FLOPs by the usual convention).
-
-    What the fused kernels really execute is more, by design (recomputation instead of O(B²·T·N)
-    memory): the forward does the 2 counted products on BLOCK_T = 32 rows for T = 18 words (x1.8);
-    each backward kernel redoes the forward's 2 and adds 3 (d_words) or 4 (d_regions), so fwd+bwd runs
-    13 products per pair against 6 counted. Expect the fused fwd+bwd to reach at most ~25 % of a
-    compute-bound floor; the fraction of floor in the results is against the counted work."""
-    n = case.side ** 2
-    flops = case.batch * case.batch * 2 * (2 * case.words * n * case.dim)
-    bytes_in = case.batch * case.dim * (case.words + n) * element_bytes
-    moved = bytes_in + case.batch * case.batch * 4
-    if backward:
-        return 3 * flops, 2 * bytes_in + moved
-    return flops, moved
+def damsm_work(case: DamsmCase, element_bytes: int, backward: bool) -> tuple[Work, Work]:
+    """(useful, executed) work of one DAMSM call at ``case`` (``benchmarks.work``): useful = the math
+    at the true sizes, executed = what the fused kernels run at their default launch."""
+    args = (case.batch, case.words, case.side ** 2, case.dim, element_bytes, backward)
+    return damsm_useful(*args), damsm_executed(*args)
 
 
-def attention_work(case: AttentionCase, element_bytes: int, backward: bool) -> tuple[float, float]:
-    """(FLOPs, bytes). Bytes floor: forward reads the query and writes the context map (2 passes over
-    B·C·HW); the backward reads the query and the incoming gradient and writes d_query (3 more)."""
-    pixels = case.side**2
-    flops = case.batch * pixels * case.words * case.channels * 2 * 2
-    big = case.batch * case.channels * pixels * element_bytes
-    if backward:
-        return 3 * flops, 5 * big
-    return flops, 2 * big
+def attention_work(case: AttentionCase, element_bytes: int, backward: bool) -> tuple[Work, Work]:
+    """(useful, executed) work of one F_attn call at ``case`` (``benchmarks.work``)."""
+    args = (case.batch, case.channels, case.side ** 2, case.words, element_bytes, backward)
+    return attention_useful(*args), attention_executed(*args)

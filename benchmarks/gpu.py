@@ -3,13 +3,15 @@ to 10 minutes (scripts/gpu_session.sh runs it that way):
 
     python -m benchmarks.gpu                 # all: DAMSM and F_attn kernels, training steps
     python -m benchmarks.gpu --only damsm    # or: --only attention, --only train, --only kernels
-    python -m benchmarks.gpu --device cpu --quick --out /tmp/x   # self-check of this script (CI)
+    python -m benchmarks.gpu --device cpu --quick --compile-backend aot_eager --out /tmp/x   # self-check (CI)
     python -m benchmarks.gpu --device cpu --sizes model --only kernels   # the baselines at the model's sizes on CPU
 
-Times are medians of ``triton.testing.do_bench`` (CUDA events, warm-up first, so autotuning and
-compilation are done before timing); peak extra memory is ``max_memory_allocated`` above what the
-inputs hold; achieved TFLOP/s and GB/s use the counted work of ``benchmarks.cases``; ratios compare the
-fused kernels with every baseline measured in the same run. Writes
+A lent GPU session runs ``python -m benchmarks.gpu_quick`` instead (≤ 8 minutes, most important first,
+built from the same rows). Times are medians of ``triton.testing.do_bench`` (CUDA events, warm-up
+first, so autotuning and compilation are done before timing); peak extra memory is
+``max_memory_allocated`` above what the inputs hold; achieved TFLOP/s and GB/s and the fraction of the
+floor are of the *useful* work (``benchmarks.work``), and each fused row also carries the work its
+kernels execute; ratios compare the fused kernels with every baseline measured in the same run. Writes
 ``<out>/<device>-<date>.json`` and ``.md`` with the device, versions, sizes and the commands; parts run
 separately (``--only``, each well inside a 10-minute call) on the same day and device add up there.
 """
@@ -35,9 +37,10 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import kernels
-from benchmarks.cases import (CPU_ATTENTION, CPU_DAMSM, GPU_ATTENTION, GPU_DAMSM, PROVIDERS, attention_inputs,
-                              attention_provider, attention_work, damsm_inputs, damsm_provider, damsm_work,
-                              forward_backward)
+from benchmarks.cases import (BASELINES, CPU_ATTENTION, CPU_DAMSM, GPU_ATTENTION, GPU_DAMSM, MAX_AUTOTUNE, PROVIDERS,
+                              applies, attention_inputs, attention_provider, attention_work, compile_backend,
+                              damsm_inputs, damsm_provider, damsm_work, forward_backward)
+from benchmarks.launches import launched
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -73,48 +76,75 @@ def peak_extra_mb(fn, device: torch.device) -> float | None:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def _kernel_rows(op: str, cases, inputs_fn, provider_fn, work_fn, device, measure, rows: list, log,
-                 limits: dict | None = None, providers=PROVIDERS) -> None:
-    """Measures each of ``providers`` on every case, dtype and mode, appending to ``rows`` and calling
-    ``log`` after each row."""
+OPS = {  # op -> (inputs, provider, work, indices of the differentiable inputs)
+    "damsm": (damsm_inputs, damsm_provider, damsm_work, (0, 2)),
+    "attention": (attention_inputs, attention_provider, attention_work, (0, 1)),
+}
+
+
+def kernel_row(op: str, case, dtype_name: str, mode: str, provider: str, device: torch.device, measure,
+               limits: dict | None = None) -> dict:
+    """One measured row: ``provider`` on ``case`` in ``mode`` ("fwd" or "fwd+bwd"); a provider that
+    cannot run (memory, compiler) gets an ``error`` instead of a time. ``measure=None`` runs it once
+    and times nothing (what the warm-up processes of ``benchmarks.gpu_quick`` do)."""
+    inputs_fn, provider_fn, work_fn, grad_at = OPS[op]
+    dtype = DTYPES[dtype_name]
+    row = {"op": op, "case": case.label, "dtype": dtype_name, "mode": mode, "provider": provider}
+    try:
+        inputs = inputs_fn(case, device, dtype)
+        fn = provider_fn(provider)
+        if mode == "fwd":
+            run = (lambda f, i: lambda: f(*i))(fn, inputs)
+        else:
+            run = forward_backward(fn, inputs, tuple(inputs[i].requires_grad_() for i in grad_at))
+        if measure is None:
+            run()
+            return row
+        _, launch = launched(run)  # the first call compiles (and on CUDA autotunes) outside the timing
+        row["ms"] = measure(run)
+        row["peak_extra_mb"] = peak_extra_mb(run, device)
+        useful, executed = work_fn(case, torch.finfo(dtype).bits // 8, mode == "fwd+bwd")
+        row.update(useful_gflop=useful.flops / 1e9, useful_mb=useful.bytes / 1e6)
+        row["tflops"] = useful.flops / (row["ms"] * 1e-3) / 1e12
+        row["gbps"] = useful.bytes / (row["ms"] * 1e-3) / 1e9
+        _floor(row, useful.flops, useful.bytes, limits)
+        if provider.startswith("fused"):
+            row["launch"] = launch
+            # benchmarks.work counts the kernels at their default launch: exact for the untuned row
+            row.update(executed_gflop=executed.flops / 1e9, executed_mb=executed.bytes / 1e6,
+                       executed_at="default launch")
+    except Exception as err:  # a baseline that cannot run (memory, compiler) is recorded, not fatal
+        row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def provider_list(device: torch.device, model_sizes: bool) -> list[str]:
+    """Providers a run times: all on CUDA; on CPU neither max-autotune (~90 s a graph on the 2-core
+    CPU, for CPU kernels nobody ships) nor TF32 (a CUDA mode: the same graph as reference-compiled),
+    nor fused-untuned (nothing is autotuned without a GPU), nor fused at the model's sizes (the
+    interpreter takes minutes a call and is no speed)."""
+    if device.type == "cuda":
+        return list(PROVIDERS)
+    return [p for p in PROVIDERS if p not in ("reference-compiled-max-autotune", "reference-compiled-tf32", "fused-untuned")
+            and (p != "fused" or not model_sizes)]
+
+
+def _kernel_rows(op: str, cases, device, measure, rows: list, log, limits: dict | None, providers) -> None:
+    """Every case, dtype, mode and provider of ``op``, appended to ``rows``; ``log`` after each row."""
     for case in cases:
         for dtype_name, dtype in DTYPES.items():
             for mode in ("fwd", "fwd+bwd"):
                 for provider in providers:
-                    inputs = inputs_fn(case, device, dtype)
-                    fn = provider_fn(provider)
-                    if mode == "fwd":
-                        run = (lambda f, i: lambda: f(*i))(fn, inputs)
-                    else:
-                        grads = tuple(x.requires_grad_() for x in (inputs[0], inputs[2] if op == "damsm" else inputs[1]))
-                        run = forward_backward(fn, inputs, grads)
-                    row = {"op": op, "case": case.label, "dtype": dtype_name, "mode": mode, "provider": provider}
-                    try:
-                        row["ms"] = measure(run)
-                        row["peak_extra_mb"] = peak_extra_mb(run, device)
-                        flops, moved = work_fn(case, torch.finfo(dtype).bits // 8, mode == "fwd+bwd")
-                        row["tflops"] = flops / (row["ms"] * 1e-3) / 1e12
-                        row["gbps"] = moved / (row["ms"] * 1e-3) / 1e9
-                        _floor(row, flops, moved, limits)
-                        if provider.startswith("fused"):
-                            row["launch"] = _launch_configs(op, mode)
-                    except Exception as err:  # a baseline that cannot run (memory, compiler) is recorded, not fatal
-                        row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
-                    rows.append(row)
-                    log(row)
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
-
-
-def _launch_configs(op: str, mode: str) -> dict:
-    """The launch configuration each of this op's kernels ran with in the row just measured."""
-    prefix = "damsm" if op == "damsm" else "word_attention"
-    return {name: config for name, config in kernels.chosen_configs().items()
-            if name.startswith(prefix) and config and (mode != "fwd" or "_bwd" not in name)}
+                    if applies(provider, dtype):
+                        rows.append(kernel_row(op, case, dtype_name, mode, provider, device, measure, limits))
+                        log(rows[-1])
 
 
 def _add_ratios(rows: list[dict]) -> None:
-    """speedup of the fused kernels over each baseline, per (case, dtype, mode)."""
+    """Speedup of each fused row (autotuned and untuned) over every other provider, and of the reference
+    over the released algorithm, per (op, case, dtype, mode)."""
     groups: dict = {}
     for row in rows:
         groups.setdefault((row["op"], row["case"], row["dtype"], row["mode"]), {})[row["provider"]] = row
@@ -122,36 +152,46 @@ def _add_ratios(rows: list[dict]) -> None:
         reference, released = group.get("reference", {}), group.get("released", {})
         if "ms" in reference and "ms" in released:
             reference["speedup_vs"] = {"released": round(released["ms"] / reference["ms"], 2)}
-        fused = group.get("fused")
-        if not fused or "ms" not in fused:
-            continue
-        fused["speedup_vs"] = {name: round(r["ms"] / fused["ms"], 2) for name, r in group.items()
-                               if name != "fused" and "ms" in r}
+        for name in ("fused", "fused-untuned"):
+            fused = group.get(name)
+            if fused and "ms" in fused:
+                fused["speedup_vs"] = {other: round(r["ms"] / fused["ms"], 2) for other, r in group.items()
+                                       if other != name and "ms" in r}
+
+
+def train_row(variant: str, device: torch.device, measure) -> dict:
+    """One training step of ``variant`` (bird preset on CUDA, the tiny config elsewhere), compiled and
+    warmed up first; ``measure=None`` runs the warm-up step only."""
+    from benchmarks.train_step import bird_config, build_step, random_batch, tiny_config
+
+    cfg = tiny_config() if device.type != "cuda" else bird_config()
+    row = {"op": "train_step", "case": f"{'bird' if device.type == 'cuda' else 'tiny'} B={cfg.gan.batch_size} "
+                                       f"{cfg.gan.image_size}px", "variant": variant}
+    try:
+        torch._dynamo.reset()
+        step, context = build_step(cfg, variant, device)
+        batch = random_batch(cfg)
+        with context():
+            step(batch)  # compile / warm up
+            if measure is None:
+                return row
+            run = lambda: step(batch)  # noqa: E731
+            row["ms"] = measure(run)
+            row["peak_extra_mb"] = peak_extra_mb(run, device)
+        row["steps_per_s"] = 1e3 / row["ms"]
+        row["images_per_s"] = cfg.gan.batch_size * row["steps_per_s"]
+    except Exception as err:
+        row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
+    return row
 
 
 def _train_rows(device, measure, rows: list, log) -> None:
     """One training step per variant, appended to ``rows``; ``log`` after each."""
-    from benchmarks.train_step import VARIANTS, bird_config, build_step, random_batch, tiny_config
+    from benchmarks.train_step import VARIANTS
 
     for variant in VARIANTS:
-        cfg = tiny_config() if device.type != "cuda" else bird_config()
-        row = {"op": "train_step", "case": f"{'bird' if device.type == 'cuda' else 'tiny'} B={cfg.gan.batch_size} "
-                                           f"{cfg.gan.image_size}px", "variant": variant}
-        try:
-            torch._dynamo.reset()
-            step, context = build_step(cfg, variant, device)
-            batch = random_batch(cfg)
-            with context():
-                step(batch)  # compile / warm up
-                run = lambda: step(batch)  # noqa: E731
-                row["ms"] = measure(run)
-                row["peak_extra_mb"] = peak_extra_mb(run, device)
-            row["steps_per_s"] = 1e3 / row["ms"]
-            row["images_per_s"] = cfg.gan.batch_size * row["steps_per_s"]
-        except Exception as err:
-            row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
-        rows.append(row)
-        log(row)
+        rows.append(train_row(variant, device, measure))
+        log(rows[-1])
 
 
 def _add_train_ratios(rows: list[dict]) -> None:
@@ -193,8 +233,8 @@ def ceilings(device: torch.device, measure) -> dict | None:
 
 
 def _floor(row: dict, flops: float, moved: float, limits: dict | None) -> None:
-    """Adds the roofline floor of a kernel row (the larger of counted FLOPs over the matrix rate its
-    dots use and counted bytes over the copy bandwidth), what bounds it, and the fraction achieved."""
+    """Adds the roofline floor of a kernel row (the larger of its useful FLOPs over the matrix rate its
+    dots use and its useful bytes over the copy bandwidth), what bounds it, and the fraction achieved."""
     if not limits:
         return
     rate = limits["fp32_tflops"] if row["dtype"] == "fp32" else limits["tf32_tflops"]  # bf16 inputs: tf32 dots
@@ -249,42 +289,23 @@ def markdown(report: dict) -> str:
     if limits:
         lines += [f"Ceilings measured in this run: copy {limits['copy_gbps']:.0f} GB/s (read + write), matrix rate "
                   f"fp32 {limits['fp32_tflops']} / tf32 {limits['tf32_tflops']} / bf16 {limits['bf16_tflops']} TFLOP/s. "
-                  "Floor = max(counted FLOPs / the rate of the dots used (fp32 inputs: fp32; bf16 inputs: tf32), "
-                  "counted bytes / copy bandwidth); '% of floor' = floor / time."]
+                  "Floor = max(useful FLOPs / the rate of the dots used (fp32 inputs: fp32; bf16 inputs: tf32), "
+                  "useful bytes / copy bandwidth); '% of floor' = floor / time."]
     lines.append("")
     for op in ("damsm", "attention"):
         rows = [r for r in report["kernels"] if r["op"] == op]
         if not rows:
             continue
         lines += [f"## {'DAMSM word scores' if op == 'damsm' else 'F_attn word attention'}", ""]
-        if not any(r["provider"] == "fused" for r in rows):
+        if not any(r["provider"].startswith("fused") for r in rows):
             lines += _baseline_table(rows)
             continue
-        lines += ["| case | dtype | mode | released | reference | ref. compiled | fused untuned | fused | fused TFLOP/s | "
-                  "fused GB/s | fused % of floor (bound) | fused peak MB | fused speedup vs released / reference / compiled / "
-                  "untuned | reference vs released |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        groups: dict = {}
-        for r in rows:
-            groups.setdefault((r["case"], r["dtype"], r["mode"]), {})[r["provider"]] = r
-        for (case, dtype, mode), g in groups.items():
-            cell = lambda p: "-" if p not in g else f"{g[p]['ms']:.3f}" if "ms" in g[p] else "err"  # noqa: E731
-            fused = g.get("fused", {})
-            sp = fused.get("speedup_vs", {})
-            peak = fused.get("peak_extra_mb")
-            lines.append(
-                f"| {case} | {dtype} | {mode} | {cell('released')} | {cell('reference')} | {cell('reference-compiled')} | "
-                f"{cell('fused-untuned')} | {cell('fused')} | {fused.get('tflops', float('nan')):.2f} | {fused.get('gbps', float('nan')):.0f} | "
-                f"{_of_floor(fused)} | {'-' if peak is None else f'{peak:.1f}'} | "
-                f"{sp.get('released', '-')}x / {sp.get('reference', '-')}x / {sp.get('reference-compiled', '-')}x / "
-                f"{sp.get('fused-untuned', '-')}x | "
-                f"{g.get('reference', {}).get('speedup_vs', {}).get('released', '-')}x |")
-        lines.append("")
-        tuned = sorted({f"{name}: {config}" for r in rows if r["provider"] == "fused" for name, config in
-                        r.get("launch", {}).items()})
+        lines += _kernel_table(rows)
+        tuned = sorted({f"{r['provider']} {r['dtype']}: {name}: {config}" for r in rows if r["provider"].startswith("fused")
+                        for name, config in r.get("launch", {}).items()})
         if tuned:
-            lines += ["Launch configurations of the fused kernels (autotuned per dtype and model size on CUDA; "
-                      "the fixed defaults elsewhere):", ""]
+            lines += ["Launch configurations of the fused kernels (fused: autotuned per dtype and model size on "
+                      "CUDA; fused untuned: the fixed defaults):", ""]
             lines += [f"- {entry}" for entry in tuned] + [""]
     if report["train"]:
         lines += ["## One training step (D steps + G step with the DAMSM loss)", "",
@@ -301,10 +322,58 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+KERNEL_COLUMNS = (("released", "released"), ("reference", "reference"), ("reference-compiled", "compiled"),
+                  ("reference-compiled-max-autotune", "compiled max-autotune"), ("reference-compiled-tf32", "compiled tf32"),
+                  ("fused-untuned", "fused untuned"), ("fused", "fused"))
+COMPILED = tuple(p for p in BASELINES if p.startswith("reference-compiled"))
+
+
+def _ratio(value) -> str:
+    return f"{value:.2f}x" if isinstance(value, (int, float)) else "-"
+
+
+def _kernel_table(rows: list[dict]) -> list[str]:
+    """One line per (case, dtype, mode): every provider's time, the useful work and what the fused
+    kernels execute, and the best fused row's rate, floor fraction, memory and speedups."""
+    names = [title for _, title in KERNEL_COLUMNS]
+    lines = ["TFLOP/s, GB/s and % of floor are of the **useful** work (the math at the true sizes, "
+             "`benchmarks/work.py`); *executed* is what the fused kernels run at their default launch (padded "
+             "tiles, recomputed passes) and its ratio to the useful work. Best fused = fused if it ran, else "
+             "fused untuned; best compiled = the fastest compiled variant.", "",
+             "| case | dtype | mode | " + " | ".join(f"{n} ms" for n in names) + " | useful GFLOP | useful MB | "
+             "executed GFLOP (x useful) | executed MB (x useful) | best fused TFLOP/s | GB/s | % of floor (bound) | "
+             "peak MB | best fused speedup vs released / reference / compiled / best compiled |",
+             "| " + " | ".join(["---"] * (3 + len(names) + 9)) + " |"]
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["case"], r["dtype"], r["mode"]), {})[r["provider"]] = r
+    for (case, dtype, mode), g in groups.items():
+        def cell(p):
+            return "-" if p not in g else f"{g[p]['ms']:.3f}" if "ms" in g[p] else "err"
+
+        best = next((g[p] for p in ("fused", "fused-untuned") if "ms" in g.get(p, {})), {})
+        any_row = next((r for r in g.values() if "useful_gflop" in r), {})
+        executed = next((g[p] for p in ("fused-untuned", "fused") if "executed_gflop" in g.get(p, {})), {})
+        work = "- | -" if not executed else (
+            f"{executed['executed_gflop']:.2f} ({executed['executed_gflop'] / executed['useful_gflop']:.2f}x) | "
+            f"{executed['executed_mb']:.1f} ({executed['executed_mb'] / executed['useful_mb']:.2f}x)")
+        sp = best.get("speedup_vs", {})
+        compiled = [g[p]["ms"] for p in COMPILED if "ms" in g.get(p, {})]
+        vs_best = _ratio(min(compiled) / best["ms"]) if compiled and best else "-"
+        peak = best.get("peak_extra_mb")
+        useful = (f"{any_row['useful_gflop']:.2f} | {any_row['useful_mb']:.1f}" if any_row else "- | -")
+        rate = (f"{best['tflops']:.2f} | {best['gbps']:.0f} | {_of_floor(best)}" if best else "- | - | -")
+        lines.append(f"| {case} | {dtype} | {mode} | " + " | ".join(cell(p) for p, _ in KERNEL_COLUMNS) +
+                     f" | {useful} | {work} | {rate} | {'-' if peak is None else f'{peak:.1f}'} | "
+                     f"{_ratio(sp.get('released'))} / {_ratio(sp.get('reference'))} / "
+                     f"{_ratio(sp.get('reference-compiled'))} / {vs_best} |")
+    return lines + [""]
+
+
 def _baseline_table(rows: list[dict]) -> list[str]:
     """The table of a run without the fused kernels (CPU at the model's sizes): the baselines and their
     ratios."""
-    lines = ["| case | dtype | mode | released ms | reference ms | ref. compiled ms | reference GFLOP/s | "
+    lines = ["| case | dtype | mode | released ms | reference ms | ref. compiled ms | reference GFLOP/s (useful) | "
              "reference vs released | compiled vs reference |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     groups: dict = {}
     for r in rows:
@@ -365,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
                              "runs there: a check, not a speed)")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--out", default="benchmarks/results", help="folder for the results files")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend of the compiled rows (inductor; aot_eager for a quick CPU self-check)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -375,8 +446,7 @@ def main(argv: list[str] | None = None) -> int:
 
     gpu = device.type == "cuda"
     model_sizes = gpu or args.sizes == "model"
-    # Nothing is autotuned without a GPU, and interpreted kernels at the model's sizes take minutes a call.
-    providers = PROVIDERS if gpu else [p for p in PROVIDERS if p != "fused-untuned" and (p != "fused" or not model_sizes)]
+    providers = provider_list(device, model_sizes)
     parts = PARTS if args.only is None else ("damsm", "attention") if args.only == "kernels" else (args.only,)
     command = "python -m benchmarks.gpu " + " ".join(sys.argv[1:] if argv is None else argv)
     report = {"date": datetime.date.today().isoformat(), "environment": environment(device),
@@ -393,23 +463,22 @@ def main(argv: list[str] | None = None) -> int:
               f"{row.get('mode', ''):7s} {what:24s} {value}", flush=True)
         _save(report, out)
 
-    for part in parts:
-        part_start = time.time()
-        report["commands"][part] = command
-        if part == "train":
-            report["train"] = []
-            _train_rows(device, measure, report["train"], log)
-        else:
-            cases, inputs_fn, provider_fn, work_fn = (
-                (GPU_DAMSM if model_sizes else CPU_DAMSM, damsm_inputs, damsm_provider, damsm_work) if part == "damsm" else
-                (GPU_ATTENTION if model_sizes else CPU_ATTENTION, attention_inputs, attention_provider, attention_work))
-            report["kernels"] = [r for r in report["kernels"] if r["op"] != part]
-            if "ceilings" not in report or report["ceilings"] is None:
-                report["ceilings"] = ceilings(device, measure)
-            _kernel_rows(part, cases, inputs_fn, provider_fn, work_fn, device, measure, report["kernels"], log,
-                         report["ceilings"], providers)
-        report["seconds"][part] = round(time.time() - part_start, 1)
-        stem = _save(report, out)
+    with compile_backend(args.compile_backend):
+        for part in parts:
+            part_start = time.time()
+            report["commands"][part] = command
+            if part == "train":
+                report["train"] = []
+                _train_rows(device, measure, report["train"], log)
+            else:
+                cases = (GPU_DAMSM if model_sizes else CPU_DAMSM) if part == "damsm" else (
+                    GPU_ATTENTION if model_sizes else CPU_ATTENTION)
+                report["kernels"] = [r for r in report["kernels"] if r["op"] != part]
+                if "ceilings" not in report or report["ceilings"] is None:
+                    report["ceilings"] = ceilings(device, measure)
+                _kernel_rows(part, cases, device, measure, report["kernels"], log, report["ceilings"], providers)
+            report["seconds"][part] = round(time.time() - part_start, 1)
+            stem = _save(report, out)
     print(markdown(report))
     print(f"wrote {stem}.json and .md in {time.time() - started:.1f} s")
     return 0

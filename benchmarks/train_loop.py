@@ -98,7 +98,9 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, checked (a bad value exits with a message naming the flag); ``args.variants``
+    comes back as a list."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.train_loop", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="bird")
     parser.add_argument("--device", default="cuda")
@@ -126,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.log_every >= args.steps:
         parser.error(f"--log-every ({args.log_every}) must be below --steps ({args.steps}): the speed is read "
                      "over every log interval but the first")
+    args.variants = variants
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
+    variants = args.variants
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("benchmarks.train_loop: no CUDA device; use --device cpu for a self-check", file=sys.stderr)

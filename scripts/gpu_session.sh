@@ -18,7 +18,8 @@
 # `loop` tokenizes captions, so it needs nltk: download its wheel beforehand into .whl/ (ignored by
 # git; `pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl nltk`) and carry
 # .whl with the call. Afterwards commit the results files and the pytest summary into
-# tests/GPU_RESULTS.md; tests/GPU_RESULTS.md also lays out a three-call session.
+# tests/GPU_RESULTS.md. A lent-device session (15 minutes in all) runs scripts/gpu_quick.sh instead:
+# one call of at most 8 minutes (tests/GPU_RESULTS.md); this script is for machines without that limit.
 set -uo pipefail
 OUT=${OUT:-gpu-session-out}
 STEP_TIMEOUT=${STEP_TIMEOUT:-540}
