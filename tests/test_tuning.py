@@ -139,18 +139,24 @@ def test_defaults_follow_the_model_size_and_the_gpu():
     assert dict(fused.default_config(T=5, D=12, N=9, grad=True).meta) == {"BLOCK_N": 16, "BLOCK_K": 16}
 
 
-def test_backward_splits_fill_the_gpu_in_few_waves():
+def test_backward_splits_fill_the_gpu_in_few_waves_within_the_memory_budget():
     from kernels.damsm import fused
 
     slots = (256 * 289, 256 * 18 * 3)
-    # B = 48 on 132 SMs: 48 x 16 (image, group) pairs, 6 per program fill one wave of 128 programs.
-    s_m, s_k = fused.backward_splits(48, 16, True, 132, slots, 48)
-    assert s_m * s_k <= 132 and -(-48 // s_m) * -(-16 // s_k) == 6
+
+    def memory(s_m, s_k, images, groups, B_img):
+        return 4 * (s_k * B_img * slots[0] + s_m * groups * slots[1])
+
+    # A chunk of 24 of B = 48 images on 132 SMs: 24 x 16 (image, group) pairs, one wave, and the
+    # partial sums within their budget (spreading over every group, 16 d_regions slots, would not be).
+    s_m, s_k = fused.backward_splits(24, 16, True, 132, slots, 48)
+    assert s_m * s_k <= 132 and -(-24 // s_m) * -(-16 // s_k) <= 4
+    assert memory(s_m, s_k, 24, 16, 48) <= fused.PARTIAL_BYTES < memory(8, 16, 24, 16, 48)
     # Without d_words every image has its own programs.
     s_m, s_k = fused.backward_splits(20, 7, False, 132, slots, 20)
     assert s_m == 20 and s_m * s_k <= 132
-    # A chunk bounds its images, and so the image splits.
-    assert fused.backward_splits(3, 16, True, 132, slots, 48)[0] <= 3
+    # When nothing fits, the least memory.
+    assert fused.backward_splits(4, 4, True, 132, (10**9, 1), 4) == (1, 1)
 
 
 def test_pruning_drops_blocks_wider_than_the_axis_and_keeps_one():

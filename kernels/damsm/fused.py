@@ -424,6 +424,9 @@ KERNELS = {"damsm_fwd": _FWD, "damsm_bwd_context": _CONTEXT, "damsm_bwd_grad": _
 # The context kernel's output is kept for as many images at a time as fit in this (O(T·D) per pair):
 # the backward then runs the two kernels per chunk of images.
 CONTEXT_BYTES = 64 * 2**20
+# The gradient kernel's partial sums of both gradients: spreading the work over more programs costs
+# one more d_regions slot per image each time, so the spread stops at this much memory.
+PARTIAL_BYTES = 96 * 2**20
 
 
 def _operands(words, cap_lens, regions, precision):
@@ -501,9 +504,10 @@ def default_config(T: int, D: int, N: int, capability: int | None = None, grad: 
 def backward_splits(images: int, groups: int, need_words: bool, programs_per_wave: int,
                     slot_floats: tuple[int, int], B_img: int) -> tuple[int, int]:
     """(image splits S_m, caption-group splits S_k) of the gradient kernel for a chunk of ``images``:
-    the fewest waves of programs times the most (image, group) pairs one program runs, then the
-    least partial-sum memory (``slot_floats`` = floats of one d_regions slot per image and of one
-    d_words slot per group). Without d_words every image of the chunk gets its own programs."""
+    among the splits whose partial sums fit PARTIAL_BYTES, the fewest waves of programs times the most
+    (image, group) pairs one program runs, then the least memory (``slot_floats`` = floats of one
+    d_regions slot per image and of one d_words slot per group); if none fits, the least memory.
+    Without d_words every image of the chunk gets its own programs."""
     best = None
     for s_m in range(1, images + 1):
         if not need_words and s_m != images:
@@ -512,7 +516,7 @@ def backward_splits(images: int, groups: int, need_words: bool, programs_per_wav
             work = math.ceil(images / s_m) * math.ceil(groups / s_k)
             time = math.ceil(s_m * s_k / programs_per_wave) * work
             memory = s_k * B_img * slot_floats[0] + (s_m * groups * slot_floats[1] if need_words else 0)
-            key = (time, memory, s_m * s_k)
+            key = (4 * memory > PARTIAL_BYTES, time if 4 * memory <= PARTIAL_BYTES else 0, memory, s_m * s_k)
             if best is None or key < best[0]:
                 best = (key, (s_m, s_k))
     return best[1]
