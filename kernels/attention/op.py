@@ -3,7 +3,8 @@
 Same arrangement as ``kernels.damsm.op``: ``attngan_fast::word_attention`` runs the Triton kernels on
 CUDA (and on CPU through the interpreter when ``TRITON_INTERPRET=1``), the reference math otherwise;
 a fake kernel for ``torch.compile``; an analytic backward op. The context comes out in the promoted
-input dtype (bf16 under AMP), the attention maps in fp32; computation is fp32 throughout.
+input dtype (bf16 under AMP), the attention maps in fp32; accumulation is fp32 (the Triton kernels'
+operands are as ``precision`` says, ``kernels._mma``).
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ as one opaque node (no graph break) with a fake kernel for shapes and an analyti
 - CUDA kernel: the Triton kernels;
 - CPU kernel: the Triton kernels through the interpreter when ``TRITON_INTERPRET=1`` was set at
   import (how the tests run them without a GPU), the reference math otherwise.
-Inputs keep their dtype (fp16/bf16/fp32, mixed allowed) and are up-cast inside; accumulation is
-fp32; scores and maps come out fp32. Autocast passes custom ops through untouched, and the reference
+Inputs keep their dtype (fp16/bf16/fp32, mixed allowed): the reference math up-casts them, the
+Triton kernels multiply them as ``precision`` says (``kernels._mma``); accumulation is fp32 and the
+scores and maps come out fp32. Autocast passes custom ops through untouched, and the reference
 math disables autocast inside, so eager and compiled runs agree under AMP.
 """
 
