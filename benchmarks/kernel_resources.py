@@ -48,10 +48,10 @@ KERNELS = {
     "word_attention_bwd": (attention_fused, "_BWD"),
 }
 # Input dtype and the precision the ops run it with: "auto" is what a user gets by default
-# (``kernels._runtime.resolve_precision``: tf32x3 for fp32, native MMAs for bf16/fp16); fp32 with
-# "ieee" is the FMA-only option.
+# (``kernels._runtime.resolve_precision``: bf16x3 for fp32, native MMAs for bf16/fp16); fp32 with
+# "tf32" or "ieee" (FMA only) are the options.
 INPUTS = {"fp32": (torch.float32, "auto"), "bf16": (torch.bfloat16, "auto"), "fp16": (torch.float16, "auto"),
-          "fp32-ieee": (torch.float32, "ieee")}
+          "fp32-ieee": (torch.float32, "ieee"), "fp32-tf32": (torch.float32, "tf32")}
 DEFAULT_INPUTS = ("fp32", "bf16", "fp16")
 
 
@@ -186,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="compute capabilities to compile for")
     parser.add_argument("--defaults", action="store_true", help="only the fixed default launch configurations")
     parser.add_argument("--inputs", nargs="+", default=list(DEFAULT_INPUTS), choices=list(INPUTS),
-                        help="input dtypes (fp32, bf16, fp16 at the default precision; fp32-ieee: FMA only)")
+                        help="input dtypes (fp32, bf16, fp16 at the default precision; fp32-ieee / "
+                             "fp32-tf32: fp32 at that precision)")
     parser.add_argument("--only", choices=["damsm", "word_attention"], default="", help="one op's kernels")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")

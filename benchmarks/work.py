@@ -9,7 +9,7 @@ pixel in the forward and 4 in the backward. Bytes: every input read once and eve
 tiles (the word axis covered by a power-of-two tile, the region or pixel axis by whole tiles, the
 feature axis by whole chunks), every product a kernel recomputes, and the bytes every program loads and
 stores (re-reads of a tile that L2 serves included). Each product counts once whatever its precision
-mode (tf32x3 runs three MMAs for one product: that is a cost of precision, not of the design).
+mode (bf16x3 runs three MMAs for one product: that is a cost of precision, not of the design).
 
 The counts follow the kernels' code; ``benchmarks/test_work.py`` checks that they use the configurations
 the launchers launch.
@@ -97,8 +97,8 @@ def damsm_executed(batch: int, words: int, regions: int, dim: int, element_bytes
     operand = 4 if split else element_bytes  # a bf16 pair or one 16-bit value per element
     words_row = width * block_d * (4 if split else element_bytes)  # the packed group, as loaded
     region_bytes = regions * dim * operand  # one pass over an image's regions
-    fwd_cfg = fused.default_config(words, dim, regions, capability, split=split)
-    grad_cfg = fused.default_config(words, dim, regions, capability, grad=True, split=split)
+    fwd_cfg = fused.default_config(words, dim, regions, capability, wide=split)
+    grad_cfg = fused.default_config(words, dim, regions, capability, grad=True, wide=split)
     launch = batch * regions * dim * (element_bytes + operand)  # features-last copy (and the split)
     parts = {"forward": _damsm_kernel(
         "damsm_fwd", {"s": True, "c": False}, fwd_cfg, pair_groups, _padded(regions, dict(fwd_cfg.meta)["BLOCK_N"]),
@@ -139,7 +139,7 @@ def attention_executed(batch: int, channels: int, pixels: int, words: int, eleme
     big = batch * channels * pixels * element_bytes
     context = channels * words * element_bytes
     fwd_cfg = fused.FORWARD_DEFAULT
-    bwd_cfg = fused.BACKWARD_SPLIT_DEFAULT if split else fused.BACKWARD_DEFAULT
+    bwd_cfg = fused.BACKWARD_WIDE_DEFAULT if split else fused.BACKWARD_DEFAULT
     fwd_programs = batch * ceil(pixels / dict(fwd_cfg.meta)["BLOCK_Q"])
     # Forward: the query once, the context once per program, the map written once.
     parts = {"forward": dict(kernel="word_attention_fwd", config=str(fwd_cfg), products=["s", "ctx"],

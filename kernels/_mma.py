@@ -6,7 +6,7 @@
   16 bits, and a product takes three bf16 MMAs (hi·hi + hi·lo + lo·hi; lo·lo is below fp32's
   rounding). Operands loaded in bulk are split by the launchers (``split_parts``): splitting whole
   tiles in registers, as Triton's own "tf32x3"/"bf16x3" do, spills at these tile sizes.
-- ``"ieee"`` / ``"tf32"`` / ``"tf32x3"``: fp32 operands and that ``tl.dot`` input precision.
+- ``"ieee"`` / ``"tf32"``: fp32 operands and that ``tl.dot`` input precision.
 
 The interpreter computes bf16 dots wrongly (fp16 ones correctly), so there every product runs in
 fp32, unless a test sets ``INTERPRETER_SPLIT_DTYPE = tl.float16`` to run the hi/lo plumbing.

@@ -20,7 +20,7 @@ except ImportError:  # pragma: no cover - Linux builds of torch ship Triton
 
 IMPLS = ("auto", "triton", "reference")
 # What a user may ask for; "native" is what "auto" resolves to for bf16/fp16 inputs of one dtype.
-PRECISIONS = ("auto", "ieee", "tf32", "tf32x3", "bf16x3")
+PRECISIONS = ("auto", "ieee", "tf32", "bf16x3")
 
 
 def kernel_is_interpreted(kernel) -> bool:
@@ -88,8 +88,10 @@ def resolve_precision(precision: str, *tensors: torch.Tensor) -> str:
     ``"auto"``: ``"native"`` when every floating input is bf16, or every one fp16; ``"bf16x3"`` (each
     fp32 operand as a bf16 hi/lo pair, three bf16 MMAs per product: fp32 accuracy on the tensor
     cores) when any is fp32; ``"tf32"`` for a mix of bf16 and fp16, whose values tf32 holds exactly.
-    ``"ieee"`` (FMA units only), ``"tf32"``, ``"tf32x3"`` and ``"bf16x3"`` may be asked for
-    explicitly; 16-bit inputs are then up-cast to fp32 first.
+    ``"ieee"`` (FMA units only), ``"tf32"`` and ``"bf16x3"`` may be asked for explicitly; 16-bit
+    inputs are then up-cast to fp32 first. (Triton's own "tf32x3" splits whole operand tiles in
+    registers: at the DAMSM kernels' tiles it spills kilobytes and outgrows shared memory, so it is
+    not offered.)
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")

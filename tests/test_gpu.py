@@ -213,9 +213,9 @@ def test_every_damsm_candidate_config_compiles_and_matches_float64(label, dtype)
         if grads is not None:
             assert_rel(grads[0], ref_w, TOLERANCE[label], f"d_words {config}")
             assert_rel(grads[1], ref_r, TOLERANCE[label], f"d_regions {config}")
-    split = precision == "bf16x3"
-    for default in (fused.default_config(18, 256, 289, 90, split=split),
-                    fused.default_config(18, 256, 289, 90, grad=True, split=split)):
+    split = precision != "native"
+    for default in (fused.default_config(18, 256, 289, 90, wide=split),
+                    fused.default_config(18, 256, 289, 90, grad=True, wide=split)):
         assert str(default) not in skipped, "the default launch must fit"
     assert len(skipped) < len(fused.FORWARD_CANDIDATES) + len(fused.GRAD_CANDIDATES), skipped
 
@@ -244,7 +244,7 @@ def test_every_word_attention_candidate_config_compiles_and_matches_float64(labe
             assert_rel(grads[0], ref_q, TOLERANCE[label], f"d_query {config}")
             assert_rel(grads[1], ref_k, TOLERANCE[label], f"d_context {config}")
     assert str(fused.FORWARD_DEFAULT) not in skipped
-    assert str(fused.BACKWARD_SPLIT_DEFAULT if precision == "bf16x3" else fused.BACKWARD_DEFAULT) not in skipped
+    assert str(fused.BACKWARD_WIDE_DEFAULT if precision != "native" else fused.BACKWARD_DEFAULT) not in skipped
 
 
 def test_autotuned_launches_match_float64_and_repeat_exactly():

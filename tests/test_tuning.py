@@ -116,10 +116,11 @@ def test_the_interpreter_runs_the_defaults_even_with_autotuning_on():
     with kernels.autotuning(True):
         kernels.damsm_word_scores(words, cap_lens, regions, impl="triton")
         kernels.word_attention(query, context, word_mask, impl="triton")
-    assert damsm_fused._FWD.last_config == damsm_fused.default_config(6, 40, 37)
+    # fp32 inputs: the default precision holds them as bf16 pairs, 4 bytes an operand ("wide").
+    assert damsm_fused._FWD.last_config == damsm_fused.default_config(6, 40, 37, wide=True)
     assert attention_fused._FWD.last_config == attention_fused.FORWARD_DEFAULT
     chosen = kernels.chosen_configs()
-    assert chosen["damsm_fwd"] == str(damsm_fused.default_config(6, 40, 37))
+    assert chosen["damsm_fwd"] == str(damsm_fused.default_config(6, 40, 37, wide=True))
     assert chosen["word_attention_fwd"] == str(attention_fused.FORWARD_DEFAULT)
 
 
@@ -128,9 +129,9 @@ def test_defaults_follow_the_model_size_and_the_gpu():
 
     hopper = fused.default_config(T=18, D=256, N=289, capability=90)
     assert dict(hopper.meta) == {"BLOCK_N": 128} and hopper.num_warps == 8  # wgmma's M for 8 warps
-    split = fused.default_config(T=18, D=256, N=289, capability=90, split=True)
-    assert dict(split.meta) == {"BLOCK_N": 32} and split.num_stages == 2
-    assert dict(fused.default_config(18, 256, 289, capability=90, grad=True, split=True).meta) == \
+    wide = fused.default_config(T=18, D=256, N=289, capability=90, wide=True)
+    assert dict(wide.meta) == {"BLOCK_N": 32} and wide.num_stages == 2
+    assert dict(fused.default_config(18, 256, 289, capability=90, grad=True, wide=True).meta) == \
         {"BLOCK_N": 64, "BLOCK_K": 32}
     assert dict(fused.default_config(T=18, D=256, N=289, capability=86).meta) == {"BLOCK_N": 32}
     assert fused.default_config(T=18, D=256, N=289) == hopper  # the interpreter's
@@ -181,7 +182,7 @@ def test_pruning_drops_blocks_wider_than_the_axis_and_keeps_one():
 def test_backward_chunk_is_a_multiple_of_every_tile():
     from kernels.attention import fused
 
-    for config in fused.BACKWARD_CANDIDATES + [fused.BACKWARD_SPLIT_DEFAULT]:
+    for config in fused.BACKWARD_CANDIDATES + [fused.BACKWARD_WIDE_DEFAULT]:
         assert fused.PIXELS_PER_PROGRAM % dict(config.meta)["BLOCK_Q"] == 0
 
 

@@ -137,8 +137,17 @@ def _operand_pairs(monkeypatch, impl, dtype):
     return impl, TOLERANCE[dtype]
 
 
-@pytest.mark.parametrize("dtype, impl", [(d, i) for d in DTYPES for i in IMPLS]
-                         + [pytest.param("fp32", "triton-pairs", marks=needs_interpreter)])
+def _dtype_impl_params():
+    """(dtype, impl) for every dtype and impl, keeping the impls' marks, plus fp32's operand pairs."""
+    params = []
+    for dtype in DTYPES:
+        for impl in IMPLS:
+            values, marks = (impl.values, impl.marks) if hasattr(impl, "marks") else ((impl,), ())
+            params.append(pytest.param(dtype, *values, marks=marks))
+    return params + [pytest.param("fp32", "triton-pairs", marks=needs_interpreter)]
+
+
+@pytest.mark.parametrize("dtype, impl", _dtype_impl_params())
 @pytest.mark.parametrize("case", list(CASES))
 def test_outputs_and_gradients_match_float64(case, dtype, impl, monkeypatch):
     impl, tol = _operand_pairs(monkeypatch, impl, dtype)

@@ -199,11 +199,12 @@ _BWD = TunedKernel(_word_attn_bwd_kernel, BACKWARD_CANDIDATES,
                    key=["C", "HW", "T", "stride_qp", "PRECISION", "DOT_DTYPE", "SPLIT"],
                    prune=_prune, interpreted=INTERPRETED)
 # 4 warps on 64 pixels: the tile fills one warpgroup's M, and two or more programs fit an SM. The
-# backward with bf16x3 operands (fp32 inputs) holds each q and g tile three times (fp32, hi, lo): on
-# 4 warps that spills inside the tile loop, so it takes 128 pixels on 8 warps (one tile per program).
+# backward with 4-byte operands (fp32 inputs: bf16x3 pairs, or fp32 at "tf32"/"ieee") holds each q
+# and g tile in fp32 and as operands: on 4 warps bf16x3 spills inside the tile loop, so it takes 128
+# pixels on 8 warps (one tile per program).
 FORWARD_DEFAULT = LaunchConfig.of(num_warps=4, num_stages=1, BLOCK_Q=64)
 BACKWARD_DEFAULT = LaunchConfig.of(num_warps=4, num_stages=1, BLOCK_Q=64)
-BACKWARD_SPLIT_DEFAULT = LaunchConfig.of(num_warps=8, num_stages=1, BLOCK_Q=128)
+BACKWARD_WIDE_DEFAULT = LaunchConfig.of(num_warps=8, num_stages=1, BLOCK_Q=128)
 
 
 def _whole_tiles(C: int, T: int) -> dict:
@@ -282,7 +283,7 @@ def word_attention_backward(grad_ctx, query, context, word_mask, legacy_mask: bo
         B, C, HW, T,
         *_flat_strides(q), *context.stride(), *mask_strides, *_flat_strides(g), *_flat_strides(d_query),
         *partial.stride(),
-        default=BACKWARD_SPLIT_DEFAULT if dots["SPLIT"] else BACKWARD_DEFAULT, config=config,
+        default=BACKWARD_WIDE_DEFAULT if precision != "native" else BACKWARD_DEFAULT, config=config,
         HAS_MASK=word_mask is not None, LEGACY_MASK=legacy_mask, CHUNK=PIXELS_PER_PROGRAM,
         **dots, **_whole_tiles(C, T),
     )

@@ -115,7 +115,7 @@ def word_attention(
     impl: "auto" (Triton on CUDA, reference elsewhere), "triton" or "reference".
     precision: how the Triton path multiplies: "auto" (bf16/fp16 inputs straight into the tensor
         cores; fp32 inputs as bf16 hi/lo pairs, "bf16x3", fp32 accuracy on tensor cores), "bf16x3",
-        "tf32x3", "tf32" or "ieee" (FMA only); see ``kernels._runtime.resolve_precision``.
+        "tf32" or "ieee" (FMA only); see ``kernels._runtime.resolve_precision``.
 
     Returns (ctx (B, C, H, W) in the promoted input dtype, attn (B, T, H, W) or None).
     """

@@ -13,8 +13,8 @@ has T = 18 words, so no product is oriented with one caption's words on M. Inste
   (BLOCK_W, D) += dsᵀ · vᵀ; d_regions has the regions on M, dvᵀ (BLOCK_N, D) = u·(dc/z) + ds·Eᵀ.
 - bf16/fp16 inputs of one dtype feed the MMA directly (fp32 accumulation; the kernels' own operands,
   u, ds and dc, are rounded to that dtype too, well inside the 2e-2 tolerance). fp32 inputs default
-  to three tf32 MMAs per product (``tf32x3``: fp32 accuracy on tensor cores); ``ieee`` (FMA only) and
-  plain ``tf32`` are options.
+  to bf16 (hi, lo) pairs, three bf16 MMAs per product (``bf16x3``, ``kernels._mma``): fp32 accuracy
+  on the tensor cores; ``tf32`` and ``ieee`` (FMA only) are options.
 - Region tiles are 128 rows on 8 warps: Triton gives all warps of a product whose result feeds
   another product to M, so a 64-row tile on 8 warps would be computed twice.
 
@@ -436,7 +436,8 @@ def _operands(words, cap_lens, regions, precision):
     dots = _dot_operands(words, regions, precision, INTERPRETED)
     dot_dtype, split = dots["DOT_DTYPE"], dots["SPLIT"]
     capability = _capability(words.device)
-    shape = _shape_meta(words.shape[2], words.shape[1], narrow=split and capability is not None and capability < 90)
+    wide = precision != "native"  # 4 bytes an operand element: a bf16 pair, or fp32
+    shape = _shape_meta(words.shape[2], words.shape[1], narrow=wide and capability is not None and capability < 90)
     packed = pack_caption_groups(words, cap_lens, torch.float32 if split else torch_dtype(dot_dtype), shape)
     regions_t = features_last(regions)
     lo_offset = 0
@@ -477,23 +478,24 @@ def pack_caption_groups(words: torch.Tensor, cap_lens: torch.Tensor, dtype: torc
 
 
 def default_config(T: int, D: int, N: int, capability: int | None = None, grad: bool = False,
-                   split: bool = False) -> LaunchConfig:
+                   wide: bool = False) -> LaunchConfig:
     """What runs without autotuning (interpreter, ``ATTNGAN_FAST_AUTOTUNE=0``), per GPU generation and
     operand format (``python -m benchmarks.kernel_resources`` shows what each compiles to):
-    - Hopper (and the interpreter), 16-bit or single fp32 operands: 128-region tiles, the rows wgmma
+    - Hopper (and the interpreter), 16-bit operands ("native"): 128-region tiles, the rows wgmma
       takes for 8 warps, with a (BLOCK_W, D) fp32 accumulator at 64 registers per thread;
-    - Hopper, bf16x3 (fp32 held as bf16 pairs, twice the operand bytes): 32-region tiles (64 in the
-      gradient kernel) in a 2-stage pipeline, the largest whose operands stay out of local memory in
-      the region loops; the similarity of a 32-row tile runs as mma.sync, replicated over the 8 warps;
-    - other GPUs (mma.sync): 32-region tiles on 8 warps (16 for bf16x3, whose words are then one
-      caption per program), whose staged operands fit ~100 KB of shared memory."""
+    - Hopper, ``wide`` operands (4 bytes an element: bf16x3 pairs, or fp32 for "tf32"/"ieee"):
+      32-region tiles (64 in the gradient kernel) in a 2-stage pipeline, the largest whose operands
+      fit shared memory and, for bf16x3, stay out of local memory in the region loops; the similarity
+      of a 32-row tile runs as mma.sync, its 8 warps splitting the word columns;
+    - other GPUs (mma.sync): 32-region tiles on 8 warps (16 for wide operands, whose words are then
+      one caption per program), whose staged operands fit ~100 KB of shared memory."""
     hopper = capability is None or capability >= 90
-    if hopper and split:
+    if hopper and wide:
         block_n, warps, stages = (64 if grad else 32), 8, 2
     elif hopper:
         block_n, warps, stages = 128, 8, 1
     else:
-        block_n, warps, stages = (16 if split else 32), 8, 1
+        block_n, warps, stages = (16 if wide else 32), 8, 1
     meta = dict(BLOCK_N=min(block_n, next_block(N)))
     if grad:
         meta["BLOCK_K"] = min(32, next_block(D))
@@ -554,8 +556,8 @@ def features_last(x: torch.Tensor) -> torch.Tensor:
 def damsm_forward(words, cap_lens, regions, gamma1: float, gamma2: float, return_attn: bool, precision: str,
                   config: LaunchConfig | None = None):
     """words (B_cap, D, T), cap_lens (B_cap,), regions (B_img, D, N) -> scores (B_img, B_cap) fp32 and
-    attn (B, T, N) fp32 (empty unless ``return_attn``). ``precision``: "ieee", "tf32", "tf32x3" or
-    "native" (see ``dot_operands``); ``config`` forces a launch configuration."""
+    attn (B, T, N) fp32 (empty unless ``return_attn``). ``precision``: "native", "bf16x3", "tf32" or
+    "ieee" (``kernels._mma``); ``config`` forces a launch configuration."""
     _check_fused_dtypes(words, regions)
     B_cap, D, T = words.shape
     B_img, _, N = regions.shape
@@ -572,7 +574,7 @@ def damsm_forward(words, cap_lens, regions, gamma1: float, gamma2: float, return
         packed, cap_lens, regions_t, scores, attn,
         B_cap, D, N, float(gamma1), float(gamma2), lo_offset,
         *regions_t.stride(), *scores.stride(), *attn_strides,
-        default=default_config(T, D, N, _capability(words.device), split=dots["SPLIT"]), config=config,
+        default=default_config(T, D, N, _capability(words.device), wide=precision != "native"), config=config,
         RETURN_ATTN=return_attn, **dots, **shape,
     )
     return scores, attn
@@ -617,7 +619,7 @@ def damsm_backward(grad_scores, words, cap_lens, regions, gamma1: float, gamma2:
             grad_scores, packed, cap_lens, regions_t, dc, de, rd,
             image0, B_cap, D, N, float(gamma1), float(gamma2), groups, lo_offset, dc_lo_offset,
             *grad_scores.stride(), *regions_t.stride(),
-            default=default_config(T, D, N, _capability(device), split=dots["SPLIT"]), config=context_config,
+            default=default_config(T, D, N, _capability(device), wide=precision != "native"), config=context_config,
             **common,
         )
         _GRAD.launch(
@@ -625,7 +627,8 @@ def damsm_backward(grad_scores, words, cap_lens, regions, gamma1: float, gamma2:
             packed, cap_lens, regions_t, dc, de, rd, partial_r, partial_w, acc,
             image0, images, B_cap, D, N, float(gamma1), s_m, s_k, groups, lo_offset, dc_lo_offset,
             *regions_t.stride(), *partial_r.stride(), *partial_w.stride(),
-            default=default_config(T, D, N, _capability(device), grad=True, split=dots["SPLIT"]), config=grad_config,
+            default=default_config(T, D, N, _capability(device), grad=True, wide=precision != "native"),
+            config=grad_config,
             NEED_REGIONS=need_regions, **common,
         )
     d_words = _reduce_splits(partial_w, words) if need_words else words.new_empty((0,))

@@ -134,7 +134,7 @@ def damsm_word_scores(
     impl: "auto" (Triton on CUDA, reference elsewhere), "triton" or "reference".
     precision: how the Triton path multiplies: "auto" (bf16/fp16 inputs straight into the tensor
         cores; fp32 inputs as bf16 hi/lo pairs, "bf16x3", fp32 accuracy on tensor cores), "bf16x3",
-        "tf32x3", "tf32" or "ieee" (FMA only); see ``kernels._runtime.resolve_precision``.
+        "tf32" or "ieee" (FMA only); see ``kernels._runtime.resolve_precision``.
 
     Returns R: (B_img, B_cap) float32 (float64 for float64 inputs on the reference path), in the
     released form R = log Σ_t exp(γ2·cos_t); with ``return_attn`` the tuple (R, attn).
