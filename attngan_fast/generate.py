@@ -132,7 +132,8 @@ def write_generation(gen: Generated, out_dir: str | Path, *, n_per_caption: int 
             to_pil(stage[n]).save(path)
             written.append(path)
         if gen.attn:
+            # No title: the row already writes the words the generator saw, under the images.
             grid = generation_grid([s[n : n + 1] for s in gen.images], [m[n : n + 1] for m in gen.attn], [gen.words[n]],
-                                   cell=128, title=caption)
+                                   cell=128)
             written.append(save_png(grid, out_dir / f"{stem}_attention.png"))
     return written
