@@ -1,7 +1,7 @@
 """The ``attngan-fast`` command line.
 
   attngan-fast info
-  attngan-fast demo [--out DIR] [--minutes M]
+  attngan-fast demo [--out DIR] [--damsm-steps N] [--gan-steps N] [--max-minutes M]
   attngan-fast data synth --out DIR [--images N] [--size S] [--seed K]
   attngan-fast data prepare --root DIR [--layout cub|coco] [--captions-per-image N]
   attngan-fast pretrain-damsm --config CONFIG [--set key=value ...] [--resume CKPT] [--amp ...] [--compile]
@@ -19,6 +19,14 @@ import os
 import platform
 import sys
 import warnings
+
+# torch's CPU threads are an OpenMP team whose threads spin while they wait for one another (GNU
+# OpenMP's default: ~300,000 turns). On a machine shared with other work a spinning thread burns the
+# time slice its partner needs to finish, and a 2-core demo ran 4-16x slower than with waiting threads
+# that sleep (benchmarks/results/cpu-amd-epyc-2-cores-2026-11-22-demo-under-load.md). libgomp reads the
+# policy once, when torch loads it: so it is set here, before any torch import; an explicit
+# OMP_WAIT_POLICY wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 class CliError(Exception):
@@ -60,6 +68,8 @@ def _info(_args) -> int:
         "cuda_available": torch.cuda.is_available(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "ops": _ops_path(),
+        "cpu_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     try:  # CUDA only; ATTNGAN_FAST_AUTOTUNE=0 pins the defaults
         facts["autotune"] = kernels.autotune_enabled()
@@ -224,8 +234,9 @@ def _import_original(args) -> int:
 def _demo(args) -> int:
     from .demo import run_demo
 
-    summary = run_demo(args.out, args.minutes, images=args.images, size=args.size,
-                       inception_weights=args.inception_weights, device=args.device, progress=not args.quiet)
+    summary = run_demo(args.out, damsm_steps=args.damsm_steps, gan_steps=args.gan_steps, max_minutes=args.max_minutes,
+                       images=args.images, size=args.size, inception_weights=args.inception_weights,
+                       device=args.device, progress=not args.quiet)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -247,12 +258,18 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .demo import DAMSM_STEPS, GAN_STEPS, MAX_MINUTES  # no torch import: --help stays quick
+
     parser = argparse.ArgumentParser(prog="attngan-fast", description="AttnGAN with fused Triton attention kernels")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="synthetic data -> DAMSM -> AttnGAN -> pictures + metrics in one command")
-    demo.add_argument("--out", default="demo", help="folder for everything (re-running reuses what it holds)")
-    demo.add_argument("--minutes", type=float, default=13.0, help="training budget (DAMSM 30%%, AttnGAN 65%%)")
+    demo.add_argument("--out", default="demo",
+                      help="folder for everything (a re-run reuses the phases that completed, resumes the others)")
+    demo.add_argument("--damsm-steps", type=int, default=DAMSM_STEPS, help="DAMSM pretraining steps (the budget)")
+    demo.add_argument("--gan-steps", type=int, default=GAN_STEPS, help="AttnGAN training steps (the budget)")
+    demo.add_argument("--max-minutes", type=float, default=MAX_MINUTES,
+                      help="cap on the training time; the page says so when it cuts a phase short")
     demo.add_argument("--images", type=int, default=2000, help="synthetic images to draw")
     demo.add_argument("--size", type=int, default=64, help="synthetic image side in pixels")
     demo.add_argument("--inception-weights", metavar="FILE", help="torch-fidelity Inception weights for IS/FID")
@@ -343,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         args.captions_per_image = 10 if args.layout == "cub" else 5
     from .config import ConfigError
     from .data.layouts import DataError
+    from .demo import DemoError
     from .evaluate import EvaluationError
     from .generate import CaptionError
     from .safe_pickle import UnsafePickleError
@@ -355,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return args.func(args)
         except (CliError, ConfigError, DataError, UnsafePickleError, CaptionError, CheckpointError, RunExistsError,
-                DeviceError, EvaluationError, FileNotFoundError) as err:
+                DeviceError, EvaluationError, DemoError, FileNotFoundError) as err:
             print(f"attngan-fast: error: {err}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:

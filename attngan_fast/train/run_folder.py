@@ -16,9 +16,12 @@ from pathlib import Path
 
 from .checkpoint import load_checkpoint
 
-# What the loops (and the demo) write into a run folder.
-RUN_FILES = ("latest.pt", "log.jsonl", "phase.json")
-RUN_PATTERNS = ("damsm_epoch*.pt", "netG_epoch*.pt", "attention_maps_step*.png", ".latest.pt.*.tmp")
+# What the loops (and the demo's phase marker) write into a run folder; the first two kinds say that
+# a run is there, the rest move with it.
+RUN_MARKS = ("latest.pt", "log.jsonl")
+RUN_MARK_PATTERNS = ("damsm_epoch*.pt", "netG_epoch*.pt")
+RUN_FILES = RUN_MARKS + ("phase.json",)
+RUN_PATTERNS = RUN_MARK_PATTERNS + ("attention_maps_step*.png", ".latest.pt.*.tmp")
 RUN_FOLDERS = ("samples",)
 KINDS = {"attngan-fast/damsm/1": "a DAMSM run", "attngan-fast/gan/1": "an AttnGAN run"}
 
@@ -47,7 +50,7 @@ def describe_run(out: Path) -> tuple[str, str] | None:
         kind = KINDS.get(ckpt.get("format"), f"a {ckpt.get('format')!r} run")
         step = ckpt.get("step")
         return f"{kind} (latest.pt at step {step}, epoch {ckpt.get('epoch')})", f"{kind.split(' ', 1)[1]} (step {step})"
-    if run_files(out):
+    if any((out / name).exists() for name in RUN_MARKS) or any(any(out.glob(p)) for p in RUN_MARK_PATTERNS):
         return "the log of a run that saved no checkpoint", "run's files (no checkpoint)"
     return None
 
