@@ -24,7 +24,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import atomic_path
+from .atomic import write_text_atomic
 from .config import load_config  # plain Python and YAML: the CLI reads this module's defaults without torch
 
 FIGURE5 = [
@@ -60,8 +60,7 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2))
+    write_text_atomic(path, json.dumps(data, indent=2))
 
 
 def _checkpoint_step(path: Path) -> int | None:
@@ -368,7 +367,4 @@ attngan-fast demo --out {q(root)} --gan-steps {2 * s['budget']['gan_steps']}
 attngan-fast train --config synthetic --data {q(root / 'data')} --damsm {q(root / 'damsm' / 'latest.pt')} --out {q(root / 'attngan')} --resume {q(root / 'attngan' / 'latest.pt')} --set gan.max_steps={2 * s['budget']['gan_steps']}</pre>
 </body></html>
 """
-    path = out / "index.html"
-    with atomic_path(path) as tmp:
-        tmp.write_text(page)
-    return path
+    return write_text_atomic(out / "index.html", page)

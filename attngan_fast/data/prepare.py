@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..atomic import atomic_path
+from ..atomic import write_text_atomic
 from ..safe_pickle import as_text, load_plain_pickle
 from ..text import END_TOKEN, Vocabulary, tokenize
 from .layouts import SPLITS, DataError, caption_path, check_layout, read_caption_lines, read_split
@@ -40,11 +40,6 @@ class CaptionCache:
 
     def caption(self, split: str, image: int, index: int) -> list[int]:
         return self.captions[split][image * self.captions_per_image + index]
-
-
-def write_json_atomic(path: Path, data) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data))
 
 
 def captions_digest(root: Path, keys: dict[str, list[str]], source: str) -> str:
@@ -138,11 +133,11 @@ def prepare(root: str | Path, layout: str, captions_per_image: int, *, progress:
     }
     cache = CaptionCache(layout, captions_per_image, vocab, keys,
                          {split: s.class_ids for split, s in splits.items()}, captions, source, report)
-    write_json_atomic(root / CACHE_NAME, {
+    write_text_atomic(root / CACHE_NAME, json.dumps({
         "format": CACHE_FORMAT, "layout": layout, "captions_per_image": captions_per_image, "source": source,
         "vocab": vocab.to_json(), "keys": keys, "captions": captions, "report": report,
         "digest": captions_digest(root, keys, source),
-    })
+    }))
     return cache
 
 
