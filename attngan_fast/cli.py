@@ -21,11 +21,12 @@ import sys
 import warnings
 
 # torch's CPU threads are an OpenMP team whose threads spin while they wait for one another (GNU
-# OpenMP's default: ~300,000 turns). On a machine shared with other work a spinning thread burns the
-# time slice its partner needs to finish, and a 2-core demo ran 4-16x slower than with waiting threads
-# that sleep (benchmarks/results/cpu-amd-epyc-2-cores-2026-11-22-demo-under-load.md). libgomp reads the
-# policy once, when torch loads it: so it is set here, before any torch import; an explicit
-# OMP_WAIT_POLICY wins.
+# OpenMP's default: ~300,000 turns). On a machine shared with other work a spinning thread can burn the
+# time slice its partner needs to finish: the demo's training steps on this project's shared 2-core
+# machine ran 2-13x slower than with threads that sleep while they wait, in one hour of measurements
+# (benchmarks/results/cpu-amd-epyc-2-cores-2026-12-02-demo-under-load.md). libgomp reads the policy
+# once, when torch loads it: so it is set here, before any torch import; an explicit OMP_WAIT_POLICY
+# wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
@@ -204,9 +205,9 @@ def _generate(args) -> int:
 
 def _evaluate(args) -> int:
     from .evaluate import evaluate_generator
+    from .train.runtime import pick_device
 
     _at_least("--batch-size", args.batch_size)
-    from .train.runtime import pick_device
 
     report = evaluate_generator(args.checkpoint, args.damsm, args.data, args.out, n_images=args.n_images,
                                 inception_weights=args.inception_weights, eval_damsm=args.eval_damsm, seed=args.seed,

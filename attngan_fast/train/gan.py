@@ -367,7 +367,8 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
     log.write({"final": True, "step": step, **speed})
     picture = samples()
     checksum = sum(float(p.detach().double().sum()) for p in netG.parameters())
-    return {"checkpoint": str(latest) if latest.is_file() else None, "step": step, "samples": str(picture) if picture else None,
+    return {"checkpoint": str(latest) if latest.is_file() else None, "step": step,
+            "samples": str(picture) if picture else None,
             "param_checksum": checksum, "speed": speed, **watch.read()}
 
 
