@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .pictures import generation_grid, save_png, to_pil
-from .text import Vocabulary, tokenize, truncate
+from .text import Vocabulary, truncate, words_as_written
 from .train.runtime import autocast
 
 
@@ -37,13 +37,13 @@ class Generated:
 
 
 def encode_captions(captions: list[str], vocab: Vocabulary, words_num: int, seed: int = 0):
-    """(word ids per caption, {caption: dropped unknown words}). Raises CaptionError for a caption with
-    no known word."""
+    """(word ids per caption, {caption: dropped unknown words, non-ASCII ones as written}). Raises
+    CaptionError for a caption with no known word."""
     ids, dropped = [], {}
     for n, caption in enumerate(captions):
         if not isinstance(caption, str) or not caption.strip():
             raise CaptionError(f"caption {n} is empty")
-        known, unknown = vocab.encode(tokenize(caption))
+        known, unknown = vocab.encode(words_as_written(caption))
         if unknown:
             dropped[caption] = unknown
         if not known:
@@ -132,7 +132,8 @@ def write_generation(gen: Generated, out_dir: str | Path, *, n_per_caption: int 
             to_pil(stage[n]).save(path)
             written.append(path)
         if gen.attn:
+            # No title: the row already writes the words the generator saw, under the images.
             grid = generation_grid([s[n : n + 1] for s in gen.images], [m[n : n + 1] for m in gen.attn], [gen.words[n]],
-                                   cell=128, title=caption)
+                                   cell=128)
             written.append(save_png(grid, out_dir / f"{stem}_attention.png"))
     return written
