@@ -42,7 +42,11 @@ def test_the_quick_script_runs_end_to_end_on_cpu(gpu_image, tmp_path, monkeypatc
     monkeypatch.setenv("ATTNGAN_QUICK_TEST", "expire_after=c:1;stall=d")
     out = tmp_path / "out"
     started = time.time()
-    assert gpu_quick.main(["--device", "cpu", "--out", str(out), "--box", "d=6"]) == 0
+    assert gpu_quick.main(["--device", "cpu", "--out", str(out), "--box", "d=6",
+                           # part a waits for the warm-up (the background tests among it) only as long
+                           # as it runs: a wide box costs nothing on a fast machine, and a slow one
+                           # still reaches the background path
+                           "--box", "a=180", "--budget", "420"]) == 0
     printed = capsys.readouterr().out
     lines = (out / "quick.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]  # every line is one JSON record

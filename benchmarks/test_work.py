@@ -45,6 +45,7 @@ def _recorded_defaults(launch) -> dict:
 
     with mock.patch.object(TunedKernel, "launch", record), \
             mock.patch.object(damsm_fused, "_capability", lambda device: 90), \
+            mock.patch.object(attention_fused, "_capability", lambda device: 90), \
             mock.patch.object(damsm_fused, "INTERPRETED", False), \
             mock.patch.object(attention_fused, "INTERPRETED", False):
         launch()

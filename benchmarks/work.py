@@ -138,8 +138,9 @@ def attention_executed(batch: int, channels: int, pixels: int, words: int, eleme
 
     big = batch * channels * pixels * element_bytes
     context = channels * words * element_bytes
-    fwd_cfg = fused.FORWARD_DEFAULT
-    bwd_cfg = fused.BACKWARD_DEFAULT
+    precision = "bf16x3" if split else "native"
+    fwd_cfg = fused.default_config(90, precision, backward=False)
+    bwd_cfg = fused.default_config(90, precision, backward=True)
     fwd_programs = batch * ceil(pixels / dict(fwd_cfg.meta)["BLOCK_Q"])
     # Forward: the query once, the context once per program, the map written once.
     parts = {"forward": dict(kernel="word_attention_fwd", config=str(fwd_cfg), products=["s", "ctx"],

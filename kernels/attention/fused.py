@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from .._runtime import alloc_like_query, alloc_output, kernel_is_interpreted, next_block, poison_
-from .._runtime import device_capability as _capability  # noqa: F401 (benchmarks.kernel_resources sets it)
+from .._runtime import device_capability as _capability  # benchmarks.kernel_resources replaces it
 from .._mma import dot_operands, mma, operand_parts
 from .._tuning import LaunchConfig, TunedKernel
 
@@ -208,6 +208,22 @@ FORWARD_DEFAULT = LaunchConfig.of(num_warps=4, num_stages=1, BLOCK_Q=64)
 BACKWARD_DEFAULT = LaunchConfig.of(num_warps=4, num_stages=1, BLOCK_Q=64)
 
 
+def default_config(capability: int | None, precision: str, backward: bool) -> LaunchConfig:
+    """What runs without autotuning, per GPU generation and resolved ``precision`` (``python -m
+    benchmarks.kernel_resources`` shows what each compiles to; a test keeps every default free of
+    spills inside its loops on sm_90 and sm_86)."""
+    if precision == "ieee":
+        # FMA products hold whole operand rows in registers: at 4 warps the C=48 forward spills
+        # kilobytes, and the backward's five products fit only on 32-pixel tiles.
+        return (LaunchConfig.of(num_warps=4, num_stages=1, BLOCK_Q=32) if backward
+                else LaunchConfig.of(num_warps=8, num_stages=1, BLOCK_Q=64))
+    if backward and precision in ("bf16x3", "tf32") and capability is not None and capability < 90:
+        # mma.sync keeps its fp32 accumulators in registers: 64-pixel tiles at 4 warps spill inside
+        # the tile loop (C=48); one 128-pixel tile per program on 8 warps spills a few values once.
+        return LaunchConfig.of(num_warps=8, num_stages=1, BLOCK_Q=128)
+    return BACKWARD_DEFAULT if backward else FORWARD_DEFAULT
+
+
 def _whole_tiles(C: int, T: int) -> dict:
     """The words and the channels are whole in every program (T <= ~32, C <= 64 in the model); the
     pixels are tiled."""
@@ -256,7 +272,7 @@ def word_attention_forward(query, context, word_mask, return_attn: bool, legacy_
         q, context, mask, out, attn,
         B, C, HW, T,
         *_flat_strides(q), *context.stride(), *mask_strides, *_flat_strides(out), *attn_strides,
-        default=FORWARD_DEFAULT, config=config,
+        default=default_config(_capability(query.device), precision, backward=False), config=config,
         HAS_MASK=word_mask is not None, LEGACY_MASK=legacy_mask, RETURN_ATTN=return_attn,
         **dots, **_whole_tiles(C, T),
     )
@@ -284,7 +300,7 @@ def word_attention_backward(grad_ctx, query, context, word_mask, legacy_mask: bo
         B, C, HW, T,
         *_flat_strides(q), *context.stride(), *mask_strides, *_flat_strides(g), *_flat_strides(d_query),
         *partial.stride(),
-        default=BACKWARD_DEFAULT, config=config,
+        default=default_config(_capability(query.device), precision, backward=True), config=config,
         HAS_MASK=word_mask is not None, LEGACY_MASK=legacy_mask, CHUNK=PIXELS_PER_PROGRAM,
         **dots, **_whole_tiles(C, T),
     )

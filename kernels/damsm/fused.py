@@ -438,7 +438,8 @@ def _operands(words, cap_lens, regions, precision):
     dot_dtype, split = dots["DOT_DTYPE"], dots["SPLIT"]
     capability = _capability(words.device)
     wide = precision != "native"  # 4 bytes an operand element: a bf16 pair, or fp32
-    shape = _shape_meta(words.shape[2], words.shape[1], narrow=wide and capability is not None and capability < 90)
+    narrow = wide and capability is not None and (capability < 90 or precision == "ieee")
+    shape = _shape_meta(words.shape[2], words.shape[1], narrow=narrow)
     packed = pack_caption_groups(words, cap_lens, torch.float32 if split else torch_dtype(dot_dtype), shape)
     regions_t = features_last(regions)
     lo_offset = 0
@@ -479,7 +480,7 @@ def pack_caption_groups(words: torch.Tensor, cap_lens: torch.Tensor, dtype: torc
 
 
 def default_config(T: int, D: int, N: int, capability: int | None = None, grad: bool = False,
-                   wide: bool = False) -> LaunchConfig:
+                   wide: bool = False, fma: bool = False) -> LaunchConfig:
     """What runs without autotuning (interpreter, ``ATTNGAN_FAST_AUTOTUNE=0``), per GPU generation and
     operand format (``python -m benchmarks.kernel_resources`` shows what each compiles to):
     - Hopper (and the interpreter), 16-bit operands ("native"): 128-region tiles, the rows wgmma
@@ -489,8 +490,11 @@ def default_config(T: int, D: int, N: int, capability: int | None = None, grad: 
       fit shared memory and, for bf16x3, stay out of local memory in the region loops; the similarity
       of a 32-row tile runs as mma.sync, its 8 warps splitting the word columns;
     - other GPUs (mma.sync): 32-region tiles on 8 warps (16 for wide operands, whose words are then
-      one caption per program), whose staged operands fit ~100 KB of shared memory."""
-    hopper = capability is None or capability >= 90
+      one caption per program), whose staged operands fit ~100 KB of shared memory;
+    - ``fma`` (precision "ieee", FMA units only) takes those narrow tiles on Hopper too: FMA products
+      hold whole operand rows in registers, and the 32-region Hopper tiles spilled thousands of
+      instructions inside their region loops."""
+    hopper = capability is None or (capability >= 90 and not fma)
     if hopper and wide:
         block_n, warps, stages = (64 if grad else 32), 8, 2
     elif hopper:
@@ -501,6 +505,11 @@ def default_config(T: int, D: int, N: int, capability: int | None = None, grad: 
     if grad:
         meta["BLOCK_K"] = min(32, next_block(D))
     return LaunchConfig.of(num_warps=warps, num_stages=stages, **meta)
+
+
+def _launch_default(T: int, D: int, N: int, device: torch.device, precision: str, grad: bool = False) -> LaunchConfig:
+    """``default_config`` for a launch on ``device`` at a resolved ``precision``."""
+    return default_config(T, D, N, _capability(device), grad=grad, wide=precision != "native", fma=precision == "ieee")
 
 
 @functools.lru_cache(maxsize=None)
@@ -575,7 +584,7 @@ def damsm_forward(words, cap_lens, regions, gamma1: float, gamma2: float, return
         packed, cap_lens, regions_t, scores, attn,
         B_cap, D, N, float(gamma1), float(gamma2), lo_offset,
         *regions_t.stride(), *scores.stride(), *attn_strides,
-        default=default_config(T, D, N, _capability(words.device), wide=precision != "native"), config=config,
+        default=_launch_default(T, D, N, words.device, precision), config=config,
         RETURN_ATTN=return_attn, **dots, **shape,
     )
     return scores, attn
@@ -620,7 +629,7 @@ def damsm_backward(grad_scores, words, cap_lens, regions, gamma1: float, gamma2:
             grad_scores, packed, cap_lens, regions_t, dc, de, rd,
             image0, B_cap, D, N, float(gamma1), float(gamma2), groups, lo_offset, dc_lo_offset,
             *grad_scores.stride(), *regions_t.stride(),
-            default=default_config(T, D, N, _capability(device), wide=precision != "native"), config=context_config,
+            default=_launch_default(T, D, N, device, precision), config=context_config,
             **common,
         )
         _GRAD.launch(
@@ -628,8 +637,7 @@ def damsm_backward(grad_scores, words, cap_lens, regions, gamma1: float, gamma2:
             packed, cap_lens, regions_t, dc, de, rd, partial_r, partial_w, acc,
             image0, images, B_cap, D, N, float(gamma1), s_m, s_k, groups, lo_offset, dc_lo_offset,
             *regions_t.stride(), *partial_r.stride(), *partial_w.stride(),
-            default=default_config(T, D, N, _capability(device), grad=True, wide=precision != "native"),
-            config=grad_config,
+            default=_launch_default(T, D, N, device, precision, grad=True), config=grad_config,
             NEED_REGIONS=need_regions, **common,
         )
     d_words = _reduce_splits(partial_w, words) if need_words else words.new_empty((0,))
