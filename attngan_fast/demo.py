@@ -118,7 +118,7 @@ def run_demo(out: str | Path = "demo", minutes: float = 13.0, *, images: int = 2
         "damsm_part_area_share": damsm_metrics.get("part_area_share"),
         "r_precision": report["r_precision"]["mean"], "r_precision_std": report["r_precision"]["std"],
         "r_precision_chance": report["r_precision"]["chance"],
-        "inception_score": report.get("inception_score"), "fid": report.get("fid"),
+        "inception_score": report.get("inception_score"), "fid": report.get("tf_inception_fid"),
         "gan_steps": torch.load(gan_ckpt, map_location="cpu", weights_only=True)["step"],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
