@@ -29,7 +29,7 @@ def test_generate_shapes_files_and_unknown_words(trained, tmp_path):
     with pytest.warns(UserWarning, match="'a red zebra bird with purple stripes': zebra, purple, stripes"):
         gen = generate_images(netG, text_encoder, vocab, captions, n_per_caption=3, seed=4, batch_size=4)
     assert [tuple(x.shape) for x in gen.images] == [(6, 3, 16, 16), (6, 3, 32, 32)]
-    assert gen.attn[0].shape == (6, 11, 16, 16) and gen.words[3] == ["a", "red", "bird", "with"]
+    assert gen.attn[0].shape == (6, 12, 16, 16) and gen.words[3] == ["a", "red", "bird", "with"]
     assert gen.captions == [captions[0]] * 3 + [captions[1]] * 3
     files = write_generation(gen, tmp_path, n_per_caption=3)
     assert len(files) == 6 * 3 and all(f.exists() for f in files)

@@ -191,6 +191,25 @@ def test_damsm_pretraining_uses_the_configured_score_form(synthetic_root):
     torch.testing.assert_close(paper["s0"], released["s0"])  # the sentence loss has no γ2
 
 
+def test_the_gan_loss_uses_the_configured_score_form():
+    from attngan_fast.losses import sent_loss
+    from attngan_fast.models.encoders import build_image_encoder
+
+    cfg = load_config("synthetic", ["runtime.impl=reference", "damsm.score_form=paper", "gan.lambda_damsm=3"])
+    image_encoder = build_image_encoder("compact", 12, compact_width=4).eval()
+    images = [torch.rand(4, 3, 32, 32) * 2 - 1]
+    words, sentence = torch.randn(4, 12, 6), torch.randn(4, 12)
+    cap_lens, mu, logvar = torch.tensor([6, 2, 4, 1]), torch.zeros(4, 8), torch.zeros(4, 8)
+    with torch.no_grad():
+        _, parts = gan.generator_loss(lambda imgs, sent: torch.tensor(0.0), images, mu, logvar, sentence, words,
+                                      cap_lens, None, image_encoder, cfg)
+        regions, code = image_encoder(images[-1])
+        scores, _ = word_scores(regions, words, cap_lens, impl="reference")
+        w0, w1 = matching_losses(10.0 * scores / 5.0)
+        s0, s1 = sent_loss(code, sentence)
+    torch.testing.assert_close(parts["damsm"], 3 * (w0 + w1 + s0 + s1))
+
+
 def _backbone_bn(state: dict) -> dict:
     return {k: v for k, v in state.items() if k.startswith(("Conv2d_", "Mixed_")) and ("running_" in k)}
 

@@ -117,8 +117,11 @@ def generator_loss(adversarial, images: list[torch.Tensor], mu, logvar, sentence
     d = cfg.damsm
     adv = adversarial(images, sentence)
     regions, code = image_encoder(images[-1])
+    # The score form is passed only when it is not words_loss's default, the released one: the train-step
+    # benchmark swaps words_loss for the release's algorithm, which knows no other form.
+    form = {} if d.score_form == "released" else {"score_form": d.score_form}
     w0, w1, _ = words_loss(regions, words, cap_lens, class_ids, d.gamma1, d.gamma2, d.gamma3, return_attn=False,
-                           impl=cfg.runtime.impl, score_form=d.score_form)
+                           impl=cfg.runtime.impl, **form)
     s0, s1 = sent_loss(code, sentence, class_ids, d.gamma3)
     damsm_loss = cfg.gan.lambda_damsm * (w0 + w1 + s0 + s1)
     kl = kl_loss(mu, logvar)
