@@ -6,14 +6,19 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from glob import escape as glob_escape
 from pathlib import Path
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
-    """Yields a temporary path in the target's folder; on success it replaces ``path``."""
+    """Yields a temporary path in the target's folder; on success it replaces ``path``. Temporary files
+    of this target that a killed write left behind (``.NAME.*.tmp``) are removed first: one writer per
+    target (rank 0; a second run into the folder is refused, see ``train.run_folder``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):  # left by a write that was killed
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -24,3 +29,10 @@ def atomic_path(path: str | Path):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """``path.write_text(text)``, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)

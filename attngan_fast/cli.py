@@ -1,7 +1,7 @@
 """The ``attngan-fast`` command line.
 
   attngan-fast info
-  attngan-fast demo [--out DIR] [--minutes M]
+  attngan-fast demo [--out DIR] [--damsm-steps N] [--gan-steps N] [--max-minutes M]
   attngan-fast data synth --out DIR [--images N] [--size S] [--seed K]
   attngan-fast data prepare --root DIR [--layout cub|coco] [--captions-per-image N]
   attngan-fast pretrain-damsm --config CONFIG [--set key=value ...] [--resume CKPT] [--amp ...] [--compile]
@@ -15,12 +15,42 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
+import warnings
+
+# torch's CPU threads are an OpenMP team whose threads spin while they wait for one another (GNU
+# OpenMP's default: ~300,000 turns). On a machine shared with other work a spinning thread can burn the
+# time slice its partner needs to finish: the demo's training steps on this project's shared 2-core
+# machine ran 2-13x slower than with threads that sleep while they wait, in one hour of measurements
+# (benchmarks/results/cpu-amd-epyc-2-cores-2026-12-02-demo-under-load.md). libgomp reads the policy
+# once, when torch loads it: so it is set here, before any torch import; an explicit OMP_WAIT_POLICY
+# wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 class CliError(Exception):
     """A problem the user can fix; printed without a traceback."""
+
+
+def _result(text: str) -> None:
+    """Print a command's result, once: under torchrun only rank 0 prints (every rank runs the command)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(text)
+
+
+def _at_least(flag: str, value: int, least: int = 1) -> int:
+    if value < least:
+        raise CliError(f"{flag} must be at least {least}, got {value}")
+    return value
+
+
+def _plain_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line a user reads (no category, file and source line), above any progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(f"attngan-fast: warning: {message}", file=sys.stderr if file is None else file)
 
 
 def _info(_args) -> int:
@@ -38,6 +68,9 @@ def _info(_args) -> int:
         "triton_interpreter": kernels.interpreter_active(),
         "cuda_available": torch.cuda.is_available(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "ops": _ops_path(),
+        "cpu_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     try:  # CUDA only; ATTNGAN_FAST_AUTOTUNE=0 pins the defaults
         facts["autotune"] = kernels.autotune_enabled()
@@ -49,6 +82,20 @@ def _info(_args) -> int:
         facts["triton"] = triton.__version__
     print(json.dumps(facts, indent=2))
     return 0
+
+
+def _ops_path() -> str:
+    """Which implementation the attention ops run with ``impl=auto`` on this machine."""
+    import torch
+
+    import kernels
+
+    if torch.cuda.is_available() and kernels.TRITON_AVAILABLE and not kernels.interpreter_active():
+        return "Triton kernels on CUDA tensors (impl=auto); the reference (plain PyTorch) on CPU tensors"
+    if torch.cuda.is_available():
+        return "reference (plain PyTorch): TRITON_INTERPRET=1 was set, so the kernels cannot run compiled on CUDA"
+    extra = "; impl=triton runs the Triton kernels through the interpreter" if kernels.interpreter_active() else ""
+    return f"reference (plain PyTorch) on this machine (no CUDA device); the Triton kernels run on CUDA tensors{extra}"
 
 
 def _data_synth(args) -> int:
@@ -92,13 +139,13 @@ def _pretrain_damsm(args) -> int:
 
     cfg = _load_config(args, "damsm.out_dir")
     try:
-        result = train_damsm(cfg, resume=args.resume, progress=not args.quiet)
+        result = train_damsm(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     except TrainingDiverged as err:
         print(f"attngan-fast: {err}", file=sys.stderr)
         return 3
     if result.get("checkpoint") is not None and "retrieval_top1" in result:
-        print(f"done: {summarize(result)}")
-    print(json.dumps(result, indent=2))
+        _result(f"done: {summarize(result)}")
+    _result(json.dumps(result, indent=2))
     return 0
 
 
@@ -112,35 +159,44 @@ def _train_gan(args) -> int:
     if args.legacy_mask:
         cfg.gan.legacy_mask = True
     try:
-        result = train_gan(cfg, resume=args.resume, progress=not args.quiet)
+        result = train_gan(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     except TrainingDiverged as err:
         print(f"attngan-fast: {err}", file=sys.stderr)
         return 3
-    print(json.dumps(result, indent=2))
+    _result(json.dumps(result, indent=2))
     return 0
 
 
 def _generate(args) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
     from .generate import iter_generate, write_generation
     from .train.gan import load_generator
     from .train.runtime import pick_device
 
+    _at_least("--n-per-caption", args.n_per_caption)
+    _at_least("--batch-size", args.batch_size)
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise CliError(f"--out {args.out} is a file, not a folder")
     captions = list(args.captions or [])
     if args.captions_file:
-        from pathlib import Path
-
         captions += [line.strip() for line in Path(args.captions_file).read_text().splitlines() if line.strip()]
     if not captions:
         raise CliError("give at least one caption (as arguments or with --captions FILE)")
     device = pick_device(args.device or "auto")
     netG, text_encoder, vocab, _ = load_generator(args.checkpoint, device)
     images, files, dropped = 0, 0, {}
+    total = len(captions) * args.n_per_caption
+    bar = tqdm(total=total, desc="generating", unit="image", disable=args.quiet or total <= args.batch_size)
     for first, chunk in iter_generate(netG, text_encoder, vocab, captions, words_num=args.words_num,
                                       n_per_caption=args.n_per_caption, seed=args.seed, batch_size=args.batch_size,
-                                      device=device):
+                                      device=device, progress=bar):
         files += len(write_generation(chunk, args.out, n_per_caption=args.n_per_caption, first=first))
         images += len(chunk.captions)
         dropped.update(chunk.dropped)
+    bar.close()
     print(json.dumps({"captions": len(captions), "images": images, "files": files, "out": str(args.out),
                       "dropped_words": dropped}, indent=2))
     return 0
@@ -149,6 +205,8 @@ def _generate(args) -> int:
 def _evaluate(args) -> int:
     from .evaluate import evaluate_generator
     from .train.runtime import pick_device
+
+    _at_least("--batch-size", args.batch_size)
 
     report = evaluate_generator(args.checkpoint, args.damsm, args.data, args.out, n_images=args.n_images,
                                 inception_weights=args.inception_weights, eval_damsm=args.eval_damsm, seed=args.seed,
@@ -182,8 +240,9 @@ def _import_original(args) -> int:
 def _demo(args) -> int:
     from .demo import run_demo
 
-    summary = run_demo(args.out, args.minutes, images=args.images, size=args.size,
-                       inception_weights=args.inception_weights, device=args.device, progress=not args.quiet)
+    summary = run_demo(args.out, damsm_steps=args.damsm_steps, gan_steps=args.gan_steps, max_minutes=args.max_minutes,
+                       images=args.images, size=args.size, inception_weights=args.inception_weights,
+                       device=args.device, progress=not args.quiet)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -194,6 +253,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="dataset root (data.root)")
     p.add_argument("--out", help="output folder (damsm.out_dir or gan.out_dir)")
     p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (e.g. OUT/latest.pt)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a folder that holds a run (its files are moved into OUT/replaced-<time>/)")
     p.add_argument("--amp", choices=["off", "bf16", "fp16"], help="mixed precision (fp16 uses a gradient scaler)")
     p.add_argument("--compile", action="store_true", help="torch.compile the models")
     p.add_argument("--impl", choices=["auto", "triton", "reference"], help="attention math implementation")
@@ -203,12 +264,18 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .demo import DAMSM_STEPS, GAN_STEPS, MAX_MINUTES  # no torch import: --help stays quick
+
     parser = argparse.ArgumentParser(prog="attngan-fast", description="AttnGAN with fused Triton attention kernels")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="synthetic data -> DAMSM -> AttnGAN -> pictures + metrics in one command")
-    demo.add_argument("--out", default="demo", help="folder for everything (re-running reuses what it holds)")
-    demo.add_argument("--minutes", type=float, default=13.0, help="training budget (DAMSM 30%%, AttnGAN 65%%)")
+    demo.add_argument("--out", default="demo",
+                      help="folder for everything (a re-run reuses the phases that completed, resumes the others)")
+    demo.add_argument("--damsm-steps", type=int, default=DAMSM_STEPS, help="DAMSM pretraining steps (the budget)")
+    demo.add_argument("--gan-steps", type=int, default=GAN_STEPS, help="AttnGAN training steps (the budget)")
+    demo.add_argument("--max-minutes", type=float, default=MAX_MINUTES,
+                      help="cap on the training time; the page says so when it cuts a phase short")
     demo.add_argument("--images", type=int, default=2000, help="synthetic images to draw")
     demo.add_argument("--size", type=int, default=64, help="synthetic image side in pixels")
     demo.add_argument("--inception-weights", metavar="FILE", help="torch-fidelity Inception weights for IS/FID")
@@ -270,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: every word is kept, as the release's example generation does)")
     gen.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     gen.add_argument("--out", required=True, help="folder for the images")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(func=_generate)
 
     ev = sub.add_parser("evaluate", help="R-precision, IS and TF-Inception FID (torch-fidelity) of a generator, "
@@ -314,16 +382,26 @@ def main(argv: list[str] | None = None) -> int:
         args.captions_per_image = 10 if args.layout == "cub" else 5
     from .config import ConfigError
     from .data.layouts import DataError
+    from .demo import DemoError
+    from .evaluate import EvaluationError
     from .generate import CaptionError
     from .safe_pickle import UnsafePickleError
     from .train.checkpoint import CheckpointError
+    from .train.run_folder import RunExistsError
+    from .train.runtime import DeviceError
 
-    try:
-        return args.func(args)
-    except (CliError, ConfigError, DataError, UnsafePickleError, CaptionError, CheckpointError,
-            FileNotFoundError) as err:
-        print(f"attngan-fast: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("attngan-fast: interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        warnings.showwarning = _plain_warning
+        try:
+            return args.func(args)
+        except (CliError, ConfigError, DataError, UnsafePickleError, CaptionError, CheckpointError, RunExistsError,
+                DeviceError, EvaluationError, DemoError, FileNotFoundError) as err:
+            print(f"attngan-fast: error: {err}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("attngan-fast: interrupted", file=sys.stderr)
+            return 130
+
+
+if __name__ == "__main__":  # python -m attngan_fast.cli, torchrun -m attngan_fast.cli
+    raise SystemExit(main())

@@ -198,6 +198,13 @@ def _coerce(value, tp, path: str):
             raise ConfigError(f"{path} must be an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 (PyYAML) reads 1e-3 and 2E-4 (no dot) as strings; a number field takes every
+            # spelling Python's float() takes, from --set and from files alike.
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{path} must be a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path} must be a number, got {value!r}")
         return float(value)
@@ -222,8 +229,43 @@ def _build(cls, data, path: str = ""):
         where = f" in {path}" if path else ""
         raise ConfigError(f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(repr(k) for k in unknown)}"
                           f"{where}; known: {', '.join(sorted(names))}")
-    kwargs = {k: _coerce(v, hints[k], f"{path}.{k}" if path else k) for k, v in data.items()}
+    kwargs = {}
+    for k, v in data.items():
+        where = f"{path}.{k}" if path else k
+        kwargs[k] = _check_range(_coerce(v, hints[k], where), where)
     return cls(**kwargs)
+
+
+# Values a run cannot use (a batch of 0, a log every 0 steps) are refused when the config is read, in
+# one line, instead of failing deep inside the loader or the loop.
+_LOW = {
+    "data.captions_per_image": 1, "data.words_num": 1, "data.image_size": 8, "data.workers": 0,
+    "text_encoder.embedding_dim": 1, "text_encoder.hidden_dim": 2, "image_encoder.compact_width": 1,
+    "damsm.batch_size": 1, "damsm.epochs": 0, "damsm.max_steps": 0, "damsm.snapshot_every": 1,
+    "damsm.pictures_every": 1,
+    "gan.stages": 1, "gan.base_size": 8, "gan.gf_dim": 1, "gan.df_dim": 1, "gan.z_dim": 1, "gan.c_dim": 1,
+    "gan.r_num": 0, "gan.words_num": 1, "gan.batch_size": 2, "gan.epochs": 0, "gan.samples_every": 1,
+    "gan.snapshot_every": 1, "gan.max_steps": 0,
+    "runtime.log_every": 1, "runtime.eval_batches": 1,
+}
+_HIGH = {"gan.stages": 3}
+_POSITIVE = {"damsm.gamma1", "damsm.gamma2", "damsm.gamma3", "damsm.lr", "damsm.lr_decay", "damsm.min_lr_divisor",
+             "damsm.rnn_grad_clip", "damsm.max_minutes", "gan.lr_g", "gan.lr_d", "gan.max_minutes"}
+_WHY = {"gan.batch_size": " (the mismatched-caption term pairs image i with caption i+1)",
+        "text_encoder.hidden_dim": " (the two LSTM directions share it)"}
+
+
+def _check_range(value, path: str):
+    if value is None or isinstance(value, (bool, str, tuple)):
+        return value
+    why = _WHY.get(path, "")
+    if path in _LOW and value < _LOW[path]:
+        raise ConfigError(f"{path} must be at least {_LOW[path]}, got {value}{why}")
+    if path in _HIGH and value > _HIGH[path]:
+        raise ConfigError(f"{path} must be at most {_HIGH[path]}, got {value}{why}")
+    if path in _POSITIVE and not value > 0:  # NaN fails too
+        raise ConfigError(f"{path} must be above 0, got {value}")
+    return value
 
 
 def _merge(base: dict, update: dict) -> dict:
@@ -327,3 +369,16 @@ def config_from_dict(data: dict, *, strict: bool = True) -> Config:
 
             warnings.warn(f"ignoring config keys this version does not know: {', '.join(dropped)}", stacklevel=2)
     return _build(Config, data)
+
+
+def config_differences(old: dict, new: dict, prefix: str = "") -> dict[str, list]:
+    """{"section.key": [old value, new value]} for every value that differs between two ``to_dict``
+    configs (a key missing on one side counts as None there)."""
+    out: dict[str, list] = {}
+    for key in list(old) + [k for k in new if k not in old]:
+        a, b, path = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.update(config_differences(a, b, f"{path}."))
+        elif a != b:
+            out[path] = [a, b]
+    return out

@@ -25,6 +25,7 @@ import json
 import platform
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -48,6 +49,43 @@ FID_NOTE = ("torch-fidelity's port of the TF Inception (pool3 features): compara
             "papers, not with pytorch-fid's")
 R_PRECISION_NOTE = ("comparable with the paper's 67.82 % (CUB) / 85.47 % (COCO) only when the judge is the released "
                     "DAMSM (import-original --image-encoder) and the word cap is the release's (25 birds / 20 COCO)")
+
+
+class EvaluationError(ValueError):
+    """An evaluation request that cannot be carried out (no images, a wrong weights file)."""
+
+
+def check_request(n_images: int, folds: int, inception_weights) -> None:
+    """Refuse what would fail (or waste the generation of every image) before anything is generated;
+    warn when the protocol's folds would hold too few images to mean anything."""
+    if n_images < 1:
+        raise EvaluationError(f"--n-images must be at least 1, got {n_images}")
+    if inception_weights is not None:
+        check_inception_weights(inception_weights)
+    if n_images < 10 * folds:
+        warnings.warn(f"--n-images {n_images} is too few for the R-precision protocol ({folds} folds need at least "
+                      f"{10 * folds} images, 10 per fold; the paper's figures use 30,000): the numbers will be noisy",
+                      stacklevel=3)
+
+
+def check_inception_weights(path) -> None:
+    """The file must load into torch-fidelity's Inception (it is what IS and FID are computed with)."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"--inception-weights {path} does not exist (torch-fidelity's {TORCH_FIDELITY_WEIGHTS}, "
+                              "as a local file)")
+    try:
+        fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+                                       feature_extractor_weights_path=str(path))
+    except Exception as err:  # noqa: BLE001 - torch.load's and load_state_dict's errors alike
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        detail = next((line for line in lines if line.startswith(("Missing key", "Unexpected key", "size mismatch"))),
+                      lines[0])
+        detail = detail if len(detail) <= 120 else detail[:117] + "..."
+        raise EvaluationError(f"--inception-weights {path} is not torch-fidelity's Inception weights ({detail}); "
+                              f"give a local copy of {TORCH_FIDELITY_WEIGHTS}") from None
 
 
 def _versions() -> dict:
@@ -105,6 +143,7 @@ def evaluate_generator(checkpoint: str | Path, damsm: str | Path, data_root: str
     """Generate ``n_images`` images for drawn test pairs, score them and write the JSON report ``out``.
     ``words_num``: the evaluation word cap (None: 25 for CUB layouts, 20 for COCO)."""
     start_time = time.time()
+    check_request(n_images, folds, inception_weights)
     device = torch.device(device)
     out = Path(out)
     work = out.parent / (out.stem + "_images")
@@ -191,8 +230,6 @@ def evaluate_generator(checkpoint: str | Path, damsm: str | Path, data_root: str
             f"({TORCH_FIDELITY_WEIGHTS}, from the torch-fidelity releases) as a local path; nothing is downloaded. "
             + CUB_IS_NOTE + ".")
     else:
-        if not Path(inception_weights).is_file():
-            raise FileNotFoundError(f"inception weights file {inception_weights} does not exist")
         real_dir.mkdir(parents=True)
         for i in tqdm(range(n_test), desc="real test images", disable=not progress):
             to_pil(test[i]["images"][-1]).save(real_dir / f"{i:06d}.png")

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .pictures import generation_grid, save_png, to_pil
-from .text import Vocabulary, tokenize, truncate
+from .text import Vocabulary, truncate, words_as_written
 from .train.runtime import autocast
 
 
@@ -52,7 +52,7 @@ LEGACY_BATCH_WARNING = (
 
 
 def encode_captions(captions: list[str], vocab: Vocabulary, words_num: int | None = None, seed: int = 0):
-    """(word ids per caption, {caption: dropped unknown words}). Every known word is kept unless
+    """(word ids per caption, {caption: dropped unknown words, non-ASCII ones as written}). Every known word is kept unless
     ``words_num`` caps the length (a seeded random ordered subset of a longer caption). Raises
     CaptionError for a caption with no known word."""
     if words_num is not None and words_num < 1:
@@ -61,7 +61,7 @@ def encode_captions(captions: list[str], vocab: Vocabulary, words_num: int | Non
     for n, caption in enumerate(captions):
         if not isinstance(caption, str) or not caption.strip():
             raise CaptionError(f"caption {n} is empty")
-        known, unknown = vocab.encode(tokenize(caption))
+        known, unknown = vocab.encode(words_as_written(caption))
         if unknown:
             dropped[caption] = unknown
         if not known:
@@ -171,7 +171,8 @@ def write_generation(gen: Generated, out_dir: str | Path, *, n_per_caption: int 
             to_pil(stage[n]).save(path)
             written.append(path)
         if gen.attn:
+            # No title: the row already writes the words the generator saw, under the images.
             grid = generation_grid([s[n : n + 1] for s in gen.images], [m[n : n + 1] for m in gen.attn], [gen.words[n]],
-                                   cell=128, title=caption)
+                                   cell=128)
             written.append(save_png(grid, out_dir / f"{stem}_attention.png"))
     return written

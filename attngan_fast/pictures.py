@@ -64,15 +64,44 @@ def above_uniform(attn: torch.Tensor, n_words: int) -> torch.Tensor:
     return attn.float() * (attn.float() > 1.0 / max(n_words, 1))
 
 
+# A heat scale from dark blue (no attention) through cyan, green and yellow to red (the map's maximum),
+# as (position, RGB) anchors interpolated linearly: hues a reader tells apart at a glance.
+HEAT_ANCHORS = ((0.0, (20, 30, 140)), (0.25, (0, 140, 255)), (0.5, (40, 220, 110)), (0.75, (255, 220, 0)),
+                (1.0, (230, 20, 10)))
+HEAT_ALPHA = 0.55  # share of the heat colour in an overlay pixel; the rest is the image
+
+
+def heat_colours(values: np.ndarray) -> np.ndarray:
+    """(..., 3) float RGB of the heat scale for values in [0, 1]."""
+    pos = np.array([a for a, _ in HEAT_ANCHORS])
+    rgb = np.array([c for _, c in HEAT_ANCHORS], dtype=np.float32)
+    v = np.clip(values, 0.0, 1.0)
+    return np.stack([np.interp(v, pos, rgb[:, ch]) for ch in range(3)], axis=-1)
+
+
 def overlay(image: Image.Image, attn: torch.Tensor, *, smooth: bool = True) -> Image.Image:
-    """Spotlight a (h, w) attention map over the image: attended regions keep their colour, the rest
-    is dimmed and tinted. ``smooth``: Gaussian upsampling (``upsample_map``)."""
+    """A (h, w) attention map over the image as a heat overlay, scaled to the map's own maximum (red)
+    down to zero (dark blue), blended with the image so that the bird stays visible. ``smooth``:
+    Gaussian upsampling (``upsample_map``)."""
     m = upsample_map(attn, image.size[::-1], smooth=smooth)
-    m = (m / m.max().clamp(min=1e-12)).numpy()[..., None]
+    m = (m / m.max().clamp(min=1e-12)).clamp(min=0).numpy()
     base = np.asarray(image, dtype=np.float32)
-    tint = np.array([30.0, 30.0, 90.0])
-    out = base * (0.15 + 0.85 * m) + tint * (1 - m) * 0.5
-    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+    out = (1 - HEAT_ALPHA) * base + HEAT_ALPHA * heat_colours(m)
+    return Image.fromarray(np.clip(out, 0, 255).round().astype(np.uint8))
+
+
+def colour_scale(width: int, height: int, font) -> Image.Image:
+    """The legend of ``overlay``: the heat scale left (0) to right (the map's maximum), labelled."""
+    strip = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(strip)
+    bar_w, bar_h = max(32, min(width // 3, 240)), max(6, height // 3)
+    x0 = 4 + int(draw.textlength("attention 0 ", font=font))
+    bar = heat_colours(np.linspace(0.0, 1.0, bar_w))[None].repeat(bar_h, axis=0)
+    strip.paste(Image.fromarray(bar.round().astype(np.uint8)), (x0, (height - bar_h) // 2))
+    text_y = (height - bar_h) // 2 - 2
+    draw.text((4, text_y), "attention 0", fill="black", font=font)
+    draw.text((x0 + bar_w + 4, text_y), "max (each map scaled to its own maximum)", fill="black", font=font)
+    return strip
 
 
 def attention_grid(images: torch.Tensor, attn: torch.Tensor, words: list[list[str]], *, cell: int = 96,
@@ -84,7 +113,9 @@ def attention_grid(images: torch.Tensor, attn: torch.Tensor, words: list[list[st
     label = cell // 5
     head = label if title else 0
     cols = 1 + min(max_words, max((len(w) for w in words), default=0))
-    grid = Image.new("RGB", (cols * cell, head + len(words) * (cell + label)), "white")
+    body = head + len(words) * (cell + label)
+    grid = Image.new("RGB", (cols * cell, body + 2 * label), "white")
+    grid.paste(colour_scale(cols * cell, 2 * label, font), (0, body))
     draw = ImageDraw.Draw(grid)
     if title:
         draw.text((4, 2), title, fill="black", font=font)
@@ -130,7 +161,10 @@ def generation_grid(images: list[torch.Tensor], maps: list[torch.Tensor], words:
     head = label if title else 0
     cols = len(images) + len(maps) * top_k
     row_h = cell + 2 * label
-    grid = Image.new("RGB", (cols * cell, head + len(words) * row_h), "white")
+    body = head + len(words) * row_h
+    grid = Image.new("RGB", (cols * cell, body + (2 * label if maps else 0)), "white")
+    if maps:
+        grid.paste(colour_scale(cols * cell, 2 * label, font), (0, body))
     draw = ImageDraw.Draw(grid)
     if title:
         draw.text((4, 2), title, fill="black", font=font)

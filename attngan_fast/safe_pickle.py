@@ -56,8 +56,12 @@ def load_plain_pickle(source: str | Path | bytes):
     """Unpickle a file (or bytes) holding plain data only; raise UnsafePickleError for anything else.
     Python-2 pickles (the release's) are decoded with latin-1 so byte strings survive."""
     data = source if isinstance(source, bytes) else Path(source).read_bytes()
-    obj = _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
-    return _reject_objects(obj, str(source)[:200] if not isinstance(source, bytes) else "pickle")
+    name = "pickle" if isinstance(source, bytes) else str(source)
+    try:
+        obj = _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except UnsafePickleError as err:
+        raise UnsafePickleError(f"{name}: {err}") from None  # which file asked for code
+    return _reject_objects(obj, name)
 
 
 def as_text(x) -> str:

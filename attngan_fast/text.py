@@ -34,6 +34,13 @@ def tokenize(caption: str) -> list[str]:
     return [t for t in tokens if t]
 
 
+def words_as_written(caption: str) -> list[str]:
+    """Lower-cased word tokens of a user's caption with their non-ASCII characters kept: a word such as
+    'röd' or '红' cannot be in a vocabulary made by ``tokenize`` and is dropped by its own name, where
+    ``tokenize`` would turn it into 'rd' or nothing."""
+    return _tokenizer().tokenize(caption.replace("\ufffd\ufffd", " ").lower())
+
+
 class Vocabulary:
     """Word <-> id mapping; id 0 is ``<end>`` (padding)."""
 

@@ -139,7 +139,7 @@ def attention_executed(batch: int, channels: int, pixels: int, words: int, eleme
     big = batch * channels * pixels * element_bytes
     context = channels * words * element_bytes
     fwd_cfg = fused.FORWARD_DEFAULT
-    bwd_cfg = fused.BACKWARD_WIDE_DEFAULT if split else fused.BACKWARD_DEFAULT
+    bwd_cfg = fused.BACKWARD_DEFAULT
     fwd_programs = batch * ceil(pixels / dict(fwd_cfg.meta)["BLOCK_Q"])
     # Forward: the query once, the context once per program, the map written once.
     parts = {"forward": dict(kernel="word_attention_fwd", config=str(fwd_cfg), products=["s", "ctx"],

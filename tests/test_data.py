@@ -212,3 +212,30 @@ def test_collate_pads_to_a_fixed_length_when_asked():
     assert padded["captions"][0, 3:].eq(0).all() and padded["captions"][1, :5].tolist() == [1, 2, 3, 4, 5]
     with pytest.raises(ValueError, match="pad_to=4 is shorter than the batch's longest caption"):
         collate(batch, pad_to=4)
+
+
+def test_the_caption_cache_follows_the_caption_files(tmp_path, capsys):
+    root = make_cub(tmp_path / "cub")
+    first = load_captions(root, "cub", 10, progress=False)
+    path = root / "text" / f"{first.keys['train'][0]}.txt"
+    original = path.read_text()
+    path.write_text("a crimson bird\n" + original)  # caption 0 of image 0 edited after the cache was made
+    edited = load_captions(root, "cub", 10, progress=False)
+    assert "crimson" in edited.vocab and edited.vocab.decode(edited.caption("train", 0, 0)) == ["a", "crimson", "bird"]
+    assert "changed since" in capsys.readouterr().err
+    # An edit of the same size within the same clock tick: the cache is keyed on the files' content.
+    path.write_text("a scarlet bird\n" + original)
+    again = load_captions(root, "cub", 10, progress=False)
+    assert again.vocab.decode(again.caption("train", 0, 0)) == ["a", "scarlet", "bird"]
+    path.write_text("")  # an emptied caption file is refused, not trained on from the stale cache
+    with pytest.raises(DataError, match=re.escape(f"{path} has 0 captions with words, 10 are needed")):
+        load_captions(root, "cub", 10, progress=False)
+
+
+def test_an_unchanged_cache_is_reused_not_rebuilt(tmp_path, monkeypatch):
+    root = make_cub(tmp_path / "cub")
+    load_captions(root, "cub", 10, progress=False)
+    import attngan_fast.data.prepare as prep
+
+    monkeypatch.setattr(prep, "prepare", lambda *a, **k: pytest.fail("rebuilt an unchanged cache"))
+    assert len(load_captions(root, "cub", 10, progress=False).captions["train"]) == 60

@@ -244,7 +244,7 @@ def test_every_word_attention_candidate_config_compiles_and_matches_float64(labe
             assert_rel(grads[0], ref_q, TOLERANCE[label], f"d_query {config}")
             assert_rel(grads[1], ref_k, TOLERANCE[label], f"d_context {config}")
     assert str(fused.FORWARD_DEFAULT) not in skipped
-    assert str(fused.BACKWARD_WIDE_DEFAULT if precision != "native" else fused.BACKWARD_DEFAULT) not in skipped
+    assert str(fused.BACKWARD_DEFAULT) not in skipped
 
 
 def test_autotuned_launches_match_float64_and_repeat_exactly():

@@ -58,3 +58,17 @@ def test_nothing_in_the_package_downloads():
                 if NETWORK_CALLS.search(line):
                     offenders.append(f"{path.relative_to(ROOT)}:{lineno}: {line.strip()}")
     assert not offenders, "network access in package code:\n" + "\n".join(offenders)
+
+
+def test_the_command_line_makes_torchs_cpu_threads_wait_without_spinning():
+    # Spinning OpenMP threads made a 2-core run on a shared machine many times slower; libgomp's own
+    # report (OMP_DISPLAY_ENV) shows the policy it took: spin count 0 = sleep at once.
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env["OMP_DISPLAY_ENV"] = "VERBOSE"
+    for module in ("attngan_fast", "attngan_fast.cli"):
+        out = subprocess.run([sys.executable, "-m", module, "info"], capture_output=True, text=True, check=True,
+                             cwd=ROOT, env=env)
+        assert "GOMP_SPINCOUNT = '0'" in out.stderr and json.loads(out.stdout)["omp_wait_policy"] == "PASSIVE"
+    out = subprocess.run([sys.executable, "-m", "attngan_fast", "info"], capture_output=True, text=True, check=True,
+                         cwd=ROOT, env={**env, "OMP_WAIT_POLICY": "ACTIVE"})  # the user's choice wins
+    assert "OMP_WAIT_POLICY = 'ACTIVE'" in out.stderr and json.loads(out.stdout)["omp_wait_policy"] == "ACTIVE"

@@ -141,3 +141,43 @@ def test_failed_checkpoint_write_keeps_the_previous_file(tmp_path):
         save_atomic({"format": "x", "bad": lambda: None}, path)  # cannot be pickled: fails mid-write
     assert torch.equal(load_checkpoint(path)["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"], "no temporary file left behind"
+
+
+@pytest.mark.parametrize("spelling, value", [("1e-3", 1e-3), ("2E-4", 2e-4), ("5e2", 500.0), ("+1.5e+1", 15.0),
+                                             (".5", 0.5), ("1_000.5", 1000.5), ("3", 3.0)])
+def test_floats_as_people_write_them_in_overrides_and_files(tmp_path, spelling, value):
+    # PyYAML's YAML 1.1 resolver reads 1e-3 (no dot) as a string; a number field takes every spelling
+    # Python's float() takes, from --set and from a file alike.
+    assert load_config("synthetic", [f"damsm.lr={spelling}"]).damsm.lr == value
+    path = tmp_path / "mine.yaml"
+    path.write_text(f"damsm:\n  lr: {spelling}\n  betas: [{spelling}, 0.999]\ngan:\n  max_minutes: {spelling}\n")
+    cfg = load_config(path)
+    assert cfg.damsm.lr == value and cfg.damsm.betas == (value, 0.999) and cfg.gan.max_minutes == value
+    assert isinstance(cfg.damsm.lr, float)
+
+
+def test_number_fields_still_refuse_words_and_strings_stay_strings():
+    with pytest.raises(ConfigError, match=r"damsm.lr must be a number, got 'fast'"):
+        load_config("synthetic", ["damsm.lr=fast"])
+    with pytest.raises(ConfigError, match=r"damsm.batch_size must be an integer, got '1e3'"):
+        load_config("synthetic", ["damsm.batch_size=1e3"])
+    # A path that looks like a number stays the string it is.
+    assert load_config("synthetic", ["data.root=1e-3"]).data.root == "1e-3"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("damsm.batch_size=0", "damsm.batch_size must be at least 1, got 0"),
+    ("damsm.batch_size=-4", "damsm.batch_size must be at least 1, got -4"),
+    ("gan.batch_size=1", "gan.batch_size must be at least 2, got 1"),
+    ("data.words_num=0", "data.words_num must be at least 1, got 0"),
+    ("data.captions_per_image=0", "data.captions_per_image must be at least 1, got 0"),
+    ("data.workers=-1", "data.workers must be at least 0, got -1"),
+    ("runtime.log_every=0", "runtime.log_every must be at least 1, got 0"),
+    ("gan.stages=4", "gan.stages must be at most 3, got 4"),
+    ("damsm.lr=0", "damsm.lr must be above 0, got 0.0"),
+    ("damsm.max_steps=-1", "damsm.max_steps must be at least 0, got -1"),
+])
+def test_values_out_of_range_are_one_line_errors(override, message):
+    with pytest.raises(ConfigError) as caught:
+        load_config("synthetic", [override])
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value), str(caught.value)

@@ -182,7 +182,7 @@ def test_pruning_drops_blocks_wider_than_the_axis_and_keeps_one():
 def test_backward_chunk_is_a_multiple_of_every_tile():
     from kernels.attention import fused
 
-    for config in fused.BACKWARD_CANDIDATES + [fused.BACKWARD_WIDE_DEFAULT]:
+    for config in fused.BACKWARD_CANDIDATES:
         assert fused.PIXELS_PER_PROGRAM % dict(config.meta)["BLOCK_Q"] == 0
 
 

@@ -2,24 +2,29 @@
 
 Built from the text files (``attngan-fast data prepare --root DIR``), or taken from the release's
 ``captions.pickle`` when it lies in the root (read through the restricted unpickler), so that a
-released text encoder keeps its vocabulary. Rebuilt automatically when the split lists change.
+released text encoder keeps its vocabulary. Rebuilt automatically when what it was made from changes:
+the split lists, or the content of the caption files (or of ``captions.pickle``), which the cache
+records as a SHA-256 digest. Content, not size and time: an edit of the same length within one tick of
+the file system's clock would keep both.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
-from ..atomic import atomic_path
+from ..atomic import write_text_atomic
 from ..safe_pickle import as_text, load_plain_pickle
 from ..text import END_TOKEN, Vocabulary, tokenize
-from .layouts import SPLITS, DataError, check_layout, read_caption_lines, read_split
+from .layouts import SPLITS, DataError, caption_path, check_layout, read_caption_lines, read_split
 
 CACHE_NAME = "attngan_fast_captions.json"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: keyed on the caption files' content
 
 
 @dataclass
@@ -37,9 +42,20 @@ class CaptionCache:
         return self.captions[split][image * self.captions_per_image + index]
 
 
-def write_json_atomic(path: Path, data) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data))
+def captions_digest(root: Path, keys: dict[str, list[str]], source: str) -> str:
+    """SHA-256 of what the captions were read from: ``captions.pickle``, or every image's caption file
+    (missing ones count as missing) in split order."""
+    h = hashlib.sha256(source.encode())
+    if source == "captions.pickle":
+        h.update((root / "captions.pickle").read_bytes())
+        return h.hexdigest()
+    for split in SPLITS:
+        for key in keys[split]:
+            path = caption_path(root, key)
+            h.update(key.encode() + b"\0")
+            h.update(path.read_bytes() if path.is_file() else b"\0missing\0")
+            h.update(b"\0")
+    return h.hexdigest()
 
 
 def _from_release_pickle(path: Path, keys: dict[str, list[str]], cpi: int):
@@ -117,15 +133,17 @@ def prepare(root: str | Path, layout: str, captions_per_image: int, *, progress:
     }
     cache = CaptionCache(layout, captions_per_image, vocab, keys,
                          {split: s.class_ids for split, s in splits.items()}, captions, source, report)
-    write_json_atomic(root / CACHE_NAME, {
+    write_text_atomic(root / CACHE_NAME, json.dumps({
         "format": CACHE_FORMAT, "layout": layout, "captions_per_image": captions_per_image, "source": source,
         "vocab": vocab.to_json(), "keys": keys, "captions": captions, "report": report,
-    })
+        "digest": captions_digest(root, keys, source),
+    }))
     return cache
 
 
 def load_captions(root: str | Path, layout: str, captions_per_image: int, *, progress: bool = True) -> CaptionCache:
-    """The cache when it is current for these split lists; otherwise it is (re)built first."""
+    """The cache when it is current (same split lists, same caption content); otherwise it is (re)built
+    first, and a cache made from other captions says so."""
     root = check_layout(root, layout)
     path = root / CACHE_NAME
     if path.exists():
@@ -140,6 +158,12 @@ def load_captions(root: str | Path, layout: str, captions_per_image: int, *, pro
             and all(data["keys"].get(split) == splits[split].keys for split in SPLITS)
         )
         if current:
+            source = data.get("source", "text")
+            if data.get("digest") != captions_digest(root, data["keys"], source):
+                print(f"attngan-fast: the captions under {root} changed since {path.name} was made: rebuilding it",
+                      file=sys.stderr)
+                return prepare(root, layout, captions_per_image, progress=progress,
+                               use_release_pickle=source == "captions.pickle")
             return CaptionCache(layout, captions_per_image, Vocabulary(data["vocab"]), data["keys"],
                                 {split: s.class_ids for split, s in splits.items()}, data["captions"],
                                 data.get("source", "text"), data.get("report", {}))

@@ -4,15 +4,19 @@ RNG states gathered from every rank into a checkpoint, and the parts of resuming
 from __future__ import annotations
 
 import functools
+import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from ..config import Config, ConfigError
+from ..config import Config, ConfigError, config_differences
 from ..data.dataset import EpochSampler, collate
+from ..data.layouts import DataError
 from ..data.prepare import CaptionCache, load_captions
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, set_rng_state
+from .run_folder import claim_run_folder
 from .runtime import Runtime
 
 
@@ -26,6 +30,9 @@ def adam(params, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
 
 def caption_cache(cfg: Config, rt: Runtime, progress: bool) -> CaptionCache:
     """Rank 0 builds the cache (if needed) while the other ranks wait, then they read it."""
+    if cfg.preset == "synthetic" and not Path(cfg.data.root).exists():
+        raise DataError(f"data root {cfg.data.root} does not exist; the synthetic birds are drawn, not downloaded: "
+                        f"make them with: attngan-fast data synth --out {cfg.data.root}")
     cache = None
     if rt.is_main:
         cache = load_captions(cfg.data.root, cfg.data.layout, cfg.data.captions_per_image, progress=progress)
@@ -62,12 +69,73 @@ def gathered_rng_states(rt: Runtime):
     return gathered
 
 
-def open_resume(path, expected_format: str, cache: CaptionCache, root) -> dict:
-    """The checkpoint to resume from, checked to be of this loop's kind and of these captions' vocabulary."""
+# Settings that change a model's parameters (their shapes or the modules there are): a checkpoint
+# cannot continue under other values. Everything else (batch size, learning rates, budgets, the
+# runtime) may change on resume; the change is logged.
+DAMSM_SHAPE_KEYS = ("text_encoder.embedding_dim", "text_encoder.hidden_dim", "image_encoder.kind",
+                    "image_encoder.compact_width")
+GAN_SHAPE_KEYS = ("text_encoder.embedding_dim", "text_encoder.hidden_dim", "gan.stages", "gan.base_size", "gan.variant",
+                  "gan.gf_dim", "gan.df_dim", "gan.z_dim", "gan.c_dim", "gan.r_num")
+
+
+def claim_output(out, resume, overwrite: bool, rt: Runtime) -> tuple[Path | None, dict]:
+    """``claim_run_folder`` on rank 0, its answer (or its error) shared with every rank."""
+    answer = None
+    if rt.is_main:
+        try:
+            answer = ("ok", claim_run_folder(Path(out), resume=resume, overwrite=overwrite))
+        except ValueError as err:
+            answer = ("error", err)
+    if rt.distributed:
+        box = [answer]
+        dist.broadcast_object_list(box, src=0)
+        answer = box[0]
+    if answer[0] == "error":
+        raise answer[1]
+    return answer[1]
+
+
+def open_resume(path, expected_format: str, cache: CaptionCache, cfg: Config, shape_keys: tuple[str, ...],
+                rt: Runtime) -> tuple[dict, dict]:
+    """(the checkpoint to resume from, {setting: [checkpoint's, this run's]} for every setting that
+    differs). The checkpoint must be of this loop's kind, of these captions' vocabulary and of this
+    model's shape; other differences are allowed and said (rank 0) in one line."""
     ckpt = load_checkpoint(path, expected_format)
     if ckpt["vocab"] != cache.vocab.to_json():
-        raise CheckpointError(f"{path} was trained with another vocabulary than {root}'s captions")
-    return ckpt
+        raise CheckpointError(f"{path} was trained with another vocabulary than {cfg.data.root}'s captions")
+    changed = config_differences(ckpt["config"], cfg.to_dict())
+    shape = [f"{k} {changed[k][0]} -> {changed[k][1]}" for k in shape_keys if k in changed]
+    if shape:
+        raise CheckpointError(f"cannot resume {path}: the model's shape differs from the checkpoint's: {', '.join(shape)}")
+    if changed and rt.is_main:
+        print("attngan-fast: resuming with changed settings: "
+              + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()), file=sys.stderr)
+    return ckpt, changed
+
+
+def load_states(pairs, path) -> None:
+    """``module.load_state_dict(state)`` for each pair; a mismatch the config check did not foresee (a
+    file edited by hand) is one line naming the file, not torch's list of every tensor."""
+    for module, state in pairs:
+        try:
+            module.load_state_dict(state)
+        except (RuntimeError, ValueError, KeyError) as err:
+            first = str(err).strip().splitlines()
+            raise CheckpointError(f"{path} does not fit this model: {first[1].strip() if len(first) > 1 else first[0]}") from None
+
+
+def resume_record(path, ckpt: dict, changed: dict) -> dict:
+    """The log line that marks a resume, so that steps logged twice (after the checkpoint, before a kill)
+    are seen to be superseded."""
+    return {"resumed": True, "from": str(path), "step": ckpt["step"], "epoch": ckpt["epoch"],
+            "position": ckpt["position"], "changed": changed}
+
+
+def position_for_batch_size(ckpt: dict, section: str, batch_size: int) -> int:
+    """The checkpoint's position in its epoch (in batches of the batch size it was saved with), in
+    batches of ``batch_size``: a resume with another batch size continues after the samples seen."""
+    old = ckpt["config"].get(section, {}).get("batch_size", batch_size)
+    return ckpt["position"] * old // batch_size
 
 
 def restore_progress(ckpt: dict, scaler, rt: Runtime) -> tuple[int, int, int]:

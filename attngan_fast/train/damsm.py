@@ -32,7 +32,8 @@ from ..models.encoders import TextEncoder, build_image_encoder
 from ..pictures import attention_grid, save_png
 from ..text import Vocabulary, truncate
 from .checkpoint import load_checkpoint, rng_neutral, save_atomic
-from .common import adam, caption_cache, gathered_rng_states, open_resume, restore_progress, train_loader
+from .common import (DAMSM_SHAPE_KEYS, adam, caption_cache, claim_output, gathered_rng_states, load_states, open_resume,
+                     position_for_batch_size, restore_progress, resume_record, train_loader)
 from .runtime import (Deadline, JsonlLog, LossWatch, Runtime, StepMeter, autocast, grad_scaler, seed_everything,
                       training_runtime)
 
@@ -231,18 +232,21 @@ def attention_picture(text_encoder, image_encoder, dataset: TextImageDataset, cf
                                    title=title), path)
 
 
-def train_damsm(cfg: Config, *, resume: str | Path | None = None, progress: bool = True) -> dict:
-    """Pretrain the DAMSM as configured; returns the last evaluation metrics and the checkpoint path."""
+def train_damsm(cfg: Config, *, resume: str | Path | None = None, overwrite: bool = False,
+                progress: bool = True) -> dict:
+    """Pretrain the DAMSM as configured; returns the last evaluation metrics and the checkpoint path
+    (None when no checkpoint was written). A folder that holds a run needs ``resume`` (its latest.pt)
+    or ``overwrite`` (the earlier run is moved aside); see ``run_folder``."""
     with training_runtime(cfg.runtime) as rt:
-        return _train(cfg, rt, resume, progress)
+        return _train(cfg, rt, resume, overwrite, progress)
 
 
-def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
+def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) -> dict:
     device, d = rt.device, cfg.damsm
     seed_everything(cfg.runtime.seed, rt.rank)
     out = Path(d.out_dir)
-    if rt.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+    resume, first_record = claim_output(out, resume, overwrite, rt)
+    records = [first_record] if first_record else []
     cache = caption_cache(cfg, rt, progress)
     common = dict(captions_per_image=cfg.data.captions_per_image, words_num=cfg.data.words_num,
                   image_size=cfg.data.image_size, branches=1, cache=cache)
@@ -260,12 +264,15 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
     scaler = grad_scaler(device, cfg.runtime.amp)
     start_epoch, position, step, history = 0, 0, 0, []
     if resume is not None:
-        ckpt = open_resume(resume, FORMAT, cache, cfg.data.root)
-        text_encoder.load_state_dict(ckpt["text_encoder"])
-        image_encoder.load_state_dict(ckpt["image_encoder"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_epoch, position, step = restore_progress(ckpt, scaler, rt)
+        ckpt, changed = open_resume(resume, FORMAT, cache, cfg, DAMSM_SHAPE_KEYS, rt)
+        load_states([(text_encoder, ckpt["text_encoder"]), (image_encoder, ckpt["image_encoder"]),
+                     (optimizer, ckpt["optimizer"])], resume)
+        for group in optimizer.param_groups:  # a changed setting takes effect (the lr is set every epoch)
+            group["betas"] = d.betas
+        start_epoch, _, step = restore_progress(ckpt, scaler, rt)
+        position = position_for_batch_size(ckpt, "damsm", d.batch_size)
         history = list(ckpt.get("history", []))
+        records.append(resume_record(resume, ckpt, changed))
 
     text_model, image_model = text_encoder, image_encoder
     if rt.distributed:
@@ -278,7 +285,11 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
         image_model = torch.compile(image_model, dynamic=False)  # one static graph: every batch has one shape
 
     sampler, loader, steps_per_epoch = train_loader(train_set, d.batch_size, cfg, rt, device)
+    if rt.is_main:  # only now: a run that fails in its set-up leaves no empty folder
+        out.mkdir(parents=True, exist_ok=True)
     log = JsonlLog(out / "log.jsonl", rt.is_main)
+    for record in records:
+        log.write(record)
     latest = out / "latest.pt"
     deadline = Deadline(d.max_minutes or None, rt, cfg.runtime.log_every)
     watch = LossWatch("DAMSM", rt)
@@ -361,7 +372,8 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
     speed = meter.summary()
     log.write({"final": True, "step": step, **speed})
     checksum = sum(float(p.detach().double().sum()) for p in params)
-    return {"checkpoint": str(latest), "step": step, "param_checksum": checksum, "speed": speed, **metrics}
+    return {"checkpoint": str(latest) if latest.is_file() else None, "step": step, "param_checksum": checksum,
+            "speed": speed, **metrics}
 
 
 def summarize(metrics: dict) -> str:

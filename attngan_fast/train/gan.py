@@ -42,7 +42,8 @@ from ..pictures import eval_curves, generation_grid, save_png
 from ..protocol import FixedEvaluation
 from ..text import Vocabulary
 from .checkpoint import CheckpointError, load_checkpoint, rng_neutral, save_atomic
-from .common import adam, caption_cache, gathered_rng_states, open_resume, restore_progress, train_loader
+from .common import (GAN_SHAPE_KEYS, adam, caption_cache, claim_output, gathered_rng_states, load_states, open_resume,
+                     position_for_batch_size, restore_progress, resume_record, train_loader)
 from .damsm import load_damsm
 from .runtime import (Deadline, JsonlLog, LossWatch, Runtime, StepMeter, autocast, grad_scaler, seed_everything,
                       training_runtime)
@@ -216,10 +217,12 @@ def load_generator(path: str | Path, device: torch.device | str = "cpu", *, ema:
     return netG.to(device).eval(), text_encoder.to(device).eval(), vocab, cfg
 
 
-def train_gan(cfg: Config, *, resume: str | Path | None = None, progress: bool = True) -> dict:
-    """Train AttnGAN as configured (``cfg.gan.damsm`` names the DAMSM checkpoint)."""
+def train_gan(cfg: Config, *, resume: str | Path | None = None, overwrite: bool = False,
+              progress: bool = True) -> dict:
+    """Train AttnGAN as configured (``cfg.gan.damsm`` names the DAMSM checkpoint). A folder that holds a
+    run needs ``resume`` (its latest.pt) or ``overwrite`` (the earlier run is moved aside)."""
     with training_runtime(cfg.runtime) as rt:
-        return _train(cfg, rt, resume, progress)
+        return _train(cfg, rt, resume, overwrite, progress)
 
 
 def _check(cfg: Config) -> None:
@@ -237,11 +240,13 @@ def _check(cfg: Config) -> None:
                           "does not exist")
 
 
-def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
+def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) -> dict:
     _check(cfg)
     device, g = rt.device, cfg.gan
     seed_everything(cfg.runtime.seed, rt.rank)
     out = Path(g.out_dir)
+    resume, first_record = claim_output(out, resume, overwrite, rt)
+    records = [first_record] if first_record else []
     damsm = load_damsm(g.damsm, device)
     text_encoder, image_encoder = damsm.text_encoder, damsm.image_encoder
     text_encoder.requires_grad_(False)
@@ -252,8 +257,6 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
     if damsm.config.damsm.score_form != cfg.damsm.score_form:
         warnings.warn(f"the DAMSM {g.damsm} was pretrained with damsm.score_form={damsm.config.damsm.score_form}, "
                       f"this run's DAMSM loss uses {cfg.damsm.score_form}", stacklevel=2)
-    if rt.is_main:
-        out.mkdir(parents=True, exist_ok=True)
     cache = caption_cache(cfg, rt, progress)
     if cache.vocab.words != damsm.vocab.words:
         raise CheckpointError(f"the DAMSM {g.damsm} was trained with another vocabulary than {cfg.data.root}'s captions")
@@ -284,14 +287,15 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
     scaler = grad_scaler(device, cfg.runtime.amp)
     start_epoch, position, step = 0, 0, 0
     if resume is not None:
-        ckpt = open_resume(resume, FORMAT, cache, cfg.data.root)
-        netG.load_state_dict(ckpt["netG"])
-        netG_ema.load_state_dict(ckpt["netG_ema"])
-        netsD.load_state_dict(ckpt["netsD"])
-        optG.load_state_dict(ckpt["optG"])
-        for opt, state in zip(optsD, ckpt["optsD"]):
-            opt.load_state_dict(state)
-        start_epoch, position, step = restore_progress(ckpt, scaler, rt)
+        ckpt, changed = open_resume(resume, FORMAT, cache, cfg, GAN_SHAPE_KEYS, rt)
+        load_states([(netG, ckpt["netG"]), (netG_ema, ckpt["netG_ema"]), (netsD, ckpt["netsD"]), (optG, ckpt["optG"]),
+                     *zip(optsD, ckpt["optsD"])], resume)
+        for opt, lr in [(optG, g.lr_g)] + [(o, g.lr_d) for o in optsD]:  # a changed setting takes effect
+            for group in opt.param_groups:
+                group["lr"], group["betas"] = lr, g.betas
+        start_epoch, _, step = restore_progress(ckpt, scaler, rt)
+        position = position_for_batch_size(ckpt, "gan", g.batch_size)
+        records.append(resume_record(resume, ckpt, changed))
 
     g_model = netG
     d_steps = [DiscriminatorStep(d) for d in netsD]
@@ -305,7 +309,11 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
 
     step_fn = GanStep(g_model, d_steps, netsD, optG, optsD, scaler, text_encoder, image_fn, cfg, device, adversarial)
     sampler, loader, steps_per_epoch = train_loader(train_set, g.batch_size, cfg, rt, device)
+    if rt.is_main:  # only now: a run that fails in its set-up leaves no empty folder
+        out.mkdir(parents=True, exist_ok=True)
     log = JsonlLog(out / "log.jsonl", rt.is_main)
+    for record in records:
+        log.write(record)
     latest = out / "latest.pt"
     deadline = Deadline(g.max_minutes or None, rt, cfg.runtime.log_every)
     watch = LossWatch("GAN", rt)
@@ -405,7 +413,8 @@ def _train(cfg: Config, rt: Runtime, resume, progress: bool) -> dict:
     log.write({"final": True, "step": step, **speed})
     picture = samples()
     checksum = sum(float(p.detach().double().sum()) for p in netG.parameters())
-    return {"checkpoint": str(latest), "step": step, "samples": str(picture) if picture else None,
+    return {"checkpoint": str(latest) if latest.is_file() else None, "step": step,
+            "samples": str(picture) if picture else None,
             "param_checksum": checksum, "speed": speed, **watch.read()}
 
 

@@ -144,12 +144,12 @@ def _word_attn_bwd_kernel(
         valid, _tile_cols = _word_validity(mask_ptr, b, offs_q, B, HW, T, stride_mb, stride_mt,
                                            HAS_MASK, LEGACY_MASK, BLOCK_Q, BLOCK_T)
         # Pixels past HW load q = 0 and g = 0, so they add nothing to the context gradient.
+        zeros = tl.zeros((BLOCK_Q, BLOCK_T), dtype=tl.float32)
         q, q_lo = operand_parts(_load_tile(query_ptr, b, C, offs_q, q_valid, stride_qb, stride_qc, stride_qp,
                                            BLOCK_C), DOT_DTYPE, SPLIT)
+        beta = _word_softmax(mma(tl.trans(q), tl.trans(q_lo), k, k_lo, zeros, SPLIT, PRECISION), valid)
         g, g_lo = operand_parts(_load_tile(grad_ptr, b, C, offs_q, q_valid, stride_gb, stride_gc, stride_gp,
                                            BLOCK_C), DOT_DTYPE, SPLIT)
-        zeros = tl.zeros((BLOCK_Q, BLOCK_T), dtype=tl.float32)
-        beta = _word_softmax(mma(tl.trans(q), tl.trans(q_lo), k, k_lo, zeros, SPLIT, PRECISION), valid)
         d_beta = mma(tl.trans(g), tl.trans(g_lo), k, k_lo, zeros, SPLIT, PRECISION)
         d_s = beta * (d_beta - tl.sum(beta * d_beta, axis=1)[:, None])
         ds, ds_lo = operand_parts(d_s, DOT_DTYPE, SPLIT)
@@ -160,6 +160,11 @@ def _word_attn_bwd_kernel(
         # d_context += g·β + q·ds, the channels on M, contracted over the tile's pixels.
         be, be_lo = operand_parts(beta, DOT_DTYPE, SPLIT)
         d_k = mma(g, g_lo, be, be_lo, d_k, SPLIT, PRECISION)
+        if SPLIT:
+            # The query tile once more (from L1/L2; the store above keeps the two loads apart): its
+            # three copies (fp32, hi, lo) kept alive from s to here spilled the tile loop on 4 warps.
+            q, q_lo = operand_parts(_load_tile(query_ptr, b, C, offs_q, q_valid, stride_qb, stride_qc, stride_qp,
+                                               BLOCK_C), DOT_DTYPE, SPLIT)
         d_k = mma(q, q_lo, ds, ds_lo, d_k, SPLIT, PRECISION)
     tl.store(partial_ptr + b * stride_pb + chunk * stride_pq + offs_c[:, None] * stride_pc + offs_t[None, :] * stride_pt,
              d_k, mask=c_valid[:, None] & (offs_t[None, :] < T))
@@ -198,13 +203,9 @@ _FWD = TunedKernel(_word_attn_fwd_kernel, FORWARD_CANDIDATES,
 _BWD = TunedKernel(_word_attn_bwd_kernel, BACKWARD_CANDIDATES,
                    key=["C", "HW", "T", "stride_qp", "PRECISION", "DOT_DTYPE", "SPLIT"],
                    prune=_prune, interpreted=INTERPRETED)
-# 4 warps on 64 pixels: the tile fills one warpgroup's M, and two or more programs fit an SM. The
-# backward with 4-byte operands (fp32 inputs: bf16x3 pairs, or fp32 at "tf32"/"ieee") holds each q
-# and g tile in fp32 and as operands: on 4 warps bf16x3 spills inside the tile loop, so it takes 128
-# pixels on 8 warps (one tile per program).
+# 4 warps on 64 pixels: the tile fills one warpgroup's M, and two or more programs fit an SM.
 FORWARD_DEFAULT = LaunchConfig.of(num_warps=4, num_stages=1, BLOCK_Q=64)
 BACKWARD_DEFAULT = LaunchConfig.of(num_warps=4, num_stages=1, BLOCK_Q=64)
-BACKWARD_WIDE_DEFAULT = LaunchConfig.of(num_warps=8, num_stages=1, BLOCK_Q=128)
 
 
 def _whole_tiles(C: int, T: int) -> dict:
@@ -283,7 +284,7 @@ def word_attention_backward(grad_ctx, query, context, word_mask, legacy_mask: bo
         B, C, HW, T,
         *_flat_strides(q), *context.stride(), *mask_strides, *_flat_strides(g), *_flat_strides(d_query),
         *partial.stride(),
-        default=BACKWARD_WIDE_DEFAULT if precision != "native" else BACKWARD_DEFAULT, config=config,
+        default=BACKWARD_DEFAULT, config=config,
         HAS_MASK=word_mask is not None, LEGACY_MASK=legacy_mask, CHUNK=PIXELS_PER_PROGRAM,
         **dots, **_whole_tiles(C, T),
     )

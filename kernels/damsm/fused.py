@@ -28,8 +28,9 @@ dc·c/z: O(T·D) per pair) is kept for a chunk of images at a time, at most ``CO
 never grows with the batch squared. The two gradients are reductions over different axes (d_regions
 over captions, d_words over images); each program of the gradient kernel owns a slot of a partial
 sum of each, summed afterwards, so the result is deterministic (no atomics); ``backward_splits``
-chooses the programs to fill the GPU in as few waves as possible. Extra memory: that chunk, and the
-partial sums S_k·B_img·N·D + S_m·B_cap·T·D floats; never anything of O(B²·T·N).
+chooses the programs to fill the GPU in as few waves as PARTIAL_BYTES of partial sums allow. Extra
+memory: that chunk, the partial sums S_k·B_img·N·D + S_m·B_cap·T·D floats and features-last copies
+of the inputs; never anything of O(B²·T·N).
 
 s̄ ∈ [0, 1] bounds the region softmax: u = exp(γ1·(s̄ − 1)) ∈ (0, 1] needs no running max and stays
 inside fp16's range whatever γ1 (<= 80).

@@ -1,0 +1,180 @@
+"""Every user error is one clear line (no traceback), warnings are plain lines, ``python -m
+attngan_fast.cli`` runs the command line, and under torchrun only rank 0 prints the result."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from attngan_fast.cli import main as cli
+from attngan_fast.generate import encode_captions
+from attngan_fast.text import Vocabulary
+from host_sync import free_port
+from test_generate_evaluate_import import fidelity_weights, trained  # noqa: F401  (fixtures)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def one_line_error(capsys, args, expected: str) -> str:
+    code = cli(args)
+    err = capsys.readouterr().err
+    assert code == 2, (code, err)
+    assert err.startswith("attngan-fast: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert expected in err, err
+    return err
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--n-per-caption", "0"], "--n-per-caption must be at least 1, got 0"),
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["--batch-size", "-3"], "--batch-size must be at least 1, got -3"),
+    (["--device", "gpu"], "--device 'gpu' is not a device: use auto, cpu, cuda or cuda:N"),
+    (["--device", "cuda:x"], "--device 'cuda:x' is not a device"),
+])
+def test_generate_flag_errors(trained, tmp_path, capsys, flags, expected):
+    one_line_error(capsys, ["generate", "--checkpoint", str(trained[1]), "--out", str(tmp_path / "o"), "a bird", *flags],
+                   expected)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_asking_for_cuda_without_a_gpu_is_one_line(trained, synthetic_root, tmp_path, capsys):
+    one_line_error(capsys, ["generate", "--checkpoint", str(trained[1]), "--out", str(tmp_path / "o"), "a bird",
+                            "--device", "cuda"], "--device cuda: no CUDA device is available on this machine")
+    one_line_error(capsys, ["pretrain-damsm", "--config", "synthetic", "--data", str(synthetic_root), "--quiet",
+                            "--out", str(tmp_path / "d"), "--device", "cuda"], "no CUDA device is available")
+
+
+def test_generate_into_an_existing_file_and_from_a_text_file(trained, tmp_path, capsys):
+    taken = tmp_path / "samples"
+    taken.write_text("my notes")
+    one_line_error(capsys, ["generate", "--checkpoint", str(trained[1]), "--out", str(taken), "a bird"],
+                   f"--out {taken} is a file, not a folder")
+    assert taken.read_text() == "my notes"
+    for text in ("hello world\n", "every bird\n", "# notes\n"):  # KeyError, IndexError, UnpicklingError inside torch
+        notes = tmp_path / "notes.txt"
+        notes.write_text(text)
+        one_line_error(capsys, ["generate", "--checkpoint", str(notes), "--out", str(tmp_path / "o"), "a bird"],
+                       f"{notes} is not a readable checkpoint")
+
+
+def test_evaluate_refuses_zero_images_and_warns_below_the_protocol(trained, synthetic_root, tmp_path, capsys):
+    base = ["evaluate", "--checkpoint", str(trained[1]), "--damsm", str(trained[0]), "--data", str(synthetic_root),
+            "--quiet", "--out", str(tmp_path / "r.json")]
+    one_line_error(capsys, base + ["--n-images", "0"], "--n-images must be at least 1, got 0")
+    assert cli(base + ["--n-images", "5"]) == 0
+    err = capsys.readouterr().err
+    warning = [line for line in err.splitlines() if "too few" in line]
+    assert warning == ["attngan-fast: warning: --n-images 5 is too few for the R-precision protocol (10 folds "
+                       "need at least 100 images, 10 per fold; the paper's figures use 30,000): the numbers will be "
+                       "noisy"], err
+    assert json.loads((tmp_path / "r.json").read_text())["n_images"] == 5
+
+
+def test_evaluate_checks_the_inception_weights_before_generating(trained, synthetic_root, tmp_path, capsys):
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"conv.weight": torch.zeros(3, 3)}, wrong)
+    base = ["evaluate", "--checkpoint", str(trained[1]), "--damsm", str(trained[0]), "--data", str(synthetic_root),
+            "--n-images", "20", "--quiet", "--out", str(tmp_path / "r.json")]
+    one_line_error(capsys, base + ["--inception-weights", str(wrong)],
+                   f"--inception-weights {wrong} is not torch-fidelity's Inception weights")
+    one_line_error(capsys, base + ["--inception-weights", str(trained[0])],
+                   f"--inception-weights {trained[0]} is not torch-fidelity's Inception weights")
+    one_line_error(capsys, base + ["--inception-weights", str(tmp_path / "missing.pth")],
+                   f"--inception-weights {tmp_path / 'missing.pth'} does not exist")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wrong.pth"]  # no image was generated, no report
+
+
+def test_a_right_weights_file_passes_the_check(fidelity_weights):  # noqa: F811
+    from attngan_fast.evaluate import check_inception_weights
+
+    check_inception_weights(fidelity_weights)
+
+
+def test_training_config_errors_are_one_line(synthetic_root, tmp_path, capsys):
+    for flag, expected in (("damsm.batch_size=0", "damsm.batch_size must be at least 1, got 0"),
+                           ("damsm.batch_size=-4", "damsm.batch_size must be at least 1, got -4"),
+                           ("data.words_num=0", "data.words_num must be at least 1, got 0")):
+        one_line_error(capsys, ["pretrain-damsm", "--config", "synthetic", "--data", str(synthetic_root), "--quiet",
+                                "--out", str(tmp_path / "d"), "--set", flag], expected)
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_missing_synthetic_root_says_how_to_make_it(tmp_path, capsys):
+    missing = tmp_path / "birds"
+    one_line_error(capsys, ["pretrain-damsm", "--config", "synthetic", "--data", str(missing), "--quiet",
+                            "--out", str(tmp_path / "d")], f"make them with: attngan-fast data synth --out {missing}")
+
+
+def test_unknown_and_non_ascii_words_are_one_plain_warning_line(trained, tmp_path, capsys):
+    assert cli(["generate", "--checkpoint", str(trained[1]), "--out", str(tmp_path / "o"),
+                "this bird has röd wings and a 红 zebra belly"]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "vocabulary" in line]
+    assert lines == ["attngan-fast: warning: words not in the vocabulary were dropped: "
+                     "'this bird has röd wings and a 红 zebra belly': röd, 红, zebra"], err
+    assert "UserWarning" not in err and "warnings.warn" not in err
+
+
+def test_non_ascii_words_are_dropped_by_name():
+    vocab = Vocabulary.build([["a", "bird", "red", "rd", "wings"]])
+    with pytest.warns(UserWarning, match="'a röd bird with 红 wings': röd, with, 红"):
+        ids, dropped = encode_captions(["a röd bird with 红 wings"], vocab, 18)
+    assert vocab.decode(ids[0]) == ["a", "bird", "wings"] and dropped == {"a röd bird with 红 wings": ["röd", "with", "红"]}
+
+
+def test_generate_shows_progress_over_many_captions(trained, tmp_path, capsys):
+    captions = [f"a bird with {c} wings" for c in ("red", "blue", "green", "black", "white")] * 8
+    assert cli(["generate", "--checkpoint", str(trained[1]), "--out", str(tmp_path / "o"), "--batch-size", "8",
+                *captions]) == 0
+    err = capsys.readouterr().err
+    assert "generating" in err and "40/40" in err, err
+    assert cli(["generate", "--checkpoint", str(trained[1]), "--out", str(tmp_path / "q"), "--quiet", *captions]) == 0
+    assert "generating" not in capsys.readouterr().err
+
+
+def test_a_refused_pickle_names_its_file(tmp_path, capsys):
+    from attngan_fast.safe_pickle import UnsafePickleError, load_plain_pickle
+
+    path = tmp_path / "filenames.pickle"
+    path.write_bytes(pickle.dumps(os.system))
+    with pytest.raises(UnsafePickleError, match=f"^{path}: refusing to load posix.system"):
+        load_plain_pickle(path)
+
+
+def test_info_says_which_path_the_ops_take():
+    out = subprocess.run([sys.executable, "-m", "attngan_fast", "info"], capture_output=True, text=True, check=True,
+                         cwd=ROOT)
+    ops = json.loads(out.stdout)["ops"]
+    if torch.cuda.is_available():
+        assert ops.startswith("Triton kernels on CUDA tensors"), ops
+    else:
+        assert ops.startswith("reference (plain PyTorch) on this machine (no CUDA device)"), ops
+
+
+def test_python_dash_m_cli_runs_the_command_line():
+    out = subprocess.run([sys.executable, "-m", "attngan_fast.cli", "info"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and json.loads(out.stdout)["torch"] == torch.__version__, out
+    out = subprocess.run([sys.executable, "-m", "attngan_fast.cli"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2 and "usage: attngan-fast" in out.stderr
+
+
+@pytest.mark.slow
+def test_under_torchrun_only_rank_zero_prints_the_result(synthetic_root, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           "-m", "attngan_fast.cli",
+           "pretrain-damsm", "--config", "synthetic", "--data", str(synthetic_root), "--out", str(tmp_path / "d"),
+           "--quiet", "--set", "data.image_size=32", "--set", "text_encoder.hidden_dim=16",
+           "--set", "image_encoder.compact_width=8", "--set", "damsm.batch_size=8", "--set", "damsm.max_steps=2",
+           "--set", "runtime.eval_batches=1", "--device", "cpu"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count('"checkpoint"') == 1 and out.stdout.count("done: ") == 1, out.stdout

@@ -1,0 +1,178 @@
+"""Nothing is lost: a run never overwrites an earlier run's folder, a resume is marked in the log and is
+checked against the checkpoint's config, killed saves leave no litter, failed runs no empty folders."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+import attngan_fast.train.damsm as damsm
+from attngan_fast.atomic import atomic_path
+from attngan_fast.cli import main as cli
+from attngan_fast.config import load_config
+from attngan_fast.train import gan
+from attngan_fast.train.checkpoint import CheckpointError, load_checkpoint
+from test_damsm_training import tiny_config
+from test_gan import tiny_gan_config
+
+TINY_DAMSM = ["--config", "synthetic", "--quiet", "--set", "data.image_size=32", "--set", "data.workers=0",
+              "--set", "text_encoder.embedding_dim=16", "--set", "text_encoder.hidden_dim=16",
+              "--set", "image_encoder.compact_width=8", "--set", "damsm.batch_size=8",
+              "--set", "damsm.max_minutes=null", "--set", "runtime.eval_batches=1"]
+
+
+def _damsm_cli(root, out, *extra):
+    return ["pretrain-damsm", "--data", str(root), "--out", str(out), *TINY_DAMSM, *extra]
+
+
+def _records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def damsm_run(synthetic_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("damsm-run")
+    damsm.train_damsm(tiny_config(synthetic_root, out, "damsm.max_steps=3"), progress=False)
+    return out / "latest.pt"
+
+
+def test_a_second_run_into_a_folder_that_holds_a_run_is_a_one_line_error(synthetic_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli(_damsm_cli(synthetic_root, out, "--set", "damsm.max_steps=4")) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert cli(_damsm_cli(synthetic_root, out, "--set", "damsm.max_steps=2")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"{out} already holds a DAMSM run (latest.pt at step 4" in err, err
+    assert f"--resume {out / 'latest.pt'}" in err and "--overwrite" in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # nothing touched
+
+
+def test_the_library_refuses_too_and_a_gan_folder_is_named_as_such(synthetic_root, damsm_run, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gan.train_gan(tiny_gan_config(synthetic_root, damsm_run, tmp_path, "gan.max_steps=2"), progress=False)
+        with pytest.raises(ValueError, match=r"already holds an AttnGAN run \(latest.pt at step 2"):
+            gan.train_gan(tiny_gan_config(synthetic_root, damsm_run, tmp_path, "gan.max_steps=2"), progress=False)
+    assert load_checkpoint(tmp_path / "latest.pt")["step"] == 2
+
+
+def test_a_log_without_a_checkpoint_is_a_run_too(synthetic_root, tmp_path):
+    (tmp_path / "log.jsonl").write_text('{"step": 1}\n')  # killed before its first checkpoint
+    with pytest.raises(ValueError, match="holds the log of a run that saved no checkpoint"):
+        damsm.train_damsm(tiny_config(synthetic_root, tmp_path, "damsm.max_steps=1"), progress=False)
+
+
+def test_overwrite_moves_the_earlier_run_aside_and_says_so(synthetic_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli(_damsm_cli(synthetic_root, out, "--set", "damsm.max_steps=4")) == 0
+    old = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert cli(_damsm_cli(synthetic_root, out, "--set", "damsm.max_steps=2", "--overwrite")) == 0
+    err = capsys.readouterr().err
+    moved = [p for p in out.iterdir() if p.is_dir() and p.name.startswith("replaced-")]
+    assert len(moved) == 1 and f"moved the earlier DAMSM run (step 4) to {moved[0]}" in err, err
+    assert {p.name: p.read_bytes() for p in moved[0].iterdir() if p.is_file()} == old  # every byte kept
+    assert load_checkpoint(out / "latest.pt")["step"] == 2
+    records = _records(out / "log.jsonl")
+    assert records[0] == {"started": True, "replaced": str(moved[0])} and records[-1]["step"] == 2
+
+
+def test_resume_continues_in_place_and_marks_the_log(synthetic_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli(_damsm_cli(synthetic_root, out, "--set", "damsm.max_steps=3", "--set", "runtime.log_every=1")) == 0
+    assert cli(_damsm_cli(synthetic_root, out, "--set", "damsm.max_steps=5", "--set", "runtime.log_every=1",
+                          "--resume", str(out / "latest.pt"))) == 0
+    records = _records(out / "log.jsonl")
+    marks = [r for r in records if r.get("resumed")]
+    assert len(marks) == 1 and marks[0]["step"] == 3 and marks[0]["from"] == str(out / "latest.pt")
+    assert marks[0]["changed"] == {"damsm.max_steps": [3, 5]}
+    after = records[records.index(marks[0]) + 1:]
+    assert [r["step"] for r in after if "total" in r] == [4, 5]
+
+
+def test_resuming_another_folders_checkpoint_into_a_run_is_refused(synthetic_root, damsm_run, tmp_path):
+    damsm.train_damsm(tiny_config(synthetic_root, tmp_path, "damsm.max_steps=2"), progress=False)
+    with pytest.raises(ValueError, match=rf"resuming {damsm_run} there would replace it"):
+        damsm.train_damsm(tiny_config(synthetic_root, tmp_path, "damsm.max_steps=5"), resume=damsm_run, progress=False)
+
+
+def test_resume_with_another_model_shape_names_the_keys_in_one_line(synthetic_root, damsm_run, tmp_path, capsys):
+    args = _damsm_cli(synthetic_root, tmp_path / "new", "--resume", str(damsm_run), "--set", "damsm.max_steps=5",
+                      "--set", "text_encoder.hidden_dim=24", "--set", "image_encoder.compact_width=4")
+    assert cli(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert (f"cannot resume {damsm_run}: the model's shape differs from the checkpoint's: "
+            "text_encoder.hidden_dim 16 -> 24, image_encoder.compact_width 8 -> 4") in err, err
+    assert not (tmp_path / "new").exists()
+
+
+def test_resume_with_another_batch_size_and_lr_is_allowed_and_logged(synthetic_root, damsm_run, tmp_path, capsys):
+    cfg = tiny_config(synthetic_root, tmp_path, "damsm.max_steps=5", "damsm.batch_size=4", "damsm.lr=1e-3")
+    damsm.train_damsm(cfg, resume=damsm_run, progress=False)
+    mark = _records(tmp_path / "log.jsonl")[0]
+    assert mark["resumed"] and mark["changed"]["damsm.batch_size"] == [8, 4]
+    assert mark["changed"]["damsm.lr"] == [0.002, 0.001] and mark["changed"]["damsm.max_steps"] == [3, 5]
+    assert "damsm.out_dir" in mark["changed"]
+    ckpt = load_checkpoint(tmp_path / "latest.pt")
+    # 3 batches of 8 were seen in this epoch; with batches of 4 the epoch continues after sample 24.
+    assert ckpt["step"] == 5 and ckpt["position"] == 6 + 2
+    err = capsys.readouterr().err
+    assert err.startswith("attngan-fast: resuming with changed settings: ") and err.count("\n") == 1, err
+    assert "damsm.batch_size 8 -> 4, damsm.lr 0.002 -> 0.001, damsm.max_steps 3 -> 5" in err, err
+
+
+def test_a_gan_resume_applies_a_changed_learning_rate(synthetic_root, damsm_run, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gan.train_gan(tiny_gan_config(synthetic_root, damsm_run, tmp_path, "gan.max_steps=1"), progress=False)
+        gan.train_gan(tiny_gan_config(synthetic_root, damsm_run, tmp_path, "gan.max_steps=2", "gan.lr_g=1e-3",
+                                      "gan.lr_d=3e-4"), resume=tmp_path / "latest.pt", progress=False)
+        ckpt = load_checkpoint(tmp_path / "latest.pt")
+        assert ckpt["optG"]["param_groups"][0]["lr"] == 1e-3
+        assert all(o["param_groups"][0]["lr"] == 3e-4 for o in ckpt["optsD"])
+        with pytest.raises(CheckpointError, match=r"gan.gf_dim 4 -> 8$"):
+            gan.train_gan(tiny_gan_config(synthetic_root, damsm_run, tmp_path, "gan.max_steps=3", "gan.gf_dim=8"),
+                          resume=tmp_path / "latest.pt", progress=False)
+
+
+def test_a_killed_save_leaves_no_temporary_file_after_the_next_save(tmp_path):
+    target = tmp_path / "latest.pt"
+    left = tmp_path / ".latest.pt.k1ll3d.tmp"  # what a save killed between write and rename leaves
+    left.write_bytes(b"half a checkpoint")
+    other = tmp_path / ".cache.json.x.tmp"
+    other.write_text("another file's")
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new" and not left.exists()
+    assert other.exists()  # only this target's leftovers go
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".cache.json.x.tmp", "latest.pt"]
+
+
+def test_failed_runs_leave_no_empty_output_folders(synthetic_root, damsm_run, tmp_path, capsys):
+    assert cli(_damsm_cli(tmp_path / "no-data", tmp_path / "a")) == 2
+    assert cli(_damsm_cli(synthetic_root, tmp_path / "b", "--set", "damsm.batch_size=500")) == 2
+    assert cli(["train", "--config", "synthetic", "--data", str(synthetic_root), "--damsm", str(damsm_run),
+                "--out", str(tmp_path / "c"), "--quiet", "--set", "gan.batch_size=500",
+                "--set", "text_encoder.hidden_dim=16", "--set", "text_encoder.embedding_dim=16"]) == 2
+    capsys.readouterr()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_zero_steps_reports_no_checkpoint_that_does_not_exist(synthetic_root, tmp_path):
+    result = damsm.train_damsm(tiny_config(synthetic_root, tmp_path / "d", "damsm.max_steps=0"), progress=False)
+    assert result["checkpoint"] is None and result["step"] == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        damsm_ckpt = tmp_path / "dm" / "latest.pt"
+        damsm.train_damsm(tiny_config(synthetic_root, tmp_path / "dm", "damsm.max_steps=1"), progress=False)
+        result = gan.train_gan(tiny_gan_config(synthetic_root, damsm_ckpt, tmp_path / "g", "gan.max_steps=0"),
+                               progress=False)
+    assert result["checkpoint"] is None and result["step"] == 0
+    assert not (tmp_path / "g" / "latest.pt").exists() and not (tmp_path / "d" / "latest.pt").exists()
+    assert torch.isfinite(torch.tensor(result["param_checksum"]))
