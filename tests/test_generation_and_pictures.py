@@ -116,5 +116,6 @@ def test_generation_grid_draws_in_both_styles():
     words = [["a", "red", "bird"], ["a", "small", "blue", "bird", "here"]]
     paper = generation_grid(images, maps, words, top_k=3)
     plain = generation_grid(images, maps, words, top_k=3, style="plain")
-    assert paper.size == plain.size == ((2 + 3) * 96, 2 * (96 + 2 * 19))
+    # two rows of image + two label lines, then the colour scale (two label lines)
+    assert paper.size == plain.size == ((2 + 3) * 96, 2 * (96 + 2 * 19) + 2 * 19)
     assert paper.tobytes() != plain.tobytes()
