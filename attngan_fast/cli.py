@@ -186,12 +186,11 @@ def _generate(args) -> int:
     if not captions:
         raise CliError("give at least one caption (as arguments or with --captions FILE)")
     device = pick_device(args.device or "auto")
-    netG, text_encoder, vocab, cfg = load_generator(args.checkpoint, device)
-    words_num = cfg.gan.words_num or cfg.data.words_num
+    netG, text_encoder, vocab, _ = load_generator(args.checkpoint, device)
     images, files, dropped = 0, 0, {}
     total = len(captions) * args.n_per_caption
     bar = tqdm(total=total, desc="generating", unit="image", disable=args.quiet or total <= args.batch_size)
-    for first, chunk in iter_generate(netG, text_encoder, vocab, captions, words_num=words_num,
+    for first, chunk in iter_generate(netG, text_encoder, vocab, captions, words_num=args.words_num,
                                       n_per_caption=args.n_per_caption, seed=args.seed, batch_size=args.batch_size,
                                       device=device, progress=bar):
         files += len(write_generation(chunk, args.out, n_per_caption=args.n_per_caption, first=first))
@@ -212,10 +211,16 @@ def _evaluate(args) -> int:
     report = evaluate_generator(args.checkpoint, args.damsm, args.data, args.out, n_images=args.n_images,
                                 inception_weights=args.inception_weights, eval_damsm=args.eval_damsm, seed=args.seed,
                                 batch_size=args.batch_size, device=pick_device(args.device or "auto"),
-                                keep_images=not args.discard_images, progress=not args.quiet)
-    if report.get("inception_note"):
-        print(f"note: {report['inception_note']}", file=sys.stderr)
-    print(json.dumps({k: report[k] for k in ("r_precision", "inception_score", "fid", "n_images", "seconds")}, indent=2))
+                                words_num=args.words_num, keep_images=not args.discard_images, progress=not args.quiet)
+    for key in ("inception_note", "inception_score_note"):
+        if report.get(key):
+            print(f"note: {report[key]}", file=sys.stderr)
+    r = report["r_precision"]
+    shown = {"r_precision": {k: r[k] for k in ("mean", "std", "groups_of_100", "candidates", "chance")},
+             "judge": {k: report["judge"][k] for k in ("path", "role", "weights_sha256")},
+             "word_cap": report["protocol"]["word_cap"],
+             **{k: report[k] for k in ("inception_score", "tf_inception_fid", "n_images", "seconds")}}
+    print(json.dumps(shown, indent=2))
     return 0
 
 
@@ -311,25 +316,41 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--legacy-mask", action="store_true", help="the released code's F_attn mask layout")
     train.set_defaults(func=_train_gan)
 
-    gen = sub.add_parser("generate", help="images (and attention pictures) from your own sentences")
+    gen = sub.add_parser("generate", help="images (and attention pictures) from your own sentences",
+                         description="Images (and attention pictures) from your own sentences. Every word is kept "
+                                     "unless --words-num cuts them. Noise is seeded per image, so with the default "
+                                     "mask the images do not depend on --batch-size; generators imported from the "
+                                     "release (legacy_mask) do depend on the other captions of their batch: use "
+                                     "--batch-size 1 for them.")
     gen.add_argument("captions", nargs="*", help="captions, e.g. \"this bird has blue wings and a red belly\"")
     gen.add_argument("--checkpoint", required=True, help="generator checkpoint (train's latest.pt or import-original's)")
     gen.add_argument("--captions", dest="captions_file", metavar="FILE", help="a file with one caption per line")
     gen.add_argument("--n-per-caption", type=int, default=1)
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--batch-size", type=int, default=32)
+    gen.add_argument("--batch-size", type=int, default=32,
+                     help="images per forward pass (default 32). Generators with the released F_attn mask "
+                          "(legacy_mask: imported release checkpoints) couple the samples of a batch, so their "
+                          "images depend on the other captions in it: --batch-size 1 is the reproducible choice "
+                          "for them (a larger batch warns)")
+    gen.add_argument("--words-num", type=int, metavar="N",
+                     help="cut captions longer than N words to a seeded random ordered subset, as in training "
+                          "(default: every word is kept, as the release's example generation does)")
     gen.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     gen.add_argument("--out", required=True, help="folder for the images")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(func=_generate)
 
-    ev = sub.add_parser("evaluate", help="IS, FID (torch-fidelity) and R-precision of a generator, as a JSON report")
+    ev = sub.add_parser("evaluate", help="R-precision, IS and TF-Inception FID (torch-fidelity) of a generator, "
+                                         "as a JSON report that states its protocol")
     ev.add_argument("--checkpoint", required=True, help="generator checkpoint")
     ev.add_argument("--damsm", required=True, help="the DAMSM checkpoint the generator was trained with")
     ev.add_argument("--data", required=True, help="dataset root (its test split is used)")
     ev.add_argument("--n-images", type=int, default=30000)
     ev.add_argument("--inception-weights", metavar="FILE", help="torch-fidelity's Inception weights (local file)")
     ev.add_argument("--eval-damsm", metavar="CKPT", help="a separately trained DAMSM as the R-precision judge")
+    ev.add_argument("--words-num", type=int, metavar="N",
+                    help="evaluation word cap (default: 25 for CUB layouts, 20 for COCO, as the release's and "
+                         "DM-GAN's evaluation configs); the generator and the judge read the same cut captions")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--batch-size", type=int, default=32)
     ev.add_argument("--device", help="auto, cpu, cuda or cuda:N")

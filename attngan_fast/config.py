@@ -1,7 +1,9 @@
 """Configuration: YAML files checked against a typed schema (dataclasses).
 
-A config is a preset name (``bird``, ``coco``, ``synthetic``: files in ``attngan_fast/configs``) or a
-path to a YAML file; ``--set section.key=value`` overrides single values (the value is parsed as YAML).
+A config is a preset name (``bird``, ``coco``, ``synthetic`` and the paper's variants ``attngan1``,
+``attngan2``, ``attndcgan``: files in ``attngan_fast/configs``) or a path to a YAML file; a file may start
+from a preset (``inherits: bird``) and change a few values; ``--set section.key=value`` overrides single
+values (the value is parsed as YAML).
 An unknown key or a value of the wrong type is a ``ConfigError`` that names the key path.
 """
 
@@ -45,6 +47,11 @@ class ImageEncoderConfig:
     kind: Literal["inception", "compact"] = "inception"
     inception_weights: Optional[str] = None  # local torchvision Inception-v3 state_dict; none = random
     compact_width: int = 64  # channels of the compact CNN's first block
+    # The Inception backbone's BatchNorm during DAMSM pretraining. ``release``: as the release trained it,
+    # the frozen backbone is put in train() mode with the rest, so BatchNorm normalises with batch
+    # statistics and its running statistics drift to the dataset (they are saved and used afterwards);
+    # ``frozen``: the backbone stays in eval mode with ImageNet's statistics. The compact encoder has none.
+    backbone_bn: Literal["release", "frozen"] = "release"
 
 
 @dataclass
@@ -63,7 +70,13 @@ class DamsmConfig:
     max_minutes: Optional[float] = None  # stop (with a checkpoint) after this much training time
     max_steps: Optional[int] = None  # stop (with a checkpoint) after this many optimizer steps in all
     snapshot_every: int = 50  # epochs between kept checkpoints (the latest is always kept)
+    # Epochs whose checkpoint is kept whatever snapshot_every says: the release trained its GANs against
+    # the DAMSM of epoch 200 (CUB) and 100 (COCO).
+    snapshot_epochs: tuple[int, ...] = ()
     pictures_every: int = 1  # epochs between attention-map pictures
+    # Word-level score R[i, j]: ``released`` log Σ exp(γ2·cos) (what γ3 = 10 was tuned with) or the
+    # paper's ``paper`` (1/γ2)·log Σ exp(γ2·cos) (DESIGN.md §2.1).
+    score_form: Literal["released", "paper"] = "released"
 
 
 @dataclass
@@ -92,6 +105,12 @@ class GanConfig:
     snapshot_every: int = 25  # epochs between kept checkpoints (latest.pt is written every epoch)
     max_minutes: Optional[float] = None
     max_steps: Optional[int] = None
+    # Evaluation hook (the paper's Figure 3 curves): every eval_every epochs the EMA generator draws a
+    # fixed subset of eval_images test (image, caption) pairs with fixed noise; R-precision (and IS with
+    # torch-fidelity's Inception weights file eval_inception_weights) go to log.jsonl and eval_curve.png.
+    eval_every: Optional[int] = None
+    eval_images: int = 1000
+    eval_inception_weights: Optional[str] = None
 
     @property
     def image_size(self) -> int:
@@ -162,6 +181,10 @@ def _coerce(value, tp, path: str):
         if value not in args:
             raise ConfigError(f"{path} must be one of {list(args)}, got {value!r}")
         return value
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} must be a list, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{path} must be a list of {len(args)} values, got {value!r}")
@@ -271,6 +294,20 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+def _read_with_base(path: Path, seen: tuple[str, ...] = ()) -> dict:
+    """A config file, on top of the preset its ``inherits: NAME`` key names (if any): the paper's
+    variants are a few values changed from the bird preset, and say only those."""
+    data = _read_yaml(path)
+    base = data.pop("inherits", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or base not in preset_names():
+        raise ConfigError(f"{path}: inherits must name one of the presets {preset_names()}, got {base!r}")
+    if base in seen:
+        raise ConfigError(f"{path}: presets inherit from each other in a circle ({' -> '.join(seen + (base,))})")
+    return _merge(_read_with_base(PRESET_DIR / f"{base}.yaml", seen + (base,)), data)
+
+
 def parse_override(text: str) -> dict:
     """``"damsm.lr=0.001"`` -> ``{"damsm": {"lr": 0.001}}`` (the value is parsed as YAML)."""
     if "=" not in text:
@@ -297,9 +334,9 @@ def load_config(source: str | Path | None = None, overrides: list[str] | tuple[s
         if path.suffix in (".yaml", ".yml") or path.exists():
             if not path.is_file():
                 raise ConfigError(f"config file {path} does not exist")
-            data = _read_yaml(path)
+            data = _read_with_base(path)
         elif str(source) in preset_names():
-            data = _read_yaml(PRESET_DIR / f"{source}.yaml")
+            data = _read_with_base(PRESET_DIR / f"{source}.yaml", (str(source),))
         else:
             raise ConfigError(f"unknown config {str(source)!r}: give a YAML file or one of the presets {preset_names()}")
     for text in overrides:

@@ -244,7 +244,7 @@ def run_demo(out: str | Path = "demo", *, damsm_steps: int = DAMSM_STEPS, gan_st
         "damsm_part_area_share": damsm_metrics.get("part_area_share"),
         "r_precision": report["r_precision"]["mean"], "r_precision_std": report["r_precision"]["std"],
         "r_precision_chance": report["r_precision"]["chance"], "r_precision_images": n_eval,
-        "inception_score": report.get("inception_score"), "fid": report.get("fid"),
+        "inception_score": report.get("inception_score"), "fid": report.get("tf_inception_fid"),
     }
     summary["warnings"] = demo_warnings(summary)
     _write_json(out / "summary.json", summary)

@@ -1,15 +1,22 @@
-"""The reference evaluation (DESIGN.md §5): one command, a stated protocol, a JSON report.
+"""The reference evaluation (DESIGN.md §5): one command, a stated protocol, a JSON report that says what
+its numbers can be compared with.
 
-Images are generated from the test split's captions (image i of the evaluation uses test image
-i mod N_test and its caption (i div N_test) mod captions_per_image, noise seeded), written as PNG,
-then scored:
-- Inception Score and FID with torch-fidelity, from a local weights file of its TF-Inception
-  (``--inception-weights``; without it both are skipped with a message naming the file: nothing is
-  downloaded). FID compares with the test images at the generator's final size.
-- R-precision: for each generated image, its true caption among 99 captions of other classes drawn
-  at random from the test captions; cosine of DAMSM global vectors; R = 1 (a hit when the true
-  caption ranks first); 10 folds, mean ± std. The judge is the training DAMSM unless ``eval_damsm``
-  names a separately trained one (the training DAMSM is a biased judge).
+Images are generated for ``n_images`` (test image, caption) pairs drawn at random with a seed from all
+test images and all their captions (``protocol.draw_pairs``), each caption cut to the evaluation word
+cap (25 words for birds, 20 for COCO, as the release's and DM-GAN's evaluation configs) once, so the
+generator and the judge read the same word ids; noise seeded. Written as PNG, then scored:
+- R-precision: for each generated image, its true caption among 99 captions of other classes drawn at
+  random from the test captions (cut by the same rule); cosine of DAMSM global vectors; R = 1 (a hit
+  when the true caption ranks first); 10 folds, mean ± std, and mean ± std over groups of 100 images
+  (the paper's ± 4.43 % spread looks like that grouping). The judge is the training DAMSM unless
+  ``eval_damsm`` names a separately trained one (the training DAMSM is a biased judge); the report
+  names it with a hash of its weights. Comparable with the paper's 67.82 % (CUB) / 85.47 % (COCO) only
+  when the judge is the released DAMSM (``import-original``).
+- Inception Score and TF-Inception FID with torch-fidelity, from a local weights file of its TF-Inception
+  port (``--inception-weights``; without it both are skipped with a message naming the file: nothing is
+  downloaded). FID compares with the test images at the generator's final size. CUB IS from this
+  ImageNet Inception is not comparable with the paper's 4.36 (a CUB-fine-tuned Inception); the FID is
+  comparable with the TF-FID column of later papers, not with pytorch-fid numbers.
 """
 
 from __future__ import annotations
@@ -27,13 +34,21 @@ from tqdm import tqdm
 from . import __version__
 from .data.dataset import TextImageDataset
 from .data.prepare import load_captions
-from .generate import iter_generate
-from .metrics import retrieval_top1
+from .generate import iter_generate_ids
 from .pictures import to_pil
+from .protocol import (R_PRECISION_GROUP, cut_captions, damsm_sha256, default_eval_words_num, draw_pairs,
+                       file_sha256, r_precision, translate_ids)
 from .train.damsm import encode_captions, load_damsm
 from .train.gan import load_generator
 
 TORCH_FIDELITY_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
+CUB_IS_NOTE = ("CUB Inception Scores from this ImageNet (TF) Inception are not comparable with the paper's 4.36, "
+               "which used an Inception fine-tuned on CUB")
+FID_NAME = "TF-Inception FID"
+FID_NOTE = ("torch-fidelity's port of the TF Inception (pool3 features): comparable with the TF-FID numbers of later "
+            "papers, not with pytorch-fid's")
+R_PRECISION_NOTE = ("comparable with the paper's 67.82 % (CUB) / 85.47 % (COCO) only when the judge is the released "
+                    "DAMSM (import-original --image-encoder) and the word cap is the release's (25 birds / 20 COCO)")
 
 
 class EvaluationError(ValueError):
@@ -84,8 +99,8 @@ def _versions() -> dict:
 
 
 def fidelity_metrics(generated_dir: Path, real_dir: Path, weights: str | Path, device: torch.device) -> dict:
-    """IS of the generated images and FID against the real ones, with torch-fidelity's Inception
-    loaded from ``weights`` (never downloaded)."""
+    """IS of the generated images and TF-Inception FID against the real ones, with torch-fidelity's
+    Inception loaded from ``weights`` (never downloaded)."""
     import torch_fidelity
 
     metrics = torch_fidelity.calculate_metrics(
@@ -94,7 +109,7 @@ def fidelity_metrics(generated_dir: Path, real_dir: Path, weights: str | Path, d
         samples_find_deep=False, samples_find_ext="png",
     )
     return {"inception_score": {"mean": float(metrics["inception_score_mean"]), "std": float(metrics["inception_score_std"])},
-            "fid": float(metrics["frechet_inception_distance"])}
+            "tf_inception_fid": float(metrics["frechet_inception_distance"])}
 
 
 @torch.no_grad()
@@ -105,26 +120,52 @@ def _image_vectors(image_encoder, images: torch.Tensor, device, batch_size: int)
     return torch.cat(out)
 
 
+def _judge(damsm, eval_damsm, device) -> tuple:
+    """(the judge's models, its identity for the report). A separate judge with the training DAMSM's very
+    weights is reported as the training one."""
+    judge = load_damsm(eval_damsm or damsm, device)
+    digest = damsm_sha256(judge)
+    role = "training"
+    if eval_damsm is not None and damsm is not None:
+        role = "training" if damsm_sha256(load_damsm(damsm, "cpu")) == digest else "separate"
+    note = ("the DAMSM the generator was trained against: a biased judge (it favours its own generator); "
+            "--eval-damsm takes a separately trained one") if role == "training" else "a DAMSM the generator was not trained against"
+    identity = {"path": str(eval_damsm or damsm), "weights_sha256": digest, "role": role, "note": note,
+                "image_encoder": type(judge.image_encoder).__name__, "vocabulary": len(judge.vocab)}
+    return judge, identity
+
+
 def evaluate_generator(checkpoint: str | Path, damsm: str | Path, data_root: str | Path, out: str | Path, *,
                        n_images: int = 30000, inception_weights: str | Path | None = None,
                        eval_damsm: str | Path | None = None, seed: int = 0, batch_size: int = 32, device="cpu",
-                       folds: int = 10, keep_images: bool = True, progress: bool = True) -> dict:
+                       folds: int = 10, words_num: int | None = None, keep_images: bool = True,
+                       progress: bool = True) -> dict:
+    """Generate ``n_images`` images for drawn test pairs, score them and write the JSON report ``out``.
+    ``words_num``: the evaluation word cap (None: 25 for CUB layouts, 20 for COCO)."""
     start_time = time.time()
     check_request(n_images, folds, inception_weights)
     device = torch.device(device)
     out = Path(out)
     work = out.parent / (out.stem + "_images")
+    if n_images < 1:
+        raise ValueError(f"n_images must be at least 1, got {n_images}")
     netG, text_encoder, g_vocab, cfg = load_generator(checkpoint, device)
-    judge = load_damsm(eval_damsm or damsm, device)
-    cache = load_captions(data_root, cfg.data.layout, cfg.data.captions_per_image, progress=progress)
-    words_num = cfg.gan.words_num or cfg.data.words_num
-    test = TextImageDataset(data_root, cfg.data.layout, "test", captions_per_image=cfg.data.captions_per_image,
-                            words_num=words_num, image_size=netG.sizes[-1], train=False, cache=cache)
-    n_test, cpi = len(test), cfg.data.captions_per_image
-    # Captions as text, so that models with other vocabularies (an imported or a separate judge) read them.
-    caption_text = [" ".join(cache.vocab.decode(cache.caption("test", i, c))) for i in range(n_test) for c in range(cpi)]
-    chosen = [(i % n_test, (i // n_test) % cpi) for i in range(n_images)]
-    prompts = [caption_text[img * cpi + c] for img, c in chosen]
+    judge, judge_identity = _judge(damsm, eval_damsm, device)
+    layout, cpi = cfg.data.layout, cfg.data.captions_per_image
+    words_num = words_num or default_eval_words_num(layout)
+    if words_num < 1:
+        raise ValueError(f"words_num must be at least 1, got {words_num}")
+    cache = load_captions(data_root, layout, cpi, progress=progress)
+    test = TextImageDataset(data_root, layout, "test", captions_per_image=cpi, words_num=words_num,
+                            image_size=netG.sizes[-1], train=False, cache=cache)
+    n_test = len(test)
+    # Every test caption cut once, in the generator's ids (the same ids when it was trained on these
+    # captions; an imported generator may have another vocabulary): the generator reads these very ids
+    # and the judge the same words.
+    caption_ids, unknown_to_generator = translate_ids(cut_captions(cache, "test", n_test, cpi, words_num, seed),
+                                                      cache.vocab, g_vocab)
+    pairs = draw_pairs(n_test, cpi, n_images, seed)
+    prompts = [caption_ids[img * cpi + c] for img, c in pairs]
 
     # Generated images go to PNG files chunk by chunk (bounded memory for 30,000 images); the judge's
     # global vectors are kept.
@@ -135,8 +176,8 @@ def evaluate_generator(checkpoint: str | Path, damsm: str | Path, data_root: str
     gen_dir.mkdir(parents=True)
     bar = tqdm(total=n_images, desc="generating + judging", disable=not progress)
     image_vecs, size = [], None
-    for first, chunk in iter_generate(netG, text_encoder, g_vocab, prompts, words_num=words_num, seed=seed,
-                                      batch_size=batch_size, device=device, return_attn=False, progress=bar):
+    for first, chunk in iter_generate_ids(netG, text_encoder, g_vocab, prompts, seed=seed, batch_size=batch_size,
+                                          device=device, return_attn=False, progress=bar):
         final = chunk.images[-1]
         size = final.shape[-1]
         image_vecs.append(_image_vectors(judge.image_encoder, final, device, batch_size))
@@ -145,48 +186,59 @@ def evaluate_generator(checkpoint: str | Path, damsm: str | Path, data_root: str
     bar.close()
     image_vecs = torch.cat(image_vecs)
 
-    # R-precision with the judge's global vectors.
-    judge_ids, unreadable = [], 0
-    for text in caption_text:
-        ids, _ = judge.vocab.encode(text.split())
-        unreadable += not ids
-        judge_ids.append(ids[:words_num] or [1])  # a caption the judge cannot read still holds its place
+    # R-precision with the judge's global vectors, on the same words (in the judge's ids).
+    judge_ids, unreadable = translate_ids(caption_ids, g_vocab, judge.vocab)
     caption_vecs = encode_captions(judge.text_encoder, judge_ids, device)
-    classes = test.class_ids
-    image_keys = torch.tensor([classes[img] if classes else img for img, _ in chosen])
-    caption_keys = torch.tensor([classes[i] if classes else i for i in range(n_test) for _ in range(cpi)])
-    true_caption = torch.tensor([img * cpi + c for img, c in chosen])
-    r = retrieval_top1(image_vecs, caption_vecs, true_caption, image_keys, caption_keys, folds=folds, seed=seed)
+    r = r_precision(image_vecs, caption_vecs, pairs, cpi, test.class_ids, folds=folds, seed=seed)
+    fold_sizes = sorted(set(r["fold_size"]))
+    groups = r["groups"]
 
     report = {
         "checkpoint": str(checkpoint), "damsm": str(damsm), "judge_damsm": str(eval_damsm or damsm),
-        "data_root": str(data_root), "n_images": n_images, "image_size": int(size), "seed": seed,
+        "data_root": str(data_root), "layout": layout, "n_images": n_images, "image_size": int(size), "seed": seed,
+        "judge": judge_identity,
         "protocol": {
-            "captions": "test split; generated image i uses test image i mod N_test, caption (i div N_test) mod "
-                        "captions_per_image",
+            "pairs": f"{n_images} (test image, caption) pairs drawn at random (seed {seed}) from all {n_test} test images "
+                     f"x {cpi} captions; no pair repeats before every pair was used",
+            "word_cap": words_num,
+            "word_cap_rule": f"a caption longer than {words_num} words keeps a seeded random ordered subset of "
+                             f"{words_num}, cut once: the generator and the judge read the same word ids, and "
+                             "distractor captions are cut by the same rule",
             "r_precision": f"1 true + {r['candidates'] - 1} captions of other classes, DAMSM global-vector cosine, "
-                           f"R=1, {len(r['folds'])} folds, mean ± std",
-            "inception_score": "torch-fidelity, 10 splits, TF-Inception (ImageNet) weights from a local file",
-            "fid": "torch-fidelity, generated vs test images at the generator's final size",
+                           f"R=1; mean ± std over {len(r['folds'])} folds of {'-'.join(map(str, fold_sizes))} images, "
+                           f"and over groups of {R_PRECISION_GROUP} images",
+            "folds": len(r["folds"]), "fold_size": fold_sizes[0] if len(fold_sizes) == 1 else fold_sizes,
+            "group_size": R_PRECISION_GROUP,
+            "inception_score": "torch-fidelity, 10 splits, its TF-Inception (ImageNet) weights from a local file",
+            "fid": f"{FID_NAME}: torch-fidelity, generated vs test images at the generator's final size; {FID_NOTE}",
         },
-        "r_precision": {"mean": r["mean"], "std": r["std"], "folds": r["folds"], "candidates": r["candidates"],
-                        "chance": r["chance"]},
+        "r_precision": {"mean": r["mean"], "std": r["std"], "folds": r["folds"], "fold_size": r["fold_size"],
+                        "groups_of_100": groups, "candidates": r["candidates"], "chance": r["chance"],
+                        "which_is_which": f"mean/std: over the {len(r['folds'])} folds; groups_of_100: mean/std over "
+                                          f"{groups['count']} groups of {groups['size']} images",
+                        "comparable_with": R_PRECISION_NOTE},
         "versions": _versions(),
     }
     if unreadable:
         report["r_precision"]["captions_without_words_known_to_the_judge"] = unreadable
+    if unknown_to_generator:
+        report["r_precision"]["captions_without_words_known_to_the_generator"] = unknown_to_generator
     if inception_weights is None:
-        report["inception_score"] = report["fid"] = None
+        report["inception_score"] = report["tf_inception_fid"] = report["inception_weights"] = None
         report["inception_note"] = (
             f"IS and FID skipped: pass --inception-weights with torch-fidelity's Inception file "
             f"({TORCH_FIDELITY_WEIGHTS}, from the torch-fidelity releases) as a local path; nothing is downloaded. "
-            "Scores from CUB's fine-tuned Inception (the paper's 4.36) are not comparable with these ImageNet ones.")
+            + CUB_IS_NOTE + ".")
     else:
         real_dir.mkdir(parents=True)
         for i in tqdm(range(n_test), desc="real test images", disable=not progress):
             to_pil(test[i]["images"][-1]).save(real_dir / f"{i:06d}.png")
         report.update(fidelity_metrics(gen_dir, real_dir, inception_weights, device))
-        report["inception_weights"] = str(inception_weights)
+        report["inception_weights"] = {"path": str(inception_weights), "sha256": file_sha256(inception_weights),
+                                       "name": "torch-fidelity TF-Inception (ImageNet; "
+                                               "pt_inception-2015-12-05 port)"}
+        report["inception_score_note"] = CUB_IS_NOTE
+        report["fid_name"] = FID_NAME
     report["generated_images"] = None if not keep_images else str(gen_dir)
     if not keep_images:
         shutil.rmtree(work)
@@ -194,4 +246,3 @@ def evaluate_generator(checkpoint: str | Path, damsm: str | Path, data_root: str
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     return report
-

@@ -1,11 +1,20 @@
 """Text-to-image generation from a trained (or imported) AttnGAN checkpoint.
 
-``generate(checkpoint, captions, ...)`` returns tensors; ``write_generation`` writes each stage's image
-and, per attention stage, a picture of the five most attended words with their maps over the image
-(the paper's Figure 1/4). Words missing from the vocabulary are dropped with a warning that names
-them; a caption left with no known word is an error; captions longer than the training length keep a
-random ordered subset of their words (seeded), as in training. Work is chunked, so thousands of
-captions never run out of memory.
+``generate_images(netG, text_encoder, vocab, captions, ...)`` returns tensors; ``write_generation``
+writes each stage's image and, per attention stage, a picture of the five most attended words with
+their maps over the image (the paper's Figure 1/4). Words missing from the vocabulary are dropped with
+a warning that names them; a caption left with no known word is an error. Every word of a sentence
+is kept, as the release's own example generation does (the generator attends over any number of
+words); ``words_num`` cuts longer captions to a seeded random ordered subset, as in training. Work is
+chunked, so thousands of captions never run out of memory.
+
+Chunking and reproducibility: every image's noise is drawn up front from the seed, and a generator
+with the default mask reads only its own caption, so its images do not depend on the batch size. A
+generator with the released F_attn mask (``legacy_mask``: the imported release checkpoints) does not
+have that property: the released mask gives each pixel row the padding mask of *another* sample of
+the batch, so an image depends on the other captions in its batch and on how they are padded. For
+such generators ``batch_size=1`` is the reproducible choice (each image sees only its own caption);
+a larger batch warns once.
 """
 
 from __future__ import annotations
@@ -36,9 +45,18 @@ class Generated:
     dropped: dict[str, list[str]] = field(default_factory=dict)  # caption -> unknown words dropped
 
 
-def encode_captions(captions: list[str], vocab: Vocabulary, words_num: int, seed: int = 0):
-    """(word ids per caption, {caption: dropped unknown words, non-ASCII ones as written}). Raises
+LEGACY_BATCH_WARNING = (
+    "this generator uses the released F_attn mask (legacy_mask), which couples the samples of a batch: its "
+    "images depend on the other captions generated with them; use batch size 1 for results that depend on "
+    "each caption alone")
+
+
+def encode_captions(captions: list[str], vocab: Vocabulary, words_num: int | None = None, seed: int = 0):
+    """(word ids per caption, {caption: dropped unknown words, non-ASCII ones as written}). Every known word is kept unless
+    ``words_num`` caps the length (a seeded random ordered subset of a longer caption). Raises
     CaptionError for a caption with no known word."""
+    if words_num is not None and words_num < 1:
+        raise CaptionError(f"words_num must be at least 1 (or None to keep every word), got {words_num}")
     ids, dropped = [], {}
     for n, caption in enumerate(captions):
         if not isinstance(caption, str) or not caption.strip():
@@ -48,7 +66,7 @@ def encode_captions(captions: list[str], vocab: Vocabulary, words_num: int, seed
             dropped[caption] = unknown
         if not known:
             raise CaptionError(f"no word of caption {n} ({caption!r}) is in the model's vocabulary")
-        ids.append(truncate(known, words_num, random.Random(seed * 1_000_003 + n)))
+        ids.append(known if words_num is None else truncate(known, words_num, random.Random(seed * 1_000_003 + n)))
     if dropped:
         listed = "; ".join(f"{c!r}: {', '.join(w)}" for c, w in dropped.items())
         warnings.warn(f"words not in the vocabulary were dropped: {listed}", stacklevel=2)
@@ -63,34 +81,55 @@ def _pad(ids: list[list[int]]):
     return caps, lens
 
 
-@torch.no_grad()
-def iter_generate(netG, text_encoder, vocab: Vocabulary, captions: list[str], *, words_num: int = 18,
+def iter_generate(netG, text_encoder, vocab: Vocabulary, captions: list[str], *, words_num: int | None = None,
                   n_per_caption: int = 1, seed: int = 0, batch_size: int = 32, device="cpu", amp: str = "off",
                   return_attn: bool = True, progress=None):
     """Yields (first image index, Generated) per chunk of ``batch_size`` images, so that any number of
-    captions runs in bounded memory. Every image's noise is drawn up front from ``seed``: the result
-    does not depend on the chunking."""
+    captions runs in bounded memory. Every image's noise is drawn up front from ``seed``, so with the
+    default mask the result does not depend on the chunking; a ``legacy_mask`` generator's does (see
+    the module docstring: use ``batch_size=1`` for it). ``words_num``: None keeps every word."""
+    ids, dropped = encode_captions(list(captions), vocab, words_num, seed)
+    yield from iter_generate_ids(netG, text_encoder, vocab, ids, captions=list(captions), dropped=dropped,
+                                 n_per_caption=n_per_caption, seed=seed, batch_size=batch_size, device=device, amp=amp,
+                                 return_attn=return_attn, progress=progress)
+
+
+@torch.no_grad()
+def iter_generate_ids(netG, text_encoder, vocab: Vocabulary, ids: list[list[int]], *, captions: list[str] | None = None,
+                      dropped: dict | None = None, n_per_caption: int = 1, seed: int = 0, batch_size: int = 32,
+                      device="cpu", amp: str = "off", return_attn: bool = True, noise=None, progress=None):
+    """``iter_generate`` from word ids (one non-empty list per caption, exactly what the text encoder is
+    given; the evaluation passes the ids its judge also reads). ``noise``: (z (N, z_dim), ca (N, c_dim))
+    for the N = len(ids)·n_per_caption images, instead of drawing them from ``seed``. Attention maps
+    are padded on the word axis to the longest caption, so chunks concatenate."""
     if n_per_caption < 1:
         raise ValueError(f"n_per_caption must be at least 1, got {n_per_caption}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if any(len(x) == 0 for x in ids):
+        raise CaptionError("every caption needs at least one word id")
     device = torch.device(device)
-    ids, dropped = encode_captions(list(captions), vocab, words_num, seed)
+    captions = captions if captions is not None else [" ".join(vocab.decode(x)) for x in ids]
+    dropped = dropped or {}
     order = [c for c in range(len(ids)) for _ in range(n_per_caption)]
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(len(order), netG.z_dim, generator=gen)
-    ca_noise = torch.randn(len(order), netG.c_dim, generator=gen)
+    if getattr(netG, "legacy_mask", False) and batch_size > 1 and len(order) > 1:
+        warnings.warn(LEGACY_BATCH_WARNING, stacklevel=3)
+    if noise is None:
+        gen = torch.Generator().manual_seed(seed)
+        noise = (torch.randn(len(order), netG.z_dim, generator=gen), torch.randn(len(order), netG.c_dim, generator=gen))
+    z_all, ca_all = noise
+    longest = max(len(x) for x in ids)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         caps, lens = _pad([ids[c] for c in chunk])
-        caps, lens = caps.to(device), lens.to(device)
+        caps = caps.to(device)
         rows = slice(start, start + len(chunk))
         with autocast(device, amp):
             words, sentence = text_encoder(caps, lens)
-            out = netG(noise[rows].to(device), sentence.float(), words.float(), caps == 0, return_attn=return_attn,
-                       ca_noise=ca_noise[rows].to(device))
-        # Chunks differ in their longest caption: pad the word axis to words_num to concatenate.
-        maps = [torch.nn.functional.pad(m.float().cpu(), (0, 0, 0, 0, 0, words_num - m.shape[1]))
+            out = netG(z_all[rows].to(device), sentence.float(), words.float(), caps == 0, return_attn=return_attn,
+                       ca_noise=ca_all[rows].to(device))
+        # Chunks differ in their longest caption: pad the word axis to the longest of all to concatenate.
+        maps = [torch.nn.functional.pad(m.float().cpu(), (0, 0, 0, 0, 0, longest - m.shape[1]))
                 for m in out.attn if m is not None]
         yield start, Generated(
             captions=[captions[c] for c in chunk], words=[vocab.decode(ids[c]) for c in chunk],
@@ -103,7 +142,7 @@ def iter_generate(netG, text_encoder, vocab: Vocabulary, captions: list[str], *,
 
 def generate_images(netG, text_encoder, vocab: Vocabulary, captions: list[str], **kwargs) -> Generated:
     """Every image at once (``iter_generate``'s chunks concatenated): images per stage (N, 3, s, s) and
-    attention maps per attention stage (N, words_num, s, s) as CPU tensors."""
+    attention maps per attention stage (N, T, s, s) as CPU tensors, T = the longest caption's words."""
     chunks = [g for _, g in iter_generate(netG, text_encoder, vocab, captions, **kwargs)]
     return Generated(
         captions=[c for g in chunks for c in g.captions], words=[w for g in chunks for w in g.words],

@@ -51,6 +51,27 @@ def matching_losses(logits: torch.Tensor, class_ids=None):
     return F.cross_entropy(logits, labels), F.cross_entropy(logits.t(), labels)
 
 
+SCORE_FORMS = ("released", "paper")
+
+
+def word_scores(region_features: torch.Tensor, words_emb: torch.Tensor, cap_lens, gamma1: float = 4.0,
+                gamma2: float = 5.0, *, score_form: str = "released", return_attn: bool = False, impl: str = "auto"):
+    """Word-level matching scores R (B_img, B_cap) fp32 of every image with every caption (DESIGN.md §2.1),
+    and with ``return_attn`` the matching pairs' region attention (B, T, N).
+
+    ``score_form``: ``"released"`` R = log Σ_t exp(γ2·cos_t), what the release computes and its γ3 = 10
+    was tuned with; ``"paper"`` R = (1/γ2)·log Σ_t exp(γ2·cos_t), the paper's Eq. 10. The kernel computes
+    the released form; the paper's is that divided by γ2, exactly, so it is taken here rather than in
+    the kernel (the division is one more autograd node, and the gradient scales by 1/γ2 with it)."""
+    if score_form not in SCORE_FORMS:
+        raise ValueError(f"score_form must be one of {list(SCORE_FORMS)}, got {score_form!r}")
+    out = damsm_word_scores(words_emb, cap_lens, region_features, gamma1, gamma2, return_attn=return_attn, impl=impl)
+    scores, attn = out if return_attn else (out, None)
+    if score_form == "paper":
+        scores = scores / gamma2
+    return scores, attn
+
+
 def words_loss(
     region_features: torch.Tensor,
     words_emb: torch.Tensor,
@@ -62,11 +83,13 @@ def words_loss(
     *,
     return_attn: bool = True,
     impl: str = "auto",
+    score_form: str = "released",
 ):
     """DAMSM word loss.
 
     region_features: (B, D, H, W) or (B, D, N) image regions; words_emb: (B, D, T) word features;
-    cap_lens: (B,) caption lengths; class_ids: (B,) class per sample or None.
+    cap_lens: (B,) caption lengths; class_ids: (B,) class per sample or None; score_form: see
+    ``word_scores`` (the logits are γ3·R either way).
     Returns (loss0, loss1, attn_maps): the two cross-entropies and the matching pairs' region
     attention, (B, T, H, W) for 4-D regions else (B, T, N), padding words zero (None when
     ``return_attn`` is False).
@@ -77,8 +100,8 @@ def words_loss(
             f"region_features has batch {region_features.shape[0]} but words_emb has {words_emb.shape[0]}; "
             "the DAMSM losses pair image i with caption i"
         )
-    out = damsm_word_scores(words_emb, cap_lens, region_features, gamma1, gamma2, return_attn=return_attn, impl=impl)
-    scores, attn = out if return_attn else (out, None)
+    scores, attn = word_scores(region_features, words_emb, cap_lens, gamma1, gamma2, score_form=score_form,
+                               return_attn=return_attn, impl=impl)
     loss0, loss1 = matching_losses(gamma3 * scores, class_ids)
     if attn is not None and region_features.dim() == 4:
         attn = attn.view(attn.shape[0], attn.shape[1], *region_features.shape[2:])

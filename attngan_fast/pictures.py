@@ -1,8 +1,18 @@
 """Pictures a person looks at: attention maps of words over images (like the release's
-``attention_maps*.png`` and the paper's Figure 1/4), as PNG grids drawn with Pillow."""
+``attention_maps*.png`` and the paper's Figure 1/4), as PNG grids drawn with Pillow, and the evaluation
+curves of a GAN run (the paper's Figure 3).
+
+As the paper's figures draw them (``style="paper"``, the default): a generator stage's words are ranked
+by their attention after zeroing every weight ≤ 1/T (T = the caption's words: the weight of a word no
+pixel prefers over the uniform share), the map is drawn with those weights zeroed, and every map is
+upsampled smoothly (bilinear, then a Gaussian of σ = the upscale factor in output pixels) rather than
+showing its coarse cells. ``style="plain"`` ranks by the whole attention mass and upsamples bilinearly.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +34,36 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr)
 
 
+STYLES = ("paper", "plain")
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(H, W) blurred by a separable Gaussian of std ``sigma`` pixels (edges replicated)."""
+    radius = max(1, math.ceil(3 * sigma))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    y = x[None, None]
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
+    return y[0, 0]
+
+
+def upsample_map(attn: torch.Tensor, size: tuple[int, int], *, smooth: bool = True) -> torch.Tensor:
+    """A (h, w) attention map at ``size`` (H, W): bilinear, then (``smooth``) a Gaussian whose σ is the
+    upscale factor, so the map's cells become soft blobs as in the paper's figures."""
+    m = F.interpolate(attn[None, None].float().cpu(), size=size, mode="bilinear", align_corners=False)[0, 0]
+    scale = max(size[0] / attn.shape[-2], size[1] / attn.shape[-1])
+    if smooth and scale > 1:
+        m = _gaussian_blur(m, scale)
+    return m
+
+
+def above_uniform(attn: torch.Tensor, n_words: int) -> torch.Tensor:
+    """Word-attention maps (T, h, w) with every weight ≤ 1/n_words zeroed (the paper's figures)."""
+    return attn.float() * (attn.float() > 1.0 / max(n_words, 1))
+
+
 # A heat scale from dark blue (no attention) through cyan, green and yellow to red (the map's maximum),
 # as (position, RGB) anchors interpolated linearly: hues a reader tells apart at a glance.
 HEAT_ANCHORS = ((0.0, (20, 30, 140)), (0.25, (0, 140, 255)), (0.5, (40, 220, 110)), (0.75, (255, 220, 0)),
@@ -39,11 +79,11 @@ def heat_colours(values: np.ndarray) -> np.ndarray:
     return np.stack([np.interp(v, pos, rgb[:, ch]) for ch in range(3)], axis=-1)
 
 
-def overlay(image: Image.Image, attn: torch.Tensor) -> Image.Image:
+def overlay(image: Image.Image, attn: torch.Tensor, *, smooth: bool = True) -> Image.Image:
     """A (h, w) attention map over the image as a heat overlay, scaled to the map's own maximum (red)
-    down to zero (dark blue), blended with the image so that the bird stays visible."""
-    size = image.size[::-1]
-    m = F.interpolate(attn[None, None].float().cpu(), size=size, mode="bilinear", align_corners=False)[0, 0]
+    down to zero (dark blue), blended with the image so that the bird stays visible. ``smooth``:
+    Gaussian upsampling (``upsample_map``)."""
+    m = upsample_map(attn, image.size[::-1], smooth=smooth)
     m = (m / m.max().clamp(min=1e-12)).clamp(min=0).numpy()
     base = np.asarray(image, dtype=np.float32)
     out = (1 - HEAT_ALPHA) * base + HEAT_ALPHA * heat_colours(m)
@@ -65,9 +105,10 @@ def colour_scale(width: int, height: int, font) -> Image.Image:
 
 
 def attention_grid(images: torch.Tensor, attn: torch.Tensor, words: list[list[str]], *, cell: int = 96,
-                   max_words: int = 12, title: str | None = None) -> Image.Image:
+                   max_words: int = 12, title: str | None = None, smooth: bool = True) -> Image.Image:
     """One row per sample: the image, then each word's attention map over it, the word written under
-    it. images: (B, 3, H, W) in [-1, 1]; attn: (B, T, h, w); words[b]: the caption's words (<= T)."""
+    it. images: (B, 3, H, W) in [-1, 1]; attn: (B, T, h, w); words[b]: the caption's words (<= T).
+    ``smooth``: Gaussian upsampling of the maps (``upsample_map``)."""
     font = _font(max(10, cell // 8))
     label = cell // 5
     head = label if title else 0
@@ -84,7 +125,7 @@ def attention_grid(images: torch.Tensor, attn: torch.Tensor, words: list[list[st
         grid.paste(img, (0, y))
         draw.text((4, y + cell + 1), "image", fill="gray", font=font)
         for t, word in enumerate(caption[: cols - 1]):
-            grid.paste(overlay(img, attn[b, t]), ((t + 1) * cell, y))
+            grid.paste(overlay(img, attn[b, t], smooth=smooth), ((t + 1) * cell, y))
             draw.text(((t + 1) * cell + 4, y + cell + 1), word, fill="black", font=font)
     return grid
 
@@ -96,18 +137,25 @@ def save_png(image: Image.Image, path: str | Path) -> Path:
     return path
 
 
-def top_words(attn: torch.Tensor, n_words: int, k: int) -> list[int]:
-    """Indices of the k words (among the first n_words) with the most attention mass. attn: (T, h, w)."""
-    mass = attn[:n_words].float().sum((1, 2))
-    return mass.argsort(descending=True)[:k].tolist()
+def top_words(attn: torch.Tensor, n_words: int, k: int, *, style: str = "paper") -> list[int]:
+    """Indices of the k words (among the first n_words) with the most attention mass, attn: (T, h, w);
+    ``"paper"`` counts only the weights above 1/n_words (``above_uniform``), ``"plain"`` all of them."""
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {list(STYLES)}, got {style!r}")
+    maps = attn[:n_words].float()
+    if style == "paper":
+        maps = above_uniform(maps, n_words)
+    return maps.sum((1, 2)).argsort(descending=True, stable=True)[:k].tolist()
 
 
 def generation_grid(images: list[torch.Tensor], maps: list[torch.Tensor], words: list[list[str]], *, top_k: int = 5,
-                    cell: int = 96, title: str | None = None) -> Image.Image:
+                    cell: int = 96, title: str | None = None, style: str = "paper") -> Image.Image:
     """One row per caption: the image of every stage, then for each attention stage the ``top_k`` most
     attended words with their maps over that stage's image (the paper's Figure 1/4), the caption under
     the row. images[i]: (B, 3, s_i, s_i); maps[j]: (B, T, s_j, s_j), the attention that shaped stage
-    j + 1, drawn (as the release draws it) over the image of stage j + 1; words[b]: caption b's words."""
+    j + 1, drawn (as the release draws it) over the image of stage j + 1; words[b]: caption b's words.
+    ``style``: ``"paper"`` (ranking and maps with weights ≤ 1/T zeroed, Gaussian upsampling) or
+    ``"plain"`` (see the module docstring)."""
     font = _font(max(10, cell // 8))
     label = cell // 5
     head = label if title else 0
@@ -127,9 +175,70 @@ def generation_grid(images: list[torch.Tensor], maps: list[torch.Tensor], words:
             draw.text((i * cell + 4, y + cell + 1), f"{stage.shape[-1]}px", fill="gray", font=font)
         for j, attn in enumerate(maps):
             stage_img = to_pil(images[min(j + 1, len(images) - 1)][b]).resize((cell, cell), Image.BILINEAR)
-            for r, t in enumerate(top_words(attn[b], len(caption), top_k)):
+            shown = above_uniform(attn[b], len(caption)) if style == "paper" else attn[b]
+            for r, t in enumerate(top_words(attn[b], len(caption), top_k, style=style)):
                 x = (len(images) + j * top_k + r) * cell
-                grid.paste(overlay(stage_img, attn[b, t]), (x, y))
+                grid.paste(overlay(stage_img, shown[t], smooth=style == "paper"), (x, y))
                 draw.text((x + 4, y + cell + 1), caption[t], fill="black", font=font)
         draw.text((4, y + cell + label), " ".join(caption), fill="black", font=font)
     return grid
+
+
+def line_chart(panels: list[tuple[str, list[float], list[float]]], *, x_label: str, title: str,
+               width: int = 640, panel_height: int = 220) -> Image.Image:
+    """One panel per (y label, xs, ys), stacked, sharing the x axis: a polyline with dots and the y range
+    written at the axis (enough to read a training curve; no plotting library needed)."""
+    font = _font(12)
+    left, right, top, bottom = 70, 20, 28, 34
+    chart = Image.new("RGB", (width, top + len(panels) * (panel_height + bottom)), "white")
+    draw = ImageDraw.Draw(chart)
+    draw.text((left, 6), title, fill="black", font=font)
+    all_x = [x for _, xs, _ in panels for x in xs]
+    x0, x1 = (min(all_x), max(all_x)) if all_x else (0.0, 1.0)
+    x1 = x1 if x1 > x0 else x0 + 1
+    for p, (label, xs, ys) in enumerate(panels):
+        y_top = top + p * (panel_height + bottom)
+        y_bottom = y_top + panel_height
+        draw.rectangle((left, y_top, width - right, y_bottom), outline="gray")
+        draw.text((4, y_top + panel_height // 2 - 6), label, fill="black", font=font)
+        if not ys:
+            continue
+        lo, hi = min(ys), max(ys)
+        if hi - lo < 1e-12:
+            lo, hi = lo - 0.5, hi + 0.5
+        draw.text((left - 64, y_top), f"{hi:.3g}", fill="gray", font=font)
+        draw.text((left - 64, y_bottom - 12), f"{lo:.3g}", fill="gray", font=font)
+
+        def at(x, y):
+            return (left + (x - x0) / (x1 - x0) * (width - left - right),
+                    y_bottom - (y - lo) / (hi - lo) * (panel_height - 10) - 5)
+
+        points = [at(x, y) for x, y in zip(xs, ys)]
+        if len(points) > 1:
+            draw.line(points, fill=(30, 80, 200), width=2)
+        for px, py in points:
+            draw.ellipse((px - 3, py - 3, px + 3, py + 3), fill=(30, 80, 200))
+        draw.text((left, y_bottom + 4), f"{x0:g}", fill="gray", font=font)
+        draw.text((width - right - 40, y_bottom + 4), f"{x1:g}", fill="gray", font=font)
+        draw.text((width // 2 - 20, y_bottom + 4), x_label, fill="black", font=font)
+    return chart
+
+
+def eval_curves(log_path: str | Path, out_path: str | Path) -> Path | None:
+    """The ``"eval"`` rows of a GAN run's log.jsonl (its evaluation hook) as a chart: R-precision and,
+    when computed, the Inception Score over the epochs. None when the log has no such row."""
+    rows = []
+    for line in Path(log_path).read_text().splitlines():
+        row = json.loads(line)
+        if row.get("eval") and "r_precision" in row:
+            rows.append(row)
+    if not rows:
+        return None
+    xs = [float(r["epoch"]) for r in rows]
+    panels = [("R-precision %", xs, [100 * r["r_precision"] for r in rows])]
+    with_is = [r for r in rows if "inception_score" in r]
+    if with_is:
+        panels.append(("IS", [float(r["epoch"]) for r in with_is], [r["inception_score"] for r in with_is]))
+    title = (f"evaluation hook: EMA generator, {rows[-1].get('r_precision_images', '?')} fixed test pairs, "
+             f"training DAMSM as judge")
+    return save_png(line_chart(panels, x_label="epoch", title=title), out_path)

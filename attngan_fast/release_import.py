@@ -5,11 +5,13 @@ The ``.pth`` files are plain state_dicts read with ``torch.load(weights_only=Tru
 through the restricted unpickler. Every parameter is accounted for: a missing, unexpected or
 mis-shaped tensor is an error that names it (``num_batches_tracked``, absent from files saved by
 PyTorch < 0.4.1, is filled in). Imported generators use ``legacy_mask=True``: the released code's
-F_attn mask layout is what they were trained with.
+F_attn mask layout is what they were trained with. The number of residual blocks per stage is read from
+the generator file itself (the release's AttnDCGAN configs set R_NUM 0, its AttnGAN ones 2 or 3).
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -62,6 +64,15 @@ def fill_module(module: torch.nn.Module, state: dict, path: str | Path, what: st
     module.load_state_dict(merged, strict=True)
 
 
+def residual_blocks(state: dict) -> int | None:
+    """Residual blocks per attention stage in a generator state_dict (``h_net2.residual.<n>.*``), or None
+    for a generator without a second stage."""
+    if not any(k.startswith("h_net2.") for k in state):
+        return None
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"h_net2\.residual\.(\d+)\.", k))}
+    return max(blocks) + 1 if blocks else 0
+
+
 def release_vocabulary(path: str | Path) -> Vocabulary:
     data = load_plain_pickle(path)
     if not isinstance(data, (list, tuple)) or len(data) != 4 or not isinstance(data[2], dict):
@@ -78,14 +89,17 @@ def import_original(*, netG: str | Path, text_encoder: str | Path, captions: str
                     variant: str = "attngan") -> dict:
     """Write ``out`` (a generator checkpoint: generator, text encoder, vocabulary, config) and, with the
     image encoder, ``out_damsm`` (a DAMSM checkpoint). Returns a summary."""
-    cfg = load_config(preset, [f"gan.variant={variant}", "gan.legacy_mask=true"])
+    netG_state = load_release_state(netG, "generator")
+    r_num = residual_blocks(netG_state)
+    cfg = load_config(preset, [f"gan.variant={variant}", "gan.legacy_mask=true"]
+                      + ([] if r_num is None else [f"gan.r_num={r_num}"]))
     vocab = release_vocabulary(captions)
     te = cfg.text_encoder
     text = TextEncoder(len(vocab), te.embedding_dim, te.hidden_dim, te.dropout)
     fill_module(text, load_release_state(text_encoder, "text encoder"), text_encoder,
                 f"text encoder (vocabulary of {len(vocab)} words from {Path(captions).name})")
     generator = build_generator(cfg, legacy_mask=True)
-    fill_module(generator, load_release_state(netG, "generator"), netG, f"{preset} {variant} generator")
+    fill_module(generator, netG_state, netG, f"{preset} {variant} generator ({cfg.gan.r_num} residual blocks per stage)")
     gen_state = generator.state_dict()
     save_atomic({
         "format": GAN_FORMAT, "config": cfg.to_dict(), "vocab": vocab.to_json(), "legacy_mask": True,
@@ -93,7 +107,8 @@ def import_original(*, netG: str | Path, text_encoder: str | Path, captions: str
         "imported_from": {"netG": str(netG), "text_encoder": str(text_encoder), "captions": str(captions)},
     }, out)
     summary = {"generator_checkpoint": str(out), "vocabulary": len(vocab), "generator_tensors": len(gen_state),
-               "text_encoder_tensors": len(text.state_dict()), "legacy_mask": True}
+               "text_encoder_tensors": len(text.state_dict()), "legacy_mask": True, "variant": variant,
+               "residual_blocks": cfg.gan.r_num}
     if image_encoder is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the backbone comes from the file, not from ImageNet weights

@@ -17,7 +17,6 @@ from attngan_fast.cli import main as cli
 from attngan_fast.generate import encode_captions
 from attngan_fast.text import Vocabulary
 from host_sync import free_port
-from test_generate_evaluate_import import fidelity_weights, trained  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,7 +91,7 @@ def test_evaluate_checks_the_inception_weights_before_generating(trained, synthe
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wrong.pth"]  # no image was generated, no report
 
 
-def test_a_right_weights_file_passes_the_check(fidelity_weights):  # noqa: F811
+def test_a_right_weights_file_passes_the_check(fidelity_weights):
     from attngan_fast.evaluate import check_inception_weights
 
     check_inception_weights(fidelity_weights)

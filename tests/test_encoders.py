@@ -69,7 +69,9 @@ def test_inception_encoder_outputs_and_frozen_backbone(tmp_path):
     trainable = {n for n, p in enc.named_parameters() if p.requires_grad}
     assert trainable == {"emb_features.weight", "emb_cnn_code.weight", "emb_cnn_code.bias"}
     enc.train()
-    assert not enc.Mixed_5b.training, "the frozen backbone keeps its BatchNorm statistics"
+    assert enc.Mixed_5b.training, "as released: train() reaches the frozen backbone's BatchNorm layers"
+    frozen = InceptionImageEncoder(out_dim=32, weights_path=path, backbone_bn="frozen").train()
+    assert not frozen.Mixed_5b.training and frozen.emb_features.training, "frozen keeps its BatchNorm statistics"
     regions, code = enc(torch.rand(2, 3, 64, 64) * 2 - 1)
     assert regions.shape == (2, 32, 17, 17) and code.shape == (2, 32)
 

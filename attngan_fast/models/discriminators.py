@@ -55,9 +55,13 @@ class LogitHead(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """forward(images (B, 3, s, s)) -> features (B, 8·df, 4, 4); heads ``UNCOND_DNET``, ``COND_DNET``."""
+    """forward(images (B, 3, s, s)) -> features (B, 8·df, 4, 4); heads ``UNCOND_DNET``, ``COND_DNET``.
 
-    def __init__(self, size: int, df_dim: int = 64, emb_dim: int = 256):
+    ``unconditional=False`` builds the conditional head only (``UNCOND_DNET`` is None), as the release's
+    AttnDCGAN discriminator (``D_NET256(b_jcu=False)``); the losses below then use the conditional terms
+    only."""
+
+    def __init__(self, size: int, df_dim: int = 64, emb_dim: int = 256, *, unconditional: bool = True):
         super().__init__()
         self.size = size
         if size in (8, 16, 32):
@@ -76,7 +80,7 @@ class Discriminator(nn.Module):
                 self.img_code_s64_2 = block3x3(df_dim * 16, df_dim * 8)
         else:
             raise ValueError(f"discriminators exist for 8, 16, 32, 64, 128 and 256 px, not {size}")
-        self.UNCOND_DNET = LogitHead(df_dim, emb_dim, conditional=False)
+        self.UNCOND_DNET = LogitHead(df_dim, emb_dim, conditional=False) if unconditional else None
         self.COND_DNET = LogitHead(df_dim, emb_dim, conditional=True)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -98,17 +102,24 @@ def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
 
 
 def discriminator_loss(netD: Discriminator, real: torch.Tensor, fake: torch.Tensor, sentence: torch.Tensor):
-    """(uncond_real + cond_real)/2 + (uncond_fake + cond_fake + cond_mismatched)/3, with the mismatched
-    pair = real image i with caption i+1. ``fake`` should already be detached. Returns (loss, parts)."""
+    """With both heads: (uncond_real + cond_real)/2 + (uncond_fake + cond_fake + cond_mismatch)/3; with the
+    conditional head only (AttnDCGAN): cond_real + (cond_fake + cond_mismatch)/2. The mismatched pair is
+    real image i with caption i+1 (absent for a batch of one, whose fake terms are then averaged without
+    it). ``fake`` should already be detached. Returns (loss, parts)."""
     real_features, fake_features = netD(real), netD(fake)
     parts = {
         "cond_real": _bce(netD.COND_DNET(real_features, sentence), 1.0),
         "cond_fake": _bce(netD.COND_DNET(fake_features, sentence), 0.0),
-        "uncond_real": _bce(netD.UNCOND_DNET(real_features), 1.0),
-        "uncond_fake": _bce(netD.UNCOND_DNET(fake_features), 0.0),
     }
-    if real.shape[0] > 1:
+    mismatch = real.shape[0] > 1
+    if mismatch:
         parts["cond_mismatch"] = _bce(netD.COND_DNET(real_features[:-1], sentence[1:]), 0.0)
+    if netD.UNCOND_DNET is None:
+        fake_terms = (parts["cond_fake"] + parts["cond_mismatch"]) / 2 if mismatch else parts["cond_fake"]
+        return parts["cond_real"] + fake_terms, parts
+    parts["uncond_real"] = _bce(netD.UNCOND_DNET(real_features), 1.0)
+    parts["uncond_fake"] = _bce(netD.UNCOND_DNET(fake_features), 0.0)
+    if mismatch:
         fake_terms = (parts["uncond_fake"] + parts["cond_fake"] + parts["cond_mismatch"]) / 3
     else:
         fake_terms = (parts["uncond_fake"] + parts["cond_fake"]) / 2
@@ -116,6 +127,8 @@ def discriminator_loss(netD: Discriminator, real: torch.Tensor, fake: torch.Tens
 
 
 def generator_adversarial_loss(netD: Discriminator, fake: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
-    """The generator's fooling terms for one stage: unconditional + conditional."""
+    """The generator's fooling terms for one stage: unconditional + conditional (the conditional one only
+    for a discriminator without the unconditional head)."""
     features = netD(fake)
-    return _bce(netD.UNCOND_DNET(features), 1.0) + _bce(netD.COND_DNET(features, sentence), 1.0)
+    cond = _bce(netD.COND_DNET(features, sentence), 1.0)
+    return cond if netD.UNCOND_DNET is None else _bce(netD.UNCOND_DNET(features), 1.0) + cond

@@ -76,10 +76,18 @@ class InceptionImageEncoder(nn.Module):
     """torchvision's Inception-v3 up to Mixed_7c, frozen (weights only from a local file), plus two
     trainable heads: regions = 1x1 conv 768 -> D on Mixed_6e (17x17), global = Linear 2048 -> D on the
     8x8 average. Input: (B, 3, H, W) in [-1, 1], resized bilinearly to 299 x 299.
-    forward -> regions (B, D, 17, 17), global (B, D)."""
+    forward -> regions (B, D, 17, 17), global (B, D).
 
-    def __init__(self, out_dim: int = 256, weights_path: str | Path | None = None):
+    ``backbone_bn``: ``"release"`` lets ``train()`` reach the frozen backbone, as the release did: its
+    weights never change, but its BatchNorm layers normalise with batch statistics and their running
+    statistics drift to the dataset (and are what eval mode uses afterwards); ``"frozen"`` keeps the
+    backbone in eval mode, with the statistics it was loaded with."""
+
+    def __init__(self, out_dim: int = 256, weights_path: str | Path | None = None, backbone_bn: str = "release"):
         super().__init__()
+        if backbone_bn not in ("release", "frozen"):
+            raise ValueError(f"backbone_bn must be 'release' or 'frozen', got {backbone_bn!r}")
+        self.backbone_bn = backbone_bn
         from torchvision.models import inception_v3
 
         net = inception_v3(weights=None, aux_logits=False, init_weights=weights_path is None)
@@ -123,8 +131,9 @@ class InceptionImageEncoder(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        for name in _INCEPTION_LAYERS:  # the frozen backbone keeps its BatchNorm statistics
-            getattr(self, name).eval()
+        if self.backbone_bn == "frozen":
+            for name in _INCEPTION_LAYERS:  # the backbone keeps the BatchNorm statistics it came with
+                getattr(self, name).eval()
         return self
 
     def forward(self, images: torch.Tensor):
@@ -169,9 +178,10 @@ class CompactImageEncoder(nn.Module):
         return regions, self.emb_cnn_code(pooled)
 
 
-def build_image_encoder(kind: str, out_dim: int, *, inception_weights=None, compact_width: int = 64) -> nn.Module:
+def build_image_encoder(kind: str, out_dim: int, *, inception_weights=None, compact_width: int = 64,
+                        backbone_bn: str = "release") -> nn.Module:
     if kind == "inception":
-        return InceptionImageEncoder(out_dim, inception_weights)
+        return InceptionImageEncoder(out_dim, inception_weights, backbone_bn)
     if kind == "compact":
         return CompactImageEncoder(out_dim, compact_width)
     raise ValueError(f"image encoder kind must be 'inception' or 'compact', got {kind!r}")

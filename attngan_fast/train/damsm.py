@@ -54,7 +54,7 @@ def build_models(cfg: Config, vocab: Vocabulary) -> tuple[TextEncoder, torch.nn.
     text_encoder = TextEncoder(len(vocab), te.embedding_dim, te.hidden_dim, te.dropout)
     ie = cfg.image_encoder
     image_encoder = build_image_encoder(ie.kind, te.hidden_dim, inception_weights=ie.inception_weights,
-                                        compact_width=ie.compact_width)
+                                        compact_width=ie.compact_width, backbone_bn=ie.backbone_bn)
     return text_encoder, image_encoder
 
 
@@ -73,6 +73,12 @@ def load_damsm(path: str | Path, device: torch.device | str = "cpu") -> DamsmMod
     text_encoder.load_state_dict(ckpt["text_encoder"])
     image_encoder.load_state_dict(ckpt["image_encoder"])
     return DamsmModels(text_encoder.to(device).eval(), image_encoder.to(device).eval(), vocab, cfg)
+
+
+def keeps_snapshot(d, epoch: int) -> bool:
+    """Whether the checkpoint at the end of ``epoch`` epochs is kept as ``damsm_epochNNNN.pt``
+    (``d``: a DamsmConfig): every ``snapshot_every`` epochs and each of ``snapshot_epochs``."""
+    return epoch % d.snapshot_every == 0 or epoch in d.snapshot_epochs
 
 
 def lr_at(cfg: Config, epoch: int) -> float:
@@ -106,7 +112,7 @@ def damsm_losses(text_encoder, image_encoder, batch: dict, cfg: Config, device: 
         words, sentence = text_encoder(captions, host_lens)
         regions, global_code = image_encoder(images)
         w0, w1, attn = words_loss(regions, words, cap_lens, class_ids, d.gamma1, d.gamma2, d.gamma3,
-                                  return_attn=return_attn, impl=cfg.runtime.impl)
+                                  return_attn=return_attn, impl=cfg.runtime.impl, score_form=d.score_form)
         s0, s1 = sent_loss(global_code, sentence, class_ids, d.gamma3)
     losses = {"w0": w0, "w1": w1, "s0": s0, "s1": s1}
     losses["total"] = w0 + w1 + s0 + s1
@@ -301,7 +307,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
                 "history": history, "metrics": extra,
             }
             save_atomic(payload, latest)
-            if pos == 0 and epoch % d.snapshot_every == 0:
+            if pos == 0 and keeps_snapshot(d, epoch):
                 save_atomic(payload, out / f"damsm_epoch{epoch:04d}.pt")
 
     stopped = d.max_steps is not None and step >= d.max_steps

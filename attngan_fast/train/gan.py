@@ -8,6 +8,14 @@ checkpoints offer for generation. Checkpoints are written atomically; ``resume``
 EMA, optimizers, grad scaler, step, position in the epoch and RNG state; a NaN/inf loss stops the run
 and keeps the last good checkpoint. A step never waits for the GPU: the losses stay on the device until
 a log step (with fp16 too: the fused Adam takes the gradient scaler's overflow flag on the device).
+The AttnDCGAN variant (``gan.variant attndcgan``) is the release's: one image head at the end and one
+discriminator with the conditional head only (D: cond_real + (cond_fake + cond_mismatched)/2; G: the
+conditional fooling term).
+
+Evaluation hook (``gan.eval_every`` epochs): the EMA generator draws a fixed subset of test pairs with
+fixed noise, judged by the training DAMSM under the evaluation protocol (``protocol.py``); R-precision
+(and IS with ``gan.eval_inception_weights``) go to ``log.jsonl`` as ``"eval"`` rows and
+``eval_curve.png`` plots them over the epochs (the paper's Figure 3).
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ from ..losses import sent_loss, words_loss
 from ..models.discriminators import Discriminator, discriminator_loss, generator_adversarial_loss
 from ..models.encoders import TextEncoder
 from ..models.generator import Generator, kl_loss
-from ..pictures import generation_grid, save_png
+from ..pictures import eval_curves, generation_grid, save_png
+from ..protocol import FixedEvaluation
 from ..text import Vocabulary
 from .checkpoint import CheckpointError, load_checkpoint, rng_neutral, save_atomic
 from .common import (GAN_SHAPE_KEYS, adam, caption_cache, claim_output, gathered_rng_states, load_states, open_resume,
@@ -51,7 +60,9 @@ def build_generator(cfg: Config, *, legacy_mask: bool | None = None) -> Generato
 
 def build_discriminators(cfg: Config) -> nn.ModuleList:
     g = cfg.gan
-    sizes = [g.image_size] if g.variant == "attndcgan" else [g.base_size * 2**i for i in range(g.stages)]
+    if g.variant == "attndcgan":  # the release's: one D for the final image, conditional head only
+        return nn.ModuleList([Discriminator(g.image_size, g.df_dim, cfg.text_encoder.hidden_dim, unconditional=False)])
+    sizes = [g.base_size * 2**i for i in range(g.stages)]
     return nn.ModuleList(Discriminator(s, g.df_dim, cfg.text_encoder.hidden_dim) for s in sizes)
 
 
@@ -107,8 +118,11 @@ def generator_loss(adversarial, images: list[torch.Tensor], mu, logvar, sentence
     d = cfg.damsm
     adv = adversarial(images, sentence)
     regions, code = image_encoder(images[-1])
+    # The score form is passed only when it is not words_loss's default, the released one: the train-step
+    # benchmark swaps words_loss for the release's algorithm, which knows no other form.
+    form = {} if d.score_form == "released" else {"score_form": d.score_form}
     w0, w1, _ = words_loss(regions, words, cap_lens, class_ids, d.gamma1, d.gamma2, d.gamma3, return_attn=False,
-                           impl=cfg.runtime.impl)
+                           impl=cfg.runtime.impl, **form)
     s0, s1 = sent_loss(code, sentence, class_ids, d.gamma3)
     damsm_loss = cfg.gan.lambda_damsm * (w0 + w1 + s0 + s1)
     kl = kl_loss(mu, logvar)
@@ -217,6 +231,13 @@ def _check(cfg: Config) -> None:
         raise ConfigError("AttnGAN training needs a DAMSM checkpoint: --damsm PATH (or gan.damsm in the config)")
     if g.batch_size < 2:
         raise ConfigError("gan.batch_size must be at least 2 (the mismatched-caption term pairs image i with caption i+1)")
+    if g.eval_every is not None and g.eval_every < 1:
+        raise ConfigError(f"gan.eval_every must be a number of epochs >= 1 (or null for no evaluation), got {g.eval_every}")
+    if g.eval_every is not None and g.eval_images < 1:
+        raise ConfigError(f"gan.eval_images must be at least 1, got {g.eval_images}")
+    if g.eval_inception_weights is not None and not Path(g.eval_inception_weights).is_file():
+        raise ConfigError(f"gan.eval_inception_weights: torch-fidelity Inception weights file {g.eval_inception_weights} "
+                          "does not exist")
 
 
 def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) -> dict:
@@ -233,6 +254,9 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
     if damsm.config.text_encoder != cfg.text_encoder:
         warnings.warn(f"text_encoder settings are taken from the DAMSM checkpoint {g.damsm}", stacklevel=2)
         cfg.text_encoder = damsm.config.text_encoder
+    if damsm.config.damsm.score_form != cfg.damsm.score_form:
+        warnings.warn(f"the DAMSM {g.damsm} was pretrained with damsm.score_form={damsm.config.damsm.score_form}, "
+                      f"this run's DAMSM loss uses {cfg.damsm.score_form}", stacklevel=2)
     cache = caption_cache(cfg, rt, progress)
     if cache.vocab.words != damsm.vocab.words:
         raise CheckpointError(f"the DAMSM {g.damsm} was trained with another vocabulary than {cfg.data.root}'s captions")
@@ -325,6 +349,26 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
             grid = generation_grid(images, maps, words, title=f"step {step} (EMA generator, fixed noise)")
             return save_png(grid, out / "samples" / f"step{step:07d}.png")
 
+    evaluation = None
+    if g.eval_every is not None and rt.is_main:
+        with rng_neutral():
+            evaluation = FixedEvaluation.build(test_set, text_encoder, n_images=g.eval_images, z_dim=g.z_dim,
+                                               c_dim=g.c_dim, seed=cfg.runtime.seed, batch_size=g.batch_size,
+                                               device=device, amp=amp, inception_weights=g.eval_inception_weights)
+
+    def evaluate_now(done_epochs: int) -> None:
+        """One row of the evaluation curve (rank 0; the other ranks go on and wait at the next collective)."""
+        if evaluation is None:
+            return
+        with rng_neutral():
+            row = evaluation(netG_ema, text_encoder, image_encoder)
+        log.write({"eval": True, "epoch": done_epochs, "step": step, **row})
+        eval_curves(log.path, out / "eval_curve.png")
+        if progress:
+            shown = f", IS {row['inception_score']:.2f}" if "inception_score" in row else ""
+            tqdm.write(f"epoch {done_epochs}: R-precision {row['r_precision']:.1%} on {row['r_precision_images']} "
+                       f"fixed test pairs{shown}")
+
     stopped = g.max_steps is not None and step >= g.max_steps
     meter = StepMeter(device, step)
     for epoch in range(start_epoch, g.epochs if not stopped else start_epoch):
@@ -357,6 +401,8 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
         with meter.paused():
             if finished:
                 position = 0
+                if g.eval_every is not None and (epoch + 1) % g.eval_every == 0:
+                    evaluate_now(epoch + 1)
                 save(epoch + 1, 0)
             else:
                 save(epoch, position)

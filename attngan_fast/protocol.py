@@ -1,0 +1,196 @@
+"""The evaluation protocol shared by ``attngan-fast evaluate`` and the GAN training's evaluation hook
+(DESIGN.md §5): which (image, caption) pairs are drawn, how captions are cut, what the judge reads, and
+how a judge or a weights file is identified in a report.
+
+- Pairs: drawn at random with a seed from *all* test images and *all* their captions; every pair is used
+  once before any is used again (a fresh permutation per pass).
+- Word cap: a caption longer than the cap keeps a seeded random ordered subset of its words; the cut is
+  made once per caption, so the generator and the judge read the same ids for the true caption, and
+  the distractors are cut by the same rule. The cap follows the release's and DM-GAN's evaluation
+  configs: 25 words for birds, 20 for COCO.
+- Judge: the DAMSM's global vectors (cosine), R = 1 among 1 true + 99 captions of other classes
+  (``metrics.retrieval_top1``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .metrics import retrieval_top1
+from .text import Vocabulary, truncate
+
+EVAL_WORDS_NUM = {"cub": 25, "coco": 20}  # the release's / DM-GAN's evaluation WORDS_NUM
+R_PRECISION_GROUP = 100  # the paper's ± spread looks like a std over groups of 100 images
+
+
+def default_eval_words_num(layout: str) -> int:
+    return EVAL_WORDS_NUM[layout]
+
+
+def draw_pairs(n_images_in_split: int, captions_per_image: int, n: int, seed: int) -> list[tuple[int, int]]:
+    """``n`` (image, caption index) pairs drawn at random (``seed``) from every image and every caption of
+    a split: seeded permutations of all pairs, one after the other, so no pair repeats before all were used."""
+    total = n_images_in_split * captions_per_image
+    if total < 1:
+        raise ValueError("the split has no captions to draw from")
+    gen = torch.Generator().manual_seed(seed)
+    flat: list[int] = []
+    while len(flat) < n:
+        flat.extend(torch.randperm(total, generator=gen)[: n - len(flat)].tolist())
+    return [divmod(k, captions_per_image) for k in flat]
+
+
+def cut_captions(cache, split: str, n_images_in_split: int, captions_per_image: int, words_num: int,
+                 seed: int) -> list[list[int]]:
+    """Every caption of the split (image-major: caption c of image i at i·cpi + c) as word ids, cut to at
+    most ``words_num`` words by one seeded draw per caption."""
+    out = []
+    for i in range(n_images_in_split):
+        for c in range(captions_per_image):
+            k = i * captions_per_image + c
+            out.append(truncate(cache.caption(split, i, c), words_num, random.Random(seed * 1_000_003 + k)))
+    return out
+
+
+def translate_ids(ids_list: list[list[int]], source: Vocabulary, target: Vocabulary) -> tuple[list[list[int]], int]:
+    """The same words in another vocabulary's ids (identity when the vocabularies are the same); words the
+    target lacks are dropped. Returns (ids, how many captions kept no word: they hold their place as
+    the single id 1)."""
+    if source.words == target.words:
+        return [list(x) for x in ids_list], 0
+    out, empty = [], 0
+    for ids in ids_list:
+        mapped, _ = target.encode(source.decode(ids))
+        empty += not mapped
+        out.append(mapped or [1])
+    return out, empty
+
+
+def r_precision(image_vecs: torch.Tensor, caption_vecs: torch.Tensor, pairs: list[tuple[int, int]],
+                captions_per_image: int, class_ids: list[int] | None, *, folds: int = 10, seed: int = 0) -> dict:
+    """R-precision of generated images (N, D) against every caption's judge vector (M, D), image k drawn
+    from ``pairs[k]``; distractors come from other classes (other images without classes).
+    The result also holds the fold size and mean ± std over groups of 100 images."""
+    n_split = caption_vecs.shape[0] // captions_per_image
+    keys = class_ids if class_ids else list(range(n_split))
+    image_keys = torch.tensor([keys[img] for img, _ in pairs])
+    caption_keys = torch.tensor([keys[i] for i in range(n_split) for _ in range(captions_per_image)])
+    true_caption = torch.tensor([img * captions_per_image + c for img, c in pairs])
+    return retrieval_top1(image_vecs, caption_vecs, true_caption, image_keys, caption_keys, folds=folds, seed=seed,
+                          group_size=R_PRECISION_GROUP)
+
+
+def tensors_sha256(*state_dicts: dict) -> str:
+    """A hash of the tensors (names, dtypes, shapes, values) of one or more state_dicts: the identity of a
+    model's weights, whatever file or format they came in."""
+    digest = hashlib.sha256()
+    for state in state_dicts:
+        for name in sorted(state):
+            tensor = state[name].detach().cpu().contiguous()
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def damsm_sha256(damsm) -> str:
+    """Identity of a DAMSM (``train.damsm.DamsmModels``): its text and image encoders' weights."""
+    return tensors_sha256(damsm.text_encoder.state_dict(), damsm.image_encoder.state_dict())
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class UInt8Images(torch.utils.data.Dataset):
+    """Generated images (N, 3, H, W) in [-1, 1] as torch-fidelity's input: uint8 (3, H, W) per item,
+    rounded as a PNG of them would be."""
+
+    def __init__(self, images: torch.Tensor):
+        self.images = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.images[index]
+
+
+def inception_score(images, weights: str | Path, device: torch.device, splits: int = 10) -> dict:
+    """Inception Score (torch-fidelity, its TF-Inception from the local ``weights`` file; nothing is
+    downloaded) of a tensor of images in [-1, 1] or a folder of PNGs."""
+    import torch_fidelity
+
+    source = str(images) if isinstance(images, (str, Path)) else UInt8Images(images)
+    metrics = torch_fidelity.calculate_metrics(
+        input1=source, isc=True, cuda=device.type == "cuda", feature_extractor_weights_path=str(weights),
+        isc_splits=min(splits, len(source) if not isinstance(source, str) else splits), save_cpu_ram=True,
+        verbose=False, cache=False, samples_find_deep=False, samples_find_ext="png")
+    return {"mean": float(metrics["inception_score_mean"]), "std": float(metrics["inception_score_std"])}
+
+
+@dataclass
+class FixedEvaluation:
+    """The GAN training's evaluation hook: a fixed subset of test pairs, fixed noise, the judge's caption
+    vectors computed once (the DAMSM is frozen). ``__call__(netG, text_encoder, image_encoder)`` ->
+    dict(r_precision, r_precision_std, [inception_score, inception_score_std])."""
+
+    ids: list[list[int]]
+    pairs: list[tuple[int, int]]
+    caption_vecs: torch.Tensor
+    captions_per_image: int
+    class_ids: list[int] | None
+    noise: tuple[torch.Tensor, torch.Tensor]
+    vocab: Vocabulary
+    words_num: int
+    seed: int
+    batch_size: int
+    device: torch.device
+    amp: str = "off"
+    inception_weights: str | None = None
+
+    @classmethod
+    def build(cls, dataset, text_encoder, *, n_images: int, z_dim: int, c_dim: int, seed: int, batch_size: int,
+              device, amp: str = "off", inception_weights: str | None = None) -> FixedEvaluation:
+        from .train.damsm import encode_captions
+
+        cpi, n_split = dataset.captions_per_image, len(dataset)
+        words_num = default_eval_words_num(dataset.layout)
+        ids = cut_captions(dataset.cache, dataset.split, n_split, cpi, words_num, seed)
+        pairs = draw_pairs(n_split, cpi, n_images, seed)
+        gen = torch.Generator().manual_seed(seed)
+        noise = (torch.randn(n_images, z_dim, generator=gen), torch.randn(n_images, c_dim, generator=gen))
+        caption_vecs = encode_captions(text_encoder, ids, device)
+        return cls(ids, pairs, caption_vecs, cpi, dataset.class_ids, noise, dataset.vocab, words_num, seed, batch_size,
+                   torch.device(device), amp, inception_weights)
+
+    @torch.no_grad()
+    def __call__(self, netG, text_encoder, image_encoder) -> dict:
+        from .generate import iter_generate_ids
+        from .train.runtime import autocast
+
+        prompts = [self.ids[img * self.captions_per_image + c] for img, c in self.pairs]
+        finals, vecs = [], []
+        for _, chunk in iter_generate_ids(netG, text_encoder, self.vocab, prompts, batch_size=self.batch_size,
+                                          device=self.device, amp=self.amp, return_attn=False, noise=self.noise):
+            final = chunk.images[-1]
+            with autocast(self.device, self.amp):
+                vecs.append(image_encoder(final.to(self.device))[1].float().cpu())
+            if self.inception_weights:
+                finals.append(final)
+        r = r_precision(torch.cat(vecs), self.caption_vecs, self.pairs, self.captions_per_image, self.class_ids,
+                        seed=self.seed)
+        row = {"r_precision": r["mean"], "r_precision_std": r["std"], "r_precision_images": r["n"],
+               "r_precision_candidates": r["candidates"], "eval_words_num": self.words_num}
+        if self.inception_weights:
+            isc = inception_score(torch.cat(finals), self.inception_weights, self.device)
+            row.update(inception_score=isc["mean"], inception_score_std=isc["std"])
+        return row
