@@ -342,7 +342,7 @@ pre{{white-space:pre-wrap;overflow-wrap:anywhere;background:#f6f6f6;padding:0.6e
 <p>Budget: {s['budget']['damsm_steps']:,} DAMSM and {s['budget']['gan_steps']:,} AttnGAN training steps, with
 {s['budget']['max_minutes']:g} minutes as the cap on training time. This run on {html.escape(s['device'])}
 ({s['seconds'] / 60:.1f} minutes): {html.escape(done)}; generation and evaluation
-{(s['timings_s']['generate'] + s['timings_s']['evaluate']) / 60:.1f} minutes. Details: <a href="summary.json">summary.json</a>.</p>
+{s['timings_s']['generate'] + s['timings_s']['evaluate']:.0f} seconds. Details: <a href="summary.json">summary.json</a>.</p>
 <h2>{figure_heading}</h2>
 <p>Three noise draws per caption, 64 px (last stage); click an image for the file.</p>
 <table>{''.join(rows)}</table>
