@@ -1,5 +1,6 @@
 """The kernels compiled for real GPUs, without one: Triton's compiler and ptxas run on this machine for
-Hopper (sm_90) and for the ~100 KB-shared-memory consumer GPUs (sm_86), and what comes out is checked.
+Hopper (sm_90), A100 (sm_80) and the ~100 KB-shared-memory consumer GPUs (sm_86), and what comes out is
+checked.
 
 The interpreter runs the kernels' arithmetic but never compiles them, so it cannot see a kernel that
 fails to build, needs more shared memory than a GPU has (it then fails to launch with autotuning off,
@@ -37,7 +38,7 @@ def default_launches(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "TRITON_DEFAULT_FP_FUSION")}
     env["TRITON_CACHE_DIR"] = str(out / "triton-cache")  # compile from scratch, leave the user's cache alone
     run = subprocess.run([sys.executable, "-m", "benchmarks.kernel_resources", "--defaults", "--arch", "90", "86",
-                          "--out", str(out)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=1200)
+                          "80", "--out", str(out)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=1200)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     (result,) = out.glob("kernel-resources-*-defaults.json")
     return dict(json.loads(result.read_text()), stderr=run.stderr)
@@ -47,7 +48,7 @@ def test_every_default_launch_compiles_and_fits_hopper_and_small_gpus(default_la
     rows = default_launches["rows"]
     assert {row["kernel"] for row in rows} == KERNELS
     assert {row["case"].split()[0] for row in rows} == {"fp32", "bf16", "fp16"}
-    assert {row["arch"] for row in rows} == {"sm_90", "sm_86"}
+    assert {row["arch"] for row in rows} == {"sm_90", "sm_86", "sm_80"}
     for row in rows:
         where = f"{row['kernel']} {row['case']} {row['config']} on {row['arch']}"
         assert "error" not in row, f"{where}: {row.get('error')}"
@@ -136,7 +137,7 @@ def test_math_instructions_are_counted_by_opcode():
 def test_the_report_names_what_was_compiled(default_launches):
     env = default_launches["environment"]
     assert env["triton"] and env["torch"]
-    assert default_launches["archs"] == {"sm_90": "H100/H200", "sm_86": "RTX 30xx, A10"}
+    assert default_launches["archs"] == {"sm_90": "H100/H200", "sm_86": "RTX 30xx, A10", "sm_80": "A100"}
     assert all(row["default"] for row in default_launches["rows"])
 
 

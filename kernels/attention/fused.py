@@ -210,8 +210,8 @@ BACKWARD_DEFAULT = LaunchConfig.of(num_warps=4, num_stages=1, BLOCK_Q=64)
 
 def default_config(capability: int | None, precision: str, backward: bool) -> LaunchConfig:
     """What runs without autotuning, per GPU generation and resolved ``precision`` (``python -m
-    benchmarks.kernel_resources`` shows what each compiles to; a test keeps every default free of
-    spills inside its loops on sm_90 and sm_86)."""
+    benchmarks.kernel_resources`` shows what each compiles to; a test keeps the defaults of the default
+    precisions free of spills inside their loops on sm_90, sm_80 and sm_86)."""
     if precision == "ieee":
         # FMA products hold whole operand rows in registers: at 4 warps the C=48 forward spills
         # kilobytes, and the backward's five products fit only on 32-pixel tiles.
