@@ -109,6 +109,8 @@ def run_task(task: dict, cfg: dict) -> None:
                 row = train_row(task["variant"], device, None)
             if "error" in row:
                 raise RuntimeError(row["error"])
+        elif task["kind"] == "die":  # the tests' stand-in for a worker that crashes (a native abort)
+            os._exit(134)
         elif task["kind"] == "pytest":
             from benchmarks.quick_parts import pytest_command
 
@@ -132,6 +134,8 @@ def _worker(queue, cfg: dict, output: str) -> None:
             return
         started = time.time()
         fields = {}
+        # Said before the task runs, so that the pool can name the task of a worker that dies in it.
+        log.write("task", part="warm", id=task["id"], pid=os.getpid())
         try:
             run_task(task, cfg)
             status = "ok"
@@ -165,17 +169,37 @@ class WarmPool:
         self._context = multiprocessing.get_context("spawn")  # no CUDA state is ever forked
         self._queue = self._context.Queue()
         self._procs: list = []
+        self._env: dict = {}
+        self._log = RowLog(cfg["rows"])
         self.workers = workers
         self.submitted: dict[str, str] = {}  # task id -> tag
 
     def start(self, env: dict) -> None:
         # The parallelism is mostly the workers; a few compile threads each still let max-autotune
         # precompile its choices side by side (16 each would be ~240 compiler processes).
-        with _environ({**env, "TORCHINDUCTOR_COMPILE_THREADS": "4"}):
-            for _ in range(self.workers):
-                proc = self._context.Process(target=_worker, args=(self._queue, self.cfg, self.output), daemon=True)
-                proc.start()
-                self._procs.append(proc)
+        self._env = {**env, "TORCHINDUCTOR_COMPILE_THREADS": "4"}
+        for _ in range(self.workers):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        with _environ(self._env):
+            proc = self._context.Process(target=_worker, args=(self._queue, self.cfg, self.output), daemon=True)
+            proc.start()
+        self._procs.append(proc)
+
+    def _reap(self, records: list[dict]) -> None:
+        """A worker that died (a native crash: the task's row never comes) is replaced, and the task it
+        was running gets an error row, so that nobody waits for it until the box ends."""
+        finished = {r["id"] for r in records if r["kind"] == "row" and r.get("part") == "warm"}
+        for proc in [p for p in self._procs if not p.is_alive()]:
+            self._procs.remove(proc)
+            for record in records:
+                if record["kind"] == "task" and record.get("pid") == proc.pid and record["id"] not in finished:
+                    self._log.write("row", part="warm", id=record["id"], tag=self.submitted.get(record["id"]),
+                                    status="error", pid=proc.pid,
+                                    error=f"the warm-up worker died during this task (exit code {proc.exitcode})")
+                    print(f"[warm] worker {proc.pid} died (exit code {proc.exitcode}) in {record['id']}", flush=True)
+            self._spawn()
 
     def submit(self, tasks: list[dict]) -> None:
         for task in tasks:
@@ -183,7 +207,11 @@ class WarmPool:
             self._queue.put(task)
 
     def pending(self, records: list[dict], tags: str | None = None) -> list[str]:
-        """Submitted task ids (of ``tags`` only, if given) without a result row yet."""
+        """Submitted task ids (of ``tags`` only, if given) without a result row yet (a dead worker's
+        task gets its error row here)."""
+        if self._procs:
+            self._reap(records)
+            records = RowLog(self.cfg["rows"]).read()
         finished = {r["id"] for r in records if r["kind"] == "row" and r.get("part") == "warm"}
         return [i for i, tag in self.submitted.items() if i not in finished and (tags is None or tag in tags)]
 

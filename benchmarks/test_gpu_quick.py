@@ -203,3 +203,30 @@ def test_the_training_step_warm_up_task_runs_one_step(tmp_path):
     run_task({"kind": "train", "variant": "ours-bf16"}, cfg)
     with pytest.raises(RuntimeError, match="KeyError"):
         run_task({"kind": "train", "variant": "no-such-variant"}, cfg)
+
+
+def test_a_warm_up_worker_that_dies_is_replaced_and_its_task_ends(tmp_path):
+    """A native crash in a worker (the interpreter once aborted on a kernel's out-of-bounds store) must
+    not leave its task pending until part a's box ends: the task gets an error row, a new worker
+    takes the rest of the queue."""
+    from benchmarks.quick_warm import WarmPool, python_env
+
+    rows = tmp_path / "quick.jsonl"
+    cfg = dict(device="cpu", sizes="tiny", rows=str(rows), out=str(tmp_path), started=time.time(),
+               compile_backend="aot_eager")
+    pool = WarmPool(cfg, 1, tmp_path / "warm.log")
+    pool.start(python_env("cpu"))
+    try:
+        pool.submit([dict(id="warm|a|dies", tag="a", kind="die"), dict(id="warm|a|unknown", tag="a", kind="nothing")])
+        deadline = time.time() + 120
+        while pool.pending(RowLog(rows).read()) and time.time() < deadline:
+            time.sleep(0.5)
+        records = {r["id"]: r for r in RowLog(rows).read() if r["kind"] == "row"}
+        assert records["warm|a|dies"]["status"] == "error"
+        assert "died during this task (exit code 134)" in records["warm|a|dies"]["error"]
+        # the replacement ran the next task (an unknown kind: an error row of its own)
+        assert records["warm|a|unknown"]["status"] == "error" and records["warm|a|unknown"]["pid"] != \
+            records["warm|a|dies"]["pid"]
+        assert pool.alive()
+    finally:
+        pool.kill()

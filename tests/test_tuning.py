@@ -7,6 +7,8 @@ The interpreter ignores warps and stages, so on CPU each distinct set of block s
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -76,6 +78,37 @@ def test_every_damsm_candidate_matches_float64(kernel, config):
     else:
         d_words, d_regions = fused.damsm_backward(grad, words, cap_lens, regions, 4.0, 5.0, "ieee", grad_config=config)
         assert fused._GRAD.last_config == config
+    assert_rel(d_words, ref_w, 1e-5, f"d_words with {config}")
+    assert_rel(d_regions, ref_r, 1e-5, f"d_regions with {config}")
+
+
+@pytest.mark.parametrize("kernel, config", _damsm_candidates(), ids=lambda x: str(x))
+def test_damsm_candidates_write_nothing_outside_their_buffers_at_narrow_features(kernel, config):
+    """D = 16: every candidate's feature chunk (BLOCK_K 32, 64) is wider than the padded features.
+    Every buffer the launchers allocate gets a guard band behind it; a write past its end (which on a GPU
+    corrupts other tensors, and under the interpreter the heap) changes the band."""
+    from unittest import mock
+
+    from kernels import _runtime
+    from kernels.damsm import fused
+
+    guards = []
+
+    def guarded(shape, device, dtype):
+        numel = math.prod(shape)
+        whole = torch.full((numel + 4096,), 7.0, device=device, dtype=dtype)
+        guards.append(whole[numel:])
+        return _runtime.poison_(whole[:numel].view(shape))
+
+    words = torch.randn(2, 16, 6) / 16 ** 0.25
+    regions = torch.randn(3, 16, 37) / 16 ** 0.25
+    cap_lens = torch.tensor([6, 1])
+    grad = torch.randn(3, 2)
+    ref_w, ref_r = damsm_word_scores_ref_backward(grad.double(), words.double(), cap_lens, regions.double())
+    forced = {"context_config": config} if kernel == "forward" else {"grad_config": config}
+    with mock.patch.object(fused, "alloc_output", guarded):
+        d_words, d_regions = fused.damsm_backward(grad, words, cap_lens, regions, 4.0, 5.0, "ieee", **forced)
+    assert guards and all(bool((g == 7.0).all()) for g in guards), f"{config} wrote past a buffer's end"
     assert_rel(d_words, ref_w, 1e-5, f"d_words with {config}")
     assert_rel(d_regions, ref_r, 1e-5, f"d_regions with {config}")
 

@@ -305,6 +305,10 @@ def _damsm_grad_kernel(
     starts clean. The d_words of the current (image, group) build up in the program's own fp32 row
     of ``acc``, which the first region tile starts from the context kernel's direct term: the inputs
     are only read, so a rerun gives the same result."""
+    # The feature chunk never exceeds the padded feature width: the chunks' loads and stores of the
+    # (BLOCK_W, BLOCK_D) buffers are unmasked, so a candidate's BLOCK_K wider than BLOCK_D (D <= 16
+    # with BLOCK_K = 32) would run past each row, and past the buffer at its last row.
+    CHUNK: tl.constexpr = BLOCK_K if BLOCK_K < BLOCK_D else BLOCK_D
     m = tl.program_id(0)
     q = tl.program_id(1)
     acc = acc_ptr + (m * GROUP_SPLITS + q).to(tl.int64) * (BLOCK_W * BLOCK_D)
@@ -342,10 +346,10 @@ def _damsm_grad_kernel(
                 d_sbar = gamma1 * u * (d_alpha - row_dot[None, :])
                 ds, ds_lo = operand_parts(s_bar * (d_sbar - _segment_sum(s_bar * d_sbar, slot, GROUP)), DOT_DTYPE, SPLIT)
                 u, u_lo = operand_parts(u, DOT_DTYPE, SPLIT)
-                # Both gradients BLOCK_K features at a time: a whole (BLOCK_N, D) or (BLOCK_W, D) fp32
+                # Both gradients CHUNK features at a time: a whole (BLOCK_N, D) or (BLOCK_W, D) fp32
                 # tile in registers beside this tile's attention would spill.
-                for k0 in range(0, D, BLOCK_K):
-                    offs_k = k0 + tl.arange(0, BLOCK_K)
+                for k0 in range(0, D, CHUNK):
+                    offs_k = k0 + tl.arange(0, CHUNK)
                     k_valid = offs_k < D
                     chunk = rows[:, None] * BLOCK_D + offs_k[None, :]
                     if NEED_REGIONS:
