@@ -178,10 +178,14 @@ def _generate(args) -> int:
 
     _at_least("--n-per-caption", args.n_per_caption)
     _at_least("--batch-size", args.batch_size)
+    if args.words_num is not None:
+        _at_least("--words-num", args.words_num)
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise CliError(f"--out {args.out} is a file, not a folder")
     captions = list(args.captions or [])
     if args.captions_file:
+        if not Path(args.captions_file).is_file():
+            raise CliError(f"--captions {args.captions_file}: no such file (one caption per line)")
         captions += [line.strip() for line in Path(args.captions_file).read_text().splitlines() if line.strip()]
     if not captions:
         raise CliError("give at least one caption (as arguments or with --captions FILE)")
@@ -248,7 +252,9 @@ def _demo(args) -> int:
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="a preset (bird, coco, synthetic) or a YAML file")
+    from .config import preset_names
+
+    p.add_argument("--config", required=True, help=f"a preset ({', '.join(preset_names())}) or a YAML file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config value, e.g. damsm.lr=0.001")
     p.add_argument("--data", help="dataset root (data.root)")
     p.add_argument("--out", help="output folder (damsm.out_dir or gan.out_dir)")
@@ -385,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     from .demo import DemoError
     from .evaluate import EvaluationError
     from .generate import CaptionError
+    from .models.encoders import InceptionWeightsError
+    from .paths import NotAFolderError
     from .safe_pickle import UnsafePickleError
     from .train.checkpoint import CheckpointError
     from .train.run_folder import RunExistsError
@@ -395,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return args.func(args)
         except (CliError, ConfigError, DataError, UnsafePickleError, CaptionError, CheckpointError, RunExistsError,
-                DeviceError, EvaluationError, DemoError, FileNotFoundError) as err:
+                DeviceError, EvaluationError, DemoError, InceptionWeightsError, NotAFolderError,
+                FileNotFoundError) as err:
             print(f"attngan-fast: error: {err}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:

@@ -245,7 +245,7 @@ _LOW = {
     "damsm.pictures_every": 1,
     "gan.stages": 1, "gan.base_size": 8, "gan.gf_dim": 1, "gan.df_dim": 1, "gan.z_dim": 1, "gan.c_dim": 1,
     "gan.r_num": 0, "gan.words_num": 1, "gan.batch_size": 2, "gan.epochs": 0, "gan.samples_every": 1,
-    "gan.snapshot_every": 1, "gan.max_steps": 0,
+    "gan.snapshot_every": 1, "gan.max_steps": 0, "gan.lambda_damsm": 0,
     "runtime.log_every": 1, "runtime.eval_batches": 1,
 }
 _HIGH = {"gan.stages": 3}
@@ -259,7 +259,7 @@ def _check_range(value, path: str):
     if value is None or isinstance(value, (bool, str, tuple)):
         return value
     why = _WHY.get(path, "")
-    if path in _LOW and value < _LOW[path]:
+    if path in _LOW and not value >= _LOW[path]:  # NaN fails too
         raise ConfigError(f"{path} must be at least {_LOW[path]}, got {value}{why}")
     if path in _HIGH and value > _HIGH[path]:
         raise ConfigError(f"{path} must be at most {_HIGH[path]}, got {value}{why}")
@@ -286,7 +286,11 @@ def _read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        # PyYAML's message spans several lines (the context and a caret drawing): one line is kept.
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path} is not valid YAML: {problem}{where}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

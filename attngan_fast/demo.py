@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import write_text_atomic
+from .paths import check_folder
 from .config import load_config  # plain Python and YAML: the CLI reads this module's defaults without torch
 
 FIGURE5 = [
@@ -105,6 +106,8 @@ def plan_phase(folder: Path, budget_steps: int, depends_on: str | None) -> Plan:
         if marker.get("budget_steps") == budget_steps:
             return Plan("resume", f"the time cap cut it short at step {step:,} of {budget_steps:,}", step)
         return Plan("resume", f"its budget rose from {marker.get('budget_steps'):,} to {budget_steps:,} steps", step)
+    if step >= budget_steps:  # interrupted, but already past what this run asks for
+        return Plan("reuse", f"interrupted earlier at step {step:,}, already past the {budget_steps:,} asked", step)
     return Plan("resume", f"it was interrupted at step {step:,}", step)
 
 
@@ -117,9 +120,9 @@ def run_phase(label: str, folder: Path, budget_steps: int, cap_minutes: float, d
               "reason": plan.reason, "budget_steps": budget_steps, "cap_minutes": round(cap_minutes, 2)}
     if plan.action == "reuse":
         _say(f"{label}: reusing {folder} ({plan.reason})")
-        marker = _read_json(folder / MARKER) or {}
-        return {**record, "steps": plan.steps, "steps_this_run": 0, "minutes_this_run": 0.0,
-                "cut_by_cap": bool(marker.get("cut_by_cap"))}
+        # A reused phase has at least this run's steps: whatever cut an earlier, longer budget short
+        # did not cut this one.
+        return {**record, "steps": plan.steps, "steps_this_run": 0, "minutes_this_run": 0.0, "cut_by_cap": False}
     if plan.action == "restart":
         _say(f"{label}: starting over because {plan.reason}")
         claim_run_folder(folder, resume=None, overwrite=True)  # moved aside, never deleted
@@ -176,7 +179,7 @@ def run_demo(out: str | Path = "demo", *, damsm_steps: int = DAMSM_STEPS, gan_st
             raise DemoError(f"{name} must be at least {least}, got {value}")
     if not max_minutes > 0:
         raise DemoError(f"--max-minutes must be above 0, got {max_minutes}")
-    out = Path(out)
+    out = check_folder(out)
     dev = pick_device(device)
     gpu = dev.type == "cuda"
     speed = ["runtime.amp=bf16", "runtime.compile=true", "runtime.impl=auto"] if gpu else []

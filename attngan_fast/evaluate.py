@@ -36,6 +36,7 @@ from .data.dataset import TextImageDataset
 from .data.prepare import load_captions
 from .generate import iter_generate_ids
 from .pictures import to_pil
+from .paths import check_file
 from .protocol import (R_PRECISION_GROUP, cut_captions, damsm_sha256, default_eval_words_num, draw_pairs,
                        file_sha256, r_precision, translate_ids)
 from .train.damsm import encode_captions, load_damsm
@@ -55,11 +56,15 @@ class EvaluationError(ValueError):
     """An evaluation request that cannot be carried out (no images, a wrong weights file)."""
 
 
-def check_request(n_images: int, folds: int, inception_weights) -> None:
+def check_request(n_images: int, folds: int, inception_weights, out=None, words_num: int | None = None) -> None:
     """Refuse what would fail (or waste the generation of every image) before anything is generated;
     warn when the protocol's folds would hold too few images to mean anything."""
     if n_images < 1:
         raise EvaluationError(f"--n-images must be at least 1, got {n_images}")
+    if words_num is not None and words_num < 1:
+        raise EvaluationError(f"--words-num must be at least 1 (or left out for the protocol's cap), got {words_num}")
+    if out is not None:
+        check_file(out, "--out")
     if inception_weights is not None:
         check_inception_weights(inception_weights)
     if n_images < 10 * folds:
@@ -143,18 +148,17 @@ def evaluate_generator(checkpoint: str | Path, damsm: str | Path, data_root: str
     """Generate ``n_images`` images for drawn test pairs, score them and write the JSON report ``out``.
     ``words_num``: the evaluation word cap (None: 25 for CUB layouts, 20 for COCO)."""
     start_time = time.time()
-    check_request(n_images, folds, inception_weights)
+    check_request(n_images, folds, inception_weights, out, words_num)
     device = torch.device(device)
     out = Path(out)
     work = out.parent / (out.stem + "_images")
-    if n_images < 1:
-        raise ValueError(f"n_images must be at least 1, got {n_images}")
     netG, text_encoder, g_vocab, cfg = load_generator(checkpoint, device)
+    if cfg.preset == "synthetic" and not Path(data_root).exists():
+        raise EvaluationError(f"--data {data_root} does not exist; the synthetic birds are drawn, not downloaded: "
+                              f"make them with: attngan-fast data synth --out {data_root}")
     judge, judge_identity = _judge(damsm, eval_damsm, device)
     layout, cpi = cfg.data.layout, cfg.data.captions_per_image
-    words_num = words_num or default_eval_words_num(layout)
-    if words_num < 1:
-        raise ValueError(f"words_num must be at least 1, got {words_num}")
+    words_num = default_eval_words_num(layout) if words_num is None else words_num
     cache = load_captions(data_root, layout, cpi, progress=progress)
     test = TextImageDataset(data_root, layout, "test", captions_per_image=cpi, words_num=words_num,
                             image_size=netG.sizes[-1], train=False, cache=cache)

@@ -177,3 +177,74 @@ def test_under_torchrun_only_rank_zero_prints_the_result(synthetic_root, tmp_pat
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count('"checkpoint"') == 1 and out.stdout.count("done: ") == 1, out.stdout
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(trained, synthetic_root, tmp_path, capsys):
+    taken = tmp_path / "my.yaml"
+    taken.write_text("notes: keep me\n")
+    for args in (["pretrain-damsm", "--config", "synthetic", "--data", str(synthetic_root), "--quiet"],
+                 ["train", "--config", "synthetic", "--data", str(synthetic_root), "--damsm", str(trained[0]), "--quiet"],
+                 ["demo", "--quiet", "--images", "20"],
+                 ["data", "synth", "--images", "20"]):
+        one_line_error(capsys, args + ["--out", str(taken)], f"{taken} is a file, not a folder: give another --out")
+    assert taken.read_text() == "notes: keep me\n"
+    # evaluate's --out is the report: a folder there is refused before any image is generated
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    one_line_error(capsys, ["evaluate", "--checkpoint", str(trained[1]), "--damsm", str(trained[0]), "--data",
+                            str(synthetic_root), "--quiet", "--n-images", "20", "--out", str(folder)],
+                   f"--out {folder} is a folder, not a file")
+    assert list(folder.iterdir()) == [] and not (tmp_path / "reports_images").exists()
+
+
+def test_wrong_inception_weights_for_damsm_pretraining_are_one_line(synthetic_root, tmp_path, capsys):
+    page = tmp_path / "index.html"
+    page.write_text("<html></html>")
+    not_inception = tmp_path / "other.pt"
+    torch.save({"conv.weight": torch.zeros(3, 3)}, not_inception)
+    base = ["pretrain-damsm", "--config", "bird", "--data", str(synthetic_root), "--quiet", "--out", str(tmp_path / "d"),
+            "--set", "data.workers=0"]
+    one_line_error(capsys, base + ["--inception-weights", str(page)], f"--inception-weights {page} is not a torch weights file")
+    one_line_error(capsys, base + ["--inception-weights", str(not_inception)],
+                   "lacks 470 of the Inception-v3 backbone's tensors")
+    # A named file must exist even where the encoder has no Inception backbone (a typo is not silent)...
+    synthetic = ["pretrain-damsm", "--config", "synthetic", "--data", str(synthetic_root), "--quiet",
+                 "--out", str(tmp_path / "s")]
+    one_line_error(capsys, synthetic + ["--inception-weights", str(tmp_path / "nope.pth")],
+                   f"image_encoder.inception_weights (--inception-weights): {tmp_path / 'nope.pth'} does not exist")
+    # ...and an existing one there is said to be unused.
+    assert cli(synthetic + ["--inception-weights", str(page), "--set", "damsm.max_steps=1", "--set",
+                            "runtime.eval_batches=1", "--set", "data.workers=0"]) == 0
+    assert f"warning: --inception-weights {page} is not used: image_encoder.kind is 'compact'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_a_word_cap_below_one_is_one_line(trained, synthetic_root, tmp_path, capsys, value):
+    one_line_error(capsys, ["evaluate", "--checkpoint", str(trained[1]), "--damsm", str(trained[0]), "--data",
+                            str(synthetic_root), "--quiet", "--n-images", "20", "--out", str(tmp_path / "r.json"),
+                            "--words-num", value], f"--words-num must be at least 1 (or left out for the protocol's cap), "
+                                                   f"got {value}")
+    one_line_error(capsys, ["generate", "--checkpoint", str(trained[1]), "--out", str(tmp_path / "o"), "a bird",
+                            "--words-num", value], f"--words-num must be at least 1, got {value}")
+
+
+def test_smaller_mistakes_are_one_named_line(trained, tmp_path, capsys):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("damsm:\n  lr: [0.1\n")
+    one_line_error(capsys, ["pretrain-damsm", "--config", str(broken), "--out", str(tmp_path / "d")],
+                   f"{broken} is not valid YAML: ")
+    one_line_error(capsys, ["train", "--config", "synthetic", "--set", "gan.lambda_damsm=-1", "--out",
+                            str(tmp_path / "g")], "gan.lambda_damsm must be at least 0, got -1")
+    one_line_error(capsys, ["generate", "--checkpoint", str(trained[1]), "--out", str(tmp_path / "o"),
+                            "--captions", str(tmp_path / "none.txt")], f"--captions {tmp_path / 'none.txt'}: no such file")
+    missing = tmp_path / "birds"
+    one_line_error(capsys, ["evaluate", "--checkpoint", str(trained[1]), "--damsm", str(trained[0]), "--data",
+                            str(missing), "--quiet", "--n-images", "100", "--out", str(tmp_path / "r.json")],
+                   f"make them with: attngan-fast data synth --out {missing}")
+
+
+def test_the_config_flag_names_every_preset(capsys):
+    with pytest.raises(SystemExit):
+        cli(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "a preset (attndcgan, attngan1, attngan2, bird, coco, synthetic) or a YAML file" in help_text

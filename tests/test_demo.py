@@ -13,7 +13,7 @@ import torch
 
 import attngan_fast.demo as demo
 from attngan_fast.cli import main as cli
-from attngan_fast.demo import FIGURE5, MORE_CAPTIONS, plan_phase, write_report
+from attngan_fast.demo import FIGURE5, MORE_CAPTIONS, Plan, plan_phase, write_report
 
 TINY = ["--images", "96", "--quiet"]
 HEADLINE = "Changing one word changes the matching part"
@@ -167,6 +167,8 @@ def test_plan_phase_reuses_only_completed_work(tmp_path):
     assert plan_phase(tmp_path, 10, None).action == "train"
     checkpoint(4)
     assert plan_phase(tmp_path, 10, None).reason == "it was interrupted at step 4"  # no marker: interrupted
+    # an interrupted phase already past a lower budget is reused, not "resumed" to train nothing
+    assert plan_phase(tmp_path, 3, None) == Plan("reuse", "interrupted earlier at step 4, already past the 3 asked", 4)
     marker(status="started", depends_on=None, budget_steps=10)
     assert plan_phase(tmp_path, 10, None).action == "resume"
     checkpoint(10)
@@ -178,3 +180,20 @@ def test_plan_phase_reuses_only_completed_work(tmp_path):
     checkpoint(6)
     marker(status="complete", depends_on=None, budget_steps=10, steps=6, cut_by_cap=True)
     assert plan_phase(tmp_path, 10, None).reason == "the time cap cut it short at step 6 of 10"
+
+
+def test_a_phase_reused_under_a_lower_budget_is_not_reported_as_cut(tmp_path, capsys):
+    # An earlier run's cap cut it at step 6 of 10; this run asks for 5: the phase is reused whole, and
+    # neither the summary nor the warnings may say that a cap stopped it at "6 of the 5".
+    torch.save({"format": "attngan-fast/damsm/1", "step": 6, "epoch": 0}, tmp_path / "latest.pt")
+    (tmp_path / "phase.json").write_text(json.dumps({"status": "complete", "depends_on": None, "budget_steps": 10,
+                                                     "steps": 6, "cut_by_cap": True}))
+
+    def train(resume, cap_minutes):
+        raise AssertionError("a reused phase trains nothing")
+
+    record = demo.run_phase("2/5 DAMSM pretraining", tmp_path, 5, 1.0, None, train)
+    assert record["action"] == "reused" and record["steps"] == 6 and record["cut_by_cap"] is False
+    summary = _summary(0.6)
+    summary["phases"]["damsm"] = record
+    assert not [w for w in demo.demo_warnings(summary) if "DAMSM" in w]

@@ -85,5 +85,9 @@ def test_inception_without_weights_warns_and_bad_files_fail(tmp_path):
             InceptionImageEncoder(out_dim=8, weights_path=tmp_path / "missing.pth")
         partial = tmp_path / "partial.pth"
         torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(32, 3, 3, 3)}, partial)
-        with pytest.raises(ValueError, match="lacks .* Inception-v3 backbone tensors"):
+        with pytest.raises(ValueError, match="lacks .* of the Inception-v3 backbone's tensors"):
             InceptionImageEncoder(out_dim=8, weights_path=partial)
+        text = tmp_path / "notes.txt"
+        text.write_text("<html>not weights</html>")
+        with pytest.raises(ValueError, match="notes.txt is not a torch weights file"):
+            InceptionImageEncoder(out_dim=8, weights_path=text)

@@ -22,6 +22,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from ..paths import check_folder
+
 GENERATOR_VERSION = 1
 
 PALETTE = {
@@ -224,7 +226,7 @@ def synthesize(out: str | Path, images: int = 2000, size: int = 64, seed: int = 
         raise ValueError(f"size must be at least 16 pixels, got {size}")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
-    out = Path(out)
+    out = check_folder(out)
     base = out / "CUB_200_2011"
     (base / "images").mkdir(parents=True, exist_ok=True)
     keys, classes, attributes, image_lines, box_lines = [], [], {}, [], []

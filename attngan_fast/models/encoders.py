@@ -15,6 +15,10 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 
+class InceptionWeightsError(ValueError):
+    """The file given as the Inception-v3 backbone's weights is not one."""
+
+
 class TextEncoder(nn.Module):
     """Word embedding, dropout, one bidirectional LSTM layer.
 
@@ -116,16 +120,24 @@ class InceptionImageEncoder(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"inception weights file {path} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - a text file, a pickle of other objects, a truncated file
+            raise InceptionWeightsError(f"--inception-weights {path} is not a torch weights file "
+                                        f"({type(err).__name__}); give torchvision's inception_v3 state_dict") from None
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise InceptionWeightsError(f"--inception-weights {path} holds a {type(state).__name__}, not a state_dict")
         own = {k: v for k, v in self.state_dict().items() if k.split(".")[0] in _INCEPTION_LAYERS}
         missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
         if missing:
-            raise ValueError(f"{path} lacks {len(missing)} Inception-v3 backbone tensors, e.g. {missing[:3]}")
+            raise InceptionWeightsError(f"--inception-weights {path} lacks {len(missing)} of the Inception-v3 backbone's "
+                                        f"tensors, e.g. {missing[:3]}: not torchvision's inception_v3 state_dict")
         bad = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
         if bad:
-            raise ValueError(f"{path}: shape mismatch for {bad[:3]} (not torchvision's inception_v3 layout?)")
+            raise InceptionWeightsError(f"--inception-weights {path}: shape mismatch for {bad[:3]} (not torchvision's "
+                                        "inception_v3 layout?)")
         self.load_state_dict({k: state[k] for k in own if k in state}, strict=False)
         self.backbone_source = str(path)
 

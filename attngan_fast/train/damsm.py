@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from tqdm import tqdm
 
 import kernels
 
-from ..config import Config, config_from_dict
+from ..config import Config, ConfigError, config_from_dict
 from ..data.dataset import TextImageDataset, collate
 from ..data.synthetic import PART_ID
 from ..losses import sent_loss, words_loss
@@ -65,8 +66,6 @@ def load_damsm(path: str | Path, device: torch.device | str = "cpu") -> DamsmMod
     vocab = Vocabulary(ckpt["vocab"])
     # The backbone weights are in the checkpoint: do not ask for the original weights file again.
     cfg.image_encoder.inception_weights = None
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         text_encoder, image_encoder = build_models(cfg, vocab)
@@ -232,6 +231,19 @@ def attention_picture(text_encoder, image_encoder, dataset: TextImageDataset, cf
                                    title=title), path)
 
 
+def _check_inception_weights(cfg: Config) -> None:
+    """A weights file that is named must exist, whether or not the image encoder uses it (a typo would
+    otherwise pass silently with the compact encoder)."""
+    path = cfg.image_encoder.inception_weights
+    if path is None:
+        return
+    if not Path(path).is_file():
+        raise ConfigError(f"image_encoder.inception_weights (--inception-weights): {path} does not exist")
+    if cfg.image_encoder.kind != "inception":
+        warnings.warn(f"--inception-weights {path} is not used: image_encoder.kind is {cfg.image_encoder.kind!r}, "
+                      "which has no Inception backbone", stacklevel=3)
+
+
 def train_damsm(cfg: Config, *, resume: str | Path | None = None, overwrite: bool = False,
                 progress: bool = True) -> dict:
     """Pretrain the DAMSM as configured; returns the last evaluation metrics and the checkpoint path
@@ -243,6 +255,7 @@ def train_damsm(cfg: Config, *, resume: str | Path | None = None, overwrite: boo
 
 def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) -> dict:
     device, d = rt.device, cfg.damsm
+    _check_inception_weights(cfg)
     seed_everything(cfg.runtime.seed, rt.rank)
     out = Path(d.out_dir)
     resume, first_record = claim_output(out, resume, overwrite, rt)

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from .checkpoint import load_checkpoint
+from ..paths import check_folder
 
 # What the loops (and the demo's phase marker) write into a run folder; the first two kinds say that
 # a run is there, the rest move with it.
@@ -60,7 +61,7 @@ def claim_run_folder(out: Path, *, resume: str | Path | None, overwrite: bool) -
     in one process (rank 0). Returns (the checkpoint to resume from, which moves with the earlier run
     if it was one of its files; the first record of the new log, {} or {"started": True, "replaced":
     folder})."""
-    out = Path(out)
+    out = check_folder(out)
     found = describe_run(out) if out.is_dir() else None
     resume = None if resume is None else Path(resume)
     if found is None or (resume is not None and resume.resolve() == (out / "latest.pt").resolve()):

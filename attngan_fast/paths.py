@@ -1,0 +1,26 @@
+"""Output paths checked before any work starts: a run that writes into a folder must not find a file
+there (it would fail midway, after minutes of training), and a report file must not be a folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class NotAFolderError(ValueError):
+    """An output path names an existing file where a folder is needed, or the reverse."""
+
+
+def check_folder(path: str | Path, what: str = "the output folder") -> Path:
+    """``path`` as a Path, unless it names an existing file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotAFolderError(f"{what} {path} is a file, not a folder: give another --out")
+    return path
+
+
+def check_file(path: str | Path, what: str = "the output file") -> Path:
+    """``path`` as a Path, unless it names an existing folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise NotAFolderError(f"{what} {path} is a folder, not a file: give a file name, e.g. {path / 'report.json'}")
+    return path
