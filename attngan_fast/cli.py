@@ -173,6 +173,7 @@ def _generate(args) -> int:
     from tqdm import tqdm
 
     from .generate import iter_generate, write_generation
+    from .paths import check_folder
     from .train.gan import load_generator
     from .train.runtime import pick_device
 
@@ -180,8 +181,7 @@ def _generate(args) -> int:
     _at_least("--batch-size", args.batch_size)
     if args.words_num is not None:
         _at_least("--words-num", args.words_num)
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise CliError(f"--out {args.out} is a file, not a folder")
+    check_folder(args.out, "--out")
     captions = list(args.captions or [])
     if args.captions_file:
         if not Path(args.captions_file).is_file():

@@ -187,9 +187,11 @@ class WarmPool:
             proc.start()
         self._procs.append(proc)
 
-    def _reap(self, records: list[dict]) -> None:
+    def _reap(self, records: list[dict]) -> bool:
         """A worker that died (a native crash: the task's row never comes) is replaced, and the task it
-        was running gets an error row, so that nobody waits for it until the box ends."""
+        was running gets an error row, so that nobody waits for it until the box ends. True when a
+        row was written."""
+        wrote = False
         finished = {r["id"] for r in records if r["kind"] == "row" and r.get("part") == "warm"}
         for proc in [p for p in self._procs if not p.is_alive()]:
             self._procs.remove(proc)
@@ -199,7 +201,9 @@ class WarmPool:
                                     status="error", pid=proc.pid,
                                     error=f"the warm-up worker died during this task (exit code {proc.exitcode})")
                     print(f"[warm] worker {proc.pid} died (exit code {proc.exitcode}) in {record['id']}", flush=True)
+                    wrote = True
             self._spawn()
+        return wrote
 
     def submit(self, tasks: list[dict]) -> None:
         for task in tasks:
@@ -209,8 +213,7 @@ class WarmPool:
     def pending(self, records: list[dict], tags: str | None = None) -> list[str]:
         """Submitted task ids (of ``tags`` only, if given) without a result row yet (a dead worker's
         task gets its error row here)."""
-        if self._procs:
-            self._reap(records)
+        if self._procs and self._reap(records):
             records = RowLog(self.cfg["rows"]).read()
         finished = {r["id"] for r in records if r["kind"] == "row" and r.get("part") == "warm"}
         return [i for i, tag in self.submitted.items() if i not in finished and (tags is None or tag in tags)]

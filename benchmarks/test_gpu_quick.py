@@ -43,9 +43,9 @@ def test_the_quick_script_runs_end_to_end_on_cpu(gpu_image, tmp_path, monkeypatc
     out = tmp_path / "out"
     started = time.time()
     assert gpu_quick.main(["--device", "cpu", "--out", str(out), "--box", "d=6",
-                           # part a waits for the warm-up (the background tests among it) only as long
-                           # as it runs: a wide box costs nothing on a fast machine, and a slow one
-                           # still reaches the background path
+                           # part a waits for the warm-up (the background tests among it) only while
+                           # it runs, so a wide box costs a fast machine nothing and keeps the
+                           # background path reachable on a slow, loaded one
                            "--box", "a=180", "--budget", "420"]) == 0
     printed = capsys.readouterr().out
     lines = (out / "quick.jsonl").read_text().splitlines()

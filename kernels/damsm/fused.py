@@ -440,9 +440,8 @@ def _operands(words, cap_lens, regions, precision):
     and the compile-time sizes."""
     dots = _dot_operands(words, regions, precision, INTERPRETED)
     dot_dtype, split = dots["DOT_DTYPE"], dots["SPLIT"]
-    capability = _capability(words.device)
     wide = precision != "native"  # 4 bytes an operand element: a bf16 pair, or fp32
-    narrow = wide and capability is not None and (capability < 90 or precision == "ieee")
+    narrow = wide and not _hopper_tiles(_capability(words.device), fma=precision == "ieee")
     shape = _shape_meta(words.shape[2], words.shape[1], narrow=narrow)
     packed = pack_caption_groups(words, cap_lens, torch.float32 if split else torch_dtype(dot_dtype), shape)
     regions_t = features_last(regions)
@@ -483,6 +482,12 @@ def pack_caption_groups(words: torch.Tensor, cap_lens: torch.Tensor, dtype: torc
     return torch.nn.functional.pad(packed, (0, 0, 0, width - group * T)).contiguous()
 
 
+def _hopper_tiles(capability: int | None, fma: bool) -> bool:
+    """Whether launches take Hopper's wgmma-sized tiles (so does the interpreter): not on GPUs without
+    wgmma, nor for the FMA-only "ieee" products, whose registers those tiles overflow."""
+    return capability is None or (capability >= 90 and not fma)
+
+
 def default_config(T: int, D: int, N: int, capability: int | None = None, grad: bool = False,
                    wide: bool = False, fma: bool = False) -> LaunchConfig:
     """What runs without autotuning (interpreter, ``ATTNGAN_FAST_AUTOTUNE=0``), per GPU generation and
@@ -498,7 +503,7 @@ def default_config(T: int, D: int, N: int, capability: int | None = None, grad: 
     - ``fma`` (precision "ieee", FMA units only) takes those narrow tiles on Hopper too: FMA products
       hold whole operand rows in registers, and the 32-region Hopper tiles spilled thousands of
       instructions inside their region loops."""
-    hopper = capability is None or (capability >= 90 and not fma)
+    hopper = _hopper_tiles(capability, fma)
     if hopper and wide:
         block_n, warps, stages = (64 if grad else 32), 8, 2
     elif hopper:
