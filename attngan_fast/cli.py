@@ -57,7 +57,7 @@ def _info(_args) -> int:
     """Versions and where the fused kernels would run: the first thing to paste into a bug report."""
     import torch
 
-    import kernels
+    from attngan_fast import kernels
     from attngan_fast import __version__
 
     facts = {
@@ -88,8 +88,7 @@ def _ops_path() -> str:
     """Which implementation the attention ops run with ``impl=auto`` on this machine."""
     import torch
 
-    import kernels
-
+    from attngan_fast import kernels
     if torch.cuda.is_available() and kernels.TRITON_AVAILABLE and not kernels.interpreter_active():
         return "Triton kernels on CUDA tensors (impl=auto); the reference (plain PyTorch) on CPU tensors"
     if torch.cuda.is_available():

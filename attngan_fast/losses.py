@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kernels import damsm_word_scores
+from attngan_fast.kernels import damsm_word_scores
 
 COS_EPS = 1e-8
 

@@ -9,7 +9,7 @@ cores, as the fused bf16 path uses them); (d) ``fused`` — the Triton kernels, 
 ``fused-untuned``, the same kernels with their fixed default launch configurations.
 
 What keeps the comparison fair to both sides:
-- the fused providers run inside ``kernels.value_checks(False)``, as the training loops call them: the
+- the fused providers run inside ``attngan_fast.kernels.value_checks(False)``, as the training loops call them: the
   checks of input values are host syncs, which the references do not pay either;
 - every compiled provider is compiled afresh for its case with ``dynamic=False`` (one static graph
   per size, never a dynamic-shape graph left over from another size, and never the recompile limit
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import torch
 
 from benchmarks.work import Work, attention_executed, attention_useful, damsm_executed, damsm_useful
-from kernels import (autotuning, damsm_word_scores, damsm_word_scores_loop, damsm_word_scores_ref, value_checks,
+from attngan_fast.kernels import (autotuning, damsm_word_scores, damsm_word_scores_loop, damsm_word_scores_ref, value_checks,
                      word_attention, word_attention_ref)
-from kernels.attention import word_attention_released
+from attngan_fast.kernels.attention import word_attention_released
 
 PROVIDERS = ("released", "reference", "reference-compiled", "reference-compiled-max-autotune",
              "reference-compiled-tf32", "fused", "fused-untuned")

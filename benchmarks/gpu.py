@@ -33,10 +33,10 @@ import torch
 
 if not torch.cuda.is_available():
     # Without CUDA this script can only self-check at CPU sizes, with the fused kernels in the Triton
-    # interpreter, which must be chosen before `kernels` is imported.
+    # interpreter, which must be chosen before `attngan_fast.kernels` is imported.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import kernels
+from attngan_fast import kernels
 from benchmarks.cases import (BASELINES, CPU_ATTENTION, CPU_DAMSM, GPU_ATTENTION, GPU_DAMSM, MAX_AUTOTUNE, PROVIDERS,
                               applies, attention_inputs, attention_provider, attention_work, compile_backend,
                               damsm_inputs, damsm_provider, damsm_work, forward_backward)

@@ -35,10 +35,10 @@ import torch
 import triton
 
 from benchmarks.offline_compile import ARCHS, compile_for, occupancy, register_usage
-from kernels._runtime import resolve_precision
-from kernels._tuning import TunedKernel
-from kernels.attention import fused as attention_fused
-from kernels.damsm import fused as damsm_fused
+from attngan_fast.kernels._runtime import resolve_precision
+from attngan_fast.kernels._tuning import TunedKernel
+from attngan_fast.kernels.attention import fused as attention_fused
+from attngan_fast.kernels.damsm import fused as damsm_fused
 
 KERNELS = {
     "damsm_fwd": (damsm_fused, "_FWD"),
@@ -48,7 +48,7 @@ KERNELS = {
     "word_attention_bwd": (attention_fused, "_BWD"),
 }
 # Input dtype and the precision the ops run it with: "auto" is what a user gets by default
-# (``kernels._runtime.resolve_precision``: bf16x3 for fp32, native MMAs for bf16/fp16); fp32 with
+# (``attngan_fast.kernels._runtime.resolve_precision``: bf16x3 for fp32, native MMAs for bf16/fp16); fp32 with
 # "tf32" or "ieee" (FMA only) are the options.
 INPUTS = {"fp32": (torch.float32, "auto"), "bf16": (torch.bfloat16, "auto"), "fp16": (torch.float16, "auto"),
           "fp32-ieee": (torch.float32, "ieee"), "fp32-tf32": (torch.float32, "tf32")}

@@ -1,9 +1,9 @@
 """Which fused kernels a call launched, and running every kernel with one forced candidate: the
-bookkeeping the benchmark scripts need around ``kernels`` without naming any of its kernels.
+bookkeeping the benchmark scripts need around ``attngan_fast.kernels`` without naming any of its kernels.
 
-Kernel names come from ``kernels.chosen_configs()`` (each kernel's last launch configuration); the
-kernels themselves are found as the ``kernels._tuning.TunedKernel`` objects held by the modules of the
-imported ``kernels`` package, so a kernel added, renamed or merged by a redesign is picked up as it is. Nothing here
+Kernel names come from ``attngan_fast.kernels.chosen_configs()`` (each kernel's last launch configuration); the
+kernels themselves are found as the ``attngan_fast.kernels._tuning.TunedKernel`` objects held by the modules of the
+imported ``attngan_fast.kernels`` package, so a kernel added, renamed or merged by a redesign is picked up as it is. Nothing here
 changes what a kernel computes: ``launched`` only clears the record of the last configuration before
 a call, and ``forcing_candidate`` passes a configuration through the launcher's own ``config=`` switch.
 """
@@ -13,10 +13,9 @@ from __future__ import annotations
 import contextlib
 import sys
 
-import kernels
-
+from attngan_fast import kernels
 try:
-    from kernels._tuning import TunedKernel
+    from attngan_fast.kernels._tuning import TunedKernel
 except ImportError:  # pragma: no cover - a kernels package without Triton's tuning layer
     TunedKernel = None
 
@@ -24,13 +23,13 @@ _FOUND: list | None = None
 
 
 def tuned_kernels() -> list:
-    """Every TunedKernel object held by a module of the imported ``kernels`` package (found once)."""
+    """Every TunedKernel object held by a module of the imported ``attngan_fast.kernels`` package (found once)."""
     global _FOUND
     if _FOUND is None:
         found = {}
         if TunedKernel is not None:
             for name, module in list(sys.modules.items()):
-                if module is not None and (name == "kernels" or name.startswith("kernels.")):
+                if module is not None and (name == kernels.__name__ or name.startswith(kernels.__name__ + ".")):
                     for value in vars(module).values():
                         if isinstance(value, TunedKernel):
                             found[id(value)] = value

@@ -8,7 +8,7 @@ per thread, spill space and spill instructions, and (from Triton's metadata) sha
 
 This is a check of compiled code, not of results: a kernel that compiles and fits can still compute
 wrongly on a GPU (the ``gpu`` tests are for that). It needs a process of its own, one that imported
-``kernels`` *without* ``TRITON_INTERPRET`` and never uses a real GPU: the stand-in driver stays active.
+``attngan_fast.kernels`` *without* ``TRITON_INTERPRET`` and never uses a real GPU: the stand-in driver stays active.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ and what its warm-up processes run to compile the same kernels beforehand (same 
 same dtypes, hence the same compiled kernels).
 
 Everything goes through the public ops (``impl="triton"``); which kernels ran is read off
-``kernels.chosen_configs()`` (``benchmarks.launches``), never named here.
+``attngan_fast.kernels.chosen_configs()`` (``benchmarks.launches``), never named here.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import torch
 
 from benchmarks.cases import AttentionCase, DamsmCase, attention_inputs, damsm_inputs
 from benchmarks.launches import launched
-from kernels import damsm_word_scores, damsm_word_scores_ref, word_attention, word_attention_ref
-from kernels._runtime import PRECISIONS, resolve_precision
+from attngan_fast.kernels import damsm_word_scores, damsm_word_scores_ref, word_attention, word_attention_ref
+from attngan_fast.kernels._runtime import PRECISIONS, resolve_precision
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OUTPUTS = {  # (op, variant) -> the outputs and gradients a check compares
@@ -64,7 +64,7 @@ class Check:
 def precisions_for(dtype: str) -> list[tuple[str, str]]:
     """(precision argument, label) pairs to check for inputs of ``dtype``: the default ("auto", labelled
     with what it resolves to) first; for fp32 inputs every other precision the ops accept too
-    (``kernels._runtime.PRECISIONS``)."""
+    (``attngan_fast.kernels._runtime.PRECISIONS``)."""
     probe = torch.empty(0, dtype=DTYPES[dtype])
     resolved = resolve_precision("auto", probe)
     chosen = [("auto", f"auto={resolved}")]

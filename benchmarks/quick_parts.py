@@ -163,7 +163,7 @@ def _seed() -> int:
 @contextlib.contextmanager
 def _poisoned_outputs():
     """Kernel outputs start as NaN inside the block (tests' switch), so an unwritten element fails."""
-    import kernels._runtime as runtime
+    import attngan_fast.kernels._runtime as runtime
 
     previous = getattr(runtime, "POISON_OUTPUTS", None)
     runtime.POISON_OUTPUTS = True
@@ -175,7 +175,7 @@ def _poisoned_outputs():
 
 def part_a(ctx: Context) -> None:
     """Every kernel's default launch (autotuning off) against float64, one row per output/gradient."""
-    import kernels
+    from attngan_fast import kernels
     from benchmarks.quick_checks import rel_err, run, tolerance
 
     seen: dict[str, str] = {}
@@ -269,7 +269,7 @@ def _kernel_line(row: dict) -> str:
 
 def part_c(ctx: Context) -> None:
     """One training step per variant; the fused kernels at their default launch (autotuning off)."""
-    import kernels
+    from attngan_fast import kernels
     from benchmarks.gpu import train_row
 
     with kernels.autotuning(False):
@@ -288,7 +288,7 @@ def part_c(ctx: Context) -> None:
 def part_d(ctx: Context) -> None:
     """Autotuned fused rows: tune at the tuning case, time at the timed case, then check the tuned
     launch against float64 there."""
-    import kernels
+    from attngan_fast import kernels
     from benchmarks.gpu import kernel_row
     from benchmarks.launches import launched
     from benchmarks.quick_checks import Check, make_inputs, rel_err, run, tolerance

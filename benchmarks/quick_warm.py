@@ -80,7 +80,7 @@ def run_task(task: dict, cfg: dict) -> None:
     plugin writes to the results file itself)."""
     import torch
 
-    import kernels
+    from attngan_fast import kernels
     from benchmarks.cases import compile_backend
 
     device = torch.device(cfg["device"])
@@ -236,7 +236,7 @@ class WarmPool:
 
 def python_env(device: str) -> dict:
     """The environment of every child process: this repository first on the path, unbuffered output,
-    the Triton interpreter on CPU only (it must be chosen before ``kernels`` is imported)."""
+    the Triton interpreter on CPU only (it must be chosen before ``attngan_fast.kernels`` is imported)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     env["PYTHONUNBUFFERED"] = "1"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
+from attngan_fast import kernels
 from benchmarks.cases import (CPU_ATTENTION, CPU_DAMSM, GPU_ATTENTION, GPU_DAMSM, PROVIDERS, applies, attention_inputs,
                               attention_provider, damsm_inputs, damsm_provider, forward_backward)
 

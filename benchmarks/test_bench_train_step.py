@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
+from attngan_fast import kernels
 from benchmarks.train_step import VARIANTS, bird_config, build_step, random_batch, tiny_config
 
 CUDA = torch.cuda.is_available()

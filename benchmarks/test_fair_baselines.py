@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import kernels
+from attngan_fast import kernels
 from benchmarks import cases, gpu, work
 from benchmarks.cases import AttentionCase, DamsmCase
 

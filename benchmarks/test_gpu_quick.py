@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import kernels
+from attngan_fast import kernels
 from benchmarks import gpu_quick, quick_parts, train_loop
 from benchmarks.launches import forcing_candidate, launched, tuned_kernels
 from benchmarks.quick_checks import Check, make_inputs, rel_err, run

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-import kernels
+from attngan_fast import kernels
 from benchmarks import gpu
 
 # inductor on the 2-core CPU takes ~20 s a graph; the self-check is of the script, not of inductor

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from benchmarks.work import attention_executed, attention_useful, damsm_executed, damsm_useful
-from kernels._tuning import TunedKernel
-from kernels.attention import fused as attention_fused
-from kernels.damsm import fused as damsm_fused
+from attngan_fast.kernels._tuning import TunedKernel
+from attngan_fast.kernels.attention import fused as attention_fused
+from attngan_fast.kernels.damsm import fused as damsm_fused
 
 
 @pytest.mark.parametrize("element_bytes", [2, 4])

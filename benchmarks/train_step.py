@@ -19,8 +19,8 @@ from attngan_fast.losses import matching_losses
 from attngan_fast.models.encoders import TextEncoder, build_image_encoder
 from attngan_fast.train.common import adam
 from attngan_fast.train.runtime import grad_scaler
-from kernels import damsm_word_scores_loop
-from kernels.attention import word_attention_released
+from attngan_fast.kernels import damsm_word_scores_loop
+from attngan_fast.kernels.attention import word_attention_released
 
 VARIANTS = {
     "released-fp32-eager": dict(amp="off", compile=False, impl="reference", released=True),

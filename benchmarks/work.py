@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from math import ceil
 
-from kernels._runtime import next_block
+from attngan_fast.kernels._runtime import next_block
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def damsm_executed(batch: int, words: int, regions: int, dim: int, element_bytes
     GROUP·T are words), the region tiles padded to BLOCK_N, the features to BLOCK_D, pass A done again
     by the backward's context kernel, products computed over by the compiler's warp layout; bytes:
     every load and store of every program (L2 serves the re-reads), and the launchers' copies."""
-    from kernels.damsm import fused
+    from attngan_fast.kernels.damsm import fused
 
     split = element_bytes == 4
     shape = fused._shape_meta(words, dim, narrow=split and capability < 90)
@@ -126,9 +126,9 @@ def damsm_executed(batch: int, words: int, regions: int, dim: int, element_bytes
 
 def attention_executed(batch: int, channels: int, pixels: int, words: int, element_bytes: int, backward: bool) -> Work:
     """What the fused F_attn kernels run at their default launch configurations and the default
-    precision (``kernels.attention.fused``): pixels padded to BLOCK_Q, words to BLOCK_T, channels to
+    precision (``attngan_fast.kernels.attention.fused``): pixels padded to BLOCK_Q, words to BLOCK_T, channels to
     BLOCK_C; every tile's loads and stores."""
-    from kernels.attention import fused
+    from attngan_fast.kernels.attention import fused
 
     split = element_bytes == 4
     block_t, block_c = next_block(words), next_block(channels)

@@ -6,11 +6,20 @@ Public ops (each with ``impl="auto" | "triton" | "reference"``):
 - ``word_attention(query, context, word_mask, *, return_attn, legacy_mask, impl)`` — the generator's
   word attention F_attn; reference ``word_attention_ref``.
 
-Importable on its own (needs only torch; Triton optional). To run the Triton kernels on CPU tensors,
+Importable on its own (``from attngan_fast import kernels`` needs only torch; Triton optional). To run the Triton kernels on CPU tensors,
 set ``TRITON_INTERPRET=1`` before importing this package. On CUDA the kernels autotune their launch
 configuration per model size; ``set_autotune(False)`` or ``ATTNGAN_FAST_AUTOTUNE=0`` pins the defaults.
 ``value_checks(False)`` skips the checks of input values (each a host sync on a GPU) inside a block.
 """
+
+# One import name only: the ops register themselves with torch.library when imported, and a second
+# copy of this folder under another name (the top-level `kernels`, reachable from the repository's
+# root) would register them twice and meet Hugging Face's package of that name.
+if __name__ != "attngan_fast.kernels":
+    raise ImportError(
+        f"this folder is the package attngan_fast.kernels, imported here as {__name__!r}: install the project "
+        "(pip install -e .) and write `from attngan_fast import kernels`"
+    )
 
 from ._checks import value_checks
 from ._runtime import TRITON_AVAILABLE

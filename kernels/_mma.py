@@ -29,7 +29,7 @@ def torch_dtype(dot_dtype) -> torch.dtype:
 
 def dot_operands(a: torch.Tensor, b: torch.Tensor, precision: str, interpreted: bool) -> dict:
     """The constexprs DOT_DTYPE, PRECISION (``tl.dot``'s input precision) and SPLIT of the products of
-    inputs ``a`` and ``b`` at a resolved ``precision`` (``kernels._runtime.resolve_precision``)."""
+    inputs ``a`` and ``b`` at a resolved ``precision`` (``attngan_fast.kernels._runtime.resolve_precision``)."""
     if precision == "native":
         if interpreted or a.dtype != b.dtype or a.dtype not in (torch.bfloat16, torch.float16):
             return dict(DOT_DTYPE=tl.float32, PRECISION="ieee", SPLIT=False)

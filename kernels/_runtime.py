@@ -3,7 +3,7 @@
 Triton is optional at import time: without it (or without a GPU and without the interpreter) every op
 still works through its plain-PyTorch reference. The Triton interpreter runs the kernels on CPU tensors;
 it is chosen by ``TRITON_INTERPRET=1``, which Triton reads when a kernel is *decorated*, so it must be
-set before ``kernels`` is first imported (``tests/conftest.py`` does this on machines without CUDA).
+set before ``attngan_fast.kernels`` is first imported (``tests/conftest.py`` does this on machines without CUDA).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def resolve_impl(impl: str, device: torch.device, interpreted: bool) -> str:
     if device.type == "cpu" and not interpreted:
         raise RuntimeError(
             "impl='triton' on CPU tensors needs the Triton interpreter: set TRITON_INTERPRET=1 before "
-            "importing `kernels`, or use impl='reference'"
+            "importing `attngan_fast.kernels`, or use impl='reference'"
         )
     if device.type not in ("cpu", "cuda"):
         raise RuntimeError(f"impl='triton' supports CPU (interpreter) and CUDA tensors, not {device.type}")

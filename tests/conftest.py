@@ -7,8 +7,8 @@ import warnings
 import pytest
 import torch
 
-import kernels
-import kernels._runtime as runtime
+from attngan_fast import kernels
+import attngan_fast.kernels._runtime as runtime
 
 
 @pytest.fixture(autouse=True)

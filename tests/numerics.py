@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
-
+from attngan_fast import kernels
 # ‖out − ref‖ / ‖ref‖ against a float64 computation on the same (rounded) inputs.
 TOLERANCE = {
     "fp32": 1e-5,  # fp32 with ieee dots (and the interpreter, which computes in fp32 numpy)

@@ -9,10 +9,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import kernels
-import kernels.damsm.op as damsm_op
-from kernels import damsm_word_scores, damsm_word_scores_loop, damsm_word_scores_ref
-from kernels.damsm import damsm_word_scores_ref_backward
+from attngan_fast import kernels
+import attngan_fast.kernels.damsm.op as damsm_op
+from attngan_fast.kernels import damsm_word_scores, damsm_word_scores_loop, damsm_word_scores_ref
+from attngan_fast.kernels.damsm import damsm_word_scores_ref_backward
 from numerics import DTYPES, IMPLS, TOLERANCE, assert_rel, loss_and_grads, needs_interpreter, quantize
 
 # name: (B_img, B_cap, D, T, N, scale, layout)
@@ -153,7 +153,7 @@ def test_attention_maps_of_matching_pairs(impl):
 def test_split_reductions_agree(splits, images_per_chunk):
     """The backward's partial sums over (image, caption-group) splits, and its chunks of images, add up
     to the same gradients: 5 images, 7 captions of 18 words in 3 groups."""
-    from kernels.damsm import fused
+    from attngan_fast.kernels.damsm import fused
 
     words, cap_lens, regions = make_inputs(5, 7, 20, 18, 17)
     grad = torch.randn(5, 7)
@@ -167,7 +167,7 @@ def test_split_reductions_agree(splits, images_per_chunk):
 @needs_interpreter
 def test_captions_are_packed_several_to_a_program():
     """T = 18: three captions share a program's 64 rows; T = 40: one caption, its own 64-row tile."""
-    from kernels.damsm import fused
+    from attngan_fast.kernels.damsm import fused
 
     assert fused._shape_meta(18, 256) == dict(T=18, GROUP=3, BLOCK_W=64, BLOCK_D=256)
     assert fused._shape_meta(40, 20) == dict(T=40, GROUP=1, BLOCK_W=64, BLOCK_D=32)
@@ -196,7 +196,7 @@ def test_bf16x3_operand_pairs(monkeypatch, case):
     fails by orders of magnitude more (the hi parts alone are ~1e-3 off)."""
     import triton.language as tl
 
-    import kernels._mma as mma
+    import attngan_fast.kernels._mma as mma
 
     monkeypatch.setattr(mma, "INTERPRETER_SPLIT_DTYPE", tl.float16)
     words, cap_lens, regions = make_inputs(*CASES[case])

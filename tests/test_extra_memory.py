@@ -9,7 +9,7 @@ import gc
 
 import torch
 
-from kernels import damsm_word_scores, word_attention
+from attngan_fast.kernels import damsm_word_scores, word_attention
 from memory_meter import PeakExtraBytes
 from numerics import needs_interpreter
 

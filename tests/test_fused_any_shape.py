@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import damsm_word_scores, damsm_word_scores_ref, word_attention, word_attention_ref
+from attngan_fast.kernels import damsm_word_scores, damsm_word_scores_ref, word_attention, word_attention_ref
 from numerics import TOLERANCE, assert_rel, needs_interpreter
 
 pytestmark = needs_interpreter

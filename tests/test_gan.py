@@ -14,7 +14,7 @@ import torch
 import torch.multiprocessing as mp
 
 import attngan_fast.train.gan as gan
-import kernels
+from attngan_fast import kernels
 from attngan_fast.cli import main as cli
 from attngan_fast.config import load_config
 from attngan_fast.models.discriminators import Discriminator, discriminator_loss, generator_adversarial_loss

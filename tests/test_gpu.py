@@ -13,11 +13,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
-from kernels import damsm_word_scores, damsm_word_scores_ref, word_attention, word_attention_ref
-from kernels._tuning import LaunchConfig
-from kernels.attention import word_attention_ref_backward
-from kernels.damsm import damsm_word_scores_ref_backward
+from attngan_fast import kernels
+from attngan_fast.kernels import damsm_word_scores, damsm_word_scores_ref, word_attention, word_attention_ref
+from attngan_fast.kernels._tuning import LaunchConfig
+from attngan_fast.kernels.attention import word_attention_ref_backward
+from attngan_fast.kernels.damsm import damsm_word_scores_ref_backward
 from numerics import TOLERANCE, assert_rel
 
 pytestmark = [
@@ -187,7 +187,7 @@ def _fits_or_skipped(run, config, skipped: list):
 
 @pytest.mark.parametrize("label, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
 def test_every_damsm_candidate_config_compiles_and_matches_float64(label, dtype):
-    from kernels.damsm import fused
+    from attngan_fast.kernels.damsm import fused
 
     words, cap_lens, regions = _damsm_inputs(12, 12, 256, 18, 17, dtype)
     regions = regions.flatten(2)
@@ -223,7 +223,7 @@ def test_every_damsm_candidate_config_compiles_and_matches_float64(label, dtype)
 @pytest.mark.parametrize("label, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
 @pytest.mark.parametrize("channels, side, channels_last", [(32, 64, False), (48, 37, True)])
 def test_every_word_attention_candidate_config_compiles_and_matches_float64(label, dtype, channels, side, channels_last):
-    from kernels.attention import fused
+    from attngan_fast.kernels.attention import fused
 
     query, context, word_mask = _attention_inputs(6, channels, side, 18, dtype, channels_last)
     grad = torch.randn_like(query)
@@ -250,8 +250,8 @@ def test_every_word_attention_candidate_config_compiles_and_matches_float64(labe
 def test_autotuned_launches_match_float64_and_repeat_exactly():
     """With autotuning on: the first call tunes, later calls reuse the choice (bitwise equal results),
     and the chosen configurations are candidates."""
-    from kernels.attention import fused as attention_fused
-    from kernels.damsm import fused as damsm_fused
+    from attngan_fast.kernels.attention import fused as attention_fused
+    from attngan_fast.kernels.damsm import fused as damsm_fused
 
     words, cap_lens, regions = _damsm_inputs(20, 20, 256, 18, 17, torch.float32)
     query, context, word_mask = _attention_inputs(20, 32, 64, 18, torch.float32)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from attngan_fast.losses import same_class_mask, sent_loss, sentence_scores, words_loss
-from kernels import damsm_word_scores_loop
+from attngan_fast.kernels import damsm_word_scores_loop
 from numerics import IMPLS, assert_rel
 
 

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import torch
 
-import kernels
-
+from attngan_fast import kernels
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -72,3 +71,50 @@ def test_the_command_line_makes_torchs_cpu_threads_wait_without_spinning():
     out = subprocess.run([sys.executable, "-m", "attngan_fast", "info"], capture_output=True, text=True, check=True,
                          cwd=ROOT, env={**env, "OMP_WAIT_POLICY": "ACTIVE"})  # the user's choice wins
     assert "OMP_WAIT_POLICY = 'ACTIVE'" in out.stderr and json.loads(out.stdout)["omp_wait_policy"] == "ACTIVE"
+
+
+def _package_folders() -> set[str]:
+    """Every package of the repository under its import name: attngan_fast/... and kernels/..., the
+    latter installed as attngan_fast.kernels (pyproject.toml's package-dir)."""
+    found = set()
+    for top, name in (("attngan_fast", "attngan_fast"), ("kernels", "attngan_fast.kernels")):
+        for init in (ROOT / top).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT / top).parts
+            found.add(".".join((name, *parts)))
+    return found
+
+
+def test_the_wheel_installs_one_top_level_name_and_every_package(tmp_path):
+    """The wheel holds `attngan_fast` only (the name `kernels` is Hugging Face's kernel hub), with
+    every package folder of the repository in it; installed from the wheel, `import kernels` finds
+    nothing of ours and the ops import as attngan_fast.kernels."""
+    import zipfile
+
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(wheels), str(ROOT)], check=True, capture_output=True, text=True, cwd=tmp_path)
+    (wheel,) = wheels.glob("attngan_fast-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {"attngan_fast", wheel.name.split("-py")[0] + ".dist-info"}
+    packaged = {n.rsplit("/", 1)[0].replace("/", ".") for n in names if n.endswith("/__init__.py")}
+    assert packaged == _package_folders()
+    assert any(n.startswith("attngan_fast/configs/") and n.endswith(".yaml") for n in names)
+
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True, text=True, cwd=tmp_path)
+    probe = ("import importlib.util, json; from attngan_fast import kernels; "
+             "print(json.dumps([kernels.__file__, importlib.util.find_spec('kernels') is None, "
+             "callable(kernels.word_attention)]))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(target)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    path, no_top_level_kernels, callable_op = json.loads(out.stdout)
+    assert Path(path).is_relative_to(target) and no_top_level_kernels and callable_op
+
+
+def test_the_kernels_folder_refuses_a_second_import_name():
+    # Importing kernels/ as the top-level `kernels` (the repository root on sys.path) would register
+    # the custom ops twice: it stops with the name to use instead.
+    out = subprocess.run([sys.executable, "-c", "import kernels"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode != 0 and "from attngan_fast import kernels" in out.stderr

@@ -107,7 +107,7 @@ def test_overrides_and_schema_errors(tmp_path):
 
 
 def test_runtime_autotune_switches_the_kernels_for_the_run(monkeypatch):
-    import kernels
+    from attngan_fast import kernels
     from attngan_fast.train.runtime import training_runtime
 
     monkeypatch.delenv(kernels.AUTOTUNE_ENV, raising=False)

@@ -12,10 +12,10 @@ import math
 import pytest
 import torch
 
-import kernels
-from kernels import _tuning
-from kernels.attention import word_attention_ref, word_attention_ref_backward
-from kernels.damsm import damsm_word_scores_ref, damsm_word_scores_ref_backward
+from attngan_fast import kernels
+from attngan_fast.kernels import _tuning
+from attngan_fast.kernels.attention import word_attention_ref, word_attention_ref_backward
+from attngan_fast.kernels.damsm import damsm_word_scores_ref, damsm_word_scores_ref_backward
 from numerics import assert_rel, needs_interpreter
 
 pytestmark = needs_interpreter
@@ -51,7 +51,7 @@ def _attention_inputs():
 
 
 def _damsm_candidates():
-    from kernels.damsm import fused
+    from attngan_fast.kernels.damsm import fused
 
     return ([("forward", c) for c in _distinct_meta(fused.FORWARD_CANDIDATES)]
             + [("grad", c) for c in _distinct_meta(fused.GRAD_CANDIDATES)])
@@ -61,7 +61,7 @@ def _damsm_candidates():
 def test_every_damsm_candidate_matches_float64(kernel, config):
     """Forward candidates run the forward and the backward's context kernel, gradient-kernel
     candidates the gradient kernel; the other kernel runs its default."""
-    from kernels.damsm import fused
+    from attngan_fast.kernels.damsm import fused
 
     words, cap_lens, regions = _damsm_inputs()
     grad = torch.randn(3, 2)
@@ -89,8 +89,8 @@ def test_damsm_candidates_write_nothing_outside_their_buffers_at_narrow_features
     corrupts other tensors, and under the interpreter the heap) changes the band."""
     from unittest import mock
 
-    from kernels import _runtime
-    from kernels.damsm import fused
+    from attngan_fast.kernels import _runtime
+    from attngan_fast.kernels.damsm import fused
 
     guards = []
 
@@ -114,7 +114,7 @@ def test_damsm_candidates_write_nothing_outside_their_buffers_at_narrow_features
 
 
 def _attention_candidates():
-    from kernels.attention import fused
+    from attngan_fast.kernels.attention import fused
 
     return ([("forward", c) for c in _distinct_meta(fused.FORWARD_CANDIDATES)]
             + [("backward", c) for c in _distinct_meta(fused.BACKWARD_CANDIDATES)])
@@ -122,7 +122,7 @@ def _attention_candidates():
 
 @pytest.mark.parametrize("direction, config", _attention_candidates(), ids=lambda x: str(x))
 def test_every_word_attention_candidate_matches_float64(direction, config):
-    from kernels.attention import fused
+    from attngan_fast.kernels.attention import fused
 
     query, context, word_mask = _attention_inputs()
     if direction == "forward":
@@ -141,8 +141,8 @@ def test_every_word_attention_candidate_matches_float64(direction, config):
 
 
 def test_the_interpreter_runs_the_defaults_even_with_autotuning_on():
-    from kernels.attention import fused as attention_fused
-    from kernels.damsm import fused as damsm_fused
+    from attngan_fast.kernels.attention import fused as attention_fused
+    from attngan_fast.kernels.damsm import fused as damsm_fused
 
     words, cap_lens, regions = _damsm_inputs()
     query, context, word_mask = _attention_inputs()
@@ -158,7 +158,7 @@ def test_the_interpreter_runs_the_defaults_even_with_autotuning_on():
 
 
 def test_defaults_follow_the_model_size_and_the_gpu():
-    from kernels.damsm import fused
+    from attngan_fast.kernels.damsm import fused
 
     hopper = fused.default_config(T=18, D=256, N=289, capability=90)
     assert dict(hopper.meta) == {"BLOCK_N": 128} and hopper.num_warps == 8  # wgmma's M for 8 warps
@@ -174,7 +174,7 @@ def test_defaults_follow_the_model_size_and_the_gpu():
 
 
 def test_backward_splits_fill_the_gpu_in_few_waves_within_the_memory_budget():
-    from kernels.damsm import fused
+    from attngan_fast.kernels.damsm import fused
 
     slots = (256 * 289, 256 * 18 * 3)
 
@@ -194,8 +194,8 @@ def test_backward_splits_fill_the_gpu_in_few_waves_within_the_memory_budget():
 
 
 def test_pruning_drops_blocks_wider_than_the_axis_and_keeps_one():
-    from kernels.attention import fused as attention_fused
-    from kernels.damsm import fused as damsm_fused
+    from attngan_fast.kernels.attention import fused as attention_fused
+    from attngan_fast.kernels.damsm import fused as damsm_fused
 
     kept = damsm_fused._prune(damsm_fused.GRAD_CANDIDATES, {"N": 9, "D": 256})
     assert kept and all(dict(c.meta)["BLOCK_N"] == 32 for c in kept)
@@ -213,7 +213,7 @@ def test_pruning_drops_blocks_wider_than_the_axis_and_keeps_one():
 
 
 def test_backward_chunk_is_a_multiple_of_every_tile():
-    from kernels.attention import fused
+    from attngan_fast.kernels.attention import fused
 
     for config in fused.BACKWARD_CANDIDATES:
         assert fused.PIXELS_PER_PROGRAM % dict(config.meta)["BLOCK_Q"] == 0
@@ -264,7 +264,7 @@ def _tuned_through_interpreter(monkeypatch, module, name, timer):
 def test_the_damsm_autotuning_path_keeps_results_exact_and_tunes_once_per_model_size(monkeypatch):
     """Every candidate runs on the real output buffers before the winner runs again, so a kernel that
     relied on a zeroed or untouched buffer would fail here; the choice is cached per (T, D, N, ...)."""
-    from kernels.damsm import fused
+    from attngan_fast.kernels.damsm import fused
 
     timers = {name: _FakeTimer() for name in ("_FWD", "_CONTEXT", "_GRAD")}
     tuned = {name: _tuned_through_interpreter(monkeypatch, fused, name, t) for name, t in timers.items()}
@@ -293,7 +293,7 @@ def test_the_damsm_autotuning_path_keeps_results_exact_and_tunes_once_per_model_
 
 
 def test_the_word_attention_autotuning_path_keeps_results_exact(monkeypatch):
-    from kernels.attention import fused
+    from attngan_fast.kernels.attention import fused
 
     timers = {"_FWD": _FakeTimer(), "_BWD": _FakeTimer()}
     tuned = {name: _tuned_through_interpreter(monkeypatch, fused, name, t) for name, t in timers.items()}
@@ -316,7 +316,7 @@ def test_the_word_attention_autotuning_path_keeps_results_exact(monkeypatch):
 def test_direct_and_autotuned_launches_pass_the_pinned_compile_options(monkeypatch):
     """Both launch paths hand kernels._tuning.COMPILE_OPTIONS to Triton (the interpreter then drops them;
     a compiling Triton builds with them). tests/test_compiled_resources.py sees the compiled side."""
-    from kernels.attention import fused
+    from attngan_fast.kernels.attention import fused
 
     seen = []
     kernel = fused._FWD.kernel

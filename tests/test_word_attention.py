@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
-import kernels.attention.op as attention_op
-from kernels import word_attention, word_attention_ref
-from kernels.attention import word_attention_ref_backward
+from attngan_fast import kernels
+import attngan_fast.kernels.attention.op as attention_op
+from attngan_fast.kernels import word_attention, word_attention_ref
+from attngan_fast.kernels.attention import word_attention_ref_backward
 from numerics import DTYPES, IMPLS, TOLERANCE, assert_rel, loss_and_grads, needs_interpreter, quantize
 
 # name: (B, C, H, W, T, scale, mask, layout)
@@ -98,7 +98,7 @@ def test_legacy_reference_equals_released_transcription():
 
 def test_released_algorithm_module_equals_legacy_reference():
     """kernels.attention.released (the benchmarks' baseline a) is the legacy-mask reference."""
-    from kernels.attention import word_attention_released
+    from attngan_fast.kernels.attention import word_attention_released
 
     query, context, word_mask = make_inputs(*CASES["legacy-mask"])
     ctx, attn = word_attention_released(query.double(), context.double(), word_mask, return_attn=True)
@@ -129,7 +129,7 @@ def _operand_pairs(monkeypatch, impl, dtype):
     which the GPU tests check. fp16's range costs the small lo parts bits, hence 1e-4."""
     import triton.language as tl
 
-    import kernels._mma as mma
+    import attngan_fast.kernels._mma as mma
 
     if impl == "triton-pairs":
         monkeypatch.setattr(mma, "INTERPRETER_SPLIT_DTYPE", tl.float16)

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels import word_attention
+from attngan_fast.kernels import word_attention
 
 
 class GLU(nn.Module):

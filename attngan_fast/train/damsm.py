@@ -22,8 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-import kernels
-
+from attngan_fast import kernels
 from ..config import Config, ConfigError, config_from_dict
 from ..data.dataset import TextImageDataset, collate
 from ..data.synthetic import PART_ID

@@ -30,8 +30,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-import kernels
-
+from attngan_fast import kernels
 from ..config import Config, ConfigError, config_from_dict
 from ..data.dataset import TextImageDataset, collate
 from ..losses import sent_loss, words_loss

@@ -14,8 +14,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-import kernels
-
+from attngan_fast import kernels
 from ..config import RuntimeConfig
 
 

@@ -10,7 +10,7 @@ How it meets the tensor cores: the pixels are the M axis of every product but on
 ctx = β·kᵀ, dβ = gᵀ·k, d_query = ds·kᵀ: 64 pixels fill a warpgroup's wgmma), the words (32 with
 padding) and the channels (whole: C <= 64) the small axes; d_context = g·β + q·ds has the channels on
 M and sums over the pixels of a chunk in registers (8-16 per thread), written once per program.
-Operands follow ``kernels._mma``: bf16/fp16 straight in, fp32 as bf16 (hi, lo) pairs split in
+Operands follow ``attngan_fast.kernels._mma``: bf16/fp16 straight in, fp32 as bf16 (hi, lo) pairs split in
 registers (these tiles are small enough for that), or fp32 dots at an explicit precision.
 """
 

@@ -1,10 +1,10 @@
 """The public op ``word_attention`` (F_attn) and its ``torch.library`` registration.
 
-Same arrangement as ``kernels.damsm.op``: ``attngan_fast::word_attention`` runs the Triton kernels on
+Same arrangement as ``attngan_fast.kernels.damsm.op``: ``attngan_fast::word_attention`` runs the Triton kernels on
 CUDA (and on CPU through the interpreter when ``TRITON_INTERPRET=1``), the reference math otherwise;
 a fake kernel for ``torch.compile``; an analytic backward op. The context comes out in the promoted
 input dtype (bf16 under AMP), the attention maps in fp32; accumulation is fp32 (the Triton kernels'
-operands are as ``precision`` says, ``kernels._mma``).
+operands are as ``precision`` says, ``attngan_fast.kernels._mma``).
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def word_attention(
     impl: "auto" (Triton on CUDA, reference elsewhere), "triton" or "reference".
     precision: how the Triton path multiplies: "auto" (bf16/fp16 inputs straight into the tensor
         cores; fp32 inputs as bf16 hi/lo pairs, "bf16x3", fp32 accuracy on tensor cores), "bf16x3",
-        "tf32" or "ieee" (FMA only); see ``kernels._runtime.resolve_precision``.
+        "tf32" or "ieee" (FMA only); see ``attngan_fast.kernels._runtime.resolve_precision``.
 
     Returns (ctx (B, C, H, W) in the promoted input dtype, attn (B, T, H, W) or None).
     """

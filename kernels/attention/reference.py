@@ -8,7 +8,7 @@ c_q = Σ_t β[q, t] e'_t. It materializes the (B, HW, T) attention; the fused ke
 ``(b·HW + q) mod B``. In that mode padded words are not zeroed either (another sample's rows may
 attend to them), exactly as released.
 
-Both functions take validated inputs (``kernels.word_attention`` validates).
+Both functions take validated inputs (``attngan_fast.kernels.word_attention`` validates).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ has T = 18 words, so no product is oriented with one caption's words on M. Inste
   (BLOCK_W, D) += dsᵀ · vᵀ; d_regions has the regions on M, dvᵀ (BLOCK_N, D) = u·(dc/z) + ds·Eᵀ.
 - bf16/fp16 inputs of one dtype feed the MMA directly (fp32 accumulation; the kernels' own operands,
   u, ds and dc, are rounded to that dtype too, well inside the 2e-2 tolerance). fp32 inputs default
-  to bf16 (hi, lo) pairs, three bf16 MMAs per product (``bf16x3``, ``kernels._mma``): fp32 accuracy
+  to bf16 (hi, lo) pairs, three bf16 MMAs per product (``bf16x3``, ``attngan_fast.kernels._mma``): fp32 accuracy
   on the tensor cores; ``tf32`` and ``ieee`` (FMA only) are options.
 - Region tiles are 128 rows on 8 warps: Triton gives all warps of a product whose result feeds
   another product to M, so a 64-row tile on 8 warps would be computed twice.
@@ -576,7 +576,7 @@ def damsm_forward(words, cap_lens, regions, gamma1: float, gamma2: float, return
                   config: LaunchConfig | None = None):
     """words (B_cap, D, T), cap_lens (B_cap,), regions (B_img, D, N) -> scores (B_img, B_cap) fp32 and
     attn (B, T, N) fp32 (empty unless ``return_attn``). ``precision``: "native", "bf16x3", "tf32" or
-    "ieee" (``kernels._mma``); ``config`` forces a launch configuration."""
+    "ieee" (``attngan_fast.kernels._mma``); ``config`` forces a launch configuration."""
     _check_fused_dtypes(words, regions)
     B_cap, D, T = words.shape
     B_img, _, N = regions.shape

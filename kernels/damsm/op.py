@@ -6,7 +6,7 @@ as one opaque node (no graph break) with a fake kernel for shapes and an analyti
 - CPU kernel: the Triton kernels through the interpreter when ``TRITON_INTERPRET=1`` was set at
   import (how the tests run them without a GPU), the reference math otherwise.
 Inputs keep their dtype (fp16/bf16/fp32, mixed allowed): the reference math up-casts them, the
-Triton kernels multiply them as ``precision`` says (``kernels._mma``); accumulation is fp32 and the
+Triton kernels multiply them as ``precision`` says (``attngan_fast.kernels._mma``); accumulation is fp32 and the
 scores and maps come out fp32. Autocast passes custom ops through untouched, and the reference
 math disables autocast inside, so eager and compiled runs agree under AMP.
 """
@@ -134,7 +134,7 @@ def damsm_word_scores(
     impl: "auto" (Triton on CUDA, reference elsewhere), "triton" or "reference".
     precision: how the Triton path multiplies: "auto" (bf16/fp16 inputs straight into the tensor
         cores; fp32 inputs as bf16 hi/lo pairs, "bf16x3", fp32 accuracy on tensor cores), "bf16x3",
-        "tf32" or "ieee" (FMA only); see ``kernels._runtime.resolve_precision``.
+        "tf32" or "ieee" (FMA only); see ``attngan_fast.kernels._runtime.resolve_precision``.
 
     Returns R: (B_img, B_cap) float32 (float64 for float64 inputs on the reference path), in the
     released form R = log Σ_t exp(γ2·cos_t); with ``return_attn`` the tuple (R, attn).

@@ -4,7 +4,7 @@ Vectorized over every (image i, caption j) pair at once, so it materializes (B_i
 tensors: simple and exact, but O(B²·T·N) memory. The fused Triton kernels compute the same function
 without those tensors; ``damsm_word_scores_ref_backward`` is the analytic gradient they implement.
 
-Both functions take validated inputs (``kernels.damsm_word_scores`` validates): ``regions`` already
+Both functions take validated inputs (``attngan_fast.kernels.damsm_word_scores`` validates): ``regions`` already
 flattened to (B_img, D, N), ``cap_lens`` an integer tensor on the same device.
 """
 
