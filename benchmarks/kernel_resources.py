@@ -24,6 +24,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
@@ -34,7 +35,8 @@ if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
 import torch
 import triton
 
-from benchmarks.offline_compile import ARCHS, compile_for, occupancy, register_usage
+from benchmarks.offline_compile import ARCHS, compile_for, occupancy, register_usage, use_offline_target
+from attngan_fast.kernels._fit import registers_per_thread
 from attngan_fast.kernels._runtime import resolve_precision
 from attngan_fast.kernels._tuning import TunedKernel
 from attngan_fast.kernels.attention import fused as attention_fused
@@ -96,13 +98,20 @@ def bird_launches(dtype_name: str, capability: int) -> list[dict]:
 
 
 def _compile_one(job: tuple) -> dict:
-    kernel_name, args, kwargs, config, capability = job
+    kernel_name, args, kwargs, config, capability, is_default, max_shared = job
     module, attr = KERNELS[kernel_name]
+    tuned = getattr(module, attr)
     started = time.perf_counter()
     try:
-        compiled = compile_for(getattr(module, attr).kernel, args, kwargs, config.launch_kwargs(), capability)
+        use_offline_target(capability, max_shared)
+        compiled = compile_for(tuned.kernel, args, kwargs, config.launch_kwargs(), capability)
         usage = register_usage(compiled)
-        usage.update(occupancy(usage, config.num_warps, capability))
+        usage["registers_cubin"] = registers_per_thread(compiled.asm["cubin"])  # what the launchers read
+        usage.update(occupancy(usage, config.num_warps, capability, max_shared))
+        if is_default:  # what the launcher runs on this GPU with autotuning off: the default if it fits
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                usage["launch"] = str(tuned.fitting(args, kwargs, config))
     except Exception as error:  # reported per row: one config that fails to build must not hide the rest
         usage = dict(error=f"{type(error).__name__}: {str(error).splitlines()[0][:300]}", fits=False)
     usage["compile_s"] = round(time.perf_counter() - started, 2)
@@ -110,7 +119,7 @@ def _compile_one(job: tuple) -> dict:
 
 
 def survey(archs: list[int], defaults_only: bool, dtypes: list[str], workers: int, only: str = "",
-           log=print) -> list[dict]:
+           log=print, max_shared: int | None = None) -> list[dict]:
     jobs, rows = [], []
     for dtype_name in dtypes:
         for capability in archs:
@@ -123,7 +132,8 @@ def survey(archs: list[int], defaults_only: bool, dtypes: list[str], workers: in
                 for config in configs:
                     rows.append(dict(kernel=call["kernel"], case=call["label"], config=str(config),
                                      default=config == call["default"], arch=f"sm_{capability}"))
-                    jobs.append((call["kernel"], call["args"], call["kwargs"], config, capability))
+                    jobs.append((call["kernel"], call["args"], call["kwargs"], config, capability,
+                                 config == call["default"], max_shared))
     log(f"compiling {len(jobs)} kernels with {workers} worker(s)")
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
         for n, (row, usage) in enumerate(zip(rows, pool.map(_compile_one, jobs)), 1):
@@ -189,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="input dtypes (fp32, bf16, fp16 at the default precision; fp32-ieee / "
                              "fp32-tf32: fp32 at that precision)")
     parser.add_argument("--only", choices=["damsm", "word_attention"], default="", help="one op's kernels")
+    parser.add_argument("--max-shared", type=int, metavar="BYTES",
+                        help="a GPU with this much shared memory per block instead of the architecture's "
+                             "(shows the launchers' fallback to a candidate that fits)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
@@ -198,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--out must be a folder, {args.out} is a file")  # before minutes of compiling
 
     started = time.perf_counter()
-    rows = survey(args.arch, args.defaults, args.inputs, args.workers, args.only)
+    rows = survey(args.arch, args.defaults, args.inputs, args.workers, args.only, max_shared=args.max_shared)
     result = dict(
         command="python -m benchmarks.kernel_resources " + " ".join(argv if argv is not None else sys.argv[1:]),
         environment=dict(torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),

@@ -44,12 +44,26 @@ ARCHS = {
 }
 
 
+class _OfflineUtils:
+    """The device properties a launcher checks a compiled kernel against (``attngan_fast.kernels._fit``)."""
+
+    def __init__(self, driver: "_OfflineDriver") -> None:
+        self.driver = driver
+        self.max_shared: int | None = None  # a smaller GPU than the architecture's, for tests
+
+    def get_device_properties(self, device: int) -> dict:
+        arch = ARCHS[device]
+        return {"max_shared_mem": self.max_shared or arch.max_shared_bytes, "max_num_regs": arch.registers,
+                "multiprocessor_count": 0, "warpSize": 32}
+
+
 class _OfflineDriver:
     """Answers the launcher's questions about "the current GPU" with a fixed target; launches nothing.
     The device number is the capability, so Triton's per-device caches never mix two targets."""
 
     def __init__(self) -> None:
         self.capability = 90
+        self.utils = _OfflineUtils(self)
 
     def get_current_target(self) -> GPUTarget:
         return GPUTarget("cuda", self.capability, 32)
@@ -64,13 +78,18 @@ class _OfflineDriver:
 _DRIVER = _OfflineDriver()
 
 
-def use_offline_target(capability: int) -> None:
-    """Makes Triton compile for ``capability`` (e.g. 90) from now on in this process."""
+def use_offline_target(capability: int, max_shared: int | None = None) -> None:
+    """Makes Triton compile for ``capability`` (e.g. 90) from now on in this process; ``max_shared``
+    (bytes) makes the device report less shared memory than the architecture has."""
     from triton.runtime.driver import driver
+
+    from attngan_fast.kernels import _fit
 
     if capability not in ARCHS:
         raise ValueError(f"capability must be one of {sorted(ARCHS)}, got {capability!r}")
     _DRIVER.capability = capability
+    _DRIVER.utils.max_shared = max_shared
+    _fit._LIMITS.clear()
     driver.set_active(_DRIVER)
 
 
@@ -79,7 +98,7 @@ def compile_for(kernel, args, kwargs: dict, launch_kwargs: dict, capability: int
     if not isinstance(kernel, triton.runtime.jit.JITFunction):
         raise TypeError(f"expected a compiled-mode @triton.jit kernel, got {type(kernel).__name__} "
                         "(was TRITON_INTERPRET set when kernels were imported?)")
-    use_offline_target(capability)
+    use_offline_target(capability, _DRIVER.utils.max_shared)
     return kernel.warmup(*args, grid=(1,), **kwargs, **launch_kwargs)
 
 
@@ -175,13 +194,15 @@ def math_instructions(opcodes: list[str]) -> dict:
     return {opcode.lower(): opcodes.count(opcode) for opcode in MATH_OPCODES}
 
 
-def occupancy(usage: dict, num_warps: int, capability: int) -> dict:
+def occupancy(usage: dict, num_warps: int, capability: int, max_shared: int | None = None) -> dict:
     """Resident programs and warps per SM that registers, shared memory and the block limit allow
-    (registers rounded up per warp to 256, as the hardware allocates them)."""
+    (registers rounded up per warp to 256, as the hardware allocates them); ``max_shared`` as in
+    ``use_offline_target``."""
     arch = ARCHS[capability]
     regs_per_warp = -(-usage["registers"] * 32 // 256) * 256
     by_registers = arch.registers // (regs_per_warp * num_warps)
     by_shared = arch.shared_per_sm // (usage["shared_bytes"] + 1024)
     programs = min(by_registers, by_shared, arch.max_blocks, arch.max_warps // num_warps)
+    limit = min(arch.max_shared_bytes, max_shared or arch.max_shared_bytes)
     return dict(programs_per_sm=programs, warps_per_sm=programs * num_warps,
-                fits=usage["shared_bytes"] <= arch.max_shared_bytes and programs >= 1)
+                fits=usage["shared_bytes"] <= limit and programs >= 1)

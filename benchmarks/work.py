@@ -1,4 +1,4 @@
-"""Useful work and the work the fused kernels really execute, side by side (DESIGN.md §6).
+"""Useful work and the work the fused kernels really execute, side by side (docs/design.md §6).
 
 *Useful* work is what the math needs at the true sizes: for the DAMSM word scores the products per
 (image, caption) pair over T words, N regions and D features — 2 in the forward (s = eᵀv, c = αvᵀ) and
@@ -11,7 +11,7 @@ feature axis by whole chunks), every product a kernel recomputes, and the bytes 
 stores (re-reads of a tile that L2 serves included). Each product counts once whatever its precision
 mode (bf16x3 runs three MMAs for one product: that is a cost of precision, not of the design).
 
-The counts follow the kernels' code; ``benchmarks/test_work.py`` checks that they use the configurations
+The counts follow the kernels' code; ``tests/test_benchmark_work.py`` checks that they use the configurations
 the launchers launch.
 """
 
@@ -87,18 +87,18 @@ def damsm_executed(batch: int, words: int, regions: int, dim: int, element_bytes
     GROUP·T are words), the region tiles padded to BLOCK_N, the features to BLOCK_D, pass A done again
     by the backward's context kernel, products computed over by the compiler's warp layout; bytes:
     every load and store of every program (L2 serves the re-reads), and the launchers' copies."""
-    from attngan_fast.kernels.damsm import fused
+    from attngan_fast.kernels.damsm import plan
 
     split = element_bytes == 4
-    shape = fused._shape_meta(words, dim, narrow=split and capability < 90)
+    shape = plan.shape_meta(words, dim, narrow=split and capability < 90)
     width, block_d = shape["BLOCK_W"], shape["BLOCK_D"]
     groups = ceil(batch / shape["GROUP"])
     pair_groups = batch * groups
     operand = 4 if split else element_bytes  # a bf16 pair or one 16-bit value per element
     words_row = width * block_d * (4 if split else element_bytes)  # the packed group, as loaded
     region_bytes = regions * dim * operand  # one pass over an image's regions
-    fwd_cfg = fused.default_config(words, dim, regions, capability, wide=split)
-    grad_cfg = fused.default_config(words, dim, regions, capability, grad=True, wide=split)
+    fwd_cfg = plan.default_config(words, dim, regions, capability, wide=split)
+    grad_cfg = plan.default_config(words, dim, regions, capability, grad=True, wide=split)
     launch = batch * regions * dim * (element_bytes + operand)  # features-last copy (and the split)
     parts = {"forward": _damsm_kernel(
         "damsm_fwd", {"s": True, "c": False}, fwd_cfg, pair_groups, _padded(regions, dict(fwd_cfg.meta)["BLOCK_N"]),
@@ -128,7 +128,7 @@ def attention_executed(batch: int, channels: int, pixels: int, words: int, eleme
     """What the fused F_attn kernels run at their default launch configurations and the default
     precision (``attngan_fast.kernels.attention.fused``): pixels padded to BLOCK_Q, words to BLOCK_T, channels to
     BLOCK_C; every tile's loads and stores."""
-    from attngan_fast.kernels.attention import fused
+    from attngan_fast.kernels.attention import plan
 
     split = element_bytes == 4
     block_t, block_c = next_block(words), next_block(channels)
@@ -139,14 +139,14 @@ def attention_executed(batch: int, channels: int, pixels: int, words: int, eleme
     big = batch * channels * pixels * element_bytes
     context = channels * words * element_bytes
     precision = "bf16x3" if split else "native"
-    fwd_cfg = fused.default_config(90, precision, backward=False)
-    bwd_cfg = fused.default_config(90, precision, backward=True)
+    fwd_cfg = plan.default_config(90, precision, backward=False)
+    bwd_cfg = plan.default_config(90, precision, backward=True)
     fwd_programs = batch * ceil(pixels / dict(fwd_cfg.meta)["BLOCK_Q"])
     # Forward: the query once, the context once per program, the map written once.
     parts = {"forward": dict(kernel="word_attention_fwd", config=str(fwd_cfg), products=["s", "ctx"],
                              flops=2 * product(fwd_cfg), bytes=2 * big + fwd_programs * context)}
     if backward:
-        bwd_programs = batch * ceil(pixels / fused.PIXELS_PER_PROGRAM)
+        bwd_programs = batch * ceil(pixels / plan.PIXELS_PER_PROGRAM)
         # Backward: the query and the incoming gradient once, d_query written once, the context once
         # per program, one (C, T) fp32 partial sum of d_context per program, summed afterwards.
         parts["backward"] = dict(kernel="word_attention_bwd", config=str(bwd_cfg),

@@ -16,16 +16,24 @@ is cached, so repeated calls are deterministic either way.
 
 Every kernel must fully overwrite its outputs, whatever the candidate: the autotuner runs each
 candidate on the real output buffers, and nothing is reset between them.
+
+A default is checked before it runs on a GPU (``TunedKernel.fitting``, ``attngan_fast.kernels._fit``): when its
+compiled kernel needs more shared memory or registers than the device has, which can change from one
+Triton version to the next, the next candidate that fits runs instead, with a warning.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import torch
 import triton
+
+from ._fit import device_limits, fallback_order, why_it_does_not_fit
 
 AUTOTUNE_ENV = "ATTNGAN_FAST_AUTOTUNE"
 _autotune_override: bool | None = None
@@ -110,6 +118,7 @@ class TunedKernel:
     do_bench: Callable | None = None
     last_config: LaunchConfig | None = field(default=None, init=False)
     _autotuner: object = field(default=None, init=False, repr=False)
+    _fitting: dict = field(default_factory=dict, init=False, repr=False)
 
     def launch(self, grid, *args, default: LaunchConfig, config: LaunchConfig | None = None, **kwargs):
         """Runs the kernel. ``config`` forces one launch configuration (tests run every candidate this
@@ -121,9 +130,35 @@ class TunedKernel:
             chosen = tuner.best_config
             self.last_config = LaunchConfig.of(chosen.num_warps, chosen.num_stages, **chosen.kwargs)
             return
-        chosen = config or default
+        chosen = config or (default if self.interpreted else self.fitting(args, kwargs, default))
         self.kernel[grid](*args, **kwargs, **chosen.launch_kwargs())
         self.last_config = chosen
+
+    def fitting(self, args: tuple, kwargs: dict, default: LaunchConfig, limits: dict | None = None) -> LaunchConfig:
+        """What runs in place of ``default`` for these launch arguments: ``default`` itself when its
+        compiled kernel fits the device (``limits``, default: the current device's), else the first
+        candidate of ``attngan_fast.kernels._fit.fallback_order`` that does, with a warning. Compiles (into Triton's
+        cache, which the launch then hits) but launches nothing; the answer is kept per arguments."""
+        limits = limits or device_limits()
+        key = (default, _specialization(args, kwargs), tuple(sorted(limits.items())))
+        if key not in self._fitting:
+            named = {**dict(zip(self.kernel.arg_names, args)), **kwargs}
+            candidates = self.prune(self.candidates, named) if self.prune else self.candidates
+            reasons = []
+            for candidate in fallback_order(default, candidates):
+                compiled = self.kernel.warmup(*args, grid=(1,), **kwargs, **candidate.launch_kwargs())
+                why = why_it_does_not_fit(compiled, candidate.num_warps, limits)
+                if why is None:
+                    break
+                reasons.append(f"{candidate} {why}")
+            else:
+                raise RuntimeError(f"no launch configuration of {self.kernel.__name__} fits this GPU: "
+                                   + "; ".join(reasons))
+            if candidate != default:
+                warnings.warn(f"{self.kernel.__name__}: the default launch {reasons[0]}; running {candidate} "
+                              "instead", RuntimeWarning, stacklevel=2)
+            self._fitting[key] = candidate
+        return self._fitting[key]
 
     def _tuner(self):
         if self._autotuner is None:
@@ -140,3 +175,14 @@ class TunedKernel:
                 prune_configs_by={"early_config_prune": prune} if prune else None, **options,
             )(self.kernel)
         return self._autotuner
+
+
+def _specialization(args: tuple, kwargs: dict) -> tuple:
+    """What a compiled kernel depends on among launch arguments, as a hashable key: tensors by dtype and
+    16-byte alignment (which Triton specializes on), everything else by value."""
+    def one(arg):
+        if isinstance(arg, torch.Tensor):
+            return (arg.dtype, arg.data_ptr() % 16 == 0)
+        return arg if isinstance(arg, (int, float, bool, str, type(None))) else str(arg)
+
+    return tuple(one(a) for a in args), tuple(sorted((k, one(v)) for k, v in kwargs.items()))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from hypothesis import strategies as st
 
 from attngan_fast import kernels
 import attngan_fast.kernels.damsm.op as damsm_op
-from attngan_fast.kernels import damsm_word_scores, damsm_word_scores_loop, damsm_word_scores_ref
+from attngan_fast.kernels import damsm_word_scores, damsm_word_scores_loop, damsm_word_scores_ref, testing
 from attngan_fast.kernels.damsm import damsm_word_scores_ref_backward
 from numerics import DTYPES, IMPLS, TOLERANCE, assert_rel, loss_and_grads, needs_interpreter, quantize
 
@@ -33,21 +32,8 @@ CASES = {
 SATURATED = {"saturated-softmaxes"}
 
 
-def make_inputs(b_img, b_cap, dim, max_len, n_regions, scale=1.0, layout="contiguous"):
-    """Fresh random words (B_cap, D, T), lengths in [1, T] including both ends, regions (B_img, D, N)."""
-    if layout == "transposed":
-        words = torch.randn(b_cap, max_len, dim).transpose(1, 2) * scale
-        regions = torch.randn(b_img, n_regions, dim).transpose(1, 2) * scale
-    else:
-        words = torch.randn(b_cap, dim, max_len) * scale
-        regions = torch.randn(b_img, dim, n_regions) * scale
-    if layout == "4d":
-        side = math.isqrt(n_regions)
-        regions = regions.reshape(b_img, dim, side, side)
-    cap_lens = torch.randint(1, max_len + 1, (b_cap,))
-    cap_lens[0] = max_len
-    cap_lens[-1] = 1
-    return words, cap_lens, regions
+# Fresh random words (B_cap, D, T), lengths in [1, T] with both ends, regions (B_img, D, N).
+make_inputs = testing.damsm_inputs
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -167,16 +153,16 @@ def test_split_reductions_agree(splits, images_per_chunk):
 @needs_interpreter
 def test_captions_are_packed_several_to_a_program():
     """T = 18: three captions share a program's 64 rows; T = 40: one caption, its own 64-row tile."""
-    from attngan_fast.kernels.damsm import fused
+    from attngan_fast.kernels.damsm import fused, plan
 
-    assert fused._shape_meta(18, 256) == dict(T=18, GROUP=3, BLOCK_W=64, BLOCK_D=256)
-    assert fused._shape_meta(40, 20) == dict(T=40, GROUP=1, BLOCK_W=64, BLOCK_D=32)
-    assert fused._shape_meta(1, 16)["GROUP"] == fused.MAX_GROUP
-    assert fused._shape_meta(18, 256, narrow=True)["GROUP"] == 1
+    assert plan.shape_meta(18, 256) == dict(T=18, GROUP=3, BLOCK_W=64, BLOCK_D=256)
+    assert plan.shape_meta(40, 20) == dict(T=40, GROUP=1, BLOCK_W=64, BLOCK_D=32)
+    assert plan.shape_meta(1, 16)["GROUP"] == plan.MAX_GROUP
+    assert plan.shape_meta(18, 256, narrow=True)["GROUP"] == 1
     words, cap_lens, _ = make_inputs(1, 4, 3, 18, 1)
     for j, n in enumerate(cap_lens.tolist()):
         words[j, :, n:] = float("nan")  # padding words must come out zero, whatever memory held
-    packed = fused.pack_caption_groups(words, cap_lens, torch.float32, fused._shape_meta(18, 3))
+    packed = fused.pack_caption_groups(words, cap_lens, torch.float32, plan.shape_meta(18, 3))
     assert packed.shape == (2, 64, 16) and torch.isfinite(packed).all()
     for j in range(4):
         g, k = divmod(j, 3)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from attngan_fast import kernels
-from attngan_fast.kernels import _tuning
+from attngan_fast.kernels import _tuning, testing
 from attngan_fast.kernels.attention import word_attention_ref, word_attention_ref_backward
 from attngan_fast.kernels.damsm import damsm_word_scores_ref, damsm_word_scores_ref_backward
 from numerics import assert_rel, needs_interpreter
@@ -33,28 +33,22 @@ def _distinct_meta(candidates):
 
 
 def _damsm_inputs():
-    """3 images, 2 captions, D = 40, T = 6, N = 37: one or two region tiles for BLOCK_N 64/32, and a
-    partial second chunk of D for BLOCK_K = 32."""
-    words = torch.randn(2, 40, 6) / 40 ** 0.25
-    regions = torch.randn(3, 40, 37) / 40 ** 0.25
-    cap_lens = torch.tensor([6, 1])
-    return words, cap_lens, regions
+    """3 images, 2 captions (lengths 6 and 1), D = 40, T = 6, N = 37: one or two region tiles for
+    BLOCK_N 64/32, and a partial second chunk of D for BLOCK_K = 32."""
+    return testing.damsm_inputs(3, 2, 40, 6, 37, scale=40 ** -0.25)
 
 
 def _attention_inputs():
     """B = 2, C = 20 (a partial last chunk for either BLOCK_K), 13 x 11 = 143 pixels (a partial last tile
     for every BLOCK_Q; several backward tiles add into one partial sum), T = 6 with padding."""
-    query = torch.randn(2, 20, 13, 11)
-    context = torch.randn(2, 20, 6)
-    word_mask = torch.arange(6)[None, :] >= torch.tensor([6, 2])[:, None]
-    return query, context, word_mask
+    return testing.attention_inputs(2, 20, 13, 11, 6)
 
 
 def _damsm_candidates():
-    from attngan_fast.kernels.damsm import fused
+    from attngan_fast.kernels.damsm import plan
 
-    return ([("forward", c) for c in _distinct_meta(fused.FORWARD_CANDIDATES)]
-            + [("grad", c) for c in _distinct_meta(fused.GRAD_CANDIDATES)])
+    return ([("forward", c) for c in _distinct_meta(plan.FORWARD_CANDIDATES)]
+            + [("grad", c) for c in _distinct_meta(plan.GRAD_CANDIDATES)])
 
 
 @pytest.mark.parametrize("kernel, config", _damsm_candidates(), ids=lambda x: str(x))
@@ -114,10 +108,10 @@ def test_damsm_candidates_write_nothing_outside_their_buffers_at_narrow_features
 
 
 def _attention_candidates():
-    from attngan_fast.kernels.attention import fused
+    from attngan_fast.kernels.attention import plan
 
-    return ([("forward", c) for c in _distinct_meta(fused.FORWARD_CANDIDATES)]
-            + [("backward", c) for c in _distinct_meta(fused.BACKWARD_CANDIDATES)])
+    return ([("forward", c) for c in _distinct_meta(plan.FORWARD_CANDIDATES)]
+            + [("backward", c) for c in _distinct_meta(plan.BACKWARD_CANDIDATES)])
 
 
 @pytest.mark.parametrize("direction, config", _attention_candidates(), ids=lambda x: str(x))
@@ -141,8 +135,8 @@ def test_every_word_attention_candidate_matches_float64(direction, config):
 
 
 def test_the_interpreter_runs_the_defaults_even_with_autotuning_on():
-    from attngan_fast.kernels.attention import fused as attention_fused
-    from attngan_fast.kernels.damsm import fused as damsm_fused
+    from attngan_fast.kernels.attention import fused as attention_fused, plan as attention_plan
+    from attngan_fast.kernels.damsm import fused as damsm_fused, plan as damsm_plan
 
     words, cap_lens, regions = _damsm_inputs()
     query, context, word_mask = _attention_inputs()
@@ -150,31 +144,31 @@ def test_the_interpreter_runs_the_defaults_even_with_autotuning_on():
         kernels.damsm_word_scores(words, cap_lens, regions, impl="triton")
         kernels.word_attention(query, context, word_mask, impl="triton")
     # fp32 inputs: the default precision holds them as bf16 pairs, 4 bytes an operand ("wide").
-    assert damsm_fused._FWD.last_config == damsm_fused.default_config(6, 40, 37, wide=True)
-    assert attention_fused._FWD.last_config == attention_fused.FORWARD_DEFAULT
+    assert damsm_fused._FWD.last_config == damsm_plan.default_config(6, 40, 37, wide=True)
+    assert attention_fused._FWD.last_config == attention_plan.FORWARD_DEFAULT
     chosen = kernels.chosen_configs()
-    assert chosen["damsm_fwd"] == str(damsm_fused.default_config(6, 40, 37, wide=True))
-    assert chosen["word_attention_fwd"] == str(attention_fused.FORWARD_DEFAULT)
+    assert chosen["damsm_fwd"] == str(damsm_plan.default_config(6, 40, 37, wide=True))
+    assert chosen["word_attention_fwd"] == str(attention_plan.FORWARD_DEFAULT)
 
 
 def test_defaults_follow_the_model_size_and_the_gpu():
-    from attngan_fast.kernels.damsm import fused
+    from attngan_fast.kernels.damsm import plan
 
-    hopper = fused.default_config(T=18, D=256, N=289, capability=90)
+    hopper = plan.default_config(T=18, D=256, N=289, capability=90)
     assert dict(hopper.meta) == {"BLOCK_N": 128} and hopper.num_warps == 8  # wgmma's M for 8 warps
-    wide = fused.default_config(T=18, D=256, N=289, capability=90, wide=True)
+    wide = plan.default_config(T=18, D=256, N=289, capability=90, wide=True)
     assert dict(wide.meta) == {"BLOCK_N": 32} and wide.num_stages == 2
-    assert dict(fused.default_config(18, 256, 289, capability=90, grad=True, wide=True).meta) == \
+    assert dict(plan.default_config(18, 256, 289, capability=90, grad=True, wide=True).meta) == \
         {"BLOCK_N": 64, "BLOCK_K": 32}
-    assert dict(fused.default_config(T=18, D=256, N=289, capability=86).meta) == {"BLOCK_N": 32}
-    assert fused.default_config(T=18, D=256, N=289) == hopper  # the interpreter's
+    assert dict(plan.default_config(T=18, D=256, N=289, capability=86).meta) == {"BLOCK_N": 32}
+    assert plan.default_config(T=18, D=256, N=289) == hopper  # the interpreter's
     # never wider than the regions; never a chunk wider than the features
-    assert dict(fused.default_config(T=5, D=20, N=9).meta) == {"BLOCK_N": 16}
-    assert dict(fused.default_config(T=5, D=12, N=9, grad=True).meta) == {"BLOCK_N": 16, "BLOCK_K": 16}
+    assert dict(plan.default_config(T=5, D=20, N=9).meta) == {"BLOCK_N": 16}
+    assert dict(plan.default_config(T=5, D=12, N=9, grad=True).meta) == {"BLOCK_N": 16, "BLOCK_K": 16}
 
 
 def test_backward_splits_fill_the_gpu_in_few_waves_within_the_memory_budget():
-    from attngan_fast.kernels.damsm import fused
+    from attngan_fast.kernels.damsm import plan
 
     slots = (256 * 289, 256 * 18 * 3)
 
@@ -183,40 +177,42 @@ def test_backward_splits_fill_the_gpu_in_few_waves_within_the_memory_budget():
 
     # A chunk of 24 of B = 48 images on 132 SMs: 24 x 16 (image, group) pairs, one wave, and the
     # partial sums within their budget (spreading over every group, 16 d_regions slots, would not be).
-    s_m, s_k = fused.backward_splits(24, 16, True, 132, slots, 48)
+    s_m, s_k = plan.backward_splits(24, 16, True, 132, slots, 48)
     assert s_m * s_k <= 132 and -(-24 // s_m) * -(-16 // s_k) <= 4
-    assert memory(s_m, s_k, 24, 16, 48) <= fused.PARTIAL_BYTES < memory(8, 16, 24, 16, 48)
+    assert memory(s_m, s_k, 24, 16, 48) <= plan.PARTIAL_BYTES < memory(8, 16, 24, 16, 48)
     # Without d_words every image has its own programs.
-    s_m, s_k = fused.backward_splits(20, 7, False, 132, slots, 20)
+    s_m, s_k = plan.backward_splits(20, 7, False, 132, slots, 20)
     assert s_m == 20 and s_m * s_k <= 132
     # When nothing fits, the least memory.
-    assert fused.backward_splits(4, 4, True, 132, (10**9, 1), 4) == (1, 1)
+    assert plan.backward_splits(4, 4, True, 132, (10**9, 1), 4) == (1, 1)
 
 
 def test_pruning_drops_blocks_wider_than_the_axis_and_keeps_one():
-    from attngan_fast.kernels.attention import fused as attention_fused
-    from attngan_fast.kernels.damsm import fused as damsm_fused
+    from attngan_fast.kernels.attention import plan as attention_plan
+    from attngan_fast.kernels.damsm import fused as damsm_fused, plan as damsm_plan
 
-    kept = damsm_fused._prune(damsm_fused.GRAD_CANDIDATES, {"N": 9, "D": 256})
-    assert kept and all(dict(c.meta)["BLOCK_N"] == 32 for c in kept)
-    assert damsm_fused._prune(damsm_fused.FORWARD_CANDIDATES, {"N": 289, "D": 256}) == damsm_fused.FORWARD_CANDIDATES
-    kept = attention_fused._prune(attention_fused.FORWARD_CANDIDATES, {"HW": 40, "C": 48})
+    kept = damsm_plan.prune(damsm_plan.GRAD_CANDIDATES, {"N": 9, "D": 256})
+    assert kept and all(dict(c.meta)["BLOCK_N"] == 16 for c in kept)
+    wide_only = [_tuning.LaunchConfig.of(BLOCK_N=64), _tuning.LaunchConfig.of(BLOCK_N=128)]
+    assert damsm_plan.prune(wide_only, {"N": 9, "D": 256}) == wide_only[:1]
+    assert damsm_plan.prune(damsm_plan.FORWARD_CANDIDATES, {"N": 289, "D": 256}) == damsm_plan.FORWARD_CANDIDATES
+    kept = attention_plan.prune(attention_plan.FORWARD_CANDIDATES, {"HW": 40, "C": 48})
     assert {dict(c.meta)["BLOCK_Q"] for c in kept} == {64}
-    assert attention_fused._prune(attention_fused.BACKWARD_CANDIDATES, {"HW": 4096, "C": 32}) == \
-        attention_fused.BACKWARD_CANDIDATES
+    assert attention_plan.prune(attention_plan.BACKWARD_CANDIDATES, {"HW": 4096, "C": 32}) == \
+        attention_plan.BACKWARD_CANDIDATES
     # The autotuner sees the same pruning through Triton's early_config_prune hook.
     tuner = damsm_fused._FWD._tuner()
     args = {"N": 9, "D": 256}
-    assert len(tuner.early_config_prune(tuner.configs, args)) == len(damsm_fused._prune(damsm_fused.FORWARD_CANDIDATES,
+    assert len(tuner.early_config_prune(tuner.configs, args)) == len(damsm_plan.prune(damsm_plan.FORWARD_CANDIDATES,
                                                                                         args))
     assert tuner.keys == ["T", "D", "N", "PRECISION", "DOT_DTYPE", "SPLIT", "RETURN_ATTN"]
 
 
 def test_backward_chunk_is_a_multiple_of_every_tile():
-    from attngan_fast.kernels.attention import fused
+    from attngan_fast.kernels.attention import plan
 
-    for config in fused.BACKWARD_CANDIDATES:
-        assert fused.PIXELS_PER_PROGRAM % dict(config.meta)["BLOCK_Q"] == 0
+    for config in plan.BACKWARD_CANDIDATES:
+        assert plan.PIXELS_PER_PROGRAM % dict(config.meta)["BLOCK_Q"] == 0
 
 
 def test_autotune_switch(monkeypatch):
@@ -264,7 +260,7 @@ def _tuned_through_interpreter(monkeypatch, module, name, timer):
 def test_the_damsm_autotuning_path_keeps_results_exact_and_tunes_once_per_model_size(monkeypatch):
     """Every candidate runs on the real output buffers before the winner runs again, so a kernel that
     relied on a zeroed or untouched buffer would fail here; the choice is cached per (T, D, N, ...)."""
-    from attngan_fast.kernels.damsm import fused
+    from attngan_fast.kernels.damsm import fused, plan
 
     timers = {name: _FakeTimer() for name in ("_FWD", "_CONTEXT", "_GRAD")}
     tuned = {name: _tuned_through_interpreter(monkeypatch, fused, name, t) for name, t in timers.items()}
@@ -279,9 +275,9 @@ def test_the_damsm_autotuning_path_keeps_results_exact_and_tunes_once_per_model_
             assert_rel(scores, ref_scores, 1e-5, "R after autotuning")
             assert_rel(d_words, ref_w, 1e-5, "d_words after autotuning")
             assert_rel(d_regions, ref_r, 1e-5, "d_regions after autotuning")
-        for name, candidates in (("_FWD", fused.FORWARD_CANDIDATES), ("_CONTEXT", fused.FORWARD_CANDIDATES),
-                                 ("_GRAD", fused.GRAD_CANDIDATES)):
-            kept = fused._prune(candidates, {"N": 37, "D": 40})  # 37 regions: tiles up to 64 kept
+        for name, candidates in (("_FWD", plan.FORWARD_CANDIDATES), ("_CONTEXT", plan.FORWARD_CANDIDATES),
+                                 ("_GRAD", plan.GRAD_CANDIDATES)):
+            kept = plan.prune(candidates, {"N": 37, "D": 40})  # 37 regions: tiles up to 64 kept
             assert timers[name].trials == len(kept), name
             assert tuned[name].last_config == kept[-1], name  # the fake timer's winner
         # Another batch is the same key; another region count is a new one.
@@ -289,11 +285,11 @@ def test_the_damsm_autotuning_path_keeps_results_exact_and_tunes_once_per_model_
         fused.damsm_forward(words[:1], cap_lens[:1], regions[:1], 4.0, 5.0, False, "ieee")
         assert timers["_FWD"].trials == trials
         fused.damsm_forward(words, cap_lens, regions[:, :, :20], 4.0, 5.0, False, "ieee")
-        assert timers["_FWD"].trials == trials + len(fused._prune(fused.FORWARD_CANDIDATES, {"N": 20, "D": 40})) > trials
+        assert timers["_FWD"].trials == trials + len(plan.prune(plan.FORWARD_CANDIDATES, {"N": 20, "D": 40})) > trials
 
 
 def test_the_word_attention_autotuning_path_keeps_results_exact(monkeypatch):
-    from attngan_fast.kernels.attention import fused
+    from attngan_fast.kernels.attention import fused, plan
 
     timers = {"_FWD": _FakeTimer(), "_BWD": _FakeTimer()}
     tuned = {name: _tuned_through_interpreter(monkeypatch, fused, name, t) for name, t in timers.items()}
@@ -308,15 +304,15 @@ def test_the_word_attention_autotuning_path_keeps_results_exact(monkeypatch):
     assert_rel(attn, ref_attn, 1e-5, "maps after autotuning")
     assert_rel(d_query, ref_q, 1e-5, "d_query after autotuning")
     assert_rel(d_context, ref_k, 1e-5, "d_context after autotuning")
-    assert timers["_FWD"].trials == len(fused._prune(fused.FORWARD_CANDIDATES, {"HW": 143, "C": 20}))
-    assert tuned["_FWD"].last_config == fused._prune(fused.FORWARD_CANDIDATES, {"HW": 143, "C": 20})[-1]
-    assert tuned["_BWD"].last_config == fused._prune(fused.BACKWARD_CANDIDATES, {"HW": 143, "C": 20})[-1]
+    assert timers["_FWD"].trials == len(plan.prune(plan.FORWARD_CANDIDATES, {"HW": 143, "C": 20}))
+    assert tuned["_FWD"].last_config == plan.prune(plan.FORWARD_CANDIDATES, {"HW": 143, "C": 20})[-1]
+    assert tuned["_BWD"].last_config == plan.prune(plan.BACKWARD_CANDIDATES, {"HW": 143, "C": 20})[-1]
 
 
 def test_direct_and_autotuned_launches_pass_the_pinned_compile_options(monkeypatch):
     """Both launch paths hand kernels._tuning.COMPILE_OPTIONS to Triton (the interpreter then drops them;
     a compiling Triton builds with them). tests/test_compiled_resources.py sees the compiled side."""
-    from attngan_fast.kernels.attention import fused
+    from attngan_fast.kernels.attention import fused, plan
 
     seen = []
     kernel = fused._FWD.kernel
@@ -333,5 +329,84 @@ def test_direct_and_autotuned_launches_pass_the_pinned_compile_options(monkeypat
     _tuned_through_interpreter(monkeypatch, fused, "_FWD", _FakeTimer())
     with kernels.autotuning(True):
         fused.word_attention_forward(query, context, word_mask, False, False, "ieee")
-    assert len(seen) == 2 + len(fused._prune(fused.FORWARD_CANDIDATES, {"HW": 143, "C": 20}))  # trials, winner
+    assert len(seen) == 2 + len(plan.prune(plan.FORWARD_CANDIDATES, {"HW": 143, "C": 20}))  # trials, winner
     assert all(options == _tuning.COMPILE_OPTIONS for options in seen), seen
+
+
+def test_every_default_is_a_candidate_so_that_a_launch_can_fall_back_to_its_neighbours():
+    from attngan_fast.kernels.attention import plan as attention_plan
+    from attngan_fast.kernels.damsm import plan as damsm_plan
+
+    for capability in (None, 80, 86, 89, 90):
+        for wide, fma in ((False, False), (True, False), (True, True)):
+            assert damsm_plan.default_config(18, 256, 289, capability, wide=wide, fma=fma) in \
+                damsm_plan.FORWARD_CANDIDATES
+            assert damsm_plan.default_config(18, 256, 289, capability, grad=True, wide=wide, fma=fma) in \
+                damsm_plan.GRAD_CANDIDATES
+        for precision in ("native", "bf16x3", "tf32", "ieee"):
+            assert attention_plan.default_config(capability, precision, backward=False) in \
+                attention_plan.FORWARD_CANDIDATES
+            assert attention_plan.default_config(capability, precision, backward=True) in \
+                attention_plan.BACKWARD_CANDIDATES
+
+
+def test_fallback_order_tries_the_default_then_smaller_tiles_then_larger():
+    from attngan_fast.kernels._fit import fallback_order
+
+    of = _tuning.LaunchConfig.of
+    default = of(num_warps=8, num_stages=2, BLOCK_N=64)
+    candidates = [of(num_warps=4, num_stages=1, BLOCK_N=32), of(num_warps=8, num_stages=1, BLOCK_N=128), default,
+                  of(num_warps=8, num_stages=1, BLOCK_N=64), of(num_warps=4, num_stages=2, BLOCK_N=64),
+                  of(num_warps=8, num_stages=2, BLOCK_N=256)]
+    assert fallback_order(default, candidates) == [
+        default, of(num_warps=8, num_stages=1, BLOCK_N=64), of(num_warps=4, num_stages=2, BLOCK_N=64),
+        of(num_warps=4, num_stages=1, BLOCK_N=32), of(num_warps=8, num_stages=1, BLOCK_N=128),
+        of(num_warps=8, num_stages=2, BLOCK_N=256)]
+    assert fallback_order(default, [])[0] == default  # a default outside the list is still tried first
+
+
+class _FakeCompiled:
+    def __init__(self, shared):
+        self.metadata = type("Metadata", (), {"shared": shared})()
+        self.asm = {"cubin": b""}
+
+
+class _FakeKernel:
+    """Stands in for a compiled-mode @triton.jit kernel: ``warmup`` compiles to a kernel whose shared
+    memory grows with the region tile and stages, and records what it was asked to compile."""
+
+    __name__ = "_fake_kernel"
+    arg_names = ["x", "N"]
+
+    def __init__(self):
+        self.compiled = []
+
+    def warmup(self, *args, grid, BLOCK_N, num_warps, num_stages, **kwargs):
+        self.compiled.append((BLOCK_N, num_warps, num_stages))
+        return _FakeCompiled(shared=1024 * BLOCK_N * num_stages)
+
+
+def test_a_default_that_does_not_fit_the_device_falls_back_to_the_next_that_does(monkeypatch):
+    from attngan_fast.kernels import _fit
+
+    monkeypatch.setattr(_fit, "registers_per_thread", lambda cubin: 128)
+    of = _tuning.LaunchConfig.of
+    default = of(num_warps=8, num_stages=2, BLOCK_N=128)
+    fake = _FakeKernel()
+    tuned = _tuning.TunedKernel(fake, [of(num_warps=4, num_stages=1, BLOCK_N=32), default,
+                                       of(num_warps=8, num_stages=1, BLOCK_N=128)], key=["N"])
+    x = torch.zeros(4)
+    roomy = {"max_shared_mem": 300 * 1024, "max_num_regs": 65536}
+    assert tuned.fitting((x, 289), {}, default, roomy) == default and fake.compiled == [(128, 8, 2)]
+    small = {"max_shared_mem": 150 * 1024, "max_num_regs": 65536}  # 256 KB and 128 KB do not fit: not the default
+    with pytest.warns(RuntimeWarning, match=r"default launch BLOCK_N=128 warps=8 stages=2 needs 262,144 B of "
+                                            r"shared memory.*running BLOCK_N=128 warps=8 stages=1 instead"):
+        assert tuned.fitting((x, 289), {}, default, small) == of(num_warps=8, num_stages=1, BLOCK_N=128)
+    compiled = len(fake.compiled)
+    assert tuned.fitting((x, 289), {}, default, small) == of(num_warps=8, num_stages=1, BLOCK_N=128)
+    assert len(fake.compiled) == compiled  # the answer is kept: no second compile, no second warning
+    tiny = {"max_shared_mem": 8 * 1024, "max_num_regs": 65536}
+    with pytest.raises(RuntimeError, match="no launch configuration of _fake_kernel fits this GPU"):
+        tuned.fitting((x, 289), {}, default, tiny)
+    # Registers count too: 128 per thread on 8 warps is 32,768 per block.
+    assert "registers" in _fit.why_it_does_not_fit(_FakeCompiled(0), 8, {"max_shared_mem": 1, "max_num_regs": 32767})

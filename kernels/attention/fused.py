@@ -1,4 +1,4 @@
-"""Fused Triton kernels for the generator's word attention F_attn (DESIGN.md §2.3): forward and backward.
+"""Fused Triton kernels for the generator's word attention F_attn (docs/design.md §2.3): forward and backward.
 
 A small-key attention: T <= ~32 words, C = 32 or 48 channels, HW = 64² or 128² pixels. It is
 memory-bound, so each program takes one sample's (C, T) context once and a tile of BLOCK_Q pixels:
@@ -20,10 +20,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .._runtime import alloc_like_query, alloc_output, kernel_is_interpreted, next_block, poison_
+from .._runtime import alloc_like_query, alloc_output, kernel_is_interpreted, poison_
 from .._runtime import device_capability as _capability  # benchmarks.kernel_resources replaces it
 from .._mma import dot_operands, mma, operand_parts
 from .._tuning import LaunchConfig, TunedKernel
+from . import plan
 
 
 @triton.jit
@@ -159,6 +160,11 @@ def _word_attn_bwd_kernel(
                  d_q.to(dquery_ptr.dtype.element_ty), mask=q_valid[:, None] & c_valid[None, :])
         # d_context += g·β + q·ds, the channels on M, contracted over the tile's pixels.
         be, be_lo = operand_parts(beta, DOT_DTYPE, SPLIT)
+        if SPLIT:
+            # The gradient tile once more, from L1/L2, for the same reason as the query tile below: kept
+            # alive (hi, lo) through d_query's product it spilled inside this loop at C = 48 (Triton 3.8).
+            g, g_lo = operand_parts(_load_tile(grad_ptr, b, C, offs_q, q_valid, stride_gb, stride_gc, stride_gp,
+                                               BLOCK_C), DOT_DTYPE, SPLIT)
         d_k = mma(g, g_lo, be, be_lo, d_k, SPLIT, PRECISION)
         if SPLIT:
             # The query tile once more (from L1/L2; the store above keeps the two loads apart): its
@@ -175,61 +181,13 @@ def _word_attn_bwd_kernel(
 
 INTERPRETED = kernel_is_interpreted(_word_attn_fwd_kernel)
 
-# Pixels per backward program: the partial sums of d_context are per chunk, so their buffer does not
-# depend on the tuned tile size. It must be a multiple of every backward BLOCK_Q below (a test checks).
-PIXELS_PER_PROGRAM = 128
-
-# A memory-bound kernel: the candidates trade pixels per program (bytes in flight) against registers.
-# The pixel tile is the M axis of products whose result feeds another product, to which Triton gives
-# every warp: BLOCK_Q >= 16 x warps, or the tile is computed several times over.
-FORWARD_CANDIDATES = [LaunchConfig.of(num_warps=w, num_stages=s, BLOCK_Q=q) for q, w, s in (
-    (64, 4, 1), (64, 4, 2), (128, 4, 1), (128, 8, 1), (128, 8, 2), (256, 8, 1))]
-BACKWARD_CANDIDATES = [LaunchConfig.of(num_warps=w, num_stages=s, BLOCK_Q=q) for q, w, s in (
-    (32, 4, 1), (64, 4, 1), (64, 4, 2), (64, 8, 1), (128, 8, 1), (128, 8, 2))]
-
-
-def _prune(candidates, args):
-    """Pixel tiles wider than the (power-of-two-covered) image only repeat a smaller candidate's work
-    with more masked lanes."""
-    widest = next_block(args["HW"])
-    kept = [c for c in candidates if dict(c.meta)["BLOCK_Q"] <= widest]
-    return kept or candidates[:1]
-
-
 # stride_qp tells NCHW (1) from channels_last (C): the two access patterns tune differently.
-_FWD = TunedKernel(_word_attn_fwd_kernel, FORWARD_CANDIDATES,
+_FWD = TunedKernel(_word_attn_fwd_kernel, plan.FORWARD_CANDIDATES,
                    key=["C", "HW", "T", "stride_qp", "PRECISION", "DOT_DTYPE", "SPLIT", "RETURN_ATTN"],
-                   prune=_prune, interpreted=INTERPRETED)
-_BWD = TunedKernel(_word_attn_bwd_kernel, BACKWARD_CANDIDATES,
+                   prune=plan.prune, interpreted=INTERPRETED)
+_BWD = TunedKernel(_word_attn_bwd_kernel, plan.BACKWARD_CANDIDATES,
                    key=["C", "HW", "T", "stride_qp", "PRECISION", "DOT_DTYPE", "SPLIT"],
-                   prune=_prune, interpreted=INTERPRETED)
-# 4 warps on 64 pixels: the tile fills one warpgroup's M, and two or more programs fit an SM.
-FORWARD_DEFAULT = LaunchConfig.of(num_warps=4, num_stages=1, BLOCK_Q=64)
-BACKWARD_DEFAULT = LaunchConfig.of(num_warps=4, num_stages=1, BLOCK_Q=64)
-
-
-def default_config(capability: int | None, precision: str, backward: bool) -> LaunchConfig:
-    """What runs without autotuning, per GPU generation and resolved ``precision`` (``python -m
-    benchmarks.kernel_resources`` shows what each compiles to; a test keeps the defaults of the default
-    precisions free of spills inside their loops on sm_90, sm_80 and sm_86)."""
-    if precision == "ieee":
-        # FMA products hold whole operand rows in registers: at 4 warps the C=48 forward spills
-        # kilobytes, and the backward's five products fit only on 32-pixel tiles.
-        return (LaunchConfig.of(num_warps=4, num_stages=1, BLOCK_Q=32) if backward
-                else LaunchConfig.of(num_warps=8, num_stages=1, BLOCK_Q=64))
-    if backward and precision in ("bf16x3", "tf32") and capability is not None and capability < 90:
-        # mma.sync keeps its fp32 accumulators in registers: 64-pixel tiles at 4 warps spill inside
-        # the tile loop (C=48); one 128-pixel tile per program on 8 warps spills a few values once.
-        return LaunchConfig.of(num_warps=8, num_stages=1, BLOCK_Q=128)
-    return BACKWARD_DEFAULT if backward else FORWARD_DEFAULT
-
-
-def _whole_tiles(C: int, T: int) -> dict:
-    """The words and the channels are whole in every program (T <= ~32, C <= 64 in the model); the
-    pixels are tiled."""
-    return dict(BLOCK_T=next_block(T), BLOCK_C=next_block(C))
-
-
+                   prune=plan.prune, interpreted=INTERPRETED)
 def _check_fused_dtypes(*tensors: torch.Tensor) -> None:
     for t in tensors:
         if t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
@@ -272,9 +230,9 @@ def word_attention_forward(query, context, word_mask, return_attn: bool, legacy_
         q, context, mask, out, attn,
         B, C, HW, T,
         *_flat_strides(q), *context.stride(), *mask_strides, *_flat_strides(out), *attn_strides,
-        default=default_config(_capability(query.device), precision, backward=False), config=config,
+        default=plan.default_config(_capability(query.device), precision, backward=False), config=config,
         HAS_MASK=word_mask is not None, LEGACY_MASK=legacy_mask, RETURN_ATTN=return_attn,
-        **dots, **_whole_tiles(C, T),
+        **dots, **plan.whole_tiles(C, T),
     )
     return out, attn
 
@@ -290,7 +248,7 @@ def word_attention_backward(grad_ctx, query, context, word_mask, legacy_mask: bo
     q = query if _mergeable(query) else query.contiguous()
     g = grad_ctx if _mergeable(grad_ctx) else grad_ctx.contiguous()
     d_query = poison_(alloc_like_query(q, query.dtype))
-    chunks = triton.cdiv(HW, PIXELS_PER_PROGRAM)
+    chunks = triton.cdiv(HW, plan.PIXELS_PER_PROGRAM)
     partial = alloc_output((B, chunks, C, T), query.device, torch.float32)
     mask, mask_strides = _mask_args(query, word_mask)
     dots = dot_operands(query, context, precision, INTERPRETED)
@@ -300,9 +258,9 @@ def word_attention_backward(grad_ctx, query, context, word_mask, legacy_mask: bo
         B, C, HW, T,
         *_flat_strides(q), *context.stride(), *mask_strides, *_flat_strides(g), *_flat_strides(d_query),
         *partial.stride(),
-        default=default_config(_capability(query.device), precision, backward=True), config=config,
-        HAS_MASK=word_mask is not None, LEGACY_MASK=legacy_mask, CHUNK=PIXELS_PER_PROGRAM,
-        **dots, **_whole_tiles(C, T),
+        default=plan.default_config(_capability(query.device), precision, backward=True), config=config,
+        HAS_MASK=word_mask is not None, LEGACY_MASK=legacy_mask, CHUNK=plan.PIXELS_PER_PROGRAM,
+        **dots, **plan.whole_tiles(C, T),
     )
     return d_query, partial.sum(1).to(context.dtype)
 

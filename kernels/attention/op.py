@@ -104,7 +104,7 @@ def word_attention(
     impl: str = "auto",
     precision: str = "auto",
 ):
-    """The generator's word attention F_attn (DESIGN.md §2.3).
+    """The generator's word attention F_attn (docs/design.md §2.3).
 
     query: (B, C, H, W) image features h (NCHW or channels_last).
     context: (B, C, T) word features already projected to C channels (e' = U e).

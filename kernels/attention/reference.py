@@ -1,4 +1,4 @@
-"""The generator's word attention F_attn in plain PyTorch: the specification in code (DESIGN.md §2.3).
+"""The generator's word attention F_attn in plain PyTorch: the specification in code (docs/design.md §2.3).
 
 For every pixel q of sample b: β[q, t] = softmax_t(h_q · e'_t) over that sample's valid words and
 c_q = Σ_t β[q, t] e'_t. It materializes the (B, HW, T) attention; the fused kernels do not.

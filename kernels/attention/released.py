@@ -1,7 +1,7 @@
 """The released implementation's *algorithm* for F_attn, rewritten from the math: flatten the image to
 (B·HW, C)-rows, batched matmul with the projected words, mask with ``mask.repeat(HW, 1)`` (the layout
 defect that ``legacy_mask`` reproduces), softmax over the words, batched matmul back, with the
-transposes and contiguous copies of the release. Baseline (a) of the benchmarks (DESIGN.md §6)."""
+transposes and contiguous copies of the release. Baseline (a) of the benchmarks (docs/design.md §6)."""
 
 from __future__ import annotations
 

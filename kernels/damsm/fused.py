@@ -1,4 +1,4 @@
-"""Fused Triton kernels for the DAMSM word-level score (DESIGN.md §2.1): forward and backward.
+"""Fused Triton kernels for the DAMSM word-level score (docs/design.md §2.1): forward and backward.
 
 How the work meets the tensor cores. Hopper's wgmma needs M >= 64 rows per warpgroup, and a caption
 has T = 18 words, so no product is oriented with one caption's words on M. Instead:
@@ -24,11 +24,11 @@ once, in a kernel of its own (``_damsm_context_kernel``: pass A and the cosine b
 and caption group), and a second kernel makes one more pass over the region tiles that gives both
 gradients (``_damsm_grad_kernel``). Products per pair: 2 in the forward, 2 + 5 in the backward,
 against 6 useful (``benchmarks.work``). The context kernel's output (dc/z, the direct word gradient,
-dc·c/z: O(T·D) per pair) is kept for a chunk of images at a time, at most ``CONTEXT_BYTES``, so it
+dc·c/z: O(T·D) per pair) is kept for a chunk of images at a time, at most ``plan.CONTEXT_BYTES``, so it
 never grows with the batch squared. The two gradients are reductions over different axes (d_regions
 over captions, d_words over images); each program of the gradient kernel owns a slot of a partial
 sum of each, summed afterwards, so the result is deterministic (no atomics); ``backward_splits``
-chooses the programs to fill the GPU in as few waves as PARTIAL_BYTES of partial sums allow. Extra
+chooses the programs to fill the GPU in as few waves as ``plan.PARTIAL_BYTES`` of partial sums allow. Extra
 memory: that chunk, the partial sums S_k·B_img·N·D + S_m·B_cap·T·D floats and features-last copies
 of the inputs; never anything of O(B²·T·N).
 
@@ -38,25 +38,18 @@ inside fp16's range whatever γ1 (<= 80).
 
 from __future__ import annotations
 
-import functools
-import math
-
 import torch
 import triton
 import triton.language as tl
 
-from .._runtime import alloc_output, kernel_is_interpreted, next_block
+from .._runtime import alloc_output, kernel_is_interpreted
 from .._runtime import device_capability as _capability
 from .._mma import dot_operands as _dot_operands
 from .._mma import mma, operand_parts, split_parts, torch_dtype
 from .._tuning import LaunchConfig, TunedKernel
+from . import plan
 
 COS_EPS = tl.constexpr(1e-8)
-
-# At most this many captions share a program's rows: short test captions (T = 1) would otherwise
-# unroll the per-caption loops of the segmented softmax 64 times.
-MAX_GROUP = 8
-
 
 @triton.jit
 def _group_columns(cap_lens_ptr, group, B_cap, T: tl.constexpr, GROUP: tl.constexpr, BLOCK_W: tl.constexpr):
@@ -79,6 +72,14 @@ def _load_rows(base, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
     in fp32."""
     offs = tl.arange(0, ROWS)[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
     return tl.load(base + offs).to(tl.float32)
+
+
+@triton.jit
+def _load_columns(base, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The same dense block as ``_load_rows``, transposed as it is loaded: (BLOCK_D, ROWS), in the
+    stored dtype. An operand wanted transposed is then staged once, not once per orientation."""
+    offs = tl.arange(0, BLOCK_D)[:, None] + tl.arange(0, ROWS)[None, :] * BLOCK_D
+    return tl.load(base + offs)
 
 
 @triton.jit
@@ -138,10 +139,11 @@ def _region_weights(s_bar, n_valid, slot, gamma1):
 
 
 @triton.jit
-def _similarity(vt, vt_lo, et, et_lo, SPLIT: tl.constexpr, PRECISION: tl.constexpr):
-    """sᵀ = vᵀ·E: (BLOCK_N, BLOCK_W), the regions on the MMA's M axis, contracted over D."""
-    acc = tl.zeros((vt.shape[0], et.shape[0]), dtype=tl.float32)
-    return mma(vt, vt_lo, tl.trans(et), tl.trans(et_lo), acc, SPLIT, PRECISION)
+def _similarity(vt, vt_lo, e, e_lo, SPLIT: tl.constexpr, PRECISION: tl.constexpr):
+    """sᵀ = vᵀ·E: (BLOCK_N, BLOCK_W), the regions on the MMA's M axis, contracted over D; the words
+    E (BLOCK_D, BLOCK_W) as ``_load_columns`` gives them."""
+    acc = tl.zeros((vt.shape[0], e.shape[1]), dtype=tl.float32)
+    return mma(vt, vt_lo, e, e_lo, acc, SPLIT, PRECISION)
 
 
 @triton.jit
@@ -226,7 +228,7 @@ def _damsm_fwd_kernel(
     group = tl.program_id(1)
     j, t, in_group, slot = _group_columns(cap_lens_ptr, group, B_cap, T, GROUP, BLOCK_W)
     words = packed_ptr + group.to(tl.int64) * (BLOCK_W * BLOCK_D)
-    et, et_lo = operand_parts(_load_rows(words, BLOCK_W, BLOCK_D), DOT_DTYPE, SPLIT)
+    et, et_lo = operand_parts(_load_columns(words, BLOCK_W, BLOCK_D).to(tl.float32), DOT_DTYPE, SPLIT)
     c, z = _group_context(regions_ptr, lo_offset, i, et, et_lo, slot, N, D, gamma1, stride_rb, stride_rn,
                           stride_rd, GROUP, BLOCK_W, BLOCK_D, BLOCK_N, DOT_DTYPE, SPLIT, PRECISION)
     e32 = _words_after_pass_a(words, z, BLOCK_W, BLOCK_D)
@@ -269,7 +271,7 @@ def _damsm_context_kernel(
     i = (image0 + local).to(tl.int64)
     j, t, in_group, slot = _group_columns(cap_lens_ptr, group, B_cap, T, GROUP, BLOCK_W)
     words = packed_ptr + group.to(tl.int64) * (BLOCK_W * BLOCK_D)
-    et, et_lo = operand_parts(_load_rows(words, BLOCK_W, BLOCK_D), DOT_DTYPE, SPLIT)
+    et, et_lo = operand_parts(_load_columns(words, BLOCK_W, BLOCK_D).to(tl.float32), DOT_DTYPE, SPLIT)
     c, z = _group_context(regions_ptr, lo_offset, i, et, et_lo, slot, N, D, gamma1, stride_rb, stride_rn,
                           stride_rd, GROUP, BLOCK_W, BLOCK_D, BLOCK_N, DOT_DTYPE, SPLIT, PRECISION)
     g = tl.load(grad_ptr + i * stride_gi + j * stride_gj, mask=slot >= 0, other=0.0).to(tl.float32)
@@ -323,16 +325,16 @@ def _damsm_grad_kernel(
             later_group = tl.full((BLOCK_N, 1), group, tl.int32) != q
             j, t, in_group, slot = _group_columns(cap_lens_ptr, group, B_cap, T, GROUP, BLOCK_W)
             # Offsets within the packed words and the context chunk fit int32: the chunk is capped at
-            # CONTEXT_BYTES.
+            # plan.CONTEXT_BYTES.
             words = packed_ptr + group * (BLOCK_W * BLOCK_D)
-            et, et_lo = operand_parts(_load_rows(words, BLOCK_W, BLOCK_D), DOT_DTYPE, SPLIT)
+            et, et_lo = operand_parts(_load_columns(words, BLOCK_W, BLOCK_D).to(tl.float32), DOT_DTYPE, SPLIT)
             pair = (i - image0) * GROUPS + group
             dc = dc_ptr + pair * (BLOCK_W * BLOCK_D)
             direct = de_ptr + pair * (BLOCK_W * BLOCK_D)  # the direct term through the cosine
             row_dot = tl.load(rd_ptr + pair * BLOCK_W + rows)
-            dc_t = tl.trans(_load_rows(dc, BLOCK_W, BLOCK_D).to(DOT_DTYPE))
+            dc_t = _load_columns(dc, BLOCK_W, BLOCK_D).to(DOT_DTYPE)
             if SPLIT:
-                dc_t_lo = tl.trans(_load_rows(dc + dc_lo_offset, BLOCK_W, BLOCK_D).to(DOT_DTYPE))
+                dc_t_lo = _load_columns(dc + dc_lo_offset, BLOCK_W, BLOCK_D).to(DOT_DTYPE)
             else:
                 dc_t_lo = dc_t
             for n0 in range(0, N, BLOCK_N):
@@ -399,40 +401,16 @@ def _damsm_grad_kernel(
 
 INTERPRETED = kernel_is_interpreted(_damsm_fwd_kernel)
 
-# Region tiles: 128 rows fill wgmma's M for 8 warps, 64 suit 4 warps, 32 GPUs without wgmma (mma.sync
-# takes M = 16) and ~100 KB of shared memory. BLOCK_K: the chunk of features the gradient kernel
-# produces both gradients in.
-FORWARD_CANDIDATES = [LaunchConfig.of(num_warps=w, num_stages=s, BLOCK_N=n) for n, w, s in (
-    (32, 4, 1), (32, 8, 2), (64, 4, 2), (64, 8, 2), (128, 8, 1), (128, 8, 2))]
-GRAD_CANDIDATES = [LaunchConfig.of(num_warps=w, num_stages=s, BLOCK_N=n, BLOCK_K=kk) for n, kk, w, s in (
-    (32, 32, 4, 1), (64, 32, 4, 1), (64, 32, 8, 2), (128, 32, 8, 1), (128, 64, 8, 1), (128, 32, 8, 2))]
-
-
-def _prune(candidates, args):
-    """Region tiles wider than the (power-of-two-covered) region axis only repeat a smaller candidate."""
-    widest = next_block(args["N"])
-    kept = [c for c in candidates if dict(c.meta)["BLOCK_N"] <= widest]
-    return kept or candidates[:1]
-
-
-_FWD = TunedKernel(_damsm_fwd_kernel, FORWARD_CANDIDATES,
+_FWD = TunedKernel(_damsm_fwd_kernel, plan.FORWARD_CANDIDATES,
                    key=["T", "D", "N", "PRECISION", "DOT_DTYPE", "SPLIT", "RETURN_ATTN"],
-                   prune=_prune, interpreted=INTERPRETED)
-_CONTEXT = TunedKernel(_damsm_context_kernel, FORWARD_CANDIDATES,
+                   prune=plan.prune, interpreted=INTERPRETED)
+_CONTEXT = TunedKernel(_damsm_context_kernel, plan.FORWARD_CANDIDATES,
                        key=["T", "D", "N", "PRECISION", "DOT_DTYPE", "SPLIT", "NEED_WORDS"],
-                       prune=_prune, interpreted=INTERPRETED)
-_GRAD = TunedKernel(_damsm_grad_kernel, GRAD_CANDIDATES,
+                       prune=plan.prune, interpreted=INTERPRETED)
+_GRAD = TunedKernel(_damsm_grad_kernel, plan.GRAD_CANDIDATES,
                     key=["T", "D", "N", "PRECISION", "DOT_DTYPE", "SPLIT", "NEED_WORDS", "NEED_REGIONS"],
-                    prune=_prune, interpreted=INTERPRETED)
+                    prune=plan.prune, interpreted=INTERPRETED)
 KERNELS = {"damsm_fwd": _FWD, "damsm_bwd_context": _CONTEXT, "damsm_bwd_grad": _GRAD}
-
-# The context kernel's output is kept for as many images at a time as fit in this (O(T·D) per pair):
-# the backward then runs the two kernels per chunk of images.
-CONTEXT_BYTES = 64 * 2**20
-# The gradient kernel's partial sums of both gradients: spreading the work over more programs costs
-# one more d_regions slot per image each time, so the spread stops at this much memory.
-PARTIAL_BYTES = 96 * 2**20
-
 
 def _operands(words, cap_lens, regions, precision):
     """What every kernel reads: the packed caption groups, the regions features last (split into
@@ -441,8 +419,8 @@ def _operands(words, cap_lens, regions, precision):
     dots = _dot_operands(words, regions, precision, INTERPRETED)
     dot_dtype, split = dots["DOT_DTYPE"], dots["SPLIT"]
     wide = precision != "native"  # 4 bytes an operand element: a bf16 pair, or fp32
-    narrow = wide and not _hopper_tiles(_capability(words.device), fma=precision == "ieee")
-    shape = _shape_meta(words.shape[2], words.shape[1], narrow=narrow)
+    narrow = wide and not plan.hopper_tiles(_capability(words.device), fma=precision == "ieee")
+    shape = plan.shape_meta(words.shape[2], words.shape[1], narrow=narrow)
     packed = pack_caption_groups(words, cap_lens, torch.float32 if split else torch_dtype(dot_dtype), shape)
     regions_t = features_last(regions)
     lo_offset = 0
@@ -451,20 +429,6 @@ def _operands(words, cap_lens, regions, precision):
         lo_offset = regions_t[1].storage_offset()
         regions_t = regions_t[0]  # the hi part's strides; the lo part is lo_offset elements on
     return packed, regions_t, lo_offset, dots, shape
-
-
-def group_width(T: int, narrow: bool = False) -> int:
-    """Rows of words per program: 64 (several short captions side by side), or the caption's own tile
-    (also when ``narrow``: bf16x3 operands on a GPU with ~100 KB of shared memory, where two 64-row
-    pairs of hi/lo words and dc do not fit)."""
-    return 64 if T <= 32 and not narrow else next_block(T)
-
-
-def _shape_meta(T: int, D: int, narrow: bool = False) -> dict:
-    """Compile-time sizes fixed by the model and the operand format, never tuned: the buffers'
-    shapes depend on them. GROUP captions share a program's BLOCK_W rows of words."""
-    width = group_width(T, narrow)
-    return dict(T=T, GROUP=max(1, min(width // T, MAX_GROUP)), BLOCK_W=width, BLOCK_D=next_block(D))
 
 
 def pack_caption_groups(words: torch.Tensor, cap_lens: torch.Tensor, dtype: torch.dtype, shape: dict) -> torch.Tensor:
@@ -482,81 +446,9 @@ def pack_caption_groups(words: torch.Tensor, cap_lens: torch.Tensor, dtype: torc
     return torch.nn.functional.pad(packed, (0, 0, 0, width - group * T)).contiguous()
 
 
-def _hopper_tiles(capability: int | None, fma: bool) -> bool:
-    """Whether launches take Hopper's wgmma-sized tiles (so does the interpreter): not on GPUs without
-    wgmma, nor for the FMA-only "ieee" products, whose registers those tiles overflow."""
-    return capability is None or (capability >= 90 and not fma)
-
-
-def default_config(T: int, D: int, N: int, capability: int | None = None, grad: bool = False,
-                   wide: bool = False, fma: bool = False) -> LaunchConfig:
-    """What runs without autotuning (interpreter, ``ATTNGAN_FAST_AUTOTUNE=0``), per GPU generation and
-    operand format (``python -m benchmarks.kernel_resources`` shows what each compiles to):
-    - Hopper (and the interpreter), 16-bit operands ("native"): 128-region tiles, the rows wgmma
-      takes for 8 warps, with a (BLOCK_W, D) fp32 accumulator at 64 registers per thread;
-    - Hopper, ``wide`` operands (4 bytes an element: bf16x3 pairs, or fp32 for "tf32"/"ieee"):
-      32-region tiles (64 in the gradient kernel) in a 2-stage pipeline, the largest whose operands
-      fit shared memory and, for bf16x3, stay out of local memory in the region loops; the similarity
-      of a 32-row tile runs as mma.sync, its 8 warps splitting the word columns;
-    - other GPUs (mma.sync): 32-region tiles on 8 warps (16 for wide operands, whose words are then
-      one caption per program), whose staged operands fit ~100 KB of shared memory;
-    - ``fma`` (precision "ieee", FMA units only) takes those narrow tiles on Hopper too: FMA products
-      hold whole operand rows in registers, and the 32-region Hopper tiles spilled thousands of
-      instructions inside their region loops."""
-    hopper = _hopper_tiles(capability, fma)
-    if hopper and wide:
-        block_n, warps, stages = (64 if grad else 32), 8, 2
-    elif hopper:
-        block_n, warps, stages = 128, 8, 1
-    else:
-        block_n, warps, stages = (16 if wide else 32), 8, 1
-    meta = dict(BLOCK_N=min(block_n, next_block(N)))
-    if grad:
-        meta["BLOCK_K"] = min(32, next_block(D))
-    return LaunchConfig.of(num_warps=warps, num_stages=stages, **meta)
-
-
 def _launch_default(T: int, D: int, N: int, device: torch.device, precision: str, grad: bool = False) -> LaunchConfig:
     """``default_config`` for a launch on ``device`` at a resolved ``precision``."""
-    return default_config(T, D, N, _capability(device), grad=grad, wide=precision != "native", fma=precision == "ieee")
-
-
-@functools.lru_cache(maxsize=None)
-def backward_splits(images: int, groups: int, need_words: bool, programs_per_wave: int,
-                    slot_floats: tuple[int, int], B_img: int) -> tuple[int, int]:
-    """(image splits S_m, caption-group splits S_k) of the gradient kernel for a chunk of ``images``:
-    among the splits whose partial sums fit PARTIAL_BYTES, the fewest waves of programs times the most
-    (image, group) pairs one program runs, then the least memory (``slot_floats`` = floats of one
-    d_regions slot per image and of one d_words slot per group); if none fits, the least memory.
-    Without d_words every image of the chunk gets its own programs."""
-    best = None
-    for s_m in range(1, images + 1):
-        if not need_words and s_m != images:
-            continue
-        for s_k in range(1, groups + 1):
-            work = math.ceil(images / s_m) * math.ceil(groups / s_k)
-            time = math.ceil(s_m * s_k / programs_per_wave) * work
-            memory = s_k * B_img * slot_floats[0] + (s_m * groups * slot_floats[1] if need_words else 0)
-            key = (4 * memory > PARTIAL_BYTES, time if 4 * memory <= PARTIAL_BYTES else 0, memory, s_m * s_k)
-            if best is None or key < best[0]:
-                best = (key, (s_m, s_k))
-    return best[1]
-
-
-def _image_chunks(B_img: int, groups: int, shape: dict, dot_bytes: int, need_words: bool) -> int:
-    """Images per chunk of the backward: as many as CONTEXT_BYTES hold, in equal chunks."""
-    per_image = groups * shape["BLOCK_W"] * (shape["BLOCK_D"] * (dot_bytes + (4 if need_words else 0)) + 4)
-    chunks = math.ceil(B_img / max(1, min(B_img, CONTEXT_BYTES // per_image)))
-    return math.ceil(B_img / chunks)
-
-
-def _splits_for(images: int, groups: int, need_words: bool, shape: dict, D: int, N: int, B_img: int,
-                device: torch.device) -> tuple[int, int]:
-    if device.type != "cuda":
-        # Under the interpreter 2 x 2 where possible, so that every slot path (store, add) is tested.
-        return (min(2, images) if need_words else images), min(2, groups)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return backward_splits(images, groups, need_words, sms, (D * N, D * shape["T"] * shape["GROUP"]), B_img)
+    return plan.default_config(T, D, N, _capability(device), grad=grad, wide=precision != "native", fma=precision == "ieee")
 
 
 def _check_fused_dtypes(*tensors: torch.Tensor) -> None:
@@ -616,8 +508,8 @@ def damsm_backward(grad_scores, words, cap_lens, regions, gamma1: float, gamma2:
     width, block_d = shape["BLOCK_W"], shape["BLOCK_D"]
     parts = 2 if dots["SPLIT"] else 1
     dc_dtype = torch_dtype(dots["DOT_DTYPE"])
-    chunk = images_per_chunk or _image_chunks(B_img, groups, shape, parts * dc_dtype.itemsize, need_words)
-    s_m, s_k = splits or _splits_for(min(chunk, B_img), groups, need_words, shape, D, N, B_img, device)
+    chunk = images_per_chunk or plan.image_chunks(B_img, groups, shape, parts * dc_dtype.itemsize, need_words)
+    s_m, s_k = splits or plan.splits_for(min(chunk, B_img), groups, need_words, shape, D, N, B_img, device)
     s_m, s_k = min(s_m, chunk, B_img), min(s_k, groups)  # every program's first image and group exist
     # Partial sums, features last like the inputs; summed over the splits and put back to (B, D, L).
     partial_r = alloc_output((s_k, B_img, N, D) if need_regions else (1, 1, 1, 1), device, torch.float32)

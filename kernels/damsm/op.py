@@ -122,7 +122,7 @@ def damsm_word_scores(
     impl: str = "auto",
     precision: str = "auto",
 ):
-    """DAMSM word-level matching score R for every (image, caption) pair (DESIGN.md §2.1).
+    """DAMSM word-level matching score R for every (image, caption) pair (docs/design.md §2.1).
 
     words: (B_cap, D, T) word features; caption j's words are t < cap_lens[j], the rest is padding
         that never takes part (its gradient is zero).

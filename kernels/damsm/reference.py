@@ -1,4 +1,4 @@
-"""DAMSM word-level matching score in plain PyTorch: the specification in code (DESIGN.md §2.1).
+"""DAMSM word-level matching score in plain PyTorch: the specification in code (docs/design.md §2.1).
 
 Vectorized over every (image i, caption j) pair at once, so it materializes (B_img, B_cap, T, N)
 tensors: simple and exact, but O(B²·T·N) memory. The fused Triton kernels compute the same function

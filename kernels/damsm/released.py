@@ -2,7 +2,7 @@
 
 One caption at a time in a Python loop: read its length on the host (a device sync per caption),
 repeat the caption once per image, batched matmuls, two softmaxes, cosine, and ``log(sum(exp))``
-without a max shift. It is baseline (a) of the benchmarks (DESIGN.md §6) and, being written
+without a max shift. It is baseline (a) of the benchmarks (docs/design.md §6) and, being written
 independently of the vectorized reference, a cross-check of it in the tests.
 """
 
