@@ -1,12 +1,12 @@
-"""Sizes, inputs, the providers of DESIGN.md §6 and the work of each op.
+"""Sizes, inputs, the providers of docs/design.md §6 and the work of each op.
 
 Providers: (a) ``released`` — the release's algorithm (a Python loop over captions with host syncs
 for the DAMSM score; flatten/bmm/repeated mask for F_attn); (b) ``reference`` — our vectorized
 plain-PyTorch reference, eager; (c) ``reference-compiled`` — (b) under ``torch.compile``, plus
 ``reference-compiled-max-autotune`` (inductor's ``max-autotune-no-cudagraphs``: it times its own
 matmul templates) and, for bf16 inputs, ``reference-compiled-tf32`` (fp32 matmuls on TF32 tensor
-cores, as the fused bf16 path uses them); (d) ``fused`` — the Triton kernels, autotuned on CUDA; and
-``fused-untuned``, the same kernels with their fixed default launch configurations.
+cores, as the fused bf16 path uses them); (d) ``fused`` — the Triton kernels (``python -m benchmarks.gpu``
+times them at their fixed default launch in the tables and autotuned in a part of its own).
 
 What keeps the comparison fair to both sides:
 - the fused providers run inside ``attngan_fast.kernels.value_checks(False)``, as the training loops call them: the
@@ -25,13 +25,14 @@ from dataclasses import dataclass
 import torch
 
 from benchmarks.work import Work, attention_executed, attention_useful, damsm_executed, damsm_useful
-from attngan_fast.kernels import (autotuning, damsm_word_scores, damsm_word_scores_loop, damsm_word_scores_ref, value_checks,
-                     word_attention, word_attention_ref)
+from attngan_fast import kernels
+from attngan_fast.kernels import (damsm_word_scores, damsm_word_scores_loop, damsm_word_scores_ref, testing, value_checks,
+                                  word_attention, word_attention_ref)
 from attngan_fast.kernels.attention import word_attention_released
 
-PROVIDERS = ("released", "reference", "reference-compiled", "reference-compiled-max-autotune",
-             "reference-compiled-tf32", "fused", "fused-untuned")
-BASELINES = tuple(p for p in PROVIDERS if not p.startswith("fused"))
+BASELINES = ("released", "reference", "reference-compiled", "reference-compiled-max-autotune",
+             "reference-compiled-tf32")
+PROVIDERS = {"damsm": (*BASELINES, "fused"), "attention": (*BASELINES, "fused")}  # per op, in table order
 MAX_AUTOTUNE = "max-autotune-no-cudagraphs"
 
 
@@ -39,6 +40,18 @@ def applies(provider: str, dtype: torch.dtype) -> bool:
     """Whether ``provider`` has a row for inputs of ``dtype``: the TF32 reference only for 16-bit
     inputs (for fp32 inputs it would compute less accurately than the fp32 rows it sits beside)."""
     return provider != "reference-compiled-tf32" or dtype in (torch.bfloat16, torch.float16)
+
+
+def not_applicable(op: str, provider: str, dtype: torch.dtype, device: torch.device) -> str | None:
+    """Why ``provider`` has no timing on ``device`` (None: it runs)."""
+    if device.type != "cuda":
+        if provider == "reference-compiled-max-autotune":
+            return "inductor's max-autotune times GPU matmul templates (~90 s a graph on a 2-core CPU)"
+        if provider == "reference-compiled-tf32":
+            return "TF32 is a CUDA matmul mode"
+        if provider == "fused" and not kernels.interpreter_active():
+            return "the fused kernels run on CPU tensors only through the Triton interpreter (TRITON_INTERPRET=1)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -65,33 +78,26 @@ class AttentionCase:
         return f"B={self.batch} C={self.channels} {self.side}x{self.side} T={self.words}"
 
 
-GPU_DAMSM = [DamsmCase(20), DamsmCase(48), DamsmCase(100)]
-GPU_ATTENTION = [AttentionCase(20, 32, 64), AttentionCase(20, 32, 128), AttentionCase(20, 48, 64), AttentionCase(20, 48, 128)]
-CPU_DAMSM = [DamsmCase(4, dim=32, words=6, side=5)]
-CPU_ATTENTION = [AttentionCase(2, 16, 8, words=6)]
+CASES = {  # the model's sizes (the GPU's) and toy ones for a check of the path on CPU
+    "model": {"damsm": [DamsmCase(48), DamsmCase(20), DamsmCase(100)],
+              "attention": [AttentionCase(20, 32, 128), AttentionCase(20, 32, 64), AttentionCase(20, 48, 128),
+                            AttentionCase(20, 48, 64)]},
+    "small": {"damsm": [DamsmCase(4, dim=32, words=6, side=5)], "attention": [AttentionCase(2, 16, 8, words=6)]},
+}
 
 
 def damsm_inputs(case: DamsmCase, device, dtype=torch.float32, seed: int = 0):
-    """words (B, D, T), cap_lens (B,) in [1, T] with the full length present, regions (B, D, s, s);
-    scaled by D^-1/4 so similarities are O(1), as for trained encoders."""
-    gen = torch.Generator().manual_seed(seed)
-    scale = case.dim ** -0.25
-    words = (torch.randn(case.batch, case.dim, case.words, generator=gen) * scale).to(device, dtype)
-    regions = (torch.randn(case.batch, case.dim, case.side, case.side, generator=gen) * scale).to(device, dtype)
-    cap_lens = torch.randint(1, case.words + 1, (case.batch,), generator=gen)
-    cap_lens[0] = case.words
-    return words, cap_lens.to(device), regions
+    """words (B, D, T), cap_lens (B,), regions (B, D, s, s), scaled by D^-1/4 (similarities O(1), as for
+    trained encoders)."""
+    return testing.damsm_inputs(case.batch, case.batch, case.dim, case.words, case.side ** 2, scale=case.dim ** -0.25,
+                                layout="4d", dtype=dtype, device=device, generator=torch.Generator().manual_seed(seed))
 
 
 def attention_inputs(case: AttentionCase, device, dtype=torch.float32, seed: int = 0):
     """query (B, C, s, s), context (B, C, T), word_mask (B, T)."""
-    gen = torch.Generator().manual_seed(seed)
-    scale = case.channels ** -0.25
-    query = (torch.randn(case.batch, case.channels, case.side, case.side, generator=gen) * scale).to(device, dtype)
-    context = (torch.randn(case.batch, case.channels, case.words, generator=gen) * scale).to(device, dtype)
-    lengths = torch.randint(1, case.words + 1, (case.batch,), generator=gen)
-    lengths[0] = case.words
-    return query, context, (torch.arange(case.words)[None, :] >= lengths[:, None]).to(device)
+    return testing.attention_inputs(case.batch, case.channels, case.side, case.side, case.words,
+                                    scale=case.channels ** -0.25, dtype=dtype, device=device,
+                                    generator=torch.Generator().manual_seed(seed))
 
 
 def compiled(fn, mode: str | None = None):
@@ -141,15 +147,6 @@ def compile_backend(backend: str):
         torch.compile = original
 
 
-def _untuned(fn):
-    """fn with the kernels' fixed default launch configurations (the backward runs inside too)."""
-    def run(*args):
-        with autotuning(False):
-            return fn(*args)
-
-    return run
-
-
 def _damsm_fused(words, cap_lens, regions):
     with value_checks(False):  # the backward runs inside this block too (forward_backward)
         return damsm_word_scores(words, cap_lens, regions, impl="triton")
@@ -189,9 +186,7 @@ def _provider(name: str, released, reference, fused):
         return tf32_matmuls(compiled(reference))
     if name == "fused":
         return fused
-    if name == "fused-untuned":
-        return _untuned(fused)
-    raise ValueError(f"provider must be one of {PROVIDERS}, got {name!r}")
+    raise ValueError(f"provider must be one of {BASELINES + ('fused',)}, got {name!r}")
 
 
 def damsm_provider(name: str):

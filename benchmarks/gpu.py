@@ -1,19 +1,21 @@
-"""The GPU benchmark set of DESIGN.md §6: one command, or one part per call where calls are limited
-to 10 minutes (scripts/gpu_session.sh runs it that way):
+"""The one benchmark command for anyone with a GPU (docs/benchmarks.md):
 
-    python -m benchmarks.gpu                 # all: DAMSM and F_attn kernels, training steps
-    python -m benchmarks.gpu --only damsm    # or: --only attention, --only train, --only kernels
-    python -m benchmarks.gpu --device cpu --quick --compile-backend aot_eager --out /tmp/x   # self-check (CI)
-    python -m benchmarks.gpu --device cpu --sizes model --only kernels   # the baselines at the model's sizes on CPU
+    python -m benchmarks.gpu                              # everything, most important first
+    python -m benchmarks.gpu --budget 480                 # stop cleanly after 8 minutes
+    python -m benchmarks.gpu --only checks attention      # some parts
+    python -m benchmarks.gpu --device cpu --sizes small --budget 120   # the whole path on CPU, toy sizes
 
-A lent GPU session runs ``python -m benchmarks.gpu_quick`` instead (≤ 8 minutes, most important first,
-built from the same rows). Times are medians of ``triton.testing.do_bench`` (CUDA events, warm-up
-first, so autotuning and compilation are done before timing); peak extra memory is
-``max_memory_allocated`` above what the inputs hold; achieved TFLOP/s and GB/s and the fraction of the
-floor are of the *useful* work (``benchmarks.work``), and each fused row also carries the work its
-kernels execute; ratios compare the fused kernels with every baseline measured in the same run. Writes
-``<out>/<device>-<date>.json`` and ``.md`` with the device, versions, sizes and the commands; parts run
-separately (``--only``, each well inside a 10-minute call) on the same day and device add up there.
+Parts, in this order: ``checks`` (every kernel's default launch compiled at the model's sizes against
+float64, forward and gradients, every dtype and precision: the checks of ``pytest -m gpu``),
+``damsm`` and ``attention`` (fwd and fwd+bwd against every baseline of ``benchmarks.cases``),
+``train`` (one training step per variant, with the step's counted budget when available), ``tuned``
+(the autotuned fused rows, checked against float64 again) and ``loop`` (the real training loop,
+``benchmarks.train_loop``; needs nltk). Every row is written to ``<out>/<device>-<date>.json`` and
+``.md`` the moment it exists; ``--budget`` stops the run at that many seconds (a row in flight is
+cut) and the results list what was not reached. Times are medians of ``triton.testing.do_bench``
+(CUDA events, after warm-up, so compilation and autotuning are not timed); peak extra memory is
+``max_memory_allocated`` above the inputs; rates and floors are of the *useful* work
+(``benchmarks.work``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import json
 import os
 import platform
 import re
+import signal
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,18 +36,17 @@ from pathlib import Path
 import torch
 
 if not torch.cuda.is_available():
-    # Without CUDA this script can only self-check at CPU sizes, with the fused kernels in the Triton
-    # interpreter, which must be chosen before `attngan_fast.kernels` is imported.
+    # Without CUDA the fused kernels run only through the Triton interpreter, which must be chosen
+    # before attngan_fast.kernels is imported.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from attngan_fast import kernels
-from benchmarks.cases import (BASELINES, CPU_ATTENTION, CPU_DAMSM, GPU_ATTENTION, GPU_DAMSM, MAX_AUTOTUNE, PROVIDERS,
-                              applies, attention_inputs, attention_provider, attention_work, compile_backend,
-                              damsm_inputs, damsm_provider, damsm_work, forward_backward)
-from benchmarks.launches import launched
+from attngan_fast import kernels  # noqa: E402
+from attngan_fast.kernels.testing import DTYPES, Check, checks, compare_with_float64, tolerance  # noqa: E402
+from benchmarks.cases import (CASES, PROVIDERS, applies, attention_inputs, attention_provider,  # noqa: E402
+                              attention_work, compile_backend, damsm_inputs, damsm_provider, damsm_work,
+                              forward_backward, not_applicable)
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
+PARTS = ("checks", "damsm", "attention", "train", "tuned", "loop")
 
 def timer(device: torch.device, quick: bool):
     """fn -> median milliseconds."""
@@ -76,20 +79,48 @@ def peak_extra_mb(fn, device: torch.device) -> float | None:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-OPS = {  # op -> (inputs, provider, work, indices of the differentiable inputs)
-    "damsm": (damsm_inputs, damsm_provider, damsm_work, (0, 2)),
-    "attention": (attention_inputs, attention_provider, attention_work, (0, 1)),
-}
+def launched(run):
+    """(run(), {kernel: launch configuration}) for the fused kernels ``run`` launched."""
+    from attngan_fast.kernels.attention import fused as attention_fused
+    from attngan_fast.kernels.damsm import fused as damsm_fused
+
+    for tuned in [*damsm_fused.KERNELS.values(), attention_fused._FWD, attention_fused._BWD]:
+        tuned.last_config = None
+    result = run()
+    return result, {name: config for name, config in kernels.chosen_configs().items() if config}
+
+
+# --------------------------------------------------------------------------------------------------
+# rows
+
+def check_rows(sizes: str) -> list[tuple[str, Check, str]]:
+    """(row id, check, precision) of every correctness check (``attngan_fast.kernels.testing.checks``)."""
+    return [(f"check {check.label} {precision}", check, precision) for check, precision in checks(sizes)]
+
+
+def check_row(check: Check, precision: str, device: torch.device) -> dict:
+    seed = int.from_bytes(os.urandom(4), "little")
+    with kernels.autotuning(False):
+        found, launch = launched(lambda: compare_with_float64(check, device, seed, precision))
+    tol = tolerance(check.dtype, precision)
+    errors = {name: (err if not problem else problem) for name, (err, problem) in found.items()}
+    ok = all(not problem and err <= tol for err, problem in found.values())
+    return {"op": check.op, "check": check.label, "precision": precision, "seed": seed, "tol": tol, "errors": errors,
+            "status": "pass" if ok else "FAIL", "launch": launch}
 
 
 def kernel_row(op: str, case, dtype_name: str, mode: str, provider: str, device: torch.device, measure,
                limits: dict | None = None) -> dict:
-    """One measured row: ``provider`` on ``case`` in ``mode`` ("fwd" or "fwd+bwd"); a provider that
-    cannot run (memory, compiler) gets an ``error`` instead of a time. ``measure=None`` runs it once
-    and times nothing (what the warm-up processes of ``benchmarks.gpu_quick`` do)."""
-    inputs_fn, provider_fn, work_fn, grad_at = OPS[op]
+    """One timed row: ``provider`` on ``case`` in ``mode`` ("fwd" or "fwd+bwd"). A provider that does not
+    apply says why; one that cannot run (memory, compiler) gets an ``error`` instead of a time."""
     dtype = DTYPES[dtype_name]
     row = {"op": op, "case": case.label, "dtype": dtype_name, "mode": mode, "provider": provider}
+    reason = not_applicable(op, provider, dtype, device)
+    if reason:
+        return {**row, "not_applicable": reason}
+    inputs_fn, provider_fn, work_fn, grad_at = (
+        (damsm_inputs, damsm_provider, damsm_work, (0, 2)) if op == "damsm" else
+        (attention_inputs, attention_provider, attention_work, (0, 1)))
     try:
         inputs = inputs_fn(case, device, dtype)
         fn = provider_fn(provider)
@@ -97,71 +128,38 @@ def kernel_row(op: str, case, dtype_name: str, mode: str, provider: str, device:
             run = (lambda f, i: lambda: f(*i))(fn, inputs)
         else:
             run = forward_backward(fn, inputs, tuple(inputs[i].requires_grad_() for i in grad_at))
-        if measure is None:
-            run()
-            return row
         _, launch = launched(run)  # the first call compiles (and on CUDA autotunes) outside the timing
         row["ms"] = measure(run)
         row["peak_extra_mb"] = peak_extra_mb(run, device)
         useful, executed = work_fn(case, torch.finfo(dtype).bits // 8, mode == "fwd+bwd")
-        row.update(useful_gflop=useful.flops / 1e9, useful_mb=useful.bytes / 1e6)
-        row["tflops"] = useful.flops / (row["ms"] * 1e-3) / 1e12
-        row["gbps"] = useful.bytes / (row["ms"] * 1e-3) / 1e9
+        row.update(useful_gflop=useful.flops / 1e9, useful_mb=useful.bytes / 1e6,
+                   tflops=useful.flops / (row["ms"] * 1e-3) / 1e12, gbps=useful.bytes / (row["ms"] * 1e-3) / 1e9)
         _floor(row, useful.flops, useful.bytes, limits)
         if provider.startswith("fused"):
-            row["launch"] = launch
-            # benchmarks.work counts the kernels at their default launch: exact for the untuned row
-            row.update(executed_gflop=executed.flops / 1e9, executed_mb=executed.bytes / 1e6,
-                       executed_at="default launch")
-    except Exception as err:  # a baseline that cannot run (memory, compiler) is recorded, not fatal
+            row.update(launch=launch, executed_gflop=executed.flops / 1e9, executed_mb=executed.bytes / 1e6)
+    except BudgetExceeded:
+        raise
+    except Exception as err:  # a baseline that cannot run is recorded, not fatal
         row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
 
 
-def provider_list(device: torch.device, model_sizes: bool) -> list[str]:
-    """Providers a run times: all on CUDA; on CPU neither max-autotune (~90 s a graph on the 2-core
-    CPU, for CPU kernels nobody ships) nor TF32 (a CUDA mode: the same graph as reference-compiled),
-    nor fused-untuned (nothing is autotuned without a GPU), nor fused at the model's sizes (the
-    interpreter takes minutes a call and is no speed)."""
-    if device.type == "cuda":
-        return list(PROVIDERS)
-    return [p for p in PROVIDERS if p not in ("reference-compiled-max-autotune", "reference-compiled-tf32", "fused-untuned")
-            and (p != "fused" or not model_sizes)]
-
-
-def _kernel_rows(op: str, cases, device, measure, rows: list, log, limits: dict | None, providers) -> None:
-    """Every case, dtype, mode and provider of ``op``, appended to ``rows``; ``log`` after each row."""
-    for case in cases:
-        for dtype_name, dtype in DTYPES.items():
-            for mode in ("fwd", "fwd+bwd"):
-                for provider in providers:
-                    if applies(provider, dtype):
-                        rows.append(kernel_row(op, case, dtype_name, mode, provider, device, measure, limits))
-                        log(rows[-1])
-
-
-def _add_ratios(rows: list[dict]) -> None:
-    """Speedup of each fused row (autotuned and untuned) over every other provider, and of the reference
-    over the released algorithm, per (op, case, dtype, mode)."""
-    groups: dict = {}
-    for row in rows:
-        groups.setdefault((row["op"], row["case"], row["dtype"], row["mode"]), {})[row["provider"]] = row
-    for group in groups.values():
-        reference, released = group.get("reference", {}), group.get("released", {})
-        if "ms" in reference and "ms" in released:
-            reference["speedup_vs"] = {"released": round(released["ms"] / reference["ms"], 2)}
-        for name in ("fused", "fused-untuned"):
-            fused = group.get(name)
-            if fused and "ms" in fused:
-                fused["speedup_vs"] = {other: round(r["ms"] / fused["ms"], 2) for other, r in group.items()
-                                       if other != name and "ms" in r}
+def tuned_row(op: str, case, dtype_name: str, device: torch.device, measure, limits) -> dict:
+    """The autotuned fused row, then its tuned launch against float64 at the same size."""
+    with kernels.autotuning(True):
+        row = kernel_row(op, case, dtype_name, "fwd+bwd", "fused", device, measure, limits)
+        shape = (case.batch, case.batch, case.dim, case.words, case.side ** 2) if op == "damsm" else (
+            case.batch, case.channels, case.side, case.words)
+        row["check"] = check_row(Check(op, shape, dtype_name), "auto", device)["errors"]
+    row["provider"] = "fused-tuned"
+    return row
 
 
 def train_row(variant: str, device: torch.device, measure) -> dict:
-    """One training step of ``variant`` (bird preset on CUDA, the tiny config elsewhere), compiled and
-    warmed up first; ``measure=None`` runs the warm-up step only."""
+    """One training step of ``variant`` (the bird preset on CUDA, a tiny config elsewhere), warmed up
+    first, and (where ``benchmarks.step_budget`` exists) the step's counted budget beside it."""
     from benchmarks.train_step import bird_config, build_step, random_batch, tiny_config
 
     cfg = tiny_config() if device.type != "cuda" else bird_config()
@@ -171,51 +169,45 @@ def train_row(variant: str, device: torch.device, measure) -> dict:
         torch._dynamo.reset()
         step, context = build_step(cfg, variant, device)
         batch = random_batch(cfg)
-        with context():
+        with context(), kernels.autotuning(False):
             step(batch)  # compile / warm up
-            if measure is None:
-                return row
             run = lambda: step(batch)  # noqa: E731
             row["ms"] = measure(run)
             row["peak_extra_mb"] = peak_extra_mb(run, device)
         row["steps_per_s"] = 1e3 / row["ms"]
-        row["images_per_s"] = cfg.gan.batch_size * row["steps_per_s"]
+    except BudgetExceeded:
+        raise
     except Exception as err:
         row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
     return row
 
 
-def _train_rows(device, measure, rows: list, log) -> None:
-    """One training step per variant, appended to ``rows``; ``log`` after each."""
-    from benchmarks.train_step import VARIANTS
-
-    for variant in VARIANTS:
-        rows.append(train_row(variant, device, measure))
-        log(rows[-1])
-
-
-def _add_train_ratios(rows: list[dict]) -> None:
-    """speed and peak memory of each variant against the released algorithm in fp32, eager."""
-    base = next((r for r in rows if r["variant"] == "released-fp32-eager" and "ms" in r), None)
-    if base:
-        for r in rows:
-            if "ms" in r:
-                r["speedup_vs_released"] = round(base["ms"] / r["ms"], 2)
-                if base.get("peak_extra_mb") and r.get("peak_extra_mb"):
-                    r["memory_vs_released"] = round(r["peak_extra_mb"] / base["peak_extra_mb"], 2)
+def loop_row(device: torch.device, out: Path, seconds: float) -> dict:
+    """The real training loop (``benchmarks.train_loop``) in a process of its own, within ``seconds``."""
+    try:
+        import nltk  # noqa: F401
+    except ImportError as err:
+        return {"op": "train_loop", "not_applicable": f"nltk is not importable ({err})"}
+    args = ["--out", str(out / "loop"), "--timeout", str(int(seconds))]
+    if device.type != "cuda":
+        args += ["--device", "cpu", "--tiny", "--variants", "off"]
+    done = subprocess.run([sys.executable, "-m", "benchmarks.train_loop", *args], capture_output=True, text=True)
+    found = sorted((out / "loop").glob("*-train-loop.json"))
+    if done.returncode or not found:
+        return {"op": "train_loop", "error": (done.stdout + done.stderr)[-500:]}
+    return {"op": "train_loop", "variants": json.loads(found[-1].read_text())["variants"]}
 
 
 def ceilings(device: torch.device, measure) -> dict | None:
-    """The device's two ceilings, measured here rather than taken from a datasheet: device-to-device copy
-    bandwidth (bytes read + written) and the matrix rate of the units each kernel precision uses (fp32
-    without tensor cores for ieee dots, tf32 and bf16 tensor cores)."""
+    """The device's two ceilings, measured here: device-to-device copy bandwidth (bytes read + written)
+    and the matrix rate of the units each precision uses (fp32 FMA, tf32 and bf16 tensor cores)."""
     if device.type != "cuda":
         return None
     n = 1 << 28  # 1 GiB of fp32: many times the L2
     src = torch.randn(n, device=device)
     dst = torch.empty_like(src)
     copy_ms = measure(lambda: dst.copy_(src))
-    del src, dst
+    src = dst = None  # free the 2 GiB before the matmuls
     out = {"copy_gbps": round(2 * n * 4 / (copy_ms * 1e-3) / 1e9, 1)}
     size = 8192
     for name, dtype, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True), ("bf16", torch.bfloat16, False)):
@@ -233,11 +225,11 @@ def ceilings(device: torch.device, measure) -> dict | None:
 
 
 def _floor(row: dict, flops: float, moved: float, limits: dict | None) -> None:
-    """Adds the roofline floor of a kernel row (the larger of its useful FLOPs over the matrix rate its
-    dots use and its useful bytes over the copy bandwidth), what bounds it, and the fraction achieved."""
+    """The roofline floor of a row (the larger of its useful FLOPs over the matrix rate and its useful
+    bytes over the copy bandwidth), what bounds it, and the fraction achieved."""
     if not limits:
         return
-    rate = limits["fp32_tflops"] if row["dtype"] == "fp32" else limits["tf32_tflops"]  # bf16 inputs: tf32 dots
+    rate = limits["fp32_tflops"] if row["dtype"] == "fp32" else limits["bf16_tflops"]
     compute_ms = flops / (rate * 1e12) * 1e3
     memory_ms = moved / (limits["copy_gbps"] * 1e9) * 1e3
     row["floor_ms"] = max(compute_ms, memory_ms)
@@ -245,8 +237,105 @@ def _floor(row: dict, flops: float, moved: float, limits: dict | None) -> None:
     row["of_floor"] = round(row["floor_ms"] / row["ms"], 3)
 
 
+# --------------------------------------------------------------------------------------------------
+# the run: a plan of rows in priority order, a budget, results written row by row
+
+def untuned(fn, *args):
+    """fn(*args) with the fused kernels at their fixed default launch (the tables' "fused" rows)."""
+    with kernels.autotuning(False):
+        return fn(*args)
+
+
+class BudgetExceeded(Exception):
+    """Raised inside a row when ``--budget`` runs out."""
+
+
+def plan(parts, sizes: str, device: torch.device, measure, out: Path, report: dict) -> list[tuple[str, str, object]]:
+    """(part, row id, thunk) of every row the run will measure, in order."""
+    rows = []
+    for part in parts:
+        if part == "checks":
+            rows += [("checks", row_id, (lambda c, p: lambda: check_row(c, p, device))(check, precision))
+                     for row_id, check, precision in check_rows(sizes)]
+        elif part in ("damsm", "attention"):
+            for case in CASES[sizes][part]:
+                for dtype in ("fp32", "bf16"):
+                    for mode in ("fwd", "fwd+bwd"):
+                        for provider in PROVIDERS[part]:
+                            if applies(provider, DTYPES[dtype]):
+                                rows.append((part, f"{part} {case.label} {dtype} {mode} {provider}",
+                                             (lambda *a: lambda: untuned(kernel_row, *a, device, measure,
+                                                                         report["ceilings"]))(
+                                                 part, case, dtype, mode, provider)))
+        elif part == "train":
+            from benchmarks.train_step import VARIANTS
+
+            rows += [("train", f"train {v}", (lambda v: lambda: train_row(v, device, measure))(v)) for v in VARIANTS]
+        elif part == "tuned":
+            for op in ("damsm", "attention"):
+                for dtype in ("fp32", "bf16"):
+                    case = CASES[sizes][op][0]
+                    rows.append(("tuned", f"tuned {op} {case.label} {dtype}",
+                                 (lambda *a: lambda: tuned_row(*a, device, measure, report["ceilings"]))(op, case, dtype)))
+        elif part == "loop":
+            rows.append(("loop", "loop", lambda: loop_row(device, out, max(60.0, report["left_s"]))))
+    return rows
+
+
+def run(parts, sizes: str, device: torch.device, measure, out: Path, report: dict, budget: float | None,
+        log=print) -> None:
+    """Measures the planned rows into ``report`` (saved after each), within ``budget`` seconds."""
+    started = time.time()
+    deadline = started + budget if budget else float("inf")
+
+    def expired(*_):
+        raise BudgetExceeded
+
+    previous = signal.signal(signal.SIGALRM, expired) if budget else None
+    if budget:
+        signal.setitimer(signal.ITIMER_REAL, budget)
+    try:
+        if any(p in parts for p in ("damsm", "attention", "tuned")) and report.get("ceilings") is None:
+            report["ceilings"] = ceilings(device, measure)
+        rows = plan(parts, sizes, device, measure, out, report)
+        for n, (part, row_id, thunk) in enumerate(rows):
+            report["left_s"] = deadline - time.time()
+            try:
+                row = thunk()
+            except BudgetExceeded:
+                report["not_reached"] = [f"{row_id} (cut by the budget)"] + [i for _, i, _ in rows[n + 1:]]
+                break
+            report["rows"].append({"part": part, "id": row_id, **row})
+            log(f"[{time.time() - started:7.1f}s] {_row_line(report['rows'][-1])}")
+            save(report, out)
+    except BudgetExceeded:  # during the ceilings or the plan
+        report["not_reached"] = [f"{p} (the budget ran out before its rows)" for p in parts]
+    finally:
+        if budget:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+    report.pop("left_s", None)
+    report["seconds"] = round(time.time() - started, 1)
+    save(report, out)
+
+
+def _row_line(row: dict) -> str:
+    if "not_applicable" in row:
+        return f"{row['id']}: not applicable ({row['not_applicable']})"
+    if "error" in row:
+        return f"{row['id']}: ERROR {row['error']}"
+    if row["part"] == "checks":
+        return f"{row['id']}: {row['status']} " + " ".join(f"{k} {v:.1e}" if isinstance(v, float) else f"{k} {v}"
+                                                            for k, v in row["errors"].items())
+    if "ms" in row:
+        return f"{row['id']}: {row['ms']:.3f} ms"
+    return f"{row['id']}: done"
+
+
+# --------------------------------------------------------------------------------------------------
+# results files
+
 def _cpu_name() -> str:
-    """'cpu (<model>, <n> cores)': the model from /proc/cpuinfo where there is one."""
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -272,216 +361,136 @@ def environment(device: torch.device) -> dict:
     return info
 
 
-def _of_floor(row: dict) -> str:
-    return f"{100 * row['of_floor']:.0f}% ({row['bound']})" if "of_floor" in row else "-"
-
-
-def markdown(report: dict) -> str:
-    env = report["environment"]
-    lines = [f"# Benchmarks on {env['device']} ({report['date']})", "",
-             f"torch {env['torch']}, triton {env['triton']}, python {env['python']}. Commands: "
-             + ", ".join(f"{part}: `{c}` ({report['seconds'].get(part, '?')} s)" for part, c in report["commands"].items()),
-             "", "Median times (ms); speedup = baseline time / fused time in the same run." if any(
-                 r["provider"] == "fused" for r in report["kernels"]) or report["train"] else
-             "Median times (ms) of the baselines, measured side by side; the fused kernels are not timed here "
-             "(without a GPU only the Triton interpreter runs them)."]
-    limits = report.get("ceilings")
-    if limits:
-        lines += [f"Ceilings measured in this run: copy {limits['copy_gbps']:.0f} GB/s (read + write), matrix rate "
-                  f"fp32 {limits['fp32_tflops']} / tf32 {limits['tf32_tflops']} / bf16 {limits['bf16_tflops']} TFLOP/s. "
-                  "Floor = max(useful FLOPs / the rate of the dots used (fp32 inputs: fp32; bf16 inputs: tf32), "
-                  "useful bytes / copy bandwidth); '% of floor' = floor / time."]
-    lines.append("")
-    for op in ("damsm", "attention"):
-        rows = [r for r in report["kernels"] if r["op"] == op]
-        if not rows:
-            continue
-        lines += [f"## {'DAMSM word scores' if op == 'damsm' else 'F_attn word attention'}", ""]
-        if not any(r["provider"].startswith("fused") for r in rows):
-            lines += _baseline_table(rows)
-            continue
-        lines += _kernel_table(rows)
-        tuned = sorted({f"{r['provider']} {r['dtype']}: {name}: {config}" for r in rows if r["provider"].startswith("fused")
-                        for name, config in r.get("launch", {}).items()})
-        if tuned:
-            lines += ["Launch configurations of the fused kernels (fused: autotuned per dtype and model size on "
-                      "CUDA; fused untuned: the fixed defaults):", ""]
-            lines += [f"- {entry}" for entry in tuned] + [""]
-    if report["train"]:
-        lines += ["## One training step (D steps + G step with the DAMSM loss)", "",
-                  "| case | variant | ms | steps/s | images/s | peak MB | speedup vs released | memory vs released |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for r in report["train"]:
-            if "ms" not in r:
-                lines.append(f"| {r['case']} | {r['variant']} | error: {r['error']} | | | | | |")
-                continue
-            peak = r.get("peak_extra_mb")
-            lines.append(f"| {r['case']} | {r['variant']} | {r['ms']:.1f} | {r['steps_per_s']:.2f} | "
-                         f"{r['images_per_s']:.1f} | {'-' if peak is None else f'{peak:.0f}'} | "
-                         f"{r.get('speedup_vs_released', '-')}x | {r.get('memory_vs_released', '-')} |")
-    return "\n".join(lines) + "\n"
-
-
-KERNEL_COLUMNS = (("released", "released"), ("reference", "reference"), ("reference-compiled", "compiled"),
-                  ("reference-compiled-max-autotune", "compiled max-autotune"), ("reference-compiled-tf32", "compiled tf32"),
-                  ("fused-untuned", "fused untuned"), ("fused", "fused"))
-COMPILED = tuple(p for p in BASELINES if p.startswith("reference-compiled"))
-
-
-def _ratio(value) -> str:
-    return f"{value:.2f}x" if isinstance(value, (int, float)) else "-"
-
-
-def _kernel_table(rows: list[dict]) -> list[str]:
-    """One line per (case, dtype, mode): every provider's time, the useful work and what the fused
-    kernels execute, and the best fused row's rate, floor fraction, memory and speedups."""
-    names = [title for _, title in KERNEL_COLUMNS]
-    lines = ["TFLOP/s, GB/s and % of floor are of the **useful** work (the math at the true sizes, "
-             "`benchmarks/work.py`); *executed* is what the fused kernels run at their default launch (padded "
-             "tiles, recomputed passes) and its ratio to the useful work. Best fused = fused if it ran, else "
-             "fused untuned; best compiled = the fastest compiled variant.", "",
-             "| case | dtype | mode | " + " | ".join(f"{n} ms" for n in names) + " | useful GFLOP | useful MB | "
-             "executed GFLOP (x useful) | executed MB (x useful) | best fused TFLOP/s | GB/s | % of floor (bound) | "
-             "peak MB | best fused speedup vs released / reference / compiled / best compiled |",
-             "| " + " | ".join(["---"] * (3 + len(names) + 9)) + " |"]
-    groups: dict = {}
-    for r in rows:
-        groups.setdefault((r["case"], r["dtype"], r["mode"]), {})[r["provider"]] = r
-    for (case, dtype, mode), g in groups.items():
-        def cell(p):
-            return "-" if p not in g else f"{g[p]['ms']:.3f}" if "ms" in g[p] else "err"
-
-        best = next((g[p] for p in ("fused", "fused-untuned") if "ms" in g.get(p, {})), {})
-        any_row = next((r for r in g.values() if "useful_gflop" in r), {})
-        executed = next((g[p] for p in ("fused-untuned", "fused") if "executed_gflop" in g.get(p, {})), {})
-        work = "- | -" if not executed else (
-            f"{executed['executed_gflop']:.2f} ({executed['executed_gflop'] / executed['useful_gflop']:.2f}x) | "
-            f"{executed['executed_mb']:.1f} ({executed['executed_mb'] / executed['useful_mb']:.2f}x)")
-        sp = best.get("speedup_vs", {})
-        compiled = [g[p]["ms"] for p in COMPILED if "ms" in g.get(p, {})]
-        vs_best = _ratio(min(compiled) / best["ms"]) if compiled and best else "-"
-        peak = best.get("peak_extra_mb")
-        useful = (f"{any_row['useful_gflop']:.2f} | {any_row['useful_mb']:.1f}" if any_row else "- | -")
-        rate = (f"{best['tflops']:.2f} | {best['gbps']:.0f} | {_of_floor(best)}" if best else "- | - | -")
-        lines.append(f"| {case} | {dtype} | {mode} | " + " | ".join(cell(p) for p, _ in KERNEL_COLUMNS) +
-                     f" | {useful} | {work} | {rate} | {'-' if peak is None else f'{peak:.1f}'} | "
-                     f"{_ratio(sp.get('released'))} / {_ratio(sp.get('reference'))} / "
-                     f"{_ratio(sp.get('reference-compiled'))} / {vs_best} |")
-    return lines + [""]
-
-
-def _baseline_table(rows: list[dict]) -> list[str]:
-    """The table of a run without the fused kernels (CPU at the model's sizes): the baselines and their
-    ratios."""
-    lines = ["| case | dtype | mode | released ms | reference ms | ref. compiled ms | reference GFLOP/s (useful) | "
-             "reference vs released | compiled vs reference |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    groups: dict = {}
-    for r in rows:
-        groups.setdefault((r["case"], r["dtype"], r["mode"]), {})[r["provider"]] = r
-    for (case, dtype, mode), g in groups.items():
-        ms = {p: g[p]["ms"] for p in ("released", "reference", "reference-compiled") if "ms" in g.get(p, {})}
-        cell = lambda p: f"{ms[p]:.1f}" if p in ms else "err" if p in g else "-"  # noqa: E731
-        ratio = lambda a, b: f"{ms[a] / ms[b]:.2f}x" if a in ms and b in ms else "-"  # noqa: E731
-        gflops = f"{1e3 * g['reference']['tflops']:.1f}" if "reference" in ms else "-"
-        lines.append(f"| {case} | {dtype} | {mode} | {cell('released')} | {cell('reference')} | "
-                     f"{cell('reference-compiled')} | {gflops} | {ratio('released', 'reference')} | "
-                     f"{ratio('reference', 'reference-compiled')} |")
-    return lines + [""]
-
-
-PARTS = ("damsm", "attention", "train")
-
-
-def _results_stem(report: dict) -> str:
-    """<device>-<date>, and -small for the CPU self-check's sizes (so they never mix with real ones)."""
+def results_stem(report: dict) -> str:
+    """<device>-<date>, -small for toy sizes (so they never mix with the model's)."""
     stem = re.sub(r"[^A-Za-z0-9]+", "-", report["environment"]["device"]).strip("-").lower() + "-" + report["date"]
     return stem + ("-small" if report.get("sizes") == "small" else "")
 
 
-def _previous_report(path: Path, report: dict) -> dict | None:
-    """The results file of an earlier part run today on the same device and versions, to add to."""
-    if not path.exists():
-        return None
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return old if old.get("environment") == report["environment"] else None
-
-
-def _save(report: dict, out: Path) -> Path:
-    """Writes the JSON (atomically) and the markdown table, ratios brought up to date."""
-    _add_ratios(report["kernels"])
-    _add_train_ratios(report["train"])
+def save(report: dict, out: Path) -> Path:
+    """The JSON (atomically) and the markdown tables."""
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / _results_stem(report)
+    stem = out / results_stem(report)
     tmp = stem.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
+    tmp.write_text(json.dumps(report, indent=1, default=str))
     tmp.replace(stem.with_suffix(".json"))
     stem.with_suffix(".md").write_text(markdown(report))
     return stem
 
 
+def _ms(row: dict | None) -> str:
+    if row is None:
+        return "-"
+    return f"{row['ms']:.3f}" if "ms" in row else "n/a" if "not_applicable" in row else "err"
+
+
+def markdown(report: dict) -> str:
+    env = report["environment"]
+    lines = [f"# Benchmarks on {env['device']} ({report['date']})", "",
+             f"torch {env['torch']}, triton {env['triton']}, python {env['python']}; sizes: {report['sizes']}. "
+             f"Command: `{report['command']}` ({report.get('seconds', '?')} s).", ""]
+    limits = report.get("ceilings")
+    if limits:
+        lines += [f"Ceilings measured in this run: copy {limits['copy_gbps']:.0f} GB/s (read + write), matrix rate fp32 "
+                  f"{limits['fp32_tflops']} / tf32 {limits['tf32_tflops']} / bf16 {limits['bf16_tflops']} TFLOP/s. "
+                  "Floor = max(useful FLOPs / rate, useful bytes / copy bandwidth).", ""]
+    rows = report["rows"]
+    checks = [r for r in rows if r["part"] == "checks"]
+    if checks:
+        failed = [r for r in checks if r.get("status") != "pass"]
+        lines += ["## Compiled correctness against float64", "",
+                  f"{len(checks) - len(failed)} of {len(checks)} checks pass (every output and gradient within its "
+                  "dtype's tolerance, `attngan_fast.kernels.testing`).", "",
+                  "| check | precision | errors (relative) | tolerance | result |", "| --- | --- | --- | --- | --- |"]
+        for r in checks:
+            errors = ", ".join(f"{k} {v:.1e}" if isinstance(v, float) else f"{k} {v}" for k, v in r.get("errors", {}).items())
+            lines.append(f"| {r.get('check', r['id'])} | {r.get('precision', '')} | {errors or r.get('error', '')} | "
+                         f"{r.get('tol', '')} | {r.get('status', 'error')} |")
+        lines.append("")
+    for op, title in (("damsm", "DAMSM word scores"), ("attention", "F_attn word attention")):
+        lines += _kernel_table([r for r in rows if r["part"] in (op, "tuned") and r.get("op") == op], op, title)
+    train = [r for r in rows if r["part"] == "train"]
+    if train:
+        base = next((r for r in train if r["variant"] == "released-fp32-eager" and "ms" in r), None)
+        lines += ["## One training step (every D, then G with λ·DAMSM)", "",
+                  "| case | variant | ms | steps/s | peak MB | speedup vs released fp32 eager |", "| --- | --- | --- | --- | --- | --- |"]
+        for r in train:
+            if "ms" not in r:
+                lines.append(f"| {r['case']} | {r['variant']} | {r.get('error', '')} | | | |")
+                continue
+            peak = r.get("peak_extra_mb")
+            speedup = f"{base['ms'] / r['ms']:.2f}x" if base else "-"
+            lines.append(f"| {r['case']} | {r['variant']} | {r['ms']:.1f} | {r['steps_per_s']:.2f} | "
+                         f"{'-' if peak is None else f'{peak:.0f}'} | {speedup} |")
+        lines.append("")
+    if report.get("not_reached"):
+        lines += ["## Not reached", "", *[f"- {i}" for i in report["not_reached"]], ""]
+    return "\n".join(lines) + "\n"
+
+
+def _kernel_table(rows: list[dict], op: str, title: str) -> list[str]:
+    """Per (case, dtype, mode): every provider's time, the best baseline and the fused kernels' ratio
+    to it, useful and executed work, the fused rate against the floor."""
+    if not rows:
+        return []
+    providers = [p for p in (*PROVIDERS[op], "fused-tuned") if any(r["provider"] == p for r in rows)]
+    lines = [f"## {title}", "", "Median ms; *best baseline* is the fastest row that is not ours-fused; ratios are "
+             "its time over the fused time (untuned defaults, and autotuned where measured); work is the useful "
+             "math at the true sizes and what the fused kernels execute (`benchmarks/work.py`).", "",
+             "| case | dtype | mode | " + " | ".join(providers) + " | best baseline | fused / tuned vs best | "
+             "useful GFLOP, MB | executed GFLOP, MB | fused % of floor |",
+             "| " + " | ".join(["---"] * (8 + len(providers))) + " |"]
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["case"], r["dtype"], r["mode"]), {})[r["provider"]] = r
+    for (case, dtype, mode), g in groups.items():
+        baselines = {p: r for p, r in g.items() if not p.startswith("fused") and "ms" in r}
+        best = min(baselines, key=lambda p: baselines[p]["ms"]) if baselines else None
+        ratios = " / ".join(f"{baselines[best]['ms'] / g[p]['ms']:.2f}x" if best and "ms" in g.get(p, {}) else "-"
+                            for p in ("fused", "fused-tuned"))
+        fused = g.get("fused", {})
+        useful = next((f"{r['useful_gflop']:.3g}, {r['useful_mb']:.3g}" for r in g.values() if "useful_gflop" in r), "-")
+        executed = f"{fused['executed_gflop']:.3g}, {fused['executed_mb']:.3g}" if "executed_gflop" in fused else "-"
+        floor = f"{100 * fused['of_floor']:.0f}% ({fused['bound']})" if "of_floor" in fused else "-"
+        lines.append(f"| {case} | {dtype} | {mode} | " + " | ".join(_ms(g.get(p)) for p in providers) +
+                     f" | {best or '-'} | {ratios} | {useful} | {executed} | {floor} |")
+    reasons = sorted({f"{r['provider']}: {r['not_applicable']}" for r in rows if "not_applicable" in r})
+    return lines + [""] + [f"- n/a {reason}" for reason in reasons] + ([""] if reasons else [])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (a self-check at CPU sizes)")
-    parser.add_argument("--only", choices=["kernels", *PARTS],
-                        help="run one part only (kernels = damsm + attention); parts run on the same day and "
-                             "device add up in one results file")
-    parser.add_argument("--sizes", choices=["auto", "model"], default="auto",
-                        help="kernel sizes: auto = the model's on CUDA, small ones on CPU; model = the model's "
-                             "anywhere (on CPU without the fused kernels, which only the Triton interpreter "
-                             "runs there: a check, not a speed)")
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    parser.add_argument("--out", default="benchmarks/results", help="folder for the results files")
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (the fused rows then run through "
+                                                         "the Triton interpreter: a check of the path, not a speed)")
+    parser.add_argument("--sizes", choices=["model", "small"], help="model (default on CUDA) or small (toy sizes, "
+                                                                    "the default on CPU)")
+    parser.add_argument("--only", nargs="+", choices=PARTS, help=f"these parts only (default: all, in the order {PARTS})")
+    parser.add_argument("--budget", type=float, metavar="SECONDS", help="stop cleanly after this many seconds")
+    parser.add_argument("--quick", action="store_true", help="fewer timing repetitions")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for the results files")
     parser.add_argument("--compile-backend", default="inductor",
-                        help="torch.compile backend of the compiled rows (inductor; aot_eager for a quick CPU self-check)")
+                        help="torch.compile backend of the compiled rows (aot_eager for a quick CPU check of the path)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("benchmarks.gpu: no CUDA device; use --device cpu for a self-check", file=sys.stderr)
-        return 2
-    measure = timer(device, args.quick)
-    started = time.time()
-
-    gpu = device.type == "cuda"
-    model_sizes = gpu or args.sizes == "model"
-    providers = provider_list(device, model_sizes)
-    parts = PARTS if args.only is None else ("damsm", "attention") if args.only == "kernels" else (args.only,)
-    command = "python -m benchmarks.gpu " + " ".join(sys.argv[1:] if argv is None else argv)
-    report = {"date": datetime.date.today().isoformat(), "environment": environment(device),
-              "sizes": "model" if model_sizes else "small",
-              "commands": {}, "seconds": {}, "kernels": [], "train": []}
-    out = Path(args.out)
-    report = _previous_report(out / f"{_results_stem(report)}.json", report) or report
-
-    def log(row):
-        """Prints the row and saves the results so far: a part that overruns its time loses one row."""
-        what = row.get("provider") or row.get("variant")
-        value = f"{row['ms']:.3f} ms" if "ms" in row else row.get("error")
-        print(f"[{time.time() - started:6.1f}s] {row['op']:10s} {row['case']:32s} {row.get('dtype', ''):4s} "
-              f"{row.get('mode', ''):7s} {what:24s} {value}", flush=True)
-        _save(report, out)
-
+        parser.error("no CUDA device here; --device cpu runs the path at toy sizes")
+    if args.budget is not None and args.budget <= 0:
+        parser.error(f"--budget must be a positive number of seconds, got {args.budget}")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out must be a folder, {args.out} is a file")
+    sizes = args.sizes or ("model" if device.type == "cuda" else "small")
+    parts = [p for p in PARTS if p in (args.only or PARTS)]
+    report = {"date": datetime.date.today().isoformat(), "environment": environment(device), "sizes": sizes,
+              "command": "python -m benchmarks.gpu " + " ".join(sys.argv[1:] if argv is None else argv),
+              "parts": parts, "ceilings": None, "rows": [], "not_reached": []}
     with compile_backend(args.compile_backend):
-        for part in parts:
-            part_start = time.time()
-            report["commands"][part] = command
-            if part == "train":
-                report["train"] = []
-                _train_rows(device, measure, report["train"], log)
-            else:
-                cases = (GPU_DAMSM if model_sizes else CPU_DAMSM) if part == "damsm" else (
-                    GPU_ATTENTION if model_sizes else CPU_ATTENTION)
-                report["kernels"] = [r for r in report["kernels"] if r["op"] != part]
-                if "ceilings" not in report or report["ceilings"] is None:
-                    report["ceilings"] = ceilings(device, measure)
-                _kernel_rows(part, cases, device, measure, report["kernels"], log, report["ceilings"], providers)
-            report["seconds"][part] = round(time.time() - part_start, 1)
-            stem = _save(report, out)
-    print(markdown(report))
-    print(f"wrote {stem}.json and .md in {time.time() - started:.1f} s")
-    return 0
+        run(parts, sizes, device, timer(device, args.quick), args.out, report, args.budget)
+    stem = save(report, args.out)
+    failed = [r["id"] for r in report["rows"] if r.get("status") == "FAIL"]
+    print(f"wrote {stem}.json and .md in {report['seconds']} s; {len(report['rows'])} rows"
+          + (f"; not reached: {len(report['not_reached'])} (listed there)" if report["not_reached"] else "")
+          + (f"; FAILED checks: {failed}" if failed else ""))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

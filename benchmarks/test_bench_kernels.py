@@ -1,4 +1,4 @@
-"""pytest-benchmark suites for the two fused ops against their baselines (DESIGN.md §6).
+"""pytest-benchmark suites for the two fused ops against their baselines (docs/design.md §6).
 
 CPU sizes in CI (benchmarks disabled: each case runs once, as a smoke test; the fused provider then
 runs through the Triton interpreter); the real sizes on a GPU:
@@ -11,26 +11,21 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attngan_fast import kernels
-from benchmarks.cases import (CPU_ATTENTION, CPU_DAMSM, GPU_ATTENTION, GPU_DAMSM, PROVIDERS, applies, attention_inputs,
-                              attention_provider, damsm_inputs, damsm_provider, forward_backward)
+from benchmarks.cases import (CASES, PROVIDERS, applies, attention_inputs, attention_provider, damsm_inputs,
+                              damsm_provider, forward_backward, not_applicable)
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
-DAMSM_CASES = GPU_DAMSM if CUDA else CPU_DAMSM
-ATTENTION_CASES = GPU_ATTENTION if CUDA else CPU_ATTENTION
+SIZES = CASES["model" if CUDA else "small"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def _skip(provider: str, dtype: str) -> None:
+def _skip(op: str, provider: str, dtype: str) -> None:
     if not applies(provider, DTYPES[dtype]):
         pytest.skip(f"{provider} has no {dtype} rows")
-    if provider in ("reference-compiled-max-autotune", "reference-compiled-tf32") and not CUDA:
-        pytest.skip("a CUDA variant (max-autotune on CPU takes ~90 s a graph; TF32 is a CUDA matmul mode)")
-    if provider.startswith("fused") and not CUDA and not kernels.interpreter_active():
-        pytest.skip("the fused kernels need a GPU or the Triton interpreter")
-    if provider == "fused-untuned" and not CUDA:
-        pytest.skip("without a GPU nothing is autotuned: the same as 'fused'")
+    reason = not_applicable(op, provider, DTYPES[dtype], DEVICE)
+    if reason:
+        pytest.skip(reason)
 
 
 def _sync(result):
@@ -41,10 +36,10 @@ def _sync(result):
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
-@pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize("case", DAMSM_CASES, ids=lambda c: c.label)
+@pytest.mark.parametrize("provider", PROVIDERS["damsm"])
+@pytest.mark.parametrize("case", SIZES["damsm"], ids=lambda c: c.label)
 def test_damsm_word_scores(benchmark, case, provider, mode, dtype):
-    _skip(provider, dtype)
+    _skip("damsm", provider, dtype)
     words, cap_lens, regions = damsm_inputs(case, DEVICE, DTYPES[dtype])
     fn = damsm_provider(provider)
     if mode == "fwd":
@@ -59,10 +54,10 @@ def test_damsm_word_scores(benchmark, case, provider, mode, dtype):
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
-@pytest.mark.parametrize("provider", PROVIDERS)
-@pytest.mark.parametrize("case", ATTENTION_CASES, ids=lambda c: c.label)
+@pytest.mark.parametrize("provider", PROVIDERS["attention"])
+@pytest.mark.parametrize("case", SIZES["attention"], ids=lambda c: c.label)
 def test_word_attention(benchmark, case, provider, mode, dtype):
-    _skip(provider, dtype)
+    _skip("attention", provider, dtype)
     query, context, word_mask = attention_inputs(case, DEVICE, DTYPES[dtype])
     fn = attention_provider(provider)
     if mode == "fwd":

@@ -2,8 +2,7 @@
 on the bird preset with ``--amp bf16 --compile`` against ``--amp off`` (a few hundred steps each).
 
     python -m benchmarks.train_loop                     # GPU: synthetic birds at 256 px, bird preset
-    python -m benchmarks.train_loop --device cpu --config synthetic --steps 6 --log-every 2 \\
-        --images 48 --size 32 --variants off,bf16 --set gan.stages=2 ...   # a self-check (tests)
+    python -m benchmarks.train_loop --device cpu --tiny   # the path at toy sizes on CPU (a check, no speed)
 
 Unlike ``python -m benchmarks.gpu --only train`` (one step, repeated on a fixed batch), this runs the
 whole loop a user runs: data loading with workers, the frozen DAMSM, EMA, logging, checkpoints. Each
@@ -32,7 +31,13 @@ from pathlib import Path
 import torch
 
 from attngan_fast.config import load_config
-from benchmarks.gpu import _results_stem, environment
+from benchmarks.gpu import environment, results_stem
+
+# --tiny: the synthetic preset shrunk to toy sizes (CPU checks of the path)
+TINY = ["gan.stages=2", "gan.base_size=16", "gan.gf_dim=4", "gan.df_dim=4", "gan.r_num=1", "gan.batch_size=8",
+        "text_encoder.hidden_dim=16", "data.image_size=32", "damsm.batch_size=8", "runtime.eval_batches=1",
+        "data.workers=0"]
+TINY_ARGS = dict(config="synthetic", steps=3, log_every=1, images=16, size=32, damsm_steps=1)
 
 VARIANTS = {
     "off": ["--amp", "off"],
@@ -73,7 +78,7 @@ def _save(report: dict, out: Path) -> None:
             if base.get("peak_memory_mb") and r.get("peak_memory_mb"):
                 r["memory_vs_off"] = round(r["peak_memory_mb"] / base["peak_memory_mb"], 2)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{_results_stem(report)}-train-loop"
+    stem = out / f"{results_stem(report)}-train-loop"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
     stem.with_suffix(".md").write_text(markdown(report))
 
@@ -115,7 +120,11 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="data and runs (reused if present; default: in the system's temporary folder)")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--timeout", type=float, default=540, help="seconds for the whole benchmark")
+    parser.add_argument("--tiny", action="store_true", help="toy sizes (the synthetic preset shrunk): a check of "
+                                                            "the path on CPU")
     args = parser.parse_args(argv)
+    if args.tiny:
+        vars(args).update(TINY_ARGS, set=TINY + args.set)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:

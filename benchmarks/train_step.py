@@ -1,5 +1,5 @@
 """One full AttnGAN training step (every D, then G with λ·DAMSM and KL; the production ``GanStep``)
-for the variants of DESIGN.md §6, on a fixed random batch.
+for the variants of docs/design.md §6, on a fixed random batch.
 
 ``released-fp32-eager`` swaps in the release's algorithms: F_attn by flatten/bmm/repeated mask and
 the DAMSM word score by the per-caption Python loop with host syncs, and torch's default Adam (ours: fused).

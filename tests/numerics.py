@@ -1,5 +1,6 @@
-"""Shared numerics for the kernel tests: tolerances by dtype and a relative-error check that never
-lets NaN pass."""
+"""The kernel tests' pytest helpers. Tolerances, relative errors and random inputs live in one
+importable module, ``attngan_fast.kernels.testing``, which the GPU benchmark uses too; they are
+re-exported here for the tests' imports."""
 
 from __future__ import annotations
 
@@ -7,43 +8,14 @@ import pytest
 import torch
 
 from attngan_fast import kernels
-# ‖out − ref‖ / ‖ref‖ against a float64 computation on the same (rounded) inputs.
-TOLERANCE = {
-    "fp32": 1e-5,  # fp32 with ieee dots (and the interpreter, which computes in fp32 numpy)
-    "tf32": 2e-3,
-    "bf16": 2e-2,
-    "fp16": 2e-2,
-}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from attngan_fast.kernels.testing import DTYPES, TOLERANCE, assert_rel, quantize, rel_err
+
+__all__ = ["DTYPES", "IMPLS", "TOLERANCE", "assert_rel", "loss_and_grads", "needs_interpreter", "quantize", "rel_err"]
 
 needs_interpreter = pytest.mark.skipif(
     not kernels.interpreter_active(), reason="Triton on CPU tensors needs TRITON_INTERPRET=1 (set without CUDA)"
 )
 IMPLS = ["reference", pytest.param("triton", marks=needs_interpreter)]
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor, floor: float = 0.0) -> float:
-    """‖out − ref‖ / max(‖ref‖, floor). ``floor`` is for gradients that vanish (saturated softmaxes):
-    there the error is measured against the gradient's natural scale instead of against ~0."""
-    out = out.detach().to(torch.float64).cpu()
-    ref = ref.detach().to(torch.float64).cpu()
-    assert out.shape == ref.shape, f"shape {tuple(out.shape)} != {tuple(ref.shape)}"
-    assert torch.isfinite(out).all(), f"non-finite values in output: {int((~torch.isfinite(out)).sum())} of {out.numel()}"
-    scale = max(float(torch.linalg.vector_norm(ref)), floor)
-    diff = float(torch.linalg.vector_norm(out - ref))
-    return diff / scale if scale > 0 else diff
-
-
-def assert_rel(out: torch.Tensor, ref: torch.Tensor, tol: float, what: str, floor: float = 0.0) -> None:
-    err = rel_err(out, ref, floor)
-    assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e}"
-
-
-def quantize(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x in ``dtype``, the same values in float64): the float64 reference sees exactly the inputs the
-    kernel sees, so only the kernel's own rounding is measured."""
-    low = x.to(dtype)
-    return low, low.to(torch.float64)
 
 
 def loss_and_grads(fn, *leaves: torch.Tensor, autocast: bool = False) -> list[torch.Tensor]:

@@ -18,6 +18,7 @@ from attngan_fast.kernels import damsm_word_scores, damsm_word_scores_ref, word_
 from attngan_fast.kernels._tuning import LaunchConfig
 from attngan_fast.kernels.attention import word_attention_ref_backward
 from attngan_fast.kernels.damsm import damsm_word_scores_ref_backward
+from attngan_fast.kernels import testing
 from numerics import TOLERANCE, assert_rel
 
 pytestmark = [
@@ -35,41 +36,25 @@ def pinned_launch_configs():
         yield
 
 
-# (label, input dtype, tl.dot precision for fp32 operands)
-PRECISIONS = [
-    ("fp32", torch.float32, "auto"),  # bf16x3: the default for fp32 inputs
-    ("fp32", torch.float32, "ieee"),
-    ("tf32", torch.float32, "tf32"),
-    ("bf16", torch.bfloat16, "auto"),
-    ("fp16", torch.float16, "auto"),
-]
-
-
 def _damsm_inputs(b_img, b_cap, dim, max_len, side, dtype):
-    """words (B_cap, D, T), lengths, regions (B_img, D, side, side)."""
-    scale = dim ** -0.25
-    words = (torch.randn(b_cap, dim, max_len, device="cuda") * scale).to(dtype)
-    regions = (torch.randn(b_img, dim, side, side, device="cuda") * scale).to(dtype)
-    cap_lens = torch.randint(1, max_len + 1, (b_cap,), device="cuda")
-    cap_lens[0], cap_lens[-1] = max_len, 1
-    return words, cap_lens, regions
+    """words (B_cap, D, T), lengths, regions (B_img, D, side, side), scaled by D^-1/4."""
+    return testing.damsm_inputs(b_img, b_cap, dim, max_len, side * side, scale=dim ** -0.25, layout="4d", dtype=dtype,
+                                device="cuda")
 
 
-@pytest.mark.parametrize("label, dtype, precision", PRECISIONS)
-@pytest.mark.parametrize("b_img, b_cap", [(48, 48), (20, 7)])
-def test_damsm_compiled_kernels_match_float64(label, dtype, precision, b_img, b_cap):
-    words, cap_lens, regions = _damsm_inputs(b_img, b_cap, 256, 18, 17, dtype)
-    w64 = words.double().requires_grad_()
-    r64 = regions.double().requires_grad_()
-    words.requires_grad_(), regions.requires_grad_()
-    ref = damsm_word_scores_ref(w64, cap_lens, r64.flatten(2))
-    out = damsm_word_scores(words, cap_lens, regions, impl="triton", precision=precision)
-    assert_rel(out, ref, TOLERANCE[label], f"R {label}")
-    grad = torch.randn_like(ref)
-    (ref * grad).sum().backward()
-    (out * grad.float()).sum().backward()
-    assert_rel(words.grad, w64.grad, TOLERANCE[label], f"d_words {label}")
-    assert_rel(regions.grad, r64.grad, TOLERANCE[label], f"d_regions {label}")
+def _attention_inputs(batch, channels, side, max_len, dtype, channels_last=False):
+    return testing.attention_inputs(batch, channels, side, side, max_len, scale=channels ** -0.25,
+                                    layout="channels_last" if channels_last else "nchw", dtype=dtype, device="cuda")
+
+
+@pytest.mark.parametrize("check, precision", testing.checks("model"), ids=lambda x: getattr(x, "label", x))
+def test_compiled_kernels_match_float64_at_the_models_sizes(check, precision):
+    """Every default launch at the model's sizes, forward and every gradient, every dtype and precision,
+    against float64: the same checks as ``python -m benchmarks.gpu``'s first part."""
+    seed = int(torch.seed() % 2**31)
+    tol = testing.tolerance(check.dtype, precision)
+    for name, (err, problem) in testing.compare_with_float64(check, torch.device("cuda"), seed, precision).items():
+        assert not problem and err <= tol, f"{check.label} {precision} {name}: {problem or f'{err:.2e} > {tol:.0e}'}"
 
 
 def test_damsm_attention_maps_and_determinism():
@@ -86,38 +71,6 @@ def test_damsm_attention_maps_and_determinism():
         damsm_word_scores(words, cap_lens, regions, impl="triton").sum().backward()
         g.append(regions.grad.clone())
     assert torch.equal(g[0], g[1]), "the backward must be deterministic (no atomics)"
-
-
-def _attention_inputs(batch, channels, side, max_len, dtype, channels_last=False):
-    scale = channels ** -0.25
-    query = (torch.randn(batch, channels, side, side, device="cuda") * scale).to(dtype)
-    if channels_last:
-        query = query.contiguous(memory_format=torch.channels_last)
-    context = (torch.randn(batch, channels, max_len, device="cuda") * scale).to(dtype)
-    lengths = torch.randint(1, max_len + 1, (batch,), device="cuda")
-    lengths[0], lengths[-1] = max_len, 1
-    word_mask = torch.arange(max_len, device="cuda")[None, :] >= lengths[:, None]
-    return query, context, word_mask
-
-
-@pytest.mark.parametrize("label, dtype, precision", PRECISIONS)
-@pytest.mark.parametrize("channels, side, legacy, channels_last",
-                         [(32, 64, False, False), (32, 128, False, True), (48, 64, True, False)])
-def test_word_attention_compiled_kernels_match_float64(label, dtype, precision, channels, side, legacy, channels_last):
-    query, context, word_mask = _attention_inputs(20, channels, side, 18, dtype, channels_last)
-    q64 = query.double().requires_grad_()
-    k64 = context.double().requires_grad_()
-    query.requires_grad_(), context.requires_grad_()
-    ref_ctx, ref_attn = word_attention_ref(q64, k64, word_mask, return_attn=True, legacy_mask=legacy)
-    ctx, attn = word_attention(query, context, word_mask, return_attn=True, legacy_mask=legacy, impl="triton",
-                               precision=precision)
-    assert_rel(ctx, ref_ctx, TOLERANCE[label], f"ctx {label}")
-    assert_rel(attn, ref_attn, TOLERANCE[label], f"attn {label}")
-    grad = torch.randn_like(ref_ctx)
-    (ref_ctx * grad).sum().backward()
-    (ctx * grad.to(ctx.dtype)).sum().backward()
-    assert_rel(query.grad, q64.grad, TOLERANCE[label], f"d_query {label}")
-    assert_rel(context.grad, k64.grad, TOLERANCE[label], f"d_context {label}")
 
 
 def test_word_attention_allocates_no_attention_tensor_unless_asked():
@@ -187,7 +140,7 @@ def _fits_or_skipped(run, config, skipped: list):
 
 @pytest.mark.parametrize("label, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
 def test_every_damsm_candidate_config_compiles_and_matches_float64(label, dtype):
-    from attngan_fast.kernels.damsm import fused
+    from attngan_fast.kernels.damsm import fused, plan
 
     words, cap_lens, regions = _damsm_inputs(12, 12, 256, 18, 17, dtype)
     regions = regions.flatten(2)
@@ -196,7 +149,7 @@ def test_every_damsm_candidate_config_compiles_and_matches_float64(label, dtype)
     ref_w, ref_r = damsm_word_scores_ref_backward(grad.double(), words.double(), cap_lens, regions.double())
     precision = kernels._runtime.resolve_precision("auto", words)
     skipped: list = []
-    for config in fused.FORWARD_CANDIDATES:
+    for config in plan.FORWARD_CANDIDATES:
         out = _fits_or_skipped(lambda: fused.damsm_forward(words, cap_lens, regions, 4.0, 5.0, True, precision,
                                                            config=config), config, skipped)
         if out is not None:
@@ -207,23 +160,23 @@ def test_every_damsm_candidate_config_compiles_and_matches_float64(label, dtype)
         if grads is not None:
             assert_rel(grads[0], ref_w, TOLERANCE[label], f"d_words {config} (context)")
             assert_rel(grads[1], ref_r, TOLERANCE[label], f"d_regions {config} (context)")
-    for config in fused.GRAD_CANDIDATES:
+    for config in plan.GRAD_CANDIDATES:
         grads = _fits_or_skipped(lambda: fused.damsm_backward(grad, words, cap_lens, regions, 4.0, 5.0, precision,
                                                               grad_config=config), config, skipped)
         if grads is not None:
             assert_rel(grads[0], ref_w, TOLERANCE[label], f"d_words {config}")
             assert_rel(grads[1], ref_r, TOLERANCE[label], f"d_regions {config}")
     split = precision != "native"
-    for default in (fused.default_config(18, 256, 289, 90, wide=split),
-                    fused.default_config(18, 256, 289, 90, grad=True, wide=split)):
+    for default in (plan.default_config(18, 256, 289, 90, wide=split),
+                    plan.default_config(18, 256, 289, 90, grad=True, wide=split)):
         assert str(default) not in skipped, "the default launch must fit"
-    assert len(skipped) < len(fused.FORWARD_CANDIDATES) + len(fused.GRAD_CANDIDATES), skipped
+    assert len(skipped) < len(plan.FORWARD_CANDIDATES) + len(plan.GRAD_CANDIDATES), skipped
 
 
 @pytest.mark.parametrize("label, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
 @pytest.mark.parametrize("channels, side, channels_last", [(32, 64, False), (48, 37, True)])
 def test_every_word_attention_candidate_config_compiles_and_matches_float64(label, dtype, channels, side, channels_last):
-    from attngan_fast.kernels.attention import fused
+    from attngan_fast.kernels.attention import fused, plan
 
     query, context, word_mask = _attention_inputs(6, channels, side, 18, dtype, channels_last)
     grad = torch.randn_like(query)
@@ -231,27 +184,27 @@ def test_every_word_attention_candidate_config_compiles_and_matches_float64(labe
     ref_q, ref_k = word_attention_ref_backward(grad.double(), query.double(), context.double(), word_mask)
     precision = kernels._runtime.resolve_precision("auto", query)
     skipped: list = []
-    for config in fused.FORWARD_CANDIDATES:
+    for config in plan.FORWARD_CANDIDATES:
         out = _fits_or_skipped(lambda: fused.word_attention_forward(query, context, word_mask, True, False, precision,
                                                                     config=config), config, skipped)
         if out is not None:
             assert_rel(out[0], ref_ctx, TOLERANCE[label], f"ctx {config}")
             assert_rel(out[1], ref_attn, TOLERANCE[label], f"maps {config}")
-    for config in fused.BACKWARD_CANDIDATES:
+    for config in plan.BACKWARD_CANDIDATES:
         grads = _fits_or_skipped(lambda: fused.word_attention_backward(grad, query, context, word_mask, False,
                                                                        precision, config=config), config, skipped)
         if grads is not None:
             assert_rel(grads[0], ref_q, TOLERANCE[label], f"d_query {config}")
             assert_rel(grads[1], ref_k, TOLERANCE[label], f"d_context {config}")
-    assert str(fused.FORWARD_DEFAULT) not in skipped
-    assert str(fused.BACKWARD_DEFAULT) not in skipped
+    assert str(plan.FORWARD_DEFAULT) not in skipped
+    assert str(plan.BACKWARD_DEFAULT) not in skipped
 
 
 def test_autotuned_launches_match_float64_and_repeat_exactly():
     """With autotuning on: the first call tunes, later calls reuse the choice (bitwise equal results),
     and the chosen configurations are candidates."""
-    from attngan_fast.kernels.attention import fused as attention_fused
-    from attngan_fast.kernels.damsm import fused as damsm_fused
+    from attngan_fast.kernels.attention import fused as attention_fused, plan as attention_plan
+    from attngan_fast.kernels.damsm import fused as damsm_fused, plan as damsm_plan
 
     words, cap_lens, regions = _damsm_inputs(20, 20, 256, 18, 17, torch.float32)
     query, context, word_mask = _attention_inputs(20, 32, 64, 18, torch.float32)
@@ -274,9 +227,9 @@ def test_autotuned_launches_match_float64_and_repeat_exactly():
     for got, ref, what in zip(results[0], [ref_scores, ref_ctx, w64.grad, r64.grad, q64.grad, k64.grad],
                               ["R", "ctx", "d_words", "d_regions", "d_query", "d_context"]):
         assert_rel(got, ref, TOLERANCE["fp32"], f"{what} (autotuned)")
-    for kernel, candidates in ((damsm_fused._FWD, damsm_fused.FORWARD_CANDIDATES),
-                               (damsm_fused._CONTEXT, damsm_fused.FORWARD_CANDIDATES),
-                               (damsm_fused._GRAD, damsm_fused.GRAD_CANDIDATES),
-                               (attention_fused._FWD, attention_fused.FORWARD_CANDIDATES),
-                               (attention_fused._BWD, attention_fused.BACKWARD_CANDIDATES)):
+    for kernel, candidates in ((damsm_fused._FWD, damsm_plan.FORWARD_CANDIDATES),
+                               (damsm_fused._CONTEXT, damsm_plan.FORWARD_CANDIDATES),
+                               (damsm_fused._GRAD, damsm_plan.GRAD_CANDIDATES),
+                               (attention_fused._FWD, attention_plan.FORWARD_CANDIDATES),
+                               (attention_fused._BWD, attention_plan.BACKWARD_CANDIDATES)):
         assert isinstance(kernel.last_config, LaunchConfig) and kernel.last_config in candidates

@@ -8,7 +8,7 @@ import torch
 
 from attngan_fast import kernels
 import attngan_fast.kernels.attention.op as attention_op
-from attngan_fast.kernels import word_attention, word_attention_ref
+from attngan_fast.kernels import testing, word_attention, word_attention_ref
 from attngan_fast.kernels.attention import word_attention_ref_backward
 from numerics import DTYPES, IMPLS, TOLERANCE, assert_rel, loss_and_grads, needs_interpreter, quantize
 
@@ -31,22 +31,8 @@ CASES = {
 SATURATED = {"saturated-softmax"}
 
 
-def make_inputs(batch, channels, height, width, max_len, scale=1.0, mask="lengths", layout="nchw"):
-    """query (B, C, H, W), context (B, C, T), word_mask (B, T) with lengths 1..T (or None)."""
-    if layout == "transposed":
-        query = torch.randn(batch, channels, width, height).transpose(2, 3) * scale
-        context = torch.randn(batch, max_len, channels).transpose(1, 2) * scale
-    else:
-        query = torch.randn(batch, channels, height, width) * scale
-        context = torch.randn(batch, channels, max_len) * scale
-    if layout == "channels_last":
-        query = query.contiguous(memory_format=torch.channels_last)
-    word_mask = None
-    if mask is not None:
-        lengths = torch.randint(1, max_len + 1, (batch,))
-        lengths[0], lengths[-1] = max_len, 1
-        word_mask = torch.arange(max_len)[None, :] >= lengths[:, None]
-    return query, context, word_mask
+# query (B, C, H, W), context (B, C, T), word_mask (B, T) with lengths 1..T (or None).
+make_inputs = testing.attention_inputs
 
 
 def released_legacy_attention(query, context, word_mask):

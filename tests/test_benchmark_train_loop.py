@@ -9,24 +9,16 @@ import pytest
 
 from benchmarks import train_loop
 
-TINY = ["gan.stages=2", "gan.base_size=16", "gan.gf_dim=4", "gan.df_dim=4", "gan.r_num=1", "gan.batch_size=8",
-        "text_encoder.hidden_dim=16", "data.image_size=32", "damsm.batch_size=8", "runtime.eval_batches=1",
-        "data.workers=0"]
-
-
 @pytest.mark.slow
 def test_train_loop_benchmark_writes_speed_and_ratios(tmp_path, capsys):
-    args = ["--device", "cpu", "--config", "synthetic", "--steps", "6", "--log-every", "2", "--images", "48",
-            "--size", "32", "--damsm-steps", "2", "--variants", "off,bf16", "--work", str(tmp_path / "work"),
+    args = ["--device", "cpu", "--tiny", "--variants", "off,bf16", "--work", str(tmp_path / "work"),
             "--out", str(tmp_path / "out")]
-    for kv in TINY:
-        args += ["--set", kv]
     assert train_loop.main(args) == 0
     (json_path,) = (tmp_path / "out").glob("*-train-loop.json")
     report = json.loads(json_path.read_text())
     assert [v["variant"] for v in report["variants"]] == ["off", "bf16"]
     for v in report["variants"]:
-        assert v["steps_per_s"] > 0 and v["timed_steps"] == 4 and v["images_per_s"] == v["steps_per_s"] * 8
+        assert v["steps_per_s"] > 0 and v["timed_steps"] == 2 and v["images_per_s"] == v["steps_per_s"] * 8
     assert report["variants"][0]["speed_vs_off"] == 1.0 and "speed_vs_off" in report["variants"][1]
     assert "| bf16 |" in json_path.with_suffix(".md").read_text()
 
@@ -54,7 +46,7 @@ def test_bad_arguments_are_named(args, message, capsys):
 
 @pytest.mark.slow
 def test_the_bird_preset_runs_unchanged(tmp_path, capsys):
-    """What a GPU session runs (scripts/gpu_session.sh loop), with nothing shrunk but the step counts:
+    """What a GPU session runs (python -m benchmarks.gpu's loop part), with nothing shrunk but the step counts:
     synthetic birds at 256 px, the bird preset's DAMSM (Inception-v3 image encoder, batch 48) and its
     AttnGAN2 (3 stages to 256 px, batch 20, three discriminators). About a minute on 2 cores."""
     args = ["--device", "cpu", "--config", "bird", "--steps", "2", "--log-every", "1", "--images", "60",

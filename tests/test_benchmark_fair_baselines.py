@@ -5,36 +5,23 @@ TF32 variants exist and are what they say, and every kernel row carries useful a
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from attngan_fast import kernels
 from benchmarks import cases, gpu, work
 from benchmarks.cases import AttentionCase, DamsmCase
+from host_sync import HostReads
 
 needs_interpreter = pytest.mark.skipif(not kernels.interpreter_active(), reason="needs the Triton interpreter (CPU)")
 TINY_DAMSM = [DamsmCase(3, dim=16, words=5, side=3), DamsmCase(4, dim=16, words=6, side=4)]
 TINY_ATTENTION = AttentionCase(2, 16, 4, words=5)
 
 
-def _host_reads():
-    """tests/host_sync.py's detector of host reads made by our code (loaded by path: tests/ is no package)."""
-    path = Path(__file__).resolve().parents[1] / "tests" / "host_sync.py"
-    spec = importlib.util.spec_from_file_location("attngan_host_sync", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.HostReads
-
-
 @needs_interpreter
-@pytest.mark.parametrize("provider", ["fused", "fused-untuned"])
-def test_fused_providers_run_with_the_value_checks_off(provider):
+def test_fused_providers_run_with_the_value_checks_off():
     """Each value check reads the device (a host sync on a GPU, which the references never pay): the
     plain op makes such reads, the benchmark's fused providers none, forward or backward."""
-    HostReads = _host_reads()
     words, cap_lens, regions = cases.damsm_inputs(TINY_DAMSM[0], "cpu", seed=torch.seed() % 2**31)
     query, context, mask = cases.attention_inputs(TINY_ATTENTION, "cpu", seed=torch.seed() % 2**31)
     with HostReads() as plain:
@@ -43,8 +30,8 @@ def test_fused_providers_run_with_the_value_checks_off(provider):
     assert plain.found, "the detector should see the ops' value checks"
     words.requires_grad_(), regions.requires_grad_(), query.requires_grad_(), context.requires_grad_()
     with HostReads() as fused:
-        cases.forward_backward(cases.damsm_provider(provider), (words, cap_lens, regions), (words, regions))()
-        cases.forward_backward(cases.attention_provider(provider), (query, context, mask), (query, context))()
+        cases.forward_backward(cases.damsm_provider("fused"), (words, cap_lens, regions), (words, regions))()
+        cases.forward_backward(cases.attention_provider("fused"), (query, context, mask), (query, context))()
     assert fused.found == []
 
 
@@ -151,7 +138,7 @@ def test_compile_backend_swaps_the_backend_and_drops_the_mode(monkeypatch):
 def test_kernel_rows_carry_useful_and_executed_work_and_rates_of_the_useful_work():
     case = TINY_DAMSM[0]
     rows = [gpu.kernel_row("damsm", case, "fp32", "fwd+bwd", p, torch.device("cpu"), lambda fn: 2.0)
-            for p in ("reference", "fused-untuned")]
+            for p in ("reference", "fused")]
     useful = work.damsm_useful(case.batch, case.words, case.side ** 2, case.dim, 4, True)
     executed = work.damsm_executed(case.batch, case.words, case.side ** 2, case.dim, 4, True)
     for row in rows:
@@ -162,7 +149,6 @@ def test_kernel_rows_carry_useful_and_executed_work_and_rates_of_the_useful_work
     assert "executed_gflop" not in rows[0]
     assert rows[1]["executed_gflop"] == pytest.approx(executed.flops / 1e9) and rows[1]["executed_mb"] == pytest.approx(executed.bytes / 1e6)
     assert set(rows[1]["launch"]) and set(rows[1]["launch"]) <= set(kernels.chosen_configs())
-    table = "\n".join(gpu._kernel_table(rows))
-    assert "**useful** work" in table and "executed GFLOP (x useful)" in table
-    ratio = executed.flops / useful.flops
-    assert f"({ratio:.2f}x)" in table.splitlines()[-1]
+    table = "\n".join(gpu._kernel_table(rows, "damsm", "DAMSM"))
+    assert "useful GFLOP, MB" in table and "executed GFLOP, MB" in table
+    assert f"{executed.flops / 1e9:.3g}, {executed.bytes / 1e6:.3g}" in table

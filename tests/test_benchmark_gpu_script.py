@@ -1,0 +1,92 @@
+"""``python -m benchmarks.gpu`` runs its whole path on CPU at toy sizes (the fused kernels through the
+Triton interpreter), writes every row, and stops cleanly at its budget listing what it did not reach:
+so a GPU session can run it as it is."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from attngan_fast import kernels
+from attngan_fast.kernels import testing
+from benchmarks import gpu
+
+# inductor on the 2-core CPU takes ~20 s a graph; this checks the script, not inductor
+FAST = ["--device", "cpu", "--sizes", "small", "--quick", "--compile-backend", "aot_eager"]
+
+
+def _report(out) -> dict:
+    (path,) = out.glob("*-small.json")
+    return json.loads(path.read_text())
+
+
+@pytest.mark.skipif(not kernels.interpreter_active(), reason="needs the Triton interpreter (CPU)")
+def test_every_part_runs_end_to_end_and_writes_its_rows(tmp_path, capsys):
+    assert gpu.main([*FAST, "--only", "checks", "damsm", "attention", "train", "tuned", "--out", str(tmp_path)]) == 0
+    report = _report(tmp_path)
+    assert report["environment"]["torch"] and report["command"].startswith("python -m benchmarks.gpu")
+    assert report["not_reached"] == []
+    rows = report["rows"]
+    assert [r["part"] for r in rows] == sorted((r["part"] for r in rows), key=gpu.PARTS.index)  # priority order
+
+    checks = [r for r in rows if r["part"] == "checks"]
+    assert checks and all(r["status"] == "pass" for r in checks), [r for r in checks if r["status"] != "pass"]
+    assert {r["precision"] for r in checks if r["check"].endswith("fp32")} == \
+        set(testing.FP32_PRECISIONS)
+    launched = {name for r in checks for name in r["launch"]}
+    assert launched == set(kernels.chosen_configs())  # every kernel was checked
+
+    timed = [r for r in rows if r["part"] in ("damsm", "attention")]
+    assert {(r["op"], r["provider"]) for r in timed if "ms" in r} == {
+        (op, p) for op in ("damsm", "attention") for p in ("released", "reference", "reference-compiled", "fused")}
+    assert not [r for r in timed if "error" in r]
+    assert all("not_applicable" in r for r in timed if "ms" not in r)
+    for r in timed:
+        if r["provider"] == "fused" and r["mode"] == "fwd+bwd":  # at least the useful work is executed
+            assert r["executed_gflop"] >= r["useful_gflop"] > 0 and r["launch"]
+    assert [r["variant"] for r in rows if r["part"] == "train" and "ms" in r] == list(__import__(
+        "benchmarks.train_step", fromlist=["VARIANTS"]).VARIANTS)
+    tuned = [r for r in rows if r["part"] == "tuned"]
+    assert len(tuned) == 4 and all("ms" in r and r["check"] for r in tuned)
+
+    md = (tmp_path / (gpu.results_stem(report) + ".md")).read_text()
+    for heading in ("Compiled correctness against float64", "DAMSM word scores", "F_attn word attention",
+                    "One training step"):
+        assert heading in md
+    assert "best baseline" in md and "n/a" in md
+
+
+def test_the_budget_stops_the_run_cleanly_and_lists_what_was_not_reached(tmp_path, capsys):
+    # A budget shorter than the first compiled row: rows before it are kept, the one in flight is cut,
+    # the rest are listed; the files are complete JSON and markdown.
+    assert gpu.main([*FAST, "--only", "damsm", "train", "--budget", "4", "--out", str(tmp_path)]) == 0
+    report = _report(tmp_path)
+    assert report["not_reached"] and report["seconds"] < 60
+    assert any("cut by the budget" in i for i in report["not_reached"])
+    assert any(i.startswith("train ") for i in report["not_reached"])
+    ids = [r["id"] for r in report["rows"]]
+    assert not set(ids) & {i.split(" (")[0] for i in report["not_reached"]}
+    assert "## Not reached" in (tmp_path / (gpu.results_stem(report) + ".md")).read_text()
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
+    for argv, needle in ((["--budget", "0"], "--budget must be a positive"), (["--only", "nothing"], "invalid choice"),
+                         (["--out", str(tmp_path / "f")], "--out must be a folder")):
+        (tmp_path / "f").write_text("x")
+        with pytest.raises(SystemExit) as exit_info:
+            gpu.main(["--device", "cpu", *argv])
+        assert exit_info.value.code == 2 and needle in capsys.readouterr().err
+
+
+def test_roofline_floor_takes_the_larger_term_and_names_it():
+    limits = {"copy_gbps": 4000.0, "fp32_tflops": 50.0, "tf32_tflops": 400.0, "bf16_tflops": 800.0}
+    row = {"dtype": "fp32", "ms": 1.0}
+    gpu._floor(row, flops=20e9, moved=1e9, limits=limits)  # 0.4 ms of fp32 arithmetic, 0.25 ms of bytes
+    assert row["bound"] == "compute" and abs(row["floor_ms"] - 0.4) < 1e-9 and row["of_floor"] == 0.4
+    row = {"dtype": "bf16", "ms": 1.0}
+    gpu._floor(row, flops=20e9, moved=1e9, limits=limits)  # bf16 tensor cores: 0.025 ms < 0.25 ms of bytes
+    assert row["bound"] == "memory" and abs(row["floor_ms"] - 0.25) < 1e-9
+    row = {"dtype": "fp32", "ms": 1.0}
+    gpu._floor(row, flops=1.0, moved=1.0, limits=None)  # no ceilings (CPU): nothing claimed
+    assert "floor_ms" not in row
