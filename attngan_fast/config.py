@@ -75,7 +75,7 @@ class DamsmConfig:
     snapshot_epochs: tuple[int, ...] = ()
     pictures_every: int = 1  # epochs between attention-map pictures
     # Word-level score R[i, j]: ``released`` log Σ exp(γ2·cos) (what γ3 = 10 was tuned with) or the
-    # paper's ``paper`` (1/γ2)·log Σ exp(γ2·cos) (DESIGN.md §2.1).
+    # paper's ``paper`` (1/γ2)·log Σ exp(γ2·cos) (docs/design.md §2.1).
     score_form: Literal["released", "paper"] = "released"
 
 

@@ -14,7 +14,6 @@ that was interrupted or cut short, and continues one whose budget was raised; th
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import os
@@ -71,10 +70,6 @@ def _checkpoint_step(path: Path) -> int | None:
         return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
     except Exception:  # noqa: BLE001 - unreadable: treated as absent
         return None
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @dataclass
@@ -169,6 +164,7 @@ def run_demo(out: str | Path = "demo", *, damsm_steps: int = DAMSM_STEPS, gan_st
 
     from .evaluate import evaluate_generator
     from .generate import generate_images, write_generation
+    from .protocol import file_sha256
     from .train.damsm import train_damsm
     from .train.gan import load_generator, train_gan
     from .train.runtime import pick_device
@@ -211,7 +207,7 @@ def run_demo(out: str | Path = "demo", *, damsm_steps: int = DAMSM_STEPS, gan_st
     t = time.time()
     gan_cap = max(0.05 * max_minutes, max_minutes - phases["damsm"]["minutes_this_run"])
     phases["gan"] = run_phase("3/5 AttnGAN training (2 stages, 32 -> 64 px)", gan_dir, gan_steps, gan_cap,
-                              file_digest(damsm_ckpt), train_gan_for)
+                              file_sha256(damsm_ckpt), train_gan_for)
     timings["gan"] = time.time() - t
 
     t = time.time()

@@ -1,4 +1,4 @@
-"""The reference evaluation (DESIGN.md §5): one command, a stated protocol, a JSON report that says what
+"""The reference evaluation (docs/design.md §5): one command, a stated protocol, a JSON report that says what
 its numbers can be compared with.
 
 Images are generated for ``n_images`` (test image, caption) pairs drawn at random with a seed from all

@@ -1,4 +1,4 @@
-"""DAMSM losses (DESIGN.md §2.2) on top of the word-score kernel.
+"""DAMSM losses (docs/design.md §2.2) on top of the word-score kernel.
 
 Both losses score every image against every caption of the batch, mask the off-diagonal pairs of the
 same class (they are not negatives), and take the cross-entropy of the true pair in both directions:
@@ -56,7 +56,7 @@ SCORE_FORMS = ("released", "paper")
 
 def word_scores(region_features: torch.Tensor, words_emb: torch.Tensor, cap_lens, gamma1: float = 4.0,
                 gamma2: float = 5.0, *, score_form: str = "released", return_attn: bool = False, impl: str = "auto"):
-    """Word-level matching scores R (B_img, B_cap) fp32 of every image with every caption (DESIGN.md §2.1),
+    """Word-level matching scores R (B_img, B_cap) fp32 of every image with every caption (docs/design.md §2.1),
     and with ``return_attn`` the matching pairs' region attention (B, T, N).
 
     ``score_form``: ``"released"`` R = log Σ_t exp(γ2·cos_t), what the release computes and its γ3 = 10

@@ -1,4 +1,4 @@
-"""Retrieval with DAMSM global vectors (DESIGN.md §5): for each image, its true caption among
+"""Retrieval with DAMSM global vectors (docs/design.md §5): for each image, its true caption among
 ``n_candidates - 1`` captions of *other classes* drawn at random; a hit when the true caption has the
 highest cosine. Reported per fold and as mean ± std over the folds, and optionally as mean ± std over
 groups of ``group_size`` images (the paper's ± looks like groups of 100: a much wider spread than 10

@@ -1,5 +1,5 @@
 """The evaluation protocol shared by ``attngan-fast evaluate`` and the GAN training's evaluation hook
-(DESIGN.md §5): which (image, caption) pairs are drawn, how captions are cut, what the judge reads, and
+(docs/design.md §5): which (image, caption) pairs are drawn, how captions are cut, what the judge reads, and
 how a judge or a weights file is identified in a report.
 
 - Pairs: drawn at random with a seed from *all* test images and *all* their captions; every pair is used

@@ -1,4 +1,4 @@
-"""Captions to word ids, as the release did it (DESIGN.md §3).
+"""Captions to word ids, as the release did it (docs/design.md §3).
 
 Tokenizer: NLTK's ``RegexpTokenizer(r"\\w+")`` on lower-cased text, non-ASCII characters dropped (it
 needs no NLTK data download). Vocabulary: index 0 is ``<end>``, which is also the padding id.

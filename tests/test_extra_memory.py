@@ -1,4 +1,4 @@
-"""Extra memory (DESIGN.md §6), counted on CPU: the fused DAMSM op never holds anything of the size of
+"""Extra memory (docs/design.md §6), counted on CPU: the fused DAMSM op never holds anything of the size of
 the (B_img, B_cap, T, N) pair maps that the reference materialises, and the fused F_attn never holds a
 (B, HW, T) attention tensor unless the maps are asked for. The meter is checked on the way: it sees
 the reference's big tensors and the fused ops' own buffers (made inside the custom ops)."""

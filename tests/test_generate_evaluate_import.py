@@ -12,13 +12,11 @@ import pytest
 import torch
 
 from attngan_fast.cli import main as cli
-from attngan_fast.config import load_config
 from attngan_fast.generate import CaptionError, encode_captions, generate_images, write_generation
 from attngan_fast.metrics import retrieval_top1
 from attngan_fast.release_import import ReleaseImportError, import_original
 from attngan_fast.text import Vocabulary
 from attngan_fast.train import gan
-from attngan_fast.train.damsm import train_damsm
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "original_state_dict_layouts.json"
 

@@ -1,4 +1,4 @@
-"""The evaluation protocol (DESIGN.md §5): the judge reads exactly the ids the generator was given, pairs
+"""The evaluation protocol (docs/design.md §5): the judge reads exactly the ids the generator was given, pairs
 are drawn from every test image and caption (COCO too), and the report says what its numbers can be
 compared with (judge identity, word cap, fold and group sizes, Inception weights, the CUB-IS note,
 TF-Inception FID)."""
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 
 import pytest
 import torch

@@ -12,7 +12,6 @@ import torch
 import attngan_fast.train.damsm as damsm
 from attngan_fast.atomic import atomic_path
 from attngan_fast.cli import main as cli
-from attngan_fast.config import load_config
 from attngan_fast.train import gan
 from attngan_fast.train.checkpoint import CheckpointError, load_checkpoint
 from test_damsm_training import tiny_config

@@ -1,4 +1,4 @@
-"""The release's dataset layouts on disk (DESIGN.md §4), read with clear errors.
+"""The release's dataset layouts on disk (docs/design.md §4), read with clear errors.
 
 CUB:  <root>/CUB_200_2011/images/<key>.jpg, CUB_200_2011/images.txt, CUB_200_2011/bounding_boxes.txt,
       <root>/text/<key>.txt (10 captions), <root>/{train,test}/filenames.pickle, optional class_info.pickle

@@ -1,4 +1,4 @@
-"""Synthetic birds: the embedded default dataset (DESIGN.md §4), written in the CUB layout.
+"""Synthetic birds: the embedded default dataset (docs/design.md §4), written in the CUB layout.
 
 Each image is a bird drawn from parts — body, belly, wings, tail, head, crown, beak, eye — whose
 attributes are drawn at random: wing, belly and crown colours from a fixed palette, a short or long
@@ -263,8 +263,3 @@ def synthesize(out: str | Path, images: int = 2000, size: int = 64, seed: int = 
     (out / "synthetic_attributes.json").write_text(json.dumps(
         {"generator_version": GENERATOR_VERSION, "seed": seed, "size": size, "images": attributes}, indent=0))
     return SynthSummary(str(out), images, len(split_of["train"]), len(split_of["test"]), len(set(classes)), size, seed)
-
-
-def load_part_masks(root: str | Path, key: str) -> np.ndarray:
-    """The label map of a synthetic image (values from PART_ID)."""
-    return np.asarray(Image.open(Path(root) / "parts" / f"{key}.png"))

@@ -1,4 +1,4 @@
-"""Discriminators for 64/128/256 px (DESIGN.md §3), and 8-32 px ones for small CPU runs: a
+"""Discriminators for 64/128/256 px (docs/design.md §3), and 8-32 px ones for small CPU runs: a
 down-sampling conv stack to (8·df, 4, 4), an unconditional logit head and a conditional one (a 3x3 conv
 on the features ⊕ the tiled sentence vector). Heads return **logits** (no sigmoid), so the losses use
 BCE-with-logits, which is autocast-safe. Names follow the release (``img_code_s16``, ``UNCOND_DNET``,

@@ -1,4 +1,4 @@
-"""DAMSM encoders (DESIGN.md §3): the BiLSTM text encoder and two image encoders with the same outputs.
+"""DAMSM encoders (docs/design.md §3): the BiLSTM text encoder and two image encoders with the same outputs.
 
 Parameter names follow the release (``encoder``, ``rnn``; Inception's ``Conv2d_1a_3x3`` ...,
 ``emb_features``, ``emb_cnn_code``) so its checkpoints map onto these modules.

@@ -1,4 +1,4 @@
-"""The attentional generative network (DESIGN.md §3): conditioning augmentation, an initial stage to
+"""The attentional generative network (docs/design.md §3): conditioning augmentation, an initial stage to
 ``base_size``², then stages that attend to the words (F_attn on the fused kernel), refine with
 residual blocks and double the resolution; one image head per stage (AttnGAN) or a single one at the
 end (AttnDCGAN). Parameter names follow the release (``ca_net``, ``h_net1``, ``h_net2.att.conv_context``,

@@ -1,4 +1,4 @@
-"""DAMSM pretraining (DESIGN.md §2.2, §3): text and image encoders trained with the word and sentence
+"""DAMSM pretraining (docs/design.md §2.2, §3): text and image encoders trained with the word and sentence
 matching losses.
 
 Released hyper-parameters, with the release's slips fixed: Adam is created once (the release made a
@@ -253,6 +253,7 @@ def train_damsm(cfg: Config, *, resume: str | Path | None = None, overwrite: boo
 
 
 def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) -> dict:
+    # -- the run folder, the captions and the data --------------------------------------------------
     device, d = rt.device, cfg.damsm
     _check_inception_weights(cfg)
     seed_everything(cfg.runtime.seed, rt.rank)
@@ -266,6 +267,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
     test_set = TextImageDataset(cfg.data.root, cfg.data.layout, "test", train=False, **common)
     vocab = cache.vocab
 
+    # -- models, optimizer, and what a resumed run continues from -------------------------------------
     text_encoder, image_encoder = build_models(cfg, vocab)
     text_encoder.to(device)
     image_encoder.to(device)
@@ -286,6 +288,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
         history = list(ckpt.get("history", []))
         records.append(resume_record(resume, ckpt, changed))
 
+    # -- several processes, torch.compile, the loader, the log ---------------------------------------
     text_model, image_model = text_encoder, image_encoder
     if rt.distributed:
         ids = [device.index] if device.type == "cuda" else None
@@ -307,6 +310,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
     watch = LossWatch("DAMSM", rt)
     metrics: dict = {}
 
+    # -- checkpoints ------------------------------------------------------------------------------------
     def save(epoch: int, pos: int, extra: dict) -> None:
         watch.check(step, latest)  # nothing non-finite is ever saved
         states = gathered_rng_states(rt)
@@ -322,6 +326,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
             if pos == 0 and keeps_snapshot(d, epoch):
                 save_atomic(payload, out / f"damsm_epoch{epoch:04d}.pt")
 
+    # -- the epochs: training steps, then evaluation, pictures and a checkpoint per epoch --------------
     stopped = d.max_steps is not None and step >= d.max_steps
     meter = StepMeter(device, step)
     for epoch in range(start_epoch, d.epochs if not stopped else start_epoch):
@@ -380,6 +385,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
                 save(epoch, position, metrics)  # a time-limited stop: resume continues inside this epoch
         if stopped:
             break
+    # -- the closing record -------------------------------------------------------------------------------
     meter.reading(step)
     speed = meter.summary()
     log.write({"final": True, "step": step, **speed})

@@ -1,4 +1,4 @@
-"""AttnGAN training (DESIGN.md §2.2, §3, §7): D steps then a G step per batch, with the frozen DAMSM.
+"""AttnGAN training (docs/design.md §2.2, §3, §7): D steps then a G step per batch, with the frozen DAMSM.
 
 G loss = Σ_stages (uncond + cond fooling terms) + λ·(L1w + L2w + L1s + L2s)(last stage) + KL; the
 word loss runs on the fused DAMSM kernel (``runtime.impl``) and the generator's F_attn on the fused
@@ -199,10 +199,6 @@ def word_mask(captions: torch.Tensor) -> torch.Tensor:
     return captions == 0
 
 
-def _unwrap(module):
-    return module.module if isinstance(module, DistributedDataParallel) else module
-
-
 def load_generator(path: str | Path, device: torch.device | str = "cpu", *, ema: bool = True):
     """(generator in eval mode, text encoder, vocabulary, config) from a GAN checkpoint."""
     ckpt = load_checkpoint(path, FORMAT)
@@ -240,6 +236,7 @@ def _check(cfg: Config) -> None:
 
 
 def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) -> dict:
+    # -- the run folder, the frozen DAMSM, the captions and the data ----------------------------------
     _check(cfg)
     device, g = rt.device, cfg.gan
     seed_everything(cfg.runtime.seed, rt.rank)
@@ -266,6 +263,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
     train_set = TextImageDataset(cfg.data.root, cfg.data.layout, "train", train=True, **common)
     test_set = TextImageDataset(cfg.data.root, cfg.data.layout, "test", train=False, **common)
 
+    # -- G, its EMA, the Ds, optimizers, and what a resumed run continues from -------------------------
     netG = build_generator(cfg)
     netsD = build_discriminators(cfg)
     init_weights(netG)
@@ -296,6 +294,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
         position = position_for_batch_size(ckpt, "gan", g.batch_size)
         records.append(resume_record(resume, ckpt, changed))
 
+    # -- several processes, torch.compile, the step, the loader, the log ------------------------------
     g_model = netG
     d_steps = [DiscriminatorStep(d) for d in netsD]
     if rt.distributed:
@@ -318,6 +317,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
     watch = LossWatch("GAN", rt)
     amp = cfg.runtime.amp
 
+    # -- checkpoints, sample grids and the evaluation hook ---------------------------------------------
     # Fixed captions (the first test images') and fixed noise for every sample grid.
     sample_batch = collate([test_set[i] for i in range(min(SAMPLE_CAPTIONS, len(test_set)))])
     sample_gen = torch.Generator().manual_seed(7)
@@ -368,6 +368,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
             tqdm.write(f"epoch {done_epochs}: R-precision {row['r_precision']:.1%} on {row['r_precision_images']} "
                        f"fixed test pairs{shown}")
 
+    # -- the epochs: training steps (samples every samples_every), then evaluation and a checkpoint ---
     stopped = g.max_steps is not None and step >= g.max_steps
     meter = StepMeter(device, step)
     for epoch in range(start_epoch, g.epochs if not stopped else start_epoch):
@@ -407,6 +408,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
                 save(epoch, position)
         if stopped:
             break
+    # -- the closing record and the last sample grid ---------------------------------------------------
     meter.reading(step)
     speed = meter.summary()
     log.write({"final": True, "step": step, **speed})

@@ -1,4 +1,4 @@
-"""A run folder is never overwritten silently (DESIGN.md §7).
+"""A run folder is never overwritten silently (docs/design.md §7).
 
 A training command whose output folder already holds a run (a ``latest.pt``, or the log of a run
 killed before its first checkpoint) stops with a one-line error that says what is there and offers
