@@ -118,3 +118,14 @@ def test_the_kernels_folder_refuses_a_second_import_name():
     # the custom ops twice: it stops with the name to use instead.
     out = subprocess.run([sys.executable, "-c", "import kernels"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode != 0 and "from attngan_fast import kernels" in out.stderr
+
+
+def test_the_paper_row_script_names_the_files_it_misses(tmp_path):
+    """scripts/cub_paper_row.sh checks the files listed at its top before any work, one line each."""
+    script = ROOT / "scripts" / "cub_paper_row.sh"
+    env = {**os.environ, "DATA": str(tmp_path / "birds"), "INCEPTION": str(tmp_path / "inception.pth"),
+           "RUNS": str(tmp_path / "runs")}
+    out = subprocess.run(["bash", str(script)], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0
+    assert f"missing {tmp_path / 'birds'}/CUB_200_2011/images.txt" in out.stderr
+    assert not (tmp_path / "runs").exists()
