@@ -37,9 +37,10 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from attngan_fast import kernels
-from benchmarks.cases import (BASELINES, CPU_ATTENTION, CPU_DAMSM, GPU_ATTENTION, GPU_DAMSM, MAX_AUTOTUNE, PROVIDERS,
-                              applies, attention_inputs, attention_provider, attention_work, compile_backend,
-                              damsm_inputs, damsm_provider, damsm_work, forward_backward)
+from benchmarks.cases import (ATTENTION_BASELINES, ATTENTION_PROVIDERS, CPU_ATTENTION, CPU_DAMSM, GPU_ATTENTION,
+                              GPU_DAMSM, MAX_AUTOTUNE, NotApplicable, applies, attention_inputs, attention_provider,
+                              attention_work, compile_backend, damsm_inputs, damsm_provider, damsm_work,
+                              forward_backward)
 from benchmarks.launches import launched
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -113,6 +114,8 @@ def kernel_row(op: str, case, dtype_name: str, mode: str, provider: str, device:
             # benchmarks.work counts the kernels at their default launch: exact for the untuned row
             row.update(executed_gflop=executed.flops / 1e9, executed_mb=executed.bytes / 1e6,
                        executed_at="default launch")
+    except NotApplicable as err:  # a provider that does not take the case (SDPA backends): why
+        row["not_applicable"] = str(err)
     except Exception as err:  # a baseline that cannot run (memory, compiler) is recorded, not fatal
         row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
     if device.type == "cuda":
@@ -126,8 +129,9 @@ def provider_list(device: torch.device, model_sizes: bool) -> list[str]:
     nor fused-untuned (nothing is autotuned without a GPU), nor fused at the model's sizes (the
     interpreter takes minutes a call and is no speed)."""
     if device.type == "cuda":
-        return list(PROVIDERS)
-    return [p for p in PROVIDERS if p not in ("reference-compiled-max-autotune", "reference-compiled-tf32", "fused-untuned")
+        return list(ATTENTION_PROVIDERS)
+    return [p for p in ATTENTION_PROVIDERS
+            if p not in ("reference-compiled-max-autotune", "reference-compiled-tf32", "fused-untuned")
             and (p != "fused" or not model_sizes)]
 
 
@@ -137,7 +141,7 @@ def _kernel_rows(op: str, cases, device, measure, rows: list, log, limits: dict 
         for dtype_name, dtype in DTYPES.items():
             for mode in ("fwd", "fwd+bwd"):
                 for provider in providers:
-                    if applies(provider, dtype):
+                    if applies(provider, dtype, op):
                         rows.append(kernel_row(op, case, dtype_name, mode, provider, device, measure, limits))
                         log(rows[-1])
 
@@ -324,8 +328,42 @@ def markdown(report: dict) -> str:
 
 KERNEL_COLUMNS = (("released", "released"), ("reference", "reference"), ("reference-compiled", "compiled"),
                   ("reference-compiled-max-autotune", "compiled max-autotune"), ("reference-compiled-tf32", "compiled tf32"),
-                  ("fused-untuned", "fused untuned"), ("fused", "fused"))
-COMPILED = tuple(p for p in BASELINES if p.startswith("reference-compiled"))
+                  ("sdpa-math", "SDPA math"), ("sdpa-efficient", "SDPA mem-efficient"), ("sdpa-cudnn", "SDPA cuDNN"),
+                  ("sdpa-flash", "SDPA flash"), ("sdpa-flash-key-channel", "SDPA flash key-channel"),
+                  ("flex-compiled", "FlexAttention compiled"), ("fused-untuned", "fused untuned"), ("fused", "fused"))
+COMPILED = tuple(p for p in ATTENTION_BASELINES if p.startswith("reference-compiled"))
+
+
+def _columns(rows: list[dict], providers) -> list[tuple[str, str]]:
+    """The (provider, title) columns of KERNEL_COLUMNS among ``providers`` that have rows."""
+    present = {r["provider"] for r in rows}
+    return [(p, t) for p, t in KERNEL_COLUMNS if p in present and p in providers]
+
+
+def _cell(g: dict, p: str, digits: int) -> str:
+    if p not in g:
+        return "-"
+    return f"{g[p]['ms']:.{digits}f}" if "ms" in g[p] else "n/a" if "not_applicable" in g[p] else "err"
+
+
+def _best_baseline(g: dict) -> dict:
+    """The fastest baseline row of a group (with its provider), {} if none ran."""
+    timed = [r for p, r in g.items() if p in ATTENTION_BASELINES and "ms" in r]
+    return min(timed, key=lambda r: r["ms"], default={})
+
+
+def _not_applicable_notes(rows: list[dict]) -> list[str]:
+    """'n/a' cells explained: each provider's distinct reasons, once."""
+    notes: dict = {}
+    for r in rows:
+        if "not_applicable" in r:
+            where = notes.setdefault(r["provider"], {}).setdefault(r["not_applicable"], {})
+            where[f"{r['dtype']} {r['mode']}"] = None
+    if not notes:
+        return []
+    return ["Not applicable (n/a), as PyTorch says:", ""] + [
+        f"- {p}: " + "; ".join(f"{reason} ({', '.join(where)})" for reason, where in reasons.items())
+        for p, reasons in notes.items()] + [""]
 
 
 def _ratio(value) -> str:
@@ -335,21 +373,27 @@ def _ratio(value) -> str:
 def _kernel_table(rows: list[dict]) -> list[str]:
     """One line per (case, dtype, mode): every provider's time, the useful work and what the fused
     kernels execute, and the best fused row's rate, floor fraction, memory and speedups."""
-    names = [title for _, title in KERNEL_COLUMNS]
+    columns = _columns(rows, dict(KERNEL_COLUMNS))
+    names = [title for _, title in columns]
     lines = ["TFLOP/s, GB/s and % of floor are of the **useful** work (the math at the true sizes, "
              "`benchmarks/work.py`); *executed* is what the fused kernels run at their default launch (padded "
              "tiles, recomputed passes) and its ratio to the useful work. Best fused = fused if it ran, else "
-             "fused untuned; best compiled = the fastest compiled variant.", "",
+             "fused untuned; best compiled = the fastest compiled variant; best baseline = the fastest "
+             "non-fused provider of the row (**bold**).", "",
              "| case | dtype | mode | " + " | ".join(f"{n} ms" for n in names) + " | useful GFLOP | useful MB | "
              "executed GFLOP (x useful) | executed MB (x useful) | best fused TFLOP/s | GB/s | % of floor (bound) | "
-             "peak MB | best fused speedup vs released / reference / compiled / best compiled |",
-             "| " + " | ".join(["---"] * (3 + len(names) + 9)) + " |"]
+             "peak MB | best fused speedup vs released / reference / compiled / best compiled | "
+             "best baseline | best fused speedup vs best baseline |",
+             "| " + " | ".join(["---"] * (3 + len(names) + 11)) + " |"]
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["case"], r["dtype"], r["mode"]), {})[r["provider"]] = r
     for (case, dtype, mode), g in groups.items():
+        top = _best_baseline(g)
+
         def cell(p):
-            return "-" if p not in g else f"{g[p]['ms']:.3f}" if "ms" in g[p] else "err"
+            text = _cell(g, p, 3)
+            return f"**{text}**" if top and g.get(p) is top else text
 
         best = next((g[p] for p in ("fused", "fused-untuned") if "ms" in g.get(p, {})), {})
         any_row = next((r for r in g.values() if "useful_gflop" in r), {})
@@ -363,30 +407,32 @@ def _kernel_table(rows: list[dict]) -> list[str]:
         peak = best.get("peak_extra_mb")
         useful = (f"{any_row['useful_gflop']:.2f} | {any_row['useful_mb']:.1f}" if any_row else "- | -")
         rate = (f"{best['tflops']:.2f} | {best['gbps']:.0f} | {_of_floor(best)}" if best else "- | - | -")
-        lines.append(f"| {case} | {dtype} | {mode} | " + " | ".join(cell(p) for p, _ in KERNEL_COLUMNS) +
+        lines.append(f"| {case} | {dtype} | {mode} | " + " | ".join(cell(p) for p, _ in columns) +
                      f" | {useful} | {work} | {rate} | {'-' if peak is None else f'{peak:.1f}'} | "
                      f"{_ratio(sp.get('released'))} / {_ratio(sp.get('reference'))} / "
-                     f"{_ratio(sp.get('reference-compiled'))} / {vs_best} |")
-    return lines + [""]
+                     f"{_ratio(sp.get('reference-compiled'))} / {vs_best} | {top.get('provider', '-')} | "
+                     f"{_ratio(top['ms'] / best['ms']) if top and best else '-'} |")
+    return lines + [""] + _not_applicable_notes(rows)
 
 
 def _baseline_table(rows: list[dict]) -> list[str]:
     """The table of a run without the fused kernels (CPU at the model's sizes): the baselines and their
     ratios."""
-    lines = ["| case | dtype | mode | released ms | reference ms | ref. compiled ms | reference GFLOP/s (useful) | "
-             "reference vs released | compiled vs reference |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    columns = _columns(rows, ATTENTION_BASELINES)
+    lines = ["| case | dtype | mode | " + " | ".join(f"{t} ms" for _, t in columns) + " | reference GFLOP/s (useful) | "
+             "reference vs released | compiled vs reference | best baseline |",
+             "| " + " | ".join(["---"] * (3 + len(columns) + 4)) + " |"]
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["case"], r["dtype"], r["mode"]), {})[r["provider"]] = r
     for (case, dtype, mode), g in groups.items():
         ms = {p: g[p]["ms"] for p in ("released", "reference", "reference-compiled") if "ms" in g.get(p, {})}
-        cell = lambda p: f"{ms[p]:.1f}" if p in ms else "err" if p in g else "-"  # noqa: E731
         ratio = lambda a, b: f"{ms[a] / ms[b]:.2f}x" if a in ms and b in ms else "-"  # noqa: E731
         gflops = f"{1e3 * g['reference']['tflops']:.1f}" if "reference" in ms else "-"
-        lines.append(f"| {case} | {dtype} | {mode} | {cell('released')} | {cell('reference')} | "
-                     f"{cell('reference-compiled')} | {gflops} | {ratio('released', 'reference')} | "
-                     f"{ratio('reference', 'reference-compiled')} |")
-    return lines + [""]
+        lines.append(f"| {case} | {dtype} | {mode} | " + " | ".join(_cell(g, p, 1) for p, _ in columns) +
+                     f" | {gflops} | {ratio('released', 'reference')} | {ratio('reference', 'reference-compiled')} | "
+                     f"{_best_baseline(g).get('provider', '-')} |")
+    return lines + [""] + _not_applicable_notes(rows)
 
 
 PARTS = ("damsm", "attention", "train")
@@ -428,10 +474,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=["kernels", *PARTS],
                         help="run one part only (kernels = damsm + attention); parts run on the same day and "
                              "device add up in one results file")
-    parser.add_argument("--sizes", choices=["auto", "model"], default="auto",
-                        help="kernel sizes: auto = the model's on CUDA, small ones on CPU; model = the model's "
-                             "anywhere (on CPU without the fused kernels, which only the Triton interpreter "
-                             "runs there: a check, not a speed)")
+    parser.add_argument("--sizes", choices=["auto", "small", "model"], default="auto",
+                        help="kernel sizes: auto = the model's on CUDA, small ones on CPU; small = the small ones "
+                             "(CPU only); model = the model's anywhere (on CPU without the fused kernels, which "
+                             "only the Triton interpreter runs there: a check, not a speed)")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--out", default="benchmarks/results", help="folder for the results files")
     parser.add_argument("--compile-backend", default="inductor",
@@ -445,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
 
     gpu = device.type == "cuda"
-    model_sizes = gpu or args.sizes == "model"
+    model_sizes = args.sizes == "model" or (gpu and args.sizes == "auto")
     providers = provider_list(device, model_sizes)
     parts = PARTS if args.only is None else ("damsm", "attention") if args.only == "kernels" else (args.only,)
     command = "python -m benchmarks.gpu " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -458,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     def log(row):
         """Prints the row and saves the results so far: a part that overruns its time loses one row."""
         what = row.get("provider") or row.get("variant")
-        value = f"{row['ms']:.3f} ms" if "ms" in row else row.get("error")
+        value = f"{row['ms']:.3f} ms" if "ms" in row else row.get("error") or f"n/a: {row.get('not_applicable')}"
         print(f"[{time.time() - started:6.1f}s] {row['op']:10s} {row['case']:32s} {row.get('dtype', ''):4s} "
               f"{row.get('mode', ''):7s} {what:24s} {value}", flush=True)
         _save(report, out)

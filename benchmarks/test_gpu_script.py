@@ -7,6 +7,7 @@ import json
 
 from attngan_fast import kernels
 from benchmarks import gpu
+from benchmarks.cases import ATTENTION_ONLY
 
 # inductor on the 2-core CPU takes ~20 s a graph; the self-check is of the script, not of inductor
 FAST = ["--device", "cpu", "--quick", "--compile-backend", "aot_eager"]
@@ -19,11 +20,22 @@ def test_gpu_script_self_check_writes_results(tmp_path, capsys):
     assert report["environment"]["torch"] and set(report["commands"]) == {"damsm", "attention", "train"}
     assert all(c.startswith("python -m benchmarks.gpu") for c in report["commands"].values())
     providers = {(r["op"], r["provider"]) for r in report["kernels"]}
-    assert providers == {(op, p) for op in ("damsm", "attention")
-                         for p in ("released", "reference", "reference-compiled", "fused")}
-    assert all("ms" in r for r in report["kernels"]), [r for r in report["kernels"] if "error" in r]
+    baselines = ("released", "reference", "reference-compiled", "fused")
+    assert providers == {(op, p) for op in ("damsm", "attention") for p in baselines} | {
+        ("attention", p) for p in ATTENTION_ONLY}
+    # Each row has a time or says why its provider does not take the case: on CPU SDPA's CUDA backends
+    # and FlexAttention's backward.
+    assert all("ms" in r for r in report["kernels"] if r["provider"] in baselines), [
+        r for r in report["kernels"] if "error" in r]
+    refused = {(r["provider"], r["mode"]) for r in report["kernels"] if "not_applicable" in r}
+    assert refused == {(p, m) for p in ("sdpa-efficient", "sdpa-cudnn") for m in ("fwd", "fwd+bwd")} | {
+        ("flex-compiled", "fwd+bwd")}, refused
+    assert all("ms" in r for r in report["kernels"] if (r["provider"], r["mode"]) not in refused)
     fused = [r for r in report["kernels"] if r["provider"] == "fused"]
-    assert all(set(r["speedup_vs"]) == {"released", "reference", "reference-compiled"} for r in fused)
+    assert all(set(r["speedup_vs"]) == {"released", "reference", "reference-compiled"} for r in fused if r["op"] == "damsm")
+    assert all(set(r["speedup_vs"]) == {"released", "reference", "reference-compiled", "sdpa-math", "sdpa-flash",
+                                        "sdpa-flash-key-channel", "flex-compiled"} - ({"flex-compiled"} if r["mode"] ==
+                                        "fwd+bwd" else set()) for r in fused if r["op"] == "attention")
     # Which kernels each fused row launched, by the names kernels.chosen_configs() gives them: the
     # forward's are among the fwd+bwd row's, which adds the backward's; the two ops share none; every
     # kernel ran in some row.
@@ -85,7 +97,7 @@ def test_model_sizes_on_cpu_time_the_baselines_only(tmp_path, capsys, monkeypatc
     assert small.name.endswith("-small.json") and not model.name.endswith("-small.json")
     report = json.loads(model.read_text())
     assert report["sizes"] == "model"
-    assert {r["provider"] for r in report["kernels"]} == {"released", "reference", "reference-compiled"}
+    assert {r["provider"] for r in report["kernels"]} == {"released", "reference", "reference-compiled", *ATTENTION_ONLY}
     for r in report["kernels"]:
         if r["provider"] == "reference":
             assert set(r["speedup_vs"]) == {"released"} and r["speedup_vs"]["released"] > 0
