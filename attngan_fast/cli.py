@@ -91,7 +91,8 @@ def _ops_path() -> str:
     from attngan_fast import kernels
     from attngan_fast.kernels.attention.op import CPU_AUTO
 
-    attention = {"sdpa": "PyTorch's scaled_dot_product_attention", "reference": "the reference"}[CPU_AUTO]
+    name = {"sdpa": "PyTorch's scaled_dot_product_attention", "reference": "the reference"}
+    attention = " and ".join(f"{name[path]} for {layout} features" for layout, path in CPU_AUTO.items())
     cpu = f"on CPU tensors the DAMSM score by the reference (plain PyTorch), the word attention by {attention}"
     if torch.cuda.is_available() and kernels.TRITON_AVAILABLE and not kernels.interpreter_active():
         return f"Triton kernels on CUDA tensors (impl=auto); {cpu}"

@@ -250,6 +250,7 @@ def test_maskless_key_channel_form_matches_float64(case, dtype, backend):
                           similarities_of_order_one=_computes_in_16_bits(backend, dtype))
 
 
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("case", list(CASES))
 def test_flex_attention_forward_matches_float64(case, dtype):
@@ -274,6 +275,7 @@ def test_compiled_flex_attention_forward_matches_float64(case):
     check_against_float64(case, "fp32", attention, TOLERANCE["fp32"], "flex compiled", gradients=False)
 
 
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 @pytest.mark.parametrize("poison", [float("nan"), 1e30])
 def test_padding_words_never_take_part_in_flex_or_key_channel_forms(poison):
     query, context, word_mask = make_inputs(3, 16, 4, 4, 6, layout="channels_last")
@@ -289,18 +291,20 @@ def test_padding_words_never_take_part_in_flex_or_key_channel_forms(poison):
 
 
 def test_auto_on_cpu_is_the_measured_path_and_sdpa_leaves_damsm_on_auto(monkeypatch):
-    """impl="auto" on CPU tensors runs CPU_AUTO (float64: the reference); the DAMSM op takes a run's
-    impl="sdpa" as "auto"."""
+    """impl="auto" on CPU tensors runs CPU_AUTO for the query's layout (float64: the reference); the
+    DAMSM op takes a run's impl="sdpa" as "auto"."""
     query, context, word_mask = make_inputs(2, 8, 3, 3, 4)
-    assert attention_op.which_path("auto", query, context) == attention_op.CPU_AUTO
-    assert attention_op.which_path("auto", query.double(), context) == "reference"
+    last = query.contiguous(memory_format=torch.channels_last)
+    assert attention_op.which_path("auto", query, context) == attention_op.CPU_AUTO["nchw"]
+    assert attention_op.which_path("auto", last, context) == attention_op.CPU_AUTO["channels_last"]
+    assert attention_op.which_path("auto", last.double(), context) == "reference"
     assert attention_op.which_path("sdpa", query.double(), context) == "sdpa"
     calls = []
     monkeypatch.setattr(attention_op, "word_attention_sdpa", lambda *a: calls.append("sdpa") or (a[0], None))
     monkeypatch.setattr(attention_op, "word_attention_ref", lambda *a: calls.append("reference") or (a[0], None))
-    word_attention(query, context, word_mask)
-    word_attention(query.double(), context.double(), word_mask)
-    assert calls == [attention_op.CPU_AUTO, "reference"]
+    for q in (query, last, last.double()):
+        word_attention(q, context.to(q.dtype), word_mask)
+    assert calls == [attention_op.CPU_AUTO["nchw"], attention_op.CPU_AUTO["channels_last"], "reference"]
     words, regions = torch.randn(2, 8, 4), torch.randn(2, 8, 3, 3)
     lengths = torch.tensor([4, 2])
     torch.testing.assert_close(kernels.damsm_word_scores(words, lengths, regions, impl="sdpa"),
@@ -423,6 +427,25 @@ def test_bf16_activations_with_fp32_context(impl):
     assert ctx.dtype == torch.float32
     ref, _ = word_attention_ref(query64, context.double(), word_mask)
     assert_rel(ctx, ref, 1e-5, "mixed-dtype ctx")
+
+
+def test_cpu_auto_follows_the_measured_results_file():
+    """CPU_AUTO names, per layout, the path that spends less of a training step in F_attn (forward +
+    backward over the generator's image sides) in most (dtype, C) groups of the latest CPU measurement
+    (benchmarks/results/cpu-*-attention.json, ``python -m benchmarks.cpu_attention``)."""
+    import json
+    from pathlib import Path
+
+    from benchmarks.cpu_attention import per_step
+
+    files = sorted(Path(__file__).resolve().parents[1].glob("benchmarks/results/cpu-*-attention.json"),
+                   key=lambda f: json.loads(f.read_text())["date"])
+    assert files, "no CPU measurement of F_attn's paths: run python -m benchmarks.cpu_attention"
+    steps = per_step(json.loads(files[-1].read_text())["rows"])
+    for layout, path in attention_op.CPU_AUTO.items():
+        mine = [g for g in steps if g["layout"] == layout]
+        assert mine, f"{files[-1].name} has no {layout} rows"
+        assert 2 * sum(g["faster"] == path for g in mine) > len(mine), (layout, path, files[-1].name, mine)
 
 
 # ---------------------------------------------------------------------------------------------- errors

@@ -40,7 +40,10 @@ def word_attention_flex(query: torch.Tensor, context: torch.Tensor, word_mask: t
     Padding words' features are zeroed first (a zero weight keeps NaN: 0 · NaN = NaN), except in legacy
     mode, where other samples' rows attend to them."""
     with torch.autocast(device_type=query.device.type, enabled=False):
-        q, kv = query_key_value(query, context, word_mask, legacy_mask)
+        # The queries go in as the (B, 1, HW, C) view even for NCHW h (FlexAttention lays them out
+        # itself): compiled for CPU by torch 2.14, it gives wrong results when they are a contiguous copy
+        # of that view made inside the graph (tests/test_word_attention.py compiles an NCHW case).
+        q, kv = query_key_value(query, context, word_mask, legacy_mask, unit_stride=False)
         if block_mask is None:
             block_mask = padding_block_mask(word_mask, q.shape[2], legacy_mask)
         return context_map(flex_attention(q, kv, kv, block_mask=block_mask, scale=1.0), query)

@@ -15,7 +15,8 @@ from typing import Optional
 import torch
 
 from .. import _checks
-from .._runtime import TRITON_AVAILABLE, alloc_like_query, compute_dtype, choose_impl, fused_runnable, resolve_precision
+from .._runtime import (TRITON_AVAILABLE, alloc_like_query, choose_impl, compute_dtype, fused_runnable, is_channels_last,
+                        resolve_precision)
 from .reference import word_attention_ref, word_attention_ref_backward
 from .sdpa import word_attention_sdpa
 
@@ -27,11 +28,12 @@ else:  # pragma: no cover
     fused = None
     _INTERPRETED = False
 
-# What impl="auto" runs on CPU tensors: the faster of the reference and SDPA at the training shapes,
-# measured side by side (python -m benchmarks.cpu_attention; the results file is named in
-# docs/attention-providers.md). On a GPU "auto" stays the fused kernels until a GPU run measures them
-# against SDPA and FlexAttention.
-CPU_AUTO = "sdpa"
+# What impl="auto" runs on CPU tensors, per layout of the image features: the faster of the reference
+# and SDPA at the training shapes, measured side by side (python -m benchmarks.cpu_attention; the
+# results file is named in docs/attention-providers.md). channels_last: SDPA (its fused CPU kernel takes
+# the (B, HW, C) view as it is); NCHW: the reference (SDPA's two layout copies eat its gain). On a GPU
+# "auto" stays the fused kernels until a GPU run measures them against SDPA and FlexAttention.
+CPU_AUTO = {"channels_last": "sdpa", "nchw": "reference"}
 
 
 def _fused_ok(*tensors: torch.Tensor) -> bool:
@@ -45,7 +47,7 @@ def which_path(impl: str, query: torch.Tensor, context: torch.Tensor) -> str:
         return "sdpa"
     which = choose_impl(impl, _INTERPRETED, query, context)
     if impl == "auto" and query.device.type == "cpu" and compute_dtype(query, context) != torch.float64:
-        return CPU_AUTO
+        return CPU_AUTO["channels_last" if is_channels_last(query) else "nchw"]
     return which
 
 
@@ -132,8 +134,8 @@ def word_attention(
     return_attn: also return the attention maps β (B, T, H, W), fp32, not differentiable.
     legacy_mask: reproduce the released code's mask layout (row b·HW + q of the flattened scores takes
         the mask of sample (b·HW + q) mod B), for generators trained with the released code.
-    impl: "auto" (Triton on CUDA; on CPU whichever of SDPA and the reference measured faster, see
-        ``CPU_AUTO``; float64 on the reference), "triton", "reference" or "sdpa" (PyTorch's
+    impl: "auto" (Triton on CUDA; on CPU whichever of SDPA and the reference measured faster for the
+        query's layout, see ``CPU_AUTO``; float64 on the reference), "triton", "reference" or "sdpa" (PyTorch's
         scaled_dot_product_attention with the padding as a boolean mask, ``attention.sdpa``; the maps,
         when asked for, by the reference's math).
     precision: how the Triton path multiplies: "auto" (bf16/fp16 inputs straight into the tensor

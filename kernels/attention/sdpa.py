@@ -3,10 +3,10 @@
 keys = values = the projected words e' as (B, 1, T, C), the padding words masked.
 
 For channels_last h the (B, 1, HW, C) queries are a free view, and so is the context map made from
-SDPA's (B, 1, HW, C) output; NCHW h is viewed the same way (its channels then have stride HW, which
-PyTorch's fused backends refuse and its math backend takes) and its context map costs one copy back to
-NCHW. PyTorch picks the backend (math, memory-efficient, cuDNN or FlashAttention, the ones the inputs
-and ``torch.nn.attention.sdpa_kernel`` allow).
+SDPA's (B, 1, HW, C) output; NCHW h costs a copy into that layout (PyTorch's fused backends need unit
+stride on the channels; without them it would fall back to its math backend) and one back to NCHW
+for the context map. PyTorch picks the backend (math, memory-efficient, cuDNN or FlashAttention, the
+ones the inputs and ``torch.nn.attention.sdpa_kernel`` allow).
 
 Masks, as SDPA takes them (boolean, True = may attend): the sample's own valid words, (B, 1, 1, T);
 with ``legacy_mask`` the released layout, an explicit (B, 1, HW, T) mask whose row q of sample b is
@@ -29,11 +29,17 @@ from .reference import own_words, score_mask, word_attention_maps
 KEY_CHANNELS = 8
 
 
-def query_key_value(query: torch.Tensor, context: torch.Tensor, word_mask: torch.Tensor | None, legacy_mask: bool):
+def query_key_value(query: torch.Tensor, context: torch.Tensor, word_mask: torch.Tensor | None, legacy_mask: bool,
+                    unit_stride: bool = True):
     """query (B, C, H, W), context (B, C, T), word_mask (B, T) (True = padding) -> queries (B, 1, HW, C)
-    and keys = values (B, 1, T, C), padding words zeroed (except in legacy mode), in the promoted dtype."""
+    and keys = values (B, 1, T, C), padding words zeroed (except in legacy mode), in the promoted dtype.
+    ``unit_stride``: copy queries whose channels are strided (NCHW h) so that the channels are dense."""
     dtype = torch.promote_types(query.dtype, context.dtype)
     q = query.to(dtype).flatten(2).transpose(1, 2).unsqueeze(1)
+    if unit_stride and q.stride(-1) != 1:
+        # NCHW (or otherwise strided) h: one copy, without which the fused backends refuse the inputs
+        # and PyTorch falls back to its math backend (slower even on CPU: benchmarks.cpu_attention).
+        q = q.contiguous()
     # (B, T, C) made dense (B·T·C elements, a few kB): the fused backends need unit stride on C.
     kv = own_words(context.to(dtype), word_mask, legacy_mask).transpose(1, 2).contiguous().unsqueeze(1)
     return q, kv
