@@ -15,7 +15,8 @@ is exactly single-head attention (docs/attention-providers.md): (e) PyTorch's
 (FlexAttention under ``torch.compile``, its BlockMask built inside the call, once per batch as a
 training step does). A backend that refuses a case raises ``NotApplicable`` with PyTorch's reasons.
 
-F_attn inputs are laid out as in training with ``--channels-last`` (``AttentionCase.layout``): the
+The kernel tables' F_attn cases (GPU_ATTENTION, CPU_ATTENTION) are laid out as in training with
+``--channels-last`` (``AttentionCase.layout``; NCHW is the default of a case made elsewhere): the
 (B, HW, C) queries SDPA takes are then a free view; a provider that needs a copy makes it inside its
 timed call.
 
@@ -84,17 +85,19 @@ class AttentionCase:
     channels: int
     side: int
     words: int = 18
-    layout: str = "channels_last"  # of the image features h: "channels_last" or "nchw"
+    layout: str = "nchw"  # of the image features h: "nchw" or "channels_last"
 
     @property
     def label(self) -> str:
-        return f"B={self.batch} C={self.channels} {self.side}x{self.side} T={self.words} {self.layout}"
+        layout = "" if self.layout == "nchw" else f" {self.layout}"
+        return f"B={self.batch} C={self.channels} {self.side}x{self.side} T={self.words}{layout}"
 
 
 GPU_DAMSM = [DamsmCase(20), DamsmCase(48), DamsmCase(100)]
-GPU_ATTENTION = [AttentionCase(20, 32, 64), AttentionCase(20, 32, 128), AttentionCase(20, 48, 64), AttentionCase(20, 48, 128)]
+# The kernel tables' F_attn cases: channels_last, as training with --channels-last lays h out.
+GPU_ATTENTION = [AttentionCase(20, c, s, layout="channels_last") for c, s in ((32, 64), (32, 128), (48, 64), (48, 128))]
 CPU_DAMSM = [DamsmCase(4, dim=32, words=6, side=5)]
-CPU_ATTENTION = [AttentionCase(2, 16, 8, words=6)]
+CPU_ATTENTION = [AttentionCase(2, 16, 8, words=6, layout="channels_last")]
 
 
 def damsm_inputs(case: DamsmCase, device, dtype=torch.float32, seed: int = 0):

@@ -61,7 +61,8 @@ def measure(case: AttentionCase, dtype_name: str, backward: bool, repeat: int) -
             start = time.perf_counter()
             runs[path]()
             times[path].append((time.perf_counter() - start) * 1e3)
-    row = {"case": case.label, "layout": case.layout, "channels": case.channels, "side": case.side,
+    label = case.label if case.layout != "nchw" else f"{case.label} nchw"  # both layouts named in the table
+    row = {"case": label, "layout": case.layout, "channels": case.channels, "side": case.side,
            "dtype": dtype_name, "mode": "fwd+bwd" if backward else "fwd"}
     row.update({f"{path}_ms": round(statistics.median(t), 2) for path, t in times.items()})
     row["faster"] = min(PATHS, key=lambda p: row[f"{p}_ms"])
