@@ -89,12 +89,18 @@ def _ops_path() -> str:
     import torch
 
     from attngan_fast import kernels
+    from attngan_fast.kernels.attention.op import CPU_AUTO
+
+    name = {"sdpa": "PyTorch's scaled_dot_product_attention", "reference": "the reference"}
+    attention = " and ".join(f"{name[path]} for {layout} features" for layout, path in CPU_AUTO.items())
+    cpu = f"on CPU tensors the DAMSM score by the reference (plain PyTorch), the word attention by {attention}"
     if torch.cuda.is_available() and kernels.TRITON_AVAILABLE and not kernels.interpreter_active():
-        return "Triton kernels on CUDA tensors (impl=auto); the reference (plain PyTorch) on CPU tensors"
+        return f"Triton kernels on CUDA tensors (impl=auto); {cpu}"
     if torch.cuda.is_available():
-        return "reference (plain PyTorch): TRITON_INTERPRET=1 was set, so the kernels cannot run compiled on CUDA"
+        return (f"no Triton kernels: TRITON_INTERPRET=1 was set, so they cannot run compiled on CUDA; "
+                f"{cpu}, and on CUDA tensors the reference")
     extra = "; impl=triton runs the Triton kernels through the interpreter" if kernels.interpreter_active() else ""
-    return f"reference (plain PyTorch) on this machine (no CUDA device); the Triton kernels run on CUDA tensors{extra}"
+    return f"{cpu} (no CUDA device on this machine); the Triton kernels run on CUDA tensors{extra}"
 
 
 def _data_synth(args) -> int:
@@ -262,7 +268,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="start over in a folder that holds a run (its files are moved into OUT/replaced-<time>/)")
     p.add_argument("--amp", choices=["off", "bf16", "fp16"], help="mixed precision (fp16 uses a gradient scaler)")
     p.add_argument("--compile", action="store_true", help="torch.compile the models")
-    p.add_argument("--impl", choices=["auto", "triton", "reference"], help="attention math implementation")
+    p.add_argument("--impl", choices=["auto", "triton", "reference", "sdpa"],
+                   help="attention math implementation (sdpa: the generator's word attention through PyTorch's "
+                        "scaled_dot_product_attention, the DAMSM score as auto)")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format for images")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -123,7 +123,9 @@ class RuntimeConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: Literal["off", "bf16", "fp16"] = "off"
     compile: bool = False
-    impl: Literal["auto", "triton", "reference"] = "auto"
+    # The attention ops' implementation; "sdpa" runs the generator's word attention through PyTorch's
+    # scaled_dot_product_attention and the DAMSM score as "auto" (attngan_fast.kernels._runtime.IMPLS).
+    impl: Literal["auto", "triton", "reference", "sdpa"] = "auto"
     channels_last: bool = False
     # Autotune the fused kernels' launch configurations on CUDA; false pins the fixed defaults, so that
     # separate processes (a resumed run) round identically.

@@ -6,7 +6,18 @@ plain-PyTorch reference, eager; (c) ``reference-compiled`` — (b) under ``torch
 ``reference-compiled-max-autotune`` (inductor's ``max-autotune-no-cudagraphs``: it times its own
 matmul templates) and, for bf16 inputs, ``reference-compiled-tf32`` (fp32 matmuls on TF32 tensor
 cores, as the fused bf16 path uses them); (d) ``fused`` — the Triton kernels (``python -m benchmarks.gpu``
-times them at their fixed default launch in the tables and autotuned in a part of its own).
+times them at their fixed default launch in the tables and autotuned in a part of its own). For F_attn,
+which is exactly single-head attention (docs/attention-providers.md): (e) PyTorch's
+``scaled_dot_product_attention`` pinned to each backend with ``torch.nn.attention.sdpa_kernel``
+(``sdpa-math``, ``sdpa-efficient``, ``sdpa-cudnn``, ``sdpa-flash``, the padding as a boolean mask),
+``sdpa-flash-key-channel`` (FlashAttention takes no mask: the exact maskless form of
+``attngan_fast.kernels.attention.sdpa.word_attention_sdpa_key_channel``) and ``flex-compiled``
+(FlexAttention under ``torch.compile``, its BlockMask built inside the call, once per batch as a
+training step does). A backend that refuses a case raises ``NotApplicable`` with PyTorch's reasons.
+
+The F_attn cases of the tables are laid out as training with ``--channels-last`` lays them out
+(``AttentionCase.layout``): the (B, HW, C) queries SDPA takes are then a free view; a provider that
+needs a copy makes it inside its timed call.
 
 What keeps the comparison fair to both sides:
 - the fused providers run inside ``attngan_fast.kernels.value_checks(False)``, as the training loops call them: the
@@ -20,19 +31,28 @@ What keeps the comparison fair to both sides:
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from benchmarks.work import Work, attention_executed, attention_useful, damsm_executed, damsm_useful
 from attngan_fast import kernels
 from attngan_fast.kernels import (damsm_word_scores, damsm_word_scores_loop, damsm_word_scores_ref, testing, value_checks,
                                   word_attention, word_attention_ref)
+from attngan_fast.kernels._runtime import is_channels_last
 from attngan_fast.kernels.attention import word_attention_released
+from attngan_fast.kernels.attention.sdpa import word_attention_sdpa, word_attention_sdpa_key_channel
 
 BASELINES = ("released", "reference", "reference-compiled", "reference-compiled-max-autotune",
              "reference-compiled-tf32")
-PROVIDERS = {"damsm": (*BASELINES, "fused"), "attention": (*BASELINES, "fused")}  # per op, in table order
+# F_attn's providers beyond those: SDPA pinned to each backend, its maskless FlashAttention form,
+# FlexAttention under torch.compile.
+SDPA_BACKENDS = {"sdpa-math": SDPBackend.MATH, "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION,
+                 "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION, "sdpa-flash": SDPBackend.FLASH_ATTENTION}
+ATTENTION_ONLY = (*SDPA_BACKENDS, "sdpa-flash-key-channel", "flex-compiled")
+PROVIDERS = {"damsm": (*BASELINES, "fused"), "attention": (*BASELINES, *ATTENTION_ONLY, "fused")}  # table order
 MAX_AUTOTUNE = "max-autotune-no-cudagraphs"
 
 
@@ -72,10 +92,12 @@ class AttentionCase:
     channels: int
     side: int
     words: int = 18
+    layout: str = "channels_last"  # of the image features h: "channels_last" (as training lays them out) or "nchw"
 
     @property
     def label(self) -> str:
-        return f"B={self.batch} C={self.channels} {self.side}x{self.side} T={self.words}"
+        layout = "" if self.layout == "channels_last" else f" {self.layout}"
+        return f"B={self.batch} C={self.channels} {self.side}x{self.side} T={self.words}{layout}"
 
 
 CASES = {  # the model's sizes (the GPU's) and toy ones for a check of the path on CPU
@@ -94,9 +116,9 @@ def damsm_inputs(case: DamsmCase, device, dtype=torch.float32, seed: int = 0):
 
 
 def attention_inputs(case: AttentionCase, device, dtype=torch.float32, seed: int = 0):
-    """query (B, C, s, s), context (B, C, T), word_mask (B, T)."""
+    """query (B, C, s, s) in ``case.layout``, context (B, C, T), word_mask (B, T)."""
     return testing.attention_inputs(case.batch, case.channels, case.side, case.side, case.words,
-                                    scale=case.channels ** -0.25, dtype=dtype, device=device,
+                                    scale=case.channels ** -0.25, layout=case.layout, dtype=dtype, device=device,
                                     generator=torch.Generator().manual_seed(seed))
 
 
@@ -173,6 +195,62 @@ def _attention_released(query, context, word_mask):
     return word_attention_released(query, context, word_mask)[0]
 
 
+class NotApplicable(RuntimeError):
+    """A provider that does not take this case (dtype, mask, device); the message says why."""
+
+
+def _sdpa_reasons(seen, err: Exception, device: torch.device) -> str:
+    """PyTorch's reasons for refusing a pinned SDPA backend: its warnings, without the C++ locations."""
+    reasons = [str(w.message).split(" (Triggered internally")[0] for w in seen]
+    reasons = [r for r in reasons if r and not r.endswith("not used because:")]
+    if reasons:
+        return "; ".join(dict.fromkeys(reasons))
+    return "PyTorch has no CPU kernel for it" if device.type == "cpu" else str(err).splitlines()[0]
+
+
+def _sdpa_pinned(backend, form):
+    """``form`` (an SDPA form of F_attn: query, context, word_mask -> ctx) with SDPA pinned to ``backend``.
+    The fused backends need unit stride on the channels: NCHW queries are copied to channels_last inside
+    the call (the timed region); the math backend takes them as they are. The first call turns a
+    refusal into NotApplicable with PyTorch's reasons; later calls run bare."""
+    checked = []
+
+    def run(query, context, word_mask):
+        if backend != SDPBackend.MATH and not is_channels_last(query):
+            query = query.contiguous(memory_format=torch.channels_last)
+        with sdpa_kernel([backend]):
+            if checked:
+                return form(query, context, word_mask)
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                try:
+                    out = form(query, context, word_mask)
+                except RuntimeError as err:
+                    raise NotApplicable(f"{backend.name}: {_sdpa_reasons(seen, err, query.device)}") from None
+        checked.append(True)
+        return out
+
+    return run
+
+
+def _attention_sdpa(query, context, word_mask):
+    return word_attention_sdpa(query, context, word_mask)[0]
+
+
+def _flex_compiled():
+    """FlexAttention under torch.compile: mask_mod, BlockMask and kernel in one static graph."""
+    from attngan_fast.kernels.attention.flex import word_attention_flex
+
+    fn = compiled(word_attention_flex)
+
+    def run(query, context, word_mask):
+        if query.device.type == "cpu" and (query.requires_grad or context.requires_grad):
+            raise NotApplicable("FlexAttention has no backward on CPU in torch 2.14 (forward only)")
+        return fn(query, context, word_mask)
+
+    return run
+
+
 def _provider(name: str, released, reference, fused):
     if name == "released":
         return released
@@ -196,7 +274,14 @@ def damsm_provider(name: str):
 
 
 def attention_provider(name: str):
-    """f(query, context, word_mask) -> ctx (B, C, H, W). The released algorithm uses its own masking."""
+    """f(query, context, word_mask) -> ctx (B, C, H, W), any of PROVIDERS["attention"]. The released
+    algorithm uses its own masking. A provider that does not take a case raises NotApplicable."""
+    if name in SDPA_BACKENDS:
+        return _sdpa_pinned(SDPA_BACKENDS[name], _attention_sdpa)
+    if name == "sdpa-flash-key-channel":
+        return _sdpa_pinned(SDPBackend.FLASH_ATTENTION, word_attention_sdpa_key_channel)
+    if name == "flex-compiled":
+        return _flex_compiled()
     return _provider(name, _attention_released, _attention_reference, _attention_fused)
 
 

@@ -42,9 +42,10 @@ if not torch.cuda.is_available():
 
 from attngan_fast import kernels  # noqa: E402
 from attngan_fast.kernels.testing import DTYPES, Check, checks, compare_with_float64, tolerance  # noqa: E402
-from benchmarks.cases import (CASES, PROVIDERS, applies, attention_inputs, attention_provider,  # noqa: E402
-                              attention_work, compile_backend, damsm_inputs, damsm_provider, damsm_work,
-                              forward_backward, not_applicable)
+from benchmarks.cases import (CASES, PROVIDERS, NotApplicable, applies, attention_inputs,  # noqa: E402
+                              attention_provider, attention_work, compile_backend, damsm_inputs, damsm_provider,
+                              damsm_work, forward_backward, not_applicable)
+from benchmarks.work import attention_provider_work  # noqa: E402
 
 PARTS = ("checks", "damsm", "attention", "train", "tuned", "loop")
 
@@ -136,14 +137,30 @@ def kernel_row(op: str, case, dtype_name: str, mode: str, provider: str, device:
                    tflops=useful.flops / (row["ms"] * 1e-3) / 1e12, gbps=useful.bytes / (row["ms"] * 1e-3) / 1e9)
         _floor(row, useful.flops, useful.bytes, limits)
         if provider.startswith("fused"):
-            row.update(launch=launch, executed_gflop=executed.flops / 1e9, executed_mb=executed.bytes / 1e6)
-    except BudgetExceeded:
+            row["launch"] = launch
+        else:  # what a baseline executes and moves, where benchmarks.work counts it (F_attn's providers)
+            executed = _provider_work(op, provider, case, dtype, mode)
+        if executed is not None:
+            row.update(executed_gflop=executed.flops / 1e9, executed_mb=executed.bytes / 1e6)
+    except (BudgetExceeded, KeyboardInterrupt):
         raise
+    except NotApplicable as err:  # a backend that refuses the case (SDPA's, FlexAttention's backward on CPU)
+        row["not_applicable"] = str(err)
     except Exception as err:  # a baseline that cannot run is recorded, not fatal
         row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
+
+
+def _provider_work(op: str, provider: str, case, dtype: torch.dtype, mode: str):
+    if op != "attention":
+        return None
+    try:
+        return attention_provider_work(provider, case.batch, case.channels, case.side ** 2, case.words,
+                                       torch.finfo(dtype).bits // 8, mode == "fwd+bwd")
+    except (KeyError, ValueError):  # not counted (FlashAttention in fp32, the compiled variants)
+        return None
 
 
 def tuned_row(op: str, case, dtype_name: str, device: torch.device, measure, limits) -> dict:
@@ -287,8 +304,10 @@ def run(parts, sizes: str, device: torch.device, measure, out: Path, report: dic
     """Measures the planned rows into ``report`` (saved after each), within ``budget`` seconds."""
     started = time.time()
     deadline = started + budget if budget else float("inf")
+    fired = []  # the timer fired: a row that caught the exception somewhere inside is cut all the same
 
     def expired(*_):
+        fired.append(True)
         raise BudgetExceeded
 
     previous = signal.signal(signal.SIGALRM, expired) if budget else None
@@ -303,6 +322,8 @@ def run(parts, sizes: str, device: torch.device, measure, out: Path, report: dic
             try:
                 row = thunk()
             except BudgetExceeded:
+                fired.append(True)
+            if fired or time.time() > deadline:
                 report["not_reached"] = [f"{row_id} (cut by the budget)"] + [i for _, i, _ in rows[n + 1:]]
                 break
             report["rows"].append({"part": part, "id": row_id, **row})

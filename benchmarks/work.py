@@ -20,6 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from math import ceil
 
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
+
 from attngan_fast.kernels._runtime import next_block
 
 
@@ -152,5 +158,249 @@ def attention_executed(batch: int, channels: int, pixels: int, words: int, eleme
         parts["backward"] = dict(kernel="word_attention_bwd", config=str(bwd_cfg),
                                  products=["s", "dβ", "d_query", "d_context (g·β)", "d_context (q·ds)"],
                                  flops=5 * product(bwd_cfg),
-                                 bytes=3 * big + bwd_programs * (context + 2 * channels * words * 4))
+                                 bytes=3 * big + bwd_programs * (context + 2 * channels * words * 4),
+                                 programs=bwd_programs)
     return Work(sum(p["flops"] for p in parts.values()), sum(p["bytes"] for p in parts.values()), parts)
+
+
+# ------------------------------------------------------------------------------------------------------
+# F_attn's providers at the bird sizes: what each executes and moves (docs/attention-providers.md)
+
+# Providers whose work is counted op by op: eager PyTorch, every ATen kernel reading its inputs and writing
+# its outputs (an upper bound of the HBM traffic: L2 may serve a re-read), FLOPs by FlopCounterMode.
+COUNTED_EAGER = ("released", "reference", "sdpa-math")
+# Providers whose work follows from their kernels' design (tile sizes, grids, what each pass reads and
+# writes), as read in the sources of torch 2.14 (the numbers below) and of this project.
+MODELLED = ("reference-compiled", "sdpa-efficient", "sdpa-flash-key-channel", "flex-compiled", "fused")
+# Not counted: cuDNN's kernels are closed; FlashAttention takes no mask (its exact form is the key-channel row).
+NOT_COUNTED = {"sdpa-cudnn": "closed source: the GPU run's time is all there is",
+               "sdpa-flash": "takes no mask on CUDA: see sdpa-flash-key-channel"}
+
+# torch 2.14's kernels at head dims <= 64 (CUDA sources; inductor's heuristics for FlexAttention on sm_90):
+EFFICIENT_KEYS_PER_BLOCK = 64  # mem-efficient attention: keys per tile, forward and backward
+FLASH_KEYS_PER_BLOCK = 128  # FlashAttention-2, head dim 64 template
+FLASH_HEAD_DIMS = (32, 64, 96, 128, 160, 192, 224, 256)  # FlashAttention-2's compiled head dims
+FLEX_BLOCK_N = 64  # FlexAttention forward and its dQ programs (BLOCK_N, BLOCK_N2)
+FLEX_BLOCK_N1 = {2: 64, 4: 16}  # its dK/dV programs' key tile, by element bytes (bf16 / fp32)
+KEY_CHANNELS = 8  # the key-channel form's added channels (attngan_fast.kernels.attention.sdpa)
+
+
+def _eager_work(provider: str, batch: int, channels: int, pixels: int, words: int, element_bytes: int,
+                backward: bool) -> Work:
+    """``provider`` run on fake (shape-only) channels_last tensors at the true sizes under a dispatch
+    mode that adds up, per ATen kernel, the bytes its tensor inputs span and its outputs span (views and
+    metadata are free), and FlopCounterMode's FLOPs. The loss gradient is made outside the count."""
+    from benchmarks.cases import attention_provider
+
+    side = int(round(pixels ** 0.5))
+    if side * side != pixels:
+        raise ValueError(f"pixels must be a square (an image side squared), got {pixels}")
+    dtype = {2: torch.bfloat16, 4: torch.float32}[element_bytes]
+    fake = FakeTensorMode()
+    with fake:
+        query = torch.empty(batch, channels, side, side, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        context = torch.empty(batch, channels, words, dtype=dtype)
+        word_mask = torch.zeros(batch, words, dtype=torch.bool)
+        query.requires_grad_(backward), context.requires_grad_(backward)
+    fn = attention_provider(provider)
+    counter, flops = _Traffic(), FlopCounterMode(display=False)
+    with fake, counter, flops:
+        ctx = fn(query, context, word_mask)
+    parts = {"forward": dict(kernels=len(counter.ops), bytes=counter.bytes, flops=flops.get_total_flops())}
+    if backward:
+        with fake:
+            grad = torch.empty_like(ctx)
+        counter, flops = _Traffic(), FlopCounterMode(display=False)
+        with fake, counter, flops:
+            torch.autograd.grad(ctx, (query, context), grad)
+        parts["backward"] = dict(kernels=len(counter.ops), bytes=counter.bytes, flops=flops.get_total_flops())
+    return Work(sum(p["flops"] for p in parts.values()), sum(p["bytes"] for p in parts.values()),
+                dict(parts, how="counted: ATen kernels on fake tensors"))
+
+
+def _span(t: torch.Tensor) -> int:
+    """Bytes the tensor's elements cover in memory (a stride-0 broadcast counted once)."""
+    if t.numel() == 0:
+        return 0
+    return (1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if st > 0)) * t.element_size()
+
+
+class _Traffic(TorchDispatchMode):
+    """Adds up the bytes each ATen kernel reads and writes: its tensor inputs and outputs, once each;
+    nothing for views, metadata and allocations."""
+
+    FREE = ("_unsafe_view", "lift_fresh", "detach", "empty", "empty_like", "empty_strided", "new_empty")
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list = []
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        outs = [o for o in tree_leaves(out) if isinstance(o, torch.Tensor)]
+        view = any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
+        if func.namespace == "aten" and outs and not view and func.__name__.split(".")[0] not in self.FREE:
+            moved = sum(_span(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor))
+            moved += sum(_span(t) for t in outs)
+            self.ops.append((str(func), moved))
+            self.bytes += moved
+        return out
+
+
+def _flash_head_dim(channels: int) -> int:
+    return next(d for d in FLASH_HEAD_DIMS if d >= channels)
+
+
+def _modelled_work(provider: str, batch: int, channels: int, pixels: int, words: int, element_bytes: int,
+                   backward: bool) -> Work:
+    """The design count of a fused attention kernel (or, for the compiled reference, of the schedule
+    "library matmuls, everything between them fused"). rows = B·HW; big = one pass over a (B, HW, C)
+    map; row = one fp32 per pixel (logsumexp, Δ = rowsum(dO∘O))."""
+    rows, e = batch * pixels, element_bytes
+    big, row, small = rows * channels * e, rows * 4, batch * channels * words * e
+
+    def product(keys: int, dim: int = channels) -> int:
+        return 2 * rows * keys * dim
+
+    if provider == "fused":
+        return attention_executed(batch, channels, pixels, words, element_bytes, backward)
+    # Every program of a forward kernel loads the sample's keys and values (L2 serves all but the first).
+    def keys_values(programs: int, dim: int = channels) -> float:
+        return programs * 2 * words * dim * e
+
+    if provider == "sdpa-efficient":
+        keys = _padded(words, EFFICIENT_KEYS_PER_BLOCK)
+        parts = {"forward": dict(passes="q read, out written, logsumexp written (with backward); k, v, mask "
+                                        "bias per program (L2)", flops=2 * product(keys),
+                                 bytes=2 * big + (row if backward else 0) + keys_values(batch * ceil(pixels / 64)))}
+        if backward:
+            parts["backward"] = dict(
+                passes="Δ from out and dO; then B programs (num_splits_key = ceil(T / 64) = 1), each over all "
+                       "its HW queries: q, dO, logsumexp, Δ read, dq written; dk, dv",
+                flops=5 * product(keys), bytes=2 * big + row + 2 * big + 2 * row + big + 3 * small,
+                programs=batch)
+        return _work(parts)
+    if provider == "sdpa-flash-key-channel":
+        if e != 2:
+            raise ValueError("FlashAttention takes fp16/bf16 only")
+        wide, dim = rows * (channels + KEY_CHANNELS) * e, _flash_head_dim(channels + KEY_CHANNELS)
+        keys = _padded(words, FLASH_KEYS_PER_BLOCK)
+        parts = {"forward": dict(passes="q copied into q' (C + 8 channels); q' read, o' written (ctx a view), "
+                                        "logsumexp (with backward)", flops=2 * product(keys, dim),
+                                 bytes=big + wide + wide + wide + (row if backward else 0)
+                                 + keys_values(batch * ceil(pixels / 128), channels + KEY_CHANNELS))}
+        if backward:
+            accum = rows * dim * 4
+            parts["backward"] = dict(
+                passes="dO padded into dO'; Δ from o', dO' and dq_accum zeroed; B programs (one key block) "
+                       "over all queries: q', dO', logsumexp, Δ read, dq_accum added (fp32 atomics); dq' "
+                       "converted", flops=5 * product(keys, dim),
+                bytes=(big + wide) + (2 * wide + row + accum) + (2 * wide + 2 * row + 2 * accum) + (accum + wide),
+                programs=batch)
+        return _work(parts)
+    if provider == "flex-compiled":
+        dim = next_block(channels)
+        parts = {"forward": dict(passes="q read, out written, logsumexp (with backward); block mask built "
+                                        "per call (B·HW/128 ints)", flops=2 * product(_padded(words, FLEX_BLOCK_N), dim),
+                                 bytes=2 * big + (row if backward else 0) + keys_values(batch * ceil(pixels / 64)))}
+        if backward:
+            block_n1 = FLEX_BLOCK_N1[e]
+            parts["backward"] = dict(
+                passes="Δ from out and dO; dQ programs (HW / 64 per sample): q, dO, logsumexp, Δ read, dq "
+                       f"written; dK/dV programs (ceil(T / {block_n1}) per sample), each over all its HW "
+                       "queries: q, dO, logsumexp, Δ read again",
+                flops=3 * product(_padded(words, FLEX_BLOCK_N), dim) + 4 * product(_padded(words, block_n1), dim),
+                bytes=(2 * big + row) + (2 * big + 2 * row + big) + (2 * big + 2 * row),
+                programs=batch * ceil(words / block_n1))
+        return _work(parts)
+    if provider == "reference-compiled":
+        f32, scores = rows * channels * 4, rows * words * 4
+        cast = (big + f32) if e != 4 else 0  # a 16-bit map to fp32 (or back) for the fp32 matmuls
+        parts = {"forward": dict(passes="[q to fp32]; bmm s = qᵀk; softmax (mask fused); bmm ctx = βkᵀ; [ctx "
+                                        "to the input dtype]", flops=2 * product(words),
+                                 bytes=cast + (f32 + scores) + 2 * scores + (scores + f32) + cast)}
+        if backward:
+            parts["backward"] = dict(
+                passes="[g to fp32]; bmm dβ = gᵀk; ds (fused, β saved); bmm d_query = ds·k [and its cast]; "
+                       "bmm d_context = g·β + q·ds (g, β, q, ds read)",
+                flops=4 * product(words),
+                bytes=cast + (f32 + scores) + 3 * scores + (scores + f32) + cast + (2 * f32 + 2 * scores))
+        return _work(parts)
+    raise ValueError(f"no design count for provider {provider!r}")
+
+
+MODELLED_HOW = "modelled from the kernels' design"
+
+
+def _work(parts: dict) -> Work:
+    return Work(sum(p["flops"] for p in parts.values()), sum(p["bytes"] for p in parts.values()),
+                dict(parts, how=MODELLED_HOW))
+
+
+def attention_provider_work(provider: str, batch: int, channels: int, pixels: int, words: int, element_bytes: int,
+                            backward: bool) -> Work | None:
+    """What one F_attn call of ``provider`` (``benchmarks.cases.PROVIDERS["attention"]``) executes and
+    moves at these sizes: FLOPs with the kernels' padding, bytes to and from memory; ``detail`` has a
+    part per pass (forward, backward), how it was counted and, for backward kernels with few programs,
+    how many there are. None for the providers not counted (``NOT_COUNTED``)."""
+    if provider in NOT_COUNTED:
+        return None
+    if provider in COUNTED_EAGER:
+        return _eager_work(provider, batch, channels, pixels, words, element_bytes, backward)
+    return _modelled_work(provider, batch, channels, pixels, words, element_bytes, backward)
+
+
+PROVIDER_ORDER = ("released", "reference", "reference-compiled", "sdpa-math", "sdpa-efficient", "sdpa-cudnn",
+                  "sdpa-flash", "sdpa-flash-key-channel", "flex-compiled", "fused")
+
+
+def provider_table(batch: int, channels: int, side: int, words: int, bandwidth_tbs: float) -> list[str]:
+    """Markdown rows of ``attention_provider_work`` for every provider and both dtypes at one size."""
+    pixels = side * side
+    lines = [f"B={batch} C={channels} {side}x{side} T={words}; µs = the bytes at {bandwidth_tbs:g} TB/s (read + "
+             "written), the time no schedule of those bytes beats.", "",
+             "| provider | dtype | fwd GFLOP | fwd MB (x useful) | fwd+bwd GFLOP | fwd+bwd MB (x useful) | "
+             "fwd+bwd µs at the bytes | backward programs | counted |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for element_bytes, dtype in ((4, "fp32"), (2, "bf16")):
+        useful = [attention_useful(batch, channels, pixels, words, element_bytes, b) for b in (False, True)]
+        lines.append(f"| useful (the math) | {dtype} | {useful[0].flops / 1e9:.2f} | {useful[0].bytes / 1e6:.1f} | "
+                     f"{useful[1].flops / 1e9:.2f} | {useful[1].bytes / 1e6:.1f} | "
+                     f"{useful[1].bytes / (bandwidth_tbs * 1e6):.0f} | - | - |")
+        for provider in PROVIDER_ORDER:
+            if provider in NOT_COUNTED:
+                lines.append(f"| {provider} | {dtype} | - | - | - | - | - | - | {NOT_COUNTED[provider]} |")
+                continue
+            try:
+                fwd, both = (attention_provider_work(provider, batch, channels, pixels, words, element_bytes, b)
+                             for b in (False, True))
+            except ValueError as err:  # FlashAttention in fp32
+                lines.append(f"| {provider} | {dtype} | - | - | - | - | - | - | {err} |")
+                continue
+            programs = both.detail.get("backward", {}).get("programs", "-")
+            lines.append(f"| {provider} | {dtype} | {fwd.flops / 1e9:.2f} | {fwd.bytes / 1e6:.1f} "
+                         f"({fwd.bytes / useful[0].bytes:.2f}x) | {both.flops / 1e9:.2f} | {both.bytes / 1e6:.1f} "
+                         f"({both.bytes / useful[1].bytes:.2f}x) | {both.bytes / (bandwidth_tbs * 1e6):.0f} | "
+                         f"{programs} | {both.detail.get('how', MODELLED_HOW).split(':')[0]} |")
+    return lines + [""]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.work",
+                                     description="What each F_attn provider executes and moves at the bird sizes.")
+    parser.add_argument("--sizes", nargs="*", default=["32 128", "32 64", "48 128", "48 64"], metavar="'C SIDE'",
+                        help="channels and image side per table (B = 20, T = 18)")
+    parser.add_argument("--bandwidth-tbs", type=float, default=3.0,
+                        help="HBM bandwidth for the µs column (3.0: an H100's device-to-device copy, read + written)")
+    args = parser.parse_args(argv)
+    for spec in args.sizes:
+        channels, side = (int(v) for v in spec.split())
+        print("\n".join(provider_table(20, channels, side, 18, args.bandwidth_tbs)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,7 +4,8 @@ Public ops (each with ``impl="auto" | "triton" | "reference"``):
 - ``damsm_word_scores(words, cap_lens, regions, gamma1, gamma2, *, return_attn, impl)`` — DAMSM
   word-level matching score for every (image, caption) pair; reference ``damsm_word_scores_ref``.
 - ``word_attention(query, context, word_mask, *, return_attn, legacy_mask, impl)`` — the generator's
-  word attention F_attn; reference ``word_attention_ref``.
+  word attention F_attn; reference ``word_attention_ref``; also ``impl="sdpa"`` (PyTorch's
+  scaled_dot_product_attention, ``word_attention_sdpa``), which the DAMSM op takes as "auto".
 
 Importable on its own (``from attngan_fast import kernels`` needs only torch; Triton optional). To run the Triton kernels on CPU tensors,
 set ``TRITON_INTERPRET=1`` before importing this package. On CUDA the kernels autotune their launch
@@ -24,7 +25,7 @@ if __name__ != "attngan_fast.kernels":
 from ._checks import value_checks
 from ._runtime import TRITON_AVAILABLE
 from ._tuning import AUTOTUNE_ENV, autotune_enabled, autotuning, set_autotune
-from .attention import word_attention, word_attention_ref
+from .attention import word_attention, word_attention_ref, word_attention_sdpa
 from .damsm import damsm_word_scores, damsm_word_scores_loop, damsm_word_scores_ref
 
 
@@ -59,4 +60,5 @@ __all__ = [
     "value_checks",
     "word_attention",
     "word_attention_ref",
+    "word_attention_sdpa",
 ]

@@ -18,7 +18,10 @@ try:
 except ImportError:  # pragma: no cover - Linux builds of torch ship Triton
     TRITON_AVAILABLE = False
 
-IMPLS = ("auto", "triton", "reference")
+IMPLS = ("auto", "triton", "reference", "sdpa")
+# "sdpa" (PyTorch's scaled_dot_product_attention) is F_attn's alone; an op with no such form (the DAMSM
+# score: two softmaxes, over words and then over regions) runs it as "auto", so that one run-wide
+# setting (runtime.impl, --impl) can name it.
 # What a user may ask for; "native" is what "auto" resolves to for bf16/fp16 inputs of one dtype.
 PRECISIONS = ("auto", "ieee", "tf32", "bf16x3")
 
@@ -33,12 +36,15 @@ def kernel_is_interpreted(kernel) -> bool:
 
 
 def resolve_impl(impl: str, device: torch.device, interpreted: bool) -> str:
-    """Map the user's ``impl`` to ``"triton"`` or ``"reference"`` for tensors on ``device``.
+    """Map the user's ``impl`` to ``"triton"`` or ``"reference"`` for tensors on ``device`` ("sdpa" as
+    "auto": ops with an SDPA path take it before asking here).
 
     ``interpreted`` says whether this op's kernels were built for the Triton interpreter.
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "sdpa":
+        impl = "auto"
     if impl == "reference":
         return "reference"
     if impl == "auto":
@@ -137,9 +143,14 @@ def poison_(out: torch.Tensor) -> torch.Tensor:
     return out.fill_(float("nan")) if POISON_OUTPUTS else out
 
 
+def is_channels_last(query: torch.Tensor) -> bool:
+    """Whether (B, C, H, W) ``query`` is laid out channels_last (and not also NCHW-contiguous, as
+    tensors with C = 1 or H = W = 1 are)."""
+    return query.is_contiguous(memory_format=torch.channels_last) and not query.is_contiguous()
+
+
 def alloc_like_query(query: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """An output shaped like ``query`` (B, C, H, W) in its memory format, NCHW or channels_last, so that
     flattening H and W is always a view. Shared by the real and the fake kernels, so strides agree."""
-    channels_last = query.is_contiguous(memory_format=torch.channels_last) and not query.is_contiguous()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fmt = torch.channels_last if is_channels_last(query) else torch.contiguous_format
     return torch.empty(query.shape, device=query.device, dtype=dtype, memory_format=fmt)

@@ -26,3 +26,16 @@ def loss_and_grads(fn, *leaves: torch.Tensor, autocast: bool = False) -> list[to
         value = fn(*xs)
     value.backward()
     return [value.detach(), *(x.grad for x in xs)]
+
+
+def assert_gradients(out: torch.Tensor, ref: torch.Tensor, leaves: dict, tol: float, what: str,
+                     floors: dict | None = None) -> None:
+    """Back-propagates one random linear loss through ``out`` and through its float64 ``ref``, then
+    checks each gradient: ``leaves`` maps a name to (leaf, its float64 twin); ``floors`` a name to the
+    scale its error is judged against where the gradient vanishes (``rel_err``). Leaves keep their dtype."""
+    grad = torch.randn_like(ref)
+    (ref * grad).sum().backward()
+    (out * grad.to(out.dtype)).sum().backward()
+    for name, (leaf, leaf64) in leaves.items():
+        assert leaf.grad.dtype == leaf.dtype, f"d_{name} is {leaf.grad.dtype}, its input {leaf.dtype}"
+        assert_rel(leaf.grad, leaf64.grad, tol, f"d_{name} ({what})", floor=(floors or {}).get(name, 0.0))

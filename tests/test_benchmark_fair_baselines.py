@@ -152,3 +152,29 @@ def test_kernel_rows_carry_useful_and_executed_work_and_rates_of_the_useful_work
     table = "\n".join(gpu._kernel_table(rows, "damsm", "DAMSM"))
     assert "useful GFLOP, MB" in table and "executed GFLOP, MB" in table
     assert f"{executed.flops / 1e9:.3g}, {executed.bytes / 1e6:.3g}" in table
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("layout", ["channels_last", "nchw"])
+@pytest.mark.parametrize("provider", cases.ATTENTION_ONLY)
+def test_sdpa_and_flex_providers_compute_f_attn_or_say_why_not(provider, layout):
+    """Each SDPA / FlexAttention row computes F_attn with the sample's own padding (NCHW queries copied
+    inside the call for the fused backends), or refuses with the backend's reason: on CPU PyTorch has
+    no memory-efficient or cuDNN kernel, and FlexAttention no backward."""
+    case = AttentionCase(2, 16, 4, words=5, layout=layout)
+    query, context, mask = cases.attention_inputs(case, "cpu", seed=torch.seed() % 2**31)
+    expected = kernels.word_attention_ref(query.double(), context.double(), mask)[0]
+    with cases.compile_backend("aot_eager"):  # the compiled rows' graph, without inductor's CPU compile
+        fn = cases.attention_provider(provider)
+    try:
+        ctx = fn(query, context, mask)
+    except cases.NotApplicable as err:
+        assert provider in ("sdpa-efficient", "sdpa-cudnn") and "PyTorch has no CPU kernel" in str(err), err
+        return
+    assert torch.linalg.vector_norm(ctx.double() - expected) <= 1e-5 * torch.linalg.vector_norm(expected)
+    query.requires_grad_(), context.requires_grad_()
+    if provider == "flex-compiled":
+        with pytest.raises(cases.NotApplicable, match="no backward on CPU"):
+            fn(query, context, mask)
+        return
+    cases.forward_backward(fn, (query, context, mask), (query, context))()

@@ -38,10 +38,17 @@ def test_every_part_runs_end_to_end_and_writes_its_rows(tmp_path, capsys):
     assert launched == set(kernels.chosen_configs())  # every kernel was checked
 
     timed = [r for r in rows if r["part"] in ("damsm", "attention")]
-    assert {(r["op"], r["provider"]) for r in timed if "ms" in r} == {
-        (op, p) for op in ("damsm", "attention") for p in ("released", "reference", "reference-compiled", "fused")}
+    ours = ("released", "reference", "reference-compiled", "fused")
+    assert {(r["op"], r["provider"]) for r in timed if "ms" in r} == {(op, p) for op in ("damsm", "attention")
+                                                                     for p in ours} | {
+        ("attention", p) for p in ("sdpa-math", "sdpa-flash", "sdpa-flash-key-channel", "flex-compiled")}
     assert not [r for r in timed if "error" in r]
+    # Every other row says why it has no time: on CPU the CUDA-only compile variants, SDPA's
+    # memory-efficient and cuDNN backends, FlexAttention's backward.
+    refused = {(r["provider"], r["mode"]) for r in timed if "ms" not in r}
     assert all("not_applicable" in r for r in timed if "ms" not in r)
+    assert {("sdpa-efficient", "fwd"), ("sdpa-cudnn", "fwd+bwd"), ("flex-compiled", "fwd+bwd")} <= refused
+    assert ("flex-compiled", "fwd") not in refused
     for r in timed:
         if r["provider"] == "fused" and r["mode"] == "fwd+bwd":  # at least the useful work is executed
             assert r["executed_gflop"] >= r["useful_gflop"] > 0 and r["launch"]

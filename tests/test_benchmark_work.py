@@ -67,3 +67,51 @@ def test_the_counts_use_the_configurations_the_launchers_launch(dtype):
     assert detail["forward"]["config"] == str(seen[id(damsm_fused._FWD)])
     assert detail["context"]["config"] == str(seen[id(damsm_fused._CONTEXT)])
     assert detail["grad"]["config"] == str(seen[id(damsm_fused._GRAD)])
+
+
+def test_the_traffic_counter_adds_inputs_and_outputs_and_skips_views():
+    """_Traffic: an add of two fp32 tensors of N elements moves 3·4N bytes, a transpose and an unsqueeze nothing, a
+    stride-0 broadcast input counts the memory it covers once."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from benchmarks.work import _Traffic
+
+    fake = FakeTensorMode()
+    with fake:
+        a, b, row = torch.empty(64, 32), torch.empty(64, 32), torch.empty(1, 32)
+    counter = _Traffic()
+    with fake, counter:
+        a.t().unsqueeze(0)
+        a + b
+        a + row.expand(64, 32)
+    assert [name for name, _ in counter.ops] == ["aten.add.Tensor", "aten.add.Tensor"]
+    assert [moved for _, moved in counter.ops] == [3 * 64 * 32 * 4, 2 * 64 * 32 * 4 + 32 * 4]
+
+
+@pytest.mark.parametrize("element_bytes", [2, 4])
+def test_every_f_attn_provider_is_counted_at_least_at_the_useful_work(element_bytes):
+    """At the bird sizes (B = 20, C = 32, 128², T = 18) every counted provider executes at least the
+    useful FLOPs and moves at least the useful bytes; the flash-style backward kernels (mem-efficient,
+    FlashAttention, FlexAttention's dK/dV) run B programs (T = 18 is one key block), the fused one a
+    program per 128 pixels of each sample."""
+    from benchmarks.cases import PROVIDERS
+    from benchmarks.work import NOT_COUNTED, attention_provider_work
+
+    useful = attention_useful(20, 32, 128 * 128, 18, element_bytes, backward=True)
+    counted = {}
+    for provider in PROVIDERS["attention"]:
+        if provider in NOT_COUNTED or provider.startswith("fused-") or provider.startswith("reference-compiled-"):
+            assert provider in NOT_COUNTED or provider.endswith(("untuned", "max-autotune", "tf32"))
+            continue
+        if provider == "sdpa-flash-key-channel" and element_bytes == 4:
+            with pytest.raises(ValueError, match="fp16/bf16 only"):
+                attention_provider_work(provider, 20, 32, 128 * 128, 18, element_bytes, True)
+            continue
+        work = attention_provider_work(provider, 20, 32, 128 * 128, 18, element_bytes, True)
+        assert work.flops >= useful.flops * (1 - 1e-9) and work.bytes >= useful.bytes, provider
+        counted[provider] = work
+    programs = {p: w.detail["backward"].get("programs") for p, w in counted.items()}
+    assert programs["sdpa-efficient"] == 20 and programs["fused"] == 20 * 128 * 128 // 128
+    assert programs["flex-compiled"] == (20 if element_bytes == 2 else 40)
+    for provider in ("released", "reference", "sdpa-math"):
+        assert counted[provider].detail["how"].startswith("counted") and counted[provider].flops == pytest.approx(useful.flops)

@@ -155,7 +155,9 @@ def test_info_says_which_path_the_ops_take():
     if torch.cuda.is_available():
         assert ops.startswith("Triton kernels on CUDA tensors"), ops
     else:
-        assert ops.startswith("reference (plain PyTorch) on this machine (no CUDA device)"), ops
+        assert ops.startswith("on CPU tensors the DAMSM score by the reference (plain PyTorch), the word attention "
+                              "by PyTorch's scaled_dot_product_attention for channels_last features and the "
+                              "reference for nchw features (no CUDA device"), ops
 
 
 def test_python_dash_m_cli_runs_the_command_line():

@@ -115,14 +115,14 @@ def test_released_mask_bug_only_with_legacy_mask():
     torch.testing.assert_close(own.images[0], legacy.images[0])  # the first stage has no attention
 
 
-@needs_interpreter
-def test_generator_fused_path_equals_reference_path():
+@pytest.mark.parametrize("impl", [pytest.param("triton", marks=needs_interpreter), "sdpa"])
+def test_generator_fused_path_equals_reference_path(impl):
     torch.manual_seed(0)
     netG = Generator(16, 24, z_dim=8, c_dim=8, r_num=1, stages=2, base_size=8, impl="reference")
     z, sentence, words, mask = _inputs(batch=2, emb=24, max_len=5, z_dim=8)
     runs = []
-    for impl in ("reference", "triton"):
-        netG.impl = impl
+    for path in ("reference", impl):
+        netG.impl = path
         netG.zero_grad()
         torch.manual_seed(3)
         out = netG(z, sentence, words, mask, return_attn=True)
@@ -261,6 +261,7 @@ def test_a_training_step_reads_nothing_back_from_the_device(variant):
     ("runtime.amp=fp16",),
     ("runtime.compile=true",),
     pytest.param(("runtime.impl=triton",), marks=needs_interpreter),
+    ("runtime.impl=sdpa", "runtime.amp=bf16"),
 ])
 def test_speed_knobs_smoke(synthetic_root, damsm_checkpoint, tmp_path, knobs):
     torch._dynamo.reset()

@@ -1,5 +1,5 @@
-"""F_attn word attention: both paths against float64, gradients, masks (own and legacy), layouts,
-compile, autocast, errors."""
+"""F_attn word attention: every path (reference, Triton, SDPA; FlexAttention's forward) against float64,
+gradients, masks (own and legacy), layouts, compile, autocast, errors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ from attngan_fast import kernels
 import attngan_fast.kernels.attention.op as attention_op
 from attngan_fast.kernels import testing, word_attention, word_attention_ref
 from attngan_fast.kernels.attention import word_attention_ref_backward
-from numerics import DTYPES, IMPLS, TOLERANCE, assert_rel, loss_and_grads, needs_interpreter, quantize
+from attngan_fast.kernels.attention.flex import word_attention_flex
+from attngan_fast.kernels.attention.sdpa import word_attention_sdpa_key_channel
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from numerics import DTYPES, TOLERANCE, assert_gradients, assert_rel, loss_and_grads, needs_interpreter, quantize
+from numerics import IMPLS as SHARED_IMPLS
+
+# The paths both ops have, plus F_attn's own: PyTorch's scaled_dot_product_attention.
+IMPLS = [*SHARED_IMPLS, "sdpa"]
 
 # name: (B, C, H, W, T, scale, mask, layout)
 CASES = {
@@ -29,6 +36,10 @@ CASES = {
 # noise, of fp32's size in any implementation. There the gradients are judged against their natural
 # scale ‖g‖·max_t‖k_t‖² (d_query) and ‖g‖·max_q‖h_q‖ (d_context), which still fails any real bug.
 SATURATED = {"saturated-softmax"}
+# With one word the softmax is constant and d_query is exactly 0; a path that forms Σ_t β·dβ as
+# rowsum(dO ∘ O) (FlashAttention's Δ, SDPA's fused backends) leaves fp32 rounding there, judged
+# against the same natural scale of d_query.
+D_QUERY_VANISHES = SATURATED | {"one-word-no-mask"}
 
 
 # query (B, C, H, W), context (B, C, T), word_mask (B, T) with lengths 1..T (or None).
@@ -133,34 +144,155 @@ def _dtype_impl_params():
     return params + [pytest.param("fp32", "triton-pairs", marks=needs_interpreter)]
 
 
+def check_against_float64(case, dtype, attention, tol, what, gradients=True, similarities_of_order_one=False):
+    """``attention(query, context, word_mask, legacy) -> (ctx, attn or None)`` on CASES[case] in ``dtype``
+    against the float64 reference on the same rounded inputs: ctx (and attn when it returns maps) and,
+    with ``gradients``, d_query and d_context of a random linear loss. ``similarities_of_order_one``
+    scales the inputs by C^(-1/4), as trained features are and as tests/test_gpu.py does, for paths that
+    compute in 16 bits: at C = 48 unit-variance scores (std ~7) peak the softmax, and d_query's
+    cancellation (ds = β(dβ − Σβdβ)) of 16-bit dS then measures the conditioning, not the path."""
+    query, context, word_mask = make_inputs(*CASES[case])
+    if similarities_of_order_one:
+        query, context = query * CASES[case][1] ** -0.25, context * CASES[case][1] ** -0.25
+    legacy = CASES[case][6] == "legacy"
+    query, query64 = quantize(query, DTYPES[dtype])
+    context, context64 = quantize(context, DTYPES[dtype])
+    for t in (query, query64, context, context64) if gradients else ():
+        t.requires_grad_()
+
+    ref_ctx, ref_attn = word_attention_ref(query64, context64, word_mask, return_attn=True, legacy_mask=legacy)
+    ctx, attn = attention(query, context, word_mask, legacy)
+    assert ctx.dtype == query.dtype and ctx.shape == query.shape
+    assert_rel(ctx, ref_ctx, tol, f"ctx ({what}, {dtype})")
+    if attn is not None:
+        assert attn.dtype == torch.float32 and attn.shape == ref_attn.shape
+        assert_rel(attn, ref_attn, tol, f"attn ({what}, {dtype})")
+    if not gradients:
+        return
+
+    # The natural scales of vanishing gradients, for a unit-variance loss gradient of ‖g‖ ≈ √numel.
+    g_norm = ref_ctx.numel() ** 0.5
+    floors = {}
+    if case in D_QUERY_VANISHES:
+        floors["query"] = g_norm * float(torch.linalg.vector_norm(context64.detach(), dim=1).max() ** 2)
+    if case in SATURATED:
+        floors["context"] = g_norm * float(torch.linalg.vector_norm(query64.detach().flatten(2), dim=1).max())
+    assert_gradients(ctx, ref_ctx, {"query": (query, query64), "context": (context, context64)}, tol,
+                     f"{what}, {dtype}", floors)
+
+
 @pytest.mark.parametrize("dtype, impl", _dtype_impl_params())
 @pytest.mark.parametrize("case", list(CASES))
 def test_outputs_and_gradients_match_float64(case, dtype, impl, monkeypatch):
     impl, tol = _operand_pairs(monkeypatch, impl, dtype)
-    query, context, word_mask = make_inputs(*CASES[case])
-    legacy = CASES[case][6] == "legacy"
-    query, query64 = quantize(query, DTYPES[dtype])
-    context, context64 = quantize(context, DTYPES[dtype])
-    for t in (query, query64, context, context64):
-        t.requires_grad_()
 
-    ref_ctx, ref_attn = word_attention_ref(query64, context64, word_mask, return_attn=True, legacy_mask=legacy)
-    ctx, attn = word_attention(query, context, word_mask, return_attn=True, legacy_mask=legacy, impl=impl)
-    assert ctx.dtype == query.dtype and attn.dtype == torch.float32
-    assert ctx.shape == query.shape and attn.shape == ref_attn.shape
-    assert_rel(ctx, ref_ctx, tol, f"ctx ({impl}, {dtype})")
-    assert_rel(attn, ref_attn, tol, f"attn ({impl}, {dtype})")
+    def attention(query, context, word_mask, legacy):
+        ctx, attn = word_attention(query, context, word_mask, return_attn=True, legacy_mask=legacy, impl=impl)
+        assert attn is not None
+        return ctx, attn
 
-    grad = torch.randn_like(ref_ctx)
-    (ref_ctx * grad).sum().backward()
-    (ctx * grad.to(ctx.dtype)).sum().backward()
-    assert query.grad.dtype == query.dtype and context.grad.dtype == context.dtype
-    floor_q = floor_k = 0.0
-    if case in SATURATED:
-        floor_q = float(grad.norm() * torch.linalg.vector_norm(context64.detach(), dim=1).max() ** 2)
-        floor_k = float(grad.norm() * torch.linalg.vector_norm(query64.detach().flatten(2), dim=1).max())
-    assert_rel(query.grad, query64.grad, tol, f"d_query ({impl}, {dtype})", floor=floor_q)
-    assert_rel(context.grad, context64.grad, tol, f"d_context ({impl}, {dtype})", floor=floor_k)
+    check_against_float64(case, dtype, attention, tol, impl)
+
+
+CPU_SDPA_BACKENDS = [SDPBackend.MATH, SDPBackend.FLASH_ATTENTION]  # the two SDPA backends PyTorch has on CPU
+
+
+@pytest.mark.parametrize("backend", CPU_SDPA_BACKENDS, ids=lambda b: b.name)
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_cpu_sdpa_backend_matches_float64(case, dtype, backend):
+    """impl="sdpa" with SDPA pinned to each backend PyTorch has on CPU (PyTorch's own pick is one of
+    them); the fused one takes channels_last queries only (unit stride on the channels)."""
+    def attention(query, context, word_mask, legacy):
+        if backend != SDPBackend.MATH:
+            query = query.contiguous(memory_format=torch.channels_last)
+        with sdpa_kernel([backend]):
+            return word_attention(query, context, word_mask, return_attn=True, legacy_mask=legacy, impl="sdpa")
+
+    check_against_float64(case, dtype, attention, TOLERANCE[dtype], f"sdpa {backend.name}",
+                          similarities_of_order_one=_computes_in_16_bits(backend, dtype))
+
+
+def _computes_in_16_bits(backend, dtype: str) -> bool:
+    """CPU's fused SDPA kernel keeps 16-bit inputs in 16 bits between its products (P, dS); the math
+    backend and the interpreter compute 16-bit inputs in fp32."""
+    return backend == SDPBackend.FLASH_ATTENTION and dtype != "fp32"
+
+
+@pytest.mark.parametrize("backend", CPU_SDPA_BACKENDS, ids=lambda b: b.name)
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("case", [c for c in CASES if CASES[c][6] != "legacy"])
+def test_maskless_key_channel_form_matches_float64(case, dtype, backend):
+    """FlashAttention's exact reformulation (no mask: a key channel of 0 / −inf against a query channel
+    of 1), forward and gradients, on both CPU backends."""
+    def attention(query, context, word_mask, legacy):
+        with sdpa_kernel([backend]):
+            return word_attention_sdpa_key_channel(query.contiguous(memory_format=torch.channels_last), context,
+                                                   word_mask), None
+
+    check_against_float64(case, dtype, attention, TOLERANCE[dtype], f"key channel {backend.name}",
+                          similarities_of_order_one=_computes_in_16_bits(backend, dtype))
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("case", list(CASES))
+def test_flex_attention_forward_matches_float64(case, dtype):
+    """FlexAttention with the padding (own or legacy) as a BlockMask, eager (its unfused form) on CPU,
+    where torch 2.14 has no FlexAttention backward: the gradients are the GPU tests'."""
+    def attention(query, context, word_mask, legacy):
+        return word_attention_flex(query, context, word_mask, legacy), None
+
+    check_against_float64(case, dtype, attention, TOLERANCE[dtype], "flex", gradients=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["odd-pixels", "one-word-no-mask", "legacy-mask"])
+def test_compiled_flex_attention_forward_matches_float64(case):
+    """The kernel torch.compile generates for FlexAttention on CPU (C++), mask built inside the graph."""
+    torch._dynamo.reset()
+    compiled = torch.compile(word_attention_flex, fullgraph=True, dynamic=False)
+
+    def attention(query, context, word_mask, legacy):
+        return compiled(query, context, word_mask, legacy), None
+
+    check_against_float64(case, "fp32", attention, TOLERANCE["fp32"], "flex compiled", gradients=False)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("poison", [float("nan"), 1e30])
+def test_padding_words_never_take_part_in_flex_or_key_channel_forms(poison):
+    query, context, word_mask = make_inputs(3, 16, 4, 4, 6, layout="channels_last")
+    poisoned = context.clone()
+    poisoned[word_mask.unsqueeze(1).expand_as(poisoned)] = poison
+    clean = word_attention_flex(query, context, word_mask)
+    assert torch.equal(word_attention_flex(query, poisoned, word_mask), clean)
+    poisoned.requires_grad_()
+    ctx = word_attention_sdpa_key_channel(query, poisoned, word_mask)
+    assert torch.equal(ctx, word_attention_sdpa_key_channel(query, context, word_mask))
+    ctx.sum().backward()
+    assert torch.all(poisoned.grad.transpose(1, 2)[word_mask] == 0) and torch.isfinite(poisoned.grad).all()
+
+
+def test_auto_on_cpu_is_the_measured_path_and_sdpa_leaves_damsm_on_auto(monkeypatch):
+    """impl="auto" on CPU tensors runs CPU_AUTO for the query's layout (float64: the reference); the
+    DAMSM op takes a run's impl="sdpa" as "auto"."""
+    query, context, word_mask = make_inputs(2, 8, 3, 3, 4)
+    last = query.contiguous(memory_format=torch.channels_last)
+    assert attention_op.which_path("auto", query, context) == attention_op.CPU_AUTO["nchw"]
+    assert attention_op.which_path("auto", last, context) == attention_op.CPU_AUTO["channels_last"]
+    assert attention_op.which_path("auto", last.double(), context) == "reference"
+    assert attention_op.which_path("sdpa", query.double(), context) == "sdpa"
+    calls = []
+    monkeypatch.setattr(attention_op, "word_attention_sdpa", lambda *a: calls.append("sdpa") or (a[0], None))
+    monkeypatch.setattr(attention_op, "word_attention_ref", lambda *a: calls.append("reference") or (a[0], None))
+    for q in (query, last, last.double()):
+        word_attention(q, context.to(q.dtype), word_mask)
+    assert calls == [attention_op.CPU_AUTO["nchw"], attention_op.CPU_AUTO["channels_last"], "reference"]
+    words, regions = torch.randn(2, 8, 4), torch.randn(2, 8, 3, 3)
+    lengths = torch.tensor([4, 2])
+    torch.testing.assert_close(kernels.damsm_word_scores(words, lengths, regions, impl="sdpa"),
+                               kernels.damsm_word_scores(words, lengths, regions, impl="auto"))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -168,18 +300,19 @@ def test_channels_last_stays_channels_last(impl):
     query, context, word_mask = make_inputs(*CASES["channels-last"])
     query.requires_grad_()
     ctx, _ = word_attention(query, context, word_mask, impl=impl)
-    if impl == "triton":
+    if impl != "reference":
         assert ctx.is_contiguous(memory_format=torch.channels_last)
     ctx.sum().backward()
     assert query.grad.shape == query.shape
 
 
+@pytest.mark.parametrize("poison", [float("nan"), 1e30])
 @pytest.mark.parametrize("impl", IMPLS)
-def test_padding_words_never_take_part(impl):
+def test_padding_words_never_take_part(impl, poison):
     query, context, word_mask = make_inputs(3, 16, 4, 4, 6)
     clean, _ = word_attention(query, context, word_mask, impl=impl)
     poisoned = context.clone()
-    poisoned[word_mask.unsqueeze(1).expand_as(poisoned)] = float("nan")
+    poisoned[word_mask.unsqueeze(1).expand_as(poisoned)] = poison
     poisoned.requires_grad_()
     ctx, attn = word_attention(query, poisoned, word_mask, return_attn=True, impl=impl)
     assert torch.equal(ctx, clean)
@@ -254,13 +387,14 @@ def test_compile_fullgraph_matches_eager(impl):
 @pytest.mark.slow
 @pytest.mark.parametrize("impl", IMPLS)
 def test_autocast_bf16_eager_and_compiled_agree(impl):
-    """As for the DAMSM op: fp32 inside on both paths; the reference's compiled backward needs
-    ``backward_pass_autocast="off"`` (pytorch#153044), the fused op does not."""
+    """As for the DAMSM op: fp32 inside on every path; the compiled backward of the reference and of
+    SDPA (plain aten ops, re-autocast to bf16 otherwise) needs ``backward_pass_autocast="off"``
+    (pytorch#153044), the fused op does not."""
     torch._dynamo.reset()
     query, context, word_mask = make_inputs(2, 16, 6, 6, 5)
     plain = loss_and_grads(_loss_fn(impl, word_mask), query, context)
     eager = loss_and_grads(_loss_fn(impl, word_mask), query, context, autocast=True)
-    backward_autocast = "off" if impl == "reference" else "same_as_forward"
+    backward_autocast = "off" if impl in ("reference", "sdpa") else "same_as_forward"
     with torch._functorch.config.patch(backward_pass_autocast=backward_autocast):
         compiled = loss_and_grads(torch.compile(_loss_fn(impl, word_mask), fullgraph=True), query, context, autocast=True)
     for what, a, b, c in zip(("loss", "d_query", "d_context"), plain, eager, compiled):
@@ -277,6 +411,25 @@ def test_bf16_activations_with_fp32_context(impl):
     assert ctx.dtype == torch.float32
     ref, _ = word_attention_ref(query64, context.double(), word_mask)
     assert_rel(ctx, ref, 1e-5, "mixed-dtype ctx")
+
+
+def test_cpu_auto_follows_the_measured_results_file():
+    """CPU_AUTO names, per layout, the path that spends less of a training step in F_attn (forward +
+    backward over the generator's image sides) in most (dtype, C) groups of the latest CPU measurement
+    (benchmarks/results/cpu-*-attention.json, ``python -m benchmarks.cpu_attention``)."""
+    import json
+    from pathlib import Path
+
+    from benchmarks.cpu_attention import per_step
+
+    files = sorted(Path(__file__).resolve().parents[1].glob("benchmarks/results/cpu-*-attention.json"),
+                   key=lambda f: json.loads(f.read_text())["date"])
+    assert files, "no CPU measurement of F_attn's paths: run python -m benchmarks.cpu_attention"
+    steps = per_step(json.loads(files[-1].read_text())["rows"])
+    for layout, path in attention_op.CPU_AUTO.items():
+        mine = [g for g in steps if g["layout"] == layout]
+        assert mine, f"{files[-1].name} has no {layout} rows"
+        assert 2 * sum(g["faster"] == path for g in mine) > len(mine), (layout, path, files[-1].name, mine)
 
 
 # ---------------------------------------------------------------------------------------------- errors

@@ -1,4 +1,5 @@
-"""The public op ``word_attention`` (F_attn) and its ``torch.library`` registration.
+"""The public op ``word_attention`` (F_attn), its ``torch.library`` registration, and which path a
+call takes (``impl``).
 
 Same arrangement as ``attngan_fast.kernels.damsm.op``: ``attngan_fast::word_attention`` runs the Triton kernels on
 CUDA (and on CPU through the interpreter when ``TRITON_INTERPRET=1``), the reference math otherwise;
@@ -14,8 +15,10 @@ from typing import Optional
 import torch
 
 from .. import _checks
-from .._runtime import TRITON_AVAILABLE, alloc_like_query, compute_dtype, choose_impl, fused_runnable, resolve_precision
+from .._runtime import (TRITON_AVAILABLE, alloc_like_query, choose_impl, compute_dtype, fused_runnable, is_channels_last,
+                        resolve_precision)
 from .reference import word_attention_ref, word_attention_ref_backward
+from .sdpa import word_attention_sdpa
 
 if TRITON_AVAILABLE:
     from . import fused
@@ -25,8 +28,27 @@ else:  # pragma: no cover
     fused = None
     _INTERPRETED = False
 
+# What impl="auto" runs on CPU tensors, per layout of the image features: the faster of the reference
+# and SDPA at the training shapes, measured side by side (python -m benchmarks.cpu_attention; the
+# results file is named in docs/attention-providers.md). channels_last: SDPA (its fused CPU kernel takes
+# the (B, HW, C) view as it is); NCHW: the reference (SDPA's two layout copies eat its gain). On a GPU
+# "auto" stays the fused kernels until a GPU run measures them against SDPA and FlexAttention.
+CPU_AUTO = {"channels_last": "sdpa", "nchw": "reference"}
+
+
 def _fused_ok(*tensors: torch.Tensor) -> bool:
     return fused_runnable(fused, _INTERPRETED, *tensors)
+
+
+def which_path(impl: str, query: torch.Tensor, context: torch.Tensor) -> str:
+    """The path ``word_attention`` takes: "triton", "reference" or "sdpa" (float64 stays on the
+    reference under "auto": it is the checking precision)."""
+    if impl == "sdpa":
+        return "sdpa"
+    which = choose_impl(impl, _INTERPRETED, query, context)
+    if impl == "auto" and query.device.type == "cpu" and compute_dtype(query, context) != torch.float64:
+        return CPU_AUTO["channels_last" if is_channels_last(query) else "nchw"]
+    return which
 
 
 def _attn_shape(query, context, return_attn):
@@ -112,7 +134,10 @@ def word_attention(
     return_attn: also return the attention maps β (B, T, H, W), fp32, not differentiable.
     legacy_mask: reproduce the released code's mask layout (row b·HW + q of the flattened scores takes
         the mask of sample (b·HW + q) mod B), for generators trained with the released code.
-    impl: "auto" (Triton on CUDA, reference elsewhere), "triton" or "reference".
+    impl: "auto" (Triton on CUDA; on CPU whichever of SDPA and the reference measured faster for the
+        query's layout, see ``CPU_AUTO``; float64 on the reference), "triton", "reference" or "sdpa" (PyTorch's
+        scaled_dot_product_attention with the padding as a boolean mask, ``attention.sdpa``; the maps,
+        when asked for, by the reference's math).
     precision: how the Triton path multiplies: "auto" (bf16/fp16 inputs straight into the tensor
         cores; fp32 inputs as bf16 hi/lo pairs, "bf16x3", fp32 accuracy on tensor cores), "bf16x3",
         "tf32" or "ieee" (FMA only); see ``attngan_fast.kernels._runtime.resolve_precision``.
@@ -133,8 +158,11 @@ def word_attention(
     if word_mask is not None:
         _checks.check_word_mask(word_mask, batch, context.shape[2])
 
-    if choose_impl(impl, _INTERPRETED, query, context) == "reference":
+    path = which_path(impl, query, context)
+    if path == "reference":
         return word_attention_ref(query, context, word_mask, bool(return_attn), bool(legacy_mask))
+    if path == "sdpa":
+        return word_attention_sdpa(query, context, word_mask, bool(return_attn), bool(legacy_mask))
     out, attn = _word_attention_op(
         query, context, word_mask, bool(return_attn), bool(legacy_mask), resolve_precision(precision, query, context)
     )

@@ -18,7 +18,7 @@ import torch
 from .._runtime import compute_dtype
 
 
-def _score_mask(word_mask, batch: int, pixels: int, legacy_mask: bool):
+def score_mask(word_mask, batch: int, pixels: int, legacy_mask: bool):
     """The mask applied to the (B, HW, T) scores, broadcastable; None when nothing is masked."""
     if word_mask is None:
         return None
@@ -28,15 +28,21 @@ def _score_mask(word_mask, batch: int, pixels: int, legacy_mask: bool):
     return word_mask[:, None, :]
 
 
+def own_words(context, word_mask, legacy_mask: bool):
+    """context (B, C, T) with each sample's padding words zeroed (legacy mode: as it is, since other
+    samples' rows may attend to them). Zeroed, garbage there (even NaN, which a zero attention weight
+    would keep: 0 · NaN = NaN) cannot leak in, and the padding words' gradient is 0."""
+    if word_mask is None or legacy_mask:
+        return context
+    return context.masked_fill(word_mask[:, None, :], 0.0)
+
+
 def _prepare(query, context, word_mask, legacy_mask):
     dtype = compute_dtype(query, context)
     q = query.to(dtype).flatten(2)  # (B, C, HW)
-    k = context.to(dtype)  # (B, C, T)
-    if word_mask is not None and not legacy_mask:
-        # A sample's padding words never take part, so garbage there (even NaN) cannot leak in.
-        k = k.masked_fill(word_mask[:, None, :], 0.0)
+    k = own_words(context.to(dtype), word_mask, legacy_mask)  # (B, C, T)
     scores = torch.einsum("bcq,bct->bqt", q, k)
-    mask = _score_mask(word_mask, q.shape[0], q.shape[2], legacy_mask)
+    mask = score_mask(word_mask, q.shape[0], q.shape[2], legacy_mask)
     if mask is not None:
         scores = scores.masked_fill(mask, float("-inf"))
     beta = torch.softmax(scores, dim=2)  # (B, HW, T)
@@ -58,10 +64,20 @@ def word_attention_ref(
     with torch.autocast(device_type=query.device.type, enabled=False):
         _, k, beta = _prepare(query, context, word_mask, legacy_mask)
         ctx = torch.einsum("bqt,bct->bcq", beta, k).reshape(B, C, H, W).to(out_dtype)
-        attn = None
-        if return_attn:
-            attn = beta.transpose(1, 2).reshape(B, -1, H, W).contiguous().detach()
-    return ctx, attn
+    return ctx, (_maps(beta, query.shape) if return_attn else None)
+
+
+def _maps(beta, shape):
+    """β (B, HW, T) as the maps (B, T, H, W), detached."""
+    B, _, H, W = shape
+    return beta.transpose(1, 2).reshape(B, -1, H, W).contiguous().detach()
+
+
+def word_attention_maps(query, context, word_mask=None, legacy_mask: bool = False) -> torch.Tensor:
+    """The attention maps β (B, T, H, W) alone, float32 (float64 for float64 inputs), not differentiable:
+    for the paths whose kernels never form β (``sdpa``, ``flex``) when a caller asks for the maps."""
+    with torch.no_grad(), torch.autocast(device_type=query.device.type, enabled=False):
+        return _maps(_prepare(query, context, word_mask, legacy_mask)[2], query.shape)
 
 
 def word_attention_ref_backward(
