@@ -3,7 +3,7 @@
   attngan-fast info
   attngan-fast demo [--out DIR] [--damsm-steps N] [--gan-steps N] [--max-minutes M]
   attngan-fast data synth --out DIR [--images N] [--size S] [--seed K]
-  attngan-fast data prepare --root DIR [--layout cub|coco] [--captions-per-image N]
+  attngan-fast data prepare --root DIR [--layout cub|coco|folder] [--captions-per-image N]
   attngan-fast pretrain-damsm --config CONFIG [--set key=value ...] [--resume CKPT] [--amp ...] [--compile]
   attngan-fast train --config CONFIG --damsm CKPT [--set key=value ...] [--resume CKPT] [--amp ...] [--compile]
   attngan-fast generate --checkpoint G.pt "this bird has blue wings and a red belly" --out DIR
@@ -109,8 +109,11 @@ def _data_synth(args) -> int:
 def _data_prepare(args) -> int:
     from .data.prepare import prepare
 
+    if not 0 < args.test_fraction < 1:
+        raise CliError(f"--test-fraction must be between 0 and 1 (exclusive), got {args.test_fraction}")
+    _at_least("--captions-per-image", args.captions_per_image)
     cache = prepare(args.root, args.layout, args.captions_per_image, progress=not args.quiet,
-                    use_release_pickle=not args.ignore_release_pickle)
+                    use_release_pickle=not args.ignore_release_pickle, test_fraction=args.test_fraction)
     print(json.dumps(cache.report, indent=2))
     return 0
 
@@ -301,10 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--test-fraction", type=float, default=0.15)
     synth.add_argument("--quiet", action="store_true")
     synth.set_defaults(func=_data_synth)
-    prep = data_sub.add_parser("prepare", help="tokenize the captions of a CUB/COCO root and cache them")
+    prep = data_sub.add_parser("prepare", help="check a CUB, COCO or folder root, tokenize its captions and cache them",
+                               description="Check a dataset root and cache its tokenized captions. The folder layout "
+                                           "(your own images: metadata.jsonl or metadata.csv with file_name and text) "
+                                           "decodes every image and lists every problem, one line each.")
     prep.add_argument("--root", required=True)
-    prep.add_argument("--layout", choices=["cub", "coco"], default="cub")
-    prep.add_argument("--captions-per-image", type=int, default=None, help="default: 10 for cub, 5 for coco")
+    prep.add_argument("--layout", choices=["cub", "coco", "folder"], default="cub")
+    prep.add_argument("--captions-per-image", type=int, default=None,
+                      help="default: 10 for cub and folder (where it is an upper bound), 5 for coco")
+    prep.add_argument("--test-fraction", type=float, default=0.1,
+                      help="folder layout without a split column: the share of images held out (data.test_fraction)")
     prep.add_argument("--ignore-release-pickle", action="store_true",
                       help="build the vocabulary from the text files even if captions.pickle is present")
     prep.add_argument("--quiet", action="store_true")
@@ -384,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     if getattr(args, "captions_per_image", 0) is None:
-        args.captions_per_image = 10 if args.layout == "cub" else 5
+        args.captions_per_image = 5 if args.layout == "coco" else 10
     from .config import ConfigError
     from .data.layouts import DataError
     from .demo import DemoError

@@ -159,15 +159,16 @@ def evaluate(text_encoder, image_encoder, dataset: TextImageDataset, cfg: Config
 
     # Retrieval: every caption of every evaluated image is a candidate; each image's true caption is
     # the one the loader showed it with.
-    cpi = dataset.captions_per_image
-    ids, owner = [], []
-    for i in image_index:
-        for c in range(cpi):
+    cpi, counts = dataset.captions_per_image, dataset.caption_counts  # counts: each image's (folder layout)
+    ids, owner, true_caption = [], [], []
+    for k, i in enumerate(image_index):
+        true_caption.append(len(ids) + i % counts[i])  # the caption the loader showed (eval: i mod count)
+        for c in range(counts[i]):
             ids.append(truncate(dataset.cache.caption(dataset.split, i, c), dataset.words_num,
                                 random.Random(i * cpi + c)))
-            owner.append(len(owner) // cpi)
+            owner.append(k)
     caption_vecs = encode_captions(text_encoder, ids, device)
-    true_caption = torch.tensor([k * cpi + (i % cpi) for k, i in enumerate(image_index)])
+    true_caption = torch.tensor(true_caption)
     if dataset.class_ids is not None:
         image_keys = torch.tensor([dataset.class_ids[i] for i in image_index])
     else:
