@@ -132,6 +132,8 @@ def _load_config(args, out_key: str):
         overrides.append("runtime.compile=true")
     if getattr(args, "channels_last", False):
         overrides.append("runtime.channels_last=true")
+    if getattr(args, "tensorboard", False):
+        overrides.append("runtime.tensorboard=true")
     return load_config(args.config, overrides)
 
 
@@ -268,6 +270,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--impl", choices=["auto", "triton", "reference"], help="attention math implementation")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format for images")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write losses, speed, evaluation and pictures to OUT/tensorboard/ (runtime.tensorboard)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

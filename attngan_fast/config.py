@@ -131,6 +131,7 @@ class RuntimeConfig:
     # separate processes (a resumed run) round identically.
     autotune: bool = True
     log_every: int = 50  # steps between JSONL log lines
+    tensorboard: bool = False  # also write the log's rows and the pictures to OUT/tensorboard/ (--tensorboard)
     eval_batches: Optional[int] = None  # cap on validation batches per epoch (None = whole test split)
 
 

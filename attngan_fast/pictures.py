@@ -226,7 +226,7 @@ def line_chart(panels: list[tuple[str, list[float], list[float]]], *, x_label: s
 
 def eval_curves(log_path: str | Path, out_path: str | Path) -> Path | None:
     """The ``"eval"`` rows of a GAN run's log.jsonl (its evaluation hook) as a chart: R-precision and,
-    when computed, the Inception Score over the epochs. None when the log has no such row."""
+    when computed, the Inception Score and the FID over the epochs. None when the log has no such row."""
     rows = []
     for line in Path(log_path).read_text().splitlines():
         row = json.loads(line)
@@ -236,9 +236,10 @@ def eval_curves(log_path: str | Path, out_path: str | Path) -> Path | None:
         return None
     xs = [float(r["epoch"]) for r in rows]
     panels = [("R-precision %", xs, [100 * r["r_precision"] for r in rows])]
-    with_is = [r for r in rows if "inception_score" in r]
-    if with_is:
-        panels.append(("IS", [float(r["epoch"]) for r in with_is], [r["inception_score"] for r in with_is]))
+    for key, label in (("inception_score", "IS"), ("fid", "FID")):
+        having = [r for r in rows if key in r]
+        if having:
+            panels.append((label, [float(r["epoch"]) for r in having], [r[key] for r in having]))
     title = (f"evaluation hook: EMA generator, {rows[-1].get('r_precision_images', '?')} fixed test pairs, "
              f"training DAMSM as judge")
     return save_png(line_chart(panels, x_label="epoch", title=title), out_path)

@@ -133,38 +133,13 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-class UInt8Images(torch.utils.data.Dataset):
-    """Generated images (N, 3, H, W) in [-1, 1] as torch-fidelity's input: uint8 (3, H, W) per item,
-    rounded as a PNG of them would be."""
-
-    def __init__(self, images: torch.Tensor):
-        self.images = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.images[index]
-
-
-def inception_score(images, weights: str | Path, device: torch.device, splits: int = 10) -> dict:
-    """Inception Score (torch-fidelity, its TF-Inception from the local ``weights`` file; nothing is
-    downloaded) of a tensor of images in [-1, 1] or a folder of PNGs."""
-    import torch_fidelity
-
-    source = str(images) if isinstance(images, (str, Path)) else UInt8Images(images)
-    metrics = torch_fidelity.calculate_metrics(
-        input1=source, isc=True, cuda=device.type == "cuda", feature_extractor_weights_path=str(weights),
-        isc_splits=min(splits, len(source) if not isinstance(source, str) else splits), save_cpu_ram=True,
-        verbose=False, cache=False, samples_find_deep=False, samples_find_ext="png")
-    return {"mean": float(metrics["inception_score_mean"]), "std": float(metrics["inception_score_std"])}
-
-
 @dataclass
 class FixedEvaluation:
     """The GAN training's evaluation hook: a fixed subset of test pairs, fixed noise, the judge's caption
-    vectors computed once (the DAMSM is frozen). ``__call__(netG, text_encoder, image_encoder)`` ->
-    dict(r_precision, r_precision_std, [inception_score, inception_score_std])."""
+    vectors computed once (the DAMSM is frozen) and, with torch-fidelity's Inception weights, the test
+    images' FID statistics (``inception_metrics.real_statistics``: cached beside the data).
+    ``__call__(netG, text_encoder, image_encoder)`` -> dict(r_precision, r_precision_std, ...,
+    [inception_score, inception_score_std, fid, fid_real_images])."""
 
     ids: list[list[int]]
     pairs: list[tuple[int, int]]
@@ -179,10 +154,14 @@ class FixedEvaluation:
     device: torch.device
     amp: str = "off"
     inception_weights: str | None = None
+    real_stats: dict | None = None  # {"mu", "sigma", "n"} of the test images at the generator's final size
 
     @classmethod
     def build(cls, dataset, text_encoder, *, n_images: int, z_dim: int, c_dim: int, seed: int, batch_size: int,
-              device, amp: str = "off", inception_weights: str | None = None) -> FixedEvaluation:
+              device, amp: str = "off", inception_weights: str | None = None,
+              progress: bool = False) -> FixedEvaluation:
+        """``dataset``: the test split at the generator's final size, ``train=False``."""
+        from .inception_metrics import real_statistics
         from .train.damsm import encode_captions
 
         counts, n_split = dataset.caption_counts, len(dataset)
@@ -192,12 +171,17 @@ class FixedEvaluation:
         gen = torch.Generator().manual_seed(seed)
         noise = (torch.randn(n_images, z_dim, generator=gen), torch.randn(n_images, c_dim, generator=gen))
         caption_vecs = encode_captions(text_encoder, ids, device)
-        return cls(ids, pairs, caption_vecs, list(counts), dataset.class_ids, noise, dataset.vocab, words_num, seed, batch_size,
-                   torch.device(device), amp, inception_weights)
+        real = None
+        if inception_weights:
+            real = {**real_statistics(dataset, inception_weights, torch.device(device), batch_size=batch_size,
+                                      progress=progress), "n": n_split}
+        return cls(ids, pairs, caption_vecs, list(counts), dataset.class_ids, noise, dataset.vocab, words_num, seed,
+                   batch_size, torch.device(device), amp, inception_weights, real)
 
     @torch.no_grad()
     def __call__(self, netG, text_encoder, image_encoder) -> dict:
         from .generate import iter_generate_ids
+        from .inception_metrics import frechet_distance, inception_features, inception_score
         from .train.runtime import autocast
 
         offsets = caption_offsets(self.caption_counts)
@@ -215,6 +199,8 @@ class FixedEvaluation:
         row = {"r_precision": r["mean"], "r_precision_std": r["std"], "r_precision_images": r["n"],
                "r_precision_candidates": r["candidates"], "eval_words_num": self.words_num}
         if self.inception_weights:
-            isc = inception_score(torch.cat(finals), self.inception_weights, self.device)
-            row.update(inception_score=isc["mean"], inception_score_std=isc["std"])
+            features = inception_features(torch.cat(finals), self.inception_weights, self.device, self.batch_size)
+            isc = inception_score(features)
+            row.update(inception_score=isc["mean"], inception_score_std=isc["std"],
+                       fid=frechet_distance(features, self.real_stats), fid_real_images=self.real_stats["n"])
         return row

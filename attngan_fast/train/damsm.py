@@ -300,7 +300,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
     sampler, loader, steps_per_epoch = train_loader(train_set, d.batch_size, cfg, rt, device)
     if rt.is_main:  # only now: a run that fails in its set-up leaves no empty folder
         out.mkdir(parents=True, exist_ok=True)
-    log = JsonlLog(out / "log.jsonl", rt.is_main)
+    log = JsonlLog(out / "log.jsonl", rt.is_main, out / "tensorboard" if cfg.runtime.tensorboard else None)
     for record in records:
         log.write(record)
     latest = out / "latest.pt"
@@ -368,9 +368,11 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
                     history.append(metrics)
                     log.write({"eval": True, **metrics})
                     if (finished and (epoch + 1) % d.pictures_every == 0) or epoch + 1 == d.epochs or stopped:
-                        attention_picture(text_encoder, image_encoder, test_set, cfg, device,
-                                          out / f"attention_maps_step{step:07d}.png",
-                                          f"epoch {done_epochs:g} (step {step}): region attention of each word (DAMSM)")
+                        picture = attention_picture(text_encoder, image_encoder, test_set, cfg, device,
+                                                    out / f"attention_maps_step{step:07d}.png",
+                                                    f"epoch {done_epochs:g} (step {step}): region attention of each "
+                                                    "word (DAMSM)")
+                        log.picture("attention_maps", picture, step)
                     if progress:
                         tqdm.write(f"epoch {done_epochs:g}: val loss {metrics['val_total']:.3f}, retrieval top-1 "
                                    f"{metrics['retrieval_top1']:.1%} (1 of {metrics['retrieval_candidates']})")
@@ -384,6 +386,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
     meter.reading(step)
     speed = meter.summary()
     log.write({"final": True, "step": step, **speed})
+    log.close()
     checksum = sum(float(p.detach().double().sum()) for p in params)
     return {"checkpoint": str(latest) if latest.is_file() else None, "step": step, "param_checksum": checksum,
             "speed": speed, **metrics}
