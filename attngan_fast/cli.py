@@ -9,6 +9,7 @@
   attngan-fast generate --checkpoint G.pt "this bird has blue wings and a red belly" --out DIR
   attngan-fast evaluate --checkpoint G.pt --damsm D.pt --data ROOT [--inception-weights FILE] --out report.json
   attngan-fast import-original --netG ... --text-encoder ... --captions ... --preset bird --out bird_release.pt
+  attngan-fast serve [--checkpoint G.pt] [--host 127.0.0.1] [--port N]
 """
 
 from __future__ import annotations
@@ -255,6 +256,22 @@ def _demo(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    from .serve import ServeError, serve
+    from .studio import MAX_IMAGES_LIMIT
+
+    if not 1 <= args.max_images <= MAX_IMAGES_LIMIT:
+        raise CliError(f"--max-images must be between 1 and {MAX_IMAGES_LIMIT}, got {args.max_images}")
+    if args.port is not None and not 1 <= args.port <= 65535:
+        raise CliError(f"--port must be between 1 and 65535, got {args.port}")
+    try:
+        serve(args.checkpoint, host=args.host, port=args.port, data=args.data, device=args.device,
+              max_images=args.max_images)
+    except ServeError as err:
+        raise CliError(str(err)) from None
+    return 0
+
+
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     from .config import preset_names
 
@@ -276,13 +293,13 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .demo import DAMSM_STEPS, GAN_STEPS, MAX_MINUTES  # no torch import: --help stays quick
+    from .demo import DAMSM_STEPS, DEFAULT_OUT, GAN_STEPS, MAX_MINUTES  # no torch import: --help stays quick
 
     parser = argparse.ArgumentParser(prog="attngan-fast", description="AttnGAN with fused Triton attention kernels")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="synthetic data -> DAMSM -> AttnGAN -> pictures + metrics in one command")
-    demo.add_argument("--out", default="demo",
+    demo.add_argument("--out", default=DEFAULT_OUT,
                       help="folder for everything (a re-run reuses the phases that completed, resumes the others)")
     demo.add_argument("--damsm-steps", type=int, default=DAMSM_STEPS, help="DAMSM pretraining steps (the budget)")
     demo.add_argument("--gan-steps", type=int, default=GAN_STEPS, help="AttnGAN training steps (the budget)")
@@ -376,6 +393,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, help="the JSON report to write")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=_evaluate)
+
+    srv = sub.add_parser("serve", help="a local web page: type a caption, see every stage and the attention maps",
+                         description="A local web page (Gradio, the optional extra: pip install -e \".[app]\") to type "
+                                     "a caption or pick a test caption, choose the seed and the number of images, and "
+                                     "see every stage's image with the most attended words and their maps; and to "
+                                     "change one word and see both side by side. Binds 127.0.0.1 unless --host.")
+    srv.add_argument("--checkpoint", help=f"generator checkpoint (default: the demo's, "
+                                          f"{DEFAULT_OUT}/attngan/latest.pt)")
+    srv.add_argument("--data", help="dataset root for the test captions (default: the one the generator was "
+                                    "trained on)")
+    srv.add_argument("--host", default="127.0.0.1",
+                     help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
+    srv.add_argument("--port", type=int, help="port (default: the first free one from 7860)")
+    srv.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    srv.add_argument("--max-images", type=int, default=8, help="most images one request may ask for (default 8)")
+    srv.set_defaults(func=_serve)
 
     imp = sub.add_parser("import-original", help="convert the release's .pth files into our checkpoints")
     imp.add_argument("--netG", required=True, help="e.g. netG_epoch_600.pth")

@@ -173,15 +173,27 @@ def generation_grid(images: list[torch.Tensor], maps: list[torch.Tensor], words:
         for i, stage in enumerate(images):
             grid.paste(to_pil(stage[b]).resize((cell, cell), Image.BILINEAR), (i * cell, y))
             draw.text((i * cell + 4, y + cell + 1), f"{stage.shape[-1]}px", fill="gray", font=font)
-        for j, attn in enumerate(maps):
-            stage_img = to_pil(images[min(j + 1, len(images) - 1)][b]).resize((cell, cell), Image.BILINEAR)
-            shown = above_uniform(attn[b], len(caption)) if style == "paper" else attn[b]
-            for r, t in enumerate(top_words(attn[b], len(caption), top_k, style=style)):
+        for j, stage_words in enumerate(attended_words(images, maps, caption, b, top_k=top_k, cell=cell, style=style)):
+            for r, (word, picture) in enumerate(stage_words):
                 x = (len(images) + j * top_k + r) * cell
-                grid.paste(overlay(stage_img, shown[t], smooth=style == "paper"), (x, y))
-                draw.text((x + 4, y + cell + 1), caption[t], fill="black", font=font)
+                grid.paste(picture, (x, y))
+                draw.text((x + 4, y + cell + 1), word, fill="black", font=font)
         draw.text((4, y + cell + label), " ".join(caption), fill="black", font=font)
     return grid
+
+
+def attended_words(images: list[torch.Tensor], maps: list[torch.Tensor], caption: list[str], b: int, *,
+                   top_k: int = 5, cell: int = 96, style: str = "paper") -> list[list[tuple[str, Image.Image]]]:
+    """For sample ``b``, per attention stage j: its ``top_k`` most attended words, each with its map over
+    the image of stage j + 1 (``cell`` pixels square), as ``generation_grid`` draws them. images[i]:
+    (B, 3, s_i, s_i); maps[j]: (B, T, s_j, s_j); caption: sample b's words."""
+    out = []
+    for j, attn in enumerate(maps):
+        stage_img = to_pil(images[min(j + 1, len(images) - 1)][b]).resize((cell, cell), Image.BILINEAR)
+        shown = above_uniform(attn[b], len(caption)) if style == "paper" else attn[b]
+        out.append([(caption[t], overlay(stage_img, shown[t], smooth=style == "paper"))
+                    for t in top_words(attn[b], len(caption), top_k, style=style)])
+    return out
 
 
 def line_chart(panels: list[tuple[str, list[float], list[float]]], *, x_label: str, title: str,
