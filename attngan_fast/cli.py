@@ -115,7 +115,7 @@ def _data_prepare(args) -> int:
     _at_least("--captions-per-image", args.captions_per_image)
     cache = prepare(args.root, args.layout, args.captions_per_image, progress=not args.quiet,
                     use_release_pickle=not args.ignore_release_pickle, test_fraction=args.test_fraction)
-    print(json.dumps(cache.report, indent=2))
+    print(json.dumps(cache.report, indent=2, ensure_ascii=False))
     return 0
 
 

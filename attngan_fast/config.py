@@ -108,8 +108,9 @@ class GanConfig:
     max_minutes: Optional[float] = None
     max_steps: Optional[int] = None
     # Evaluation hook (the paper's Figure 3 curves): every eval_every epochs the EMA generator draws a
-    # fixed subset of eval_images test (image, caption) pairs with fixed noise; R-precision (and IS with
-    # torch-fidelity's Inception weights file eval_inception_weights) go to log.jsonl and eval_curve.png.
+    # fixed subset of eval_images test (image, caption) pairs with fixed noise; R-precision (and IS and FID
+    # with torch-fidelity's Inception weights file eval_inception_weights; FID against every test image,
+    # whose statistics are cached beside the data) go to log.jsonl and eval_curve.png.
     eval_every: Optional[int] = None
     eval_images: int = 1000
     eval_inception_weights: Optional[str] = None
