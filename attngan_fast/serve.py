@@ -152,5 +152,13 @@ def serve(checkpoint: str | Path | None = None, *, host: str = "127.0.0.1", port
     page = build_page(studio, note=note + ".")
     print(f"attngan-fast serve: {studio.checkpoint} on {studio.device}; {note}", flush=True)
     theme = gr.themes.Default(font=SANS, font_mono=MONO)
-    page.launch(server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False, mcp_server=False,
-                enable_monitoring=False, footer_links=[], theme=theme, css=CSS, show_error=False, quiet=False)
+    # quiet: Gradio's own lines would suggest a public share link; this page says where it is itself.
+    try:
+        page.launch(server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False,
+                    mcp_server=False, enable_monitoring=False, footer_links=[], theme=theme, css=CSS, show_error=False,
+                    quiet=True, prevent_thread_lock=True)
+    except OSError as err:  # the port is taken, or the address is not this machine's
+        where = f"{host}:{port}" if port is not None else f"{host}, ports from 7860"
+        raise ServeError(f"cannot listen on {where}: {str(err).splitlines()[0]}") from None
+    print(f"attngan-fast serve: open {page.local_url} in your browser (Ctrl+C stops the server)", flush=True)
+    page.block_thread()

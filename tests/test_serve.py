@@ -108,6 +108,23 @@ def test_serve_without_a_checkpoint_or_the_demo_says_what_to_do(tmp_path, capsys
     assert "--max-images must be between 1 and 64, got 0" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(importlib.util.find_spec("gradio") is None, reason="gradio is not installed (.[app])")
+def test_a_port_already_taken_is_one_line(trained, synthetic_root, capsys, monkeypatch):
+    import socket
+
+    from attngan_fast.serve import OFFLINE_ENV
+
+    for key, value in OFFLINE_ENV.items():  # serve sets them; the test's process gets its own back afterwards
+        monkeypatch.setenv(key, value)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        assert cli(["serve", "--checkpoint", str(trained[1]), "--data", str(synthetic_root), "--port", str(port),
+                    "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"attngan-fast: error: cannot listen on 127.0.0.1:{port}: ")
+
+
 # ------------------------------------------------------------------------------------ the page in a browser
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -184,7 +201,7 @@ def server(trained, synthetic_root, tmp_path):
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 240
-        while f"Running on local URL:  {url[:-1]}" not in (tmp_path / "server.log").read_text():
+        while f"attngan-fast serve: open {url} in your browser" not in (tmp_path / "server.log").read_text():
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail("the server did not start:\n" + (tmp_path / "server.log").read_text()[-3000:])
             time.sleep(0.5)
