@@ -44,8 +44,8 @@ def import_gradio():
     return gradio
 
 
-def _message(text: str, *, error: bool = False) -> str:
-    return f"**Not generated:** {text}." if error else text
+def _refusal(text: str) -> str:
+    return f"**Not generated:** {text}."
 
 
 def build_page(studio: Studio, *, note: str = ""):
@@ -92,7 +92,7 @@ def build_page(studio: Studio, *, note: str = ""):
             try:
                 result = studio.generate(text, seed_value, n)
             except RequestError as err:
-                return _message(str(err), error=True), None, [], []
+                return _refusal(str(err)), None, [], []
             said = f"{int(n)} image{'s' if int(n) > 1 else ''} of *{' '.join(result.words)}* (seed {int(seed_value)})"
             if result.dropped:
                 said += f"; not in the vocabulary, left out: {', '.join(result.dropped)}"
@@ -102,7 +102,7 @@ def build_page(studio: Studio, *, note: str = ""):
             try:
                 before, after = studio.compare(text, old, new, seed_value, n)
             except RequestError as err:
-                return (_message(str(err), error=True), gr.update(value=None, label="the caption"),
+                return (_refusal(str(err)), gr.update(value=None, label="the caption"),
                         gr.update(value=None, label="one word changed"))
             return (f"*{before.caption}* beside *{after.caption}* (seed {int(seed_value)}).",
                     gr.update(value=before.grid, label=before.caption), gr.update(value=after.grid, label=after.caption))
