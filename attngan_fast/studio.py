@@ -99,7 +99,8 @@ class Studio:
                 picture = to_pil(stage[k]).resize((CELL, CELL), Image.BILINEAR)
                 result.stages.append((picture, f"image {k + 1}, stage {i + 1} ({stage.shape[-1]} px)"))
             for j, top in enumerate(attended_words(gen.images, gen.attn, words, k, top_k=TOP_WORDS, cell=CELL)):
-                result.maps.extend((picture, f"image {k + 1}, stage {j + 2}: {word}") for word, picture in top)
+                # The word first: a gallery cuts long labels at their end.
+                result.maps.extend((picture, f"{word} (image {k + 1}, stage {j + 2})") for word, picture in top)
         return result
 
     def change_word(self, caption, word, replacement) -> str:

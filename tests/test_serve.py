@@ -42,8 +42,9 @@ def test_a_request_gives_every_stage_and_the_top_words_of_each_attention_stage(s
     assert [label for _, label in result.stages] == [f"image {k}, stage {i + 1} ({s} px)" for k in (1, 2)
                                                      for i, s in enumerate(studio.stages)]
     assert len(result.maps) == 2 * (stages - 1) * TOP_WORDS
-    for _, label in result.maps:
-        assert label.split(": ")[1] in result.words
+    for n, (_, label) in enumerate(result.maps):
+        word, where = label.split(" ", 1)
+        assert word in result.words and where == f"(image {n // TOP_WORDS + 1}, stage 2)"
     assert result.grid.size[0] == (stages + (stages - 1) * TOP_WORDS) * CELL
     assert all(picture.size == (CELL, CELL) for picture, _ in result.stages + result.maps)
     again = studio.generate(CAPTION, seed=4, n_images=2)
@@ -267,7 +268,7 @@ def test_the_page_in_headless_chromium_shows_the_images_and_word_maps_offline(se
         status = driver.find_element("css selector", "#status").text
         assert status == f"2 images of {CAPTION} (seed 0).", status
         labels = driver.find_element("css selector", "#maps").text
-        assert "image 1, stage 2:" in labels and "image 2, stage 2:" in labels
+        assert "(image 1, stage 2)" in labels and "(image 2, stage 2)" in labels
         driver.save_screenshot(str(tmp_path / "page.png"))
 
         # Too much asked: a clear message in the page, and nothing generated.
