@@ -3,12 +3,13 @@
   attngan-fast info
   attngan-fast demo [--out DIR] [--damsm-steps N] [--gan-steps N] [--max-minutes M]
   attngan-fast data synth --out DIR [--images N] [--size S] [--seed K]
-  attngan-fast data prepare --root DIR [--layout cub|coco] [--captions-per-image N]
+  attngan-fast data prepare --root DIR [--layout cub|coco|folder] [--captions-per-image N]
   attngan-fast pretrain-damsm --config CONFIG [--set key=value ...] [--resume CKPT] [--amp ...] [--compile]
   attngan-fast train --config CONFIG --damsm CKPT [--set key=value ...] [--resume CKPT] [--amp ...] [--compile]
   attngan-fast generate --checkpoint G.pt "this bird has blue wings and a red belly" --out DIR
   attngan-fast evaluate --checkpoint G.pt --damsm D.pt --data ROOT [--inception-weights FILE] --out report.json
   attngan-fast import-original --netG ... --text-encoder ... --captions ... --preset bird --out bird_release.pt
+  attngan-fast serve [--checkpoint G.pt] [--host 127.0.0.1] [--port N]
 """
 
 from __future__ import annotations
@@ -115,9 +116,12 @@ def _data_synth(args) -> int:
 def _data_prepare(args) -> int:
     from .data.prepare import prepare
 
+    if not 0 < args.test_fraction < 1:
+        raise CliError(f"--test-fraction must be between 0 and 1 (exclusive), got {args.test_fraction}")
+    _at_least("--captions-per-image", args.captions_per_image)
     cache = prepare(args.root, args.layout, args.captions_per_image, progress=not args.quiet,
-                    use_release_pickle=not args.ignore_release_pickle)
-    print(json.dumps(cache.report, indent=2))
+                    use_release_pickle=not args.ignore_release_pickle, test_fraction=args.test_fraction)
+    print(json.dumps(cache.report, indent=2, ensure_ascii=False))
     return 0
 
 
@@ -135,6 +139,8 @@ def _load_config(args, out_key: str):
         overrides.append("runtime.compile=true")
     if getattr(args, "channels_last", False):
         overrides.append("runtime.channels_last=true")
+    if getattr(args, "tensorboard", False):
+        overrides.append("runtime.tensorboard=true")
     return load_config(args.config, overrides)
 
 
@@ -256,6 +262,22 @@ def _demo(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    from .serve import ServeError, serve
+    from .studio import MAX_IMAGES_LIMIT
+
+    if not 1 <= args.max_images <= MAX_IMAGES_LIMIT:
+        raise CliError(f"--max-images must be between 1 and {MAX_IMAGES_LIMIT}, got {args.max_images}")
+    if args.port is not None and not 1 <= args.port <= 65535:
+        raise CliError(f"--port must be between 1 and 65535, got {args.port}")
+    try:
+        serve(args.checkpoint, host=args.host, port=args.port, data=args.data, device=args.device,
+              max_images=args.max_images)
+    except ServeError as err:
+        raise CliError(str(err)) from None
+    return 0
+
+
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     from .config import preset_names
 
@@ -273,17 +295,19 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                         "scaled_dot_product_attention, the DAMSM score as auto)")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format for images")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write losses, speed, evaluation and pictures to OUT/tensorboard/ (runtime.tensorboard)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .demo import DAMSM_STEPS, GAN_STEPS, MAX_MINUTES  # no torch import: --help stays quick
+    from .demo import DAMSM_STEPS, DEFAULT_OUT, GAN_STEPS, MAX_MINUTES  # no torch import: --help stays quick
 
     parser = argparse.ArgumentParser(prog="attngan-fast", description="AttnGAN with fused Triton attention kernels")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="synthetic data -> DAMSM -> AttnGAN -> pictures + metrics in one command")
-    demo.add_argument("--out", default="demo",
+    demo.add_argument("--out", default=DEFAULT_OUT,
                       help="folder for everything (a re-run reuses the phases that completed, resumes the others)")
     demo.add_argument("--damsm-steps", type=int, default=DAMSM_STEPS, help="DAMSM pretraining steps (the budget)")
     demo.add_argument("--gan-steps", type=int, default=GAN_STEPS, help="AttnGAN training steps (the budget)")
@@ -309,10 +333,16 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--test-fraction", type=float, default=0.15)
     synth.add_argument("--quiet", action="store_true")
     synth.set_defaults(func=_data_synth)
-    prep = data_sub.add_parser("prepare", help="tokenize the captions of a CUB/COCO root and cache them")
+    prep = data_sub.add_parser("prepare", help="check a CUB, COCO or folder root, tokenize its captions and cache them",
+                               description="Check a dataset root and cache its tokenized captions. The folder layout "
+                                           "(your own images: metadata.jsonl or metadata.csv with file_name and text) "
+                                           "decodes every image and lists every problem, one line each.")
     prep.add_argument("--root", required=True)
-    prep.add_argument("--layout", choices=["cub", "coco"], default="cub")
-    prep.add_argument("--captions-per-image", type=int, default=None, help="default: 10 for cub, 5 for coco")
+    prep.add_argument("--layout", choices=["cub", "coco", "folder"], default="cub")
+    prep.add_argument("--captions-per-image", type=int, default=None,
+                      help="default: 10 for cub and folder (where it is an upper bound), 5 for coco")
+    prep.add_argument("--test-fraction", type=float, default=0.1,
+                      help="folder layout without a split column: the share of images held out (data.test_fraction)")
     prep.add_argument("--ignore-release-pickle", action="store_true",
                       help="build the vocabulary from the text files even if captions.pickle is present")
     prep.add_argument("--quiet", action="store_true")
@@ -372,6 +402,22 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=_evaluate)
 
+    srv = sub.add_parser("serve", help="a local web page: type a caption, see every stage and the attention maps",
+                         description="A local web page (Gradio, the optional extra: pip install -e \".[app]\") to type "
+                                     "a caption or pick a test caption, choose the seed and the number of images, and "
+                                     "see every stage's image with the most attended words and their maps; and to "
+                                     "change one word and see both side by side. Binds 127.0.0.1 unless --host.")
+    srv.add_argument("--checkpoint", help=f"generator checkpoint (default: the demo's, "
+                                          f"{DEFAULT_OUT}/attngan/latest.pt)")
+    srv.add_argument("--data", help="dataset root for the test captions (default: the one the generator was "
+                                    "trained on)")
+    srv.add_argument("--host", default="127.0.0.1",
+                     help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the network)")
+    srv.add_argument("--port", type=int, help="port (default: the first free one from 7860)")
+    srv.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    srv.add_argument("--max-images", type=int, default=8, help="most images one request may ask for (default 8)")
+    srv.set_defaults(func=_serve)
+
     imp = sub.add_parser("import-original", help="convert the release's .pth files into our checkpoints")
     imp.add_argument("--netG", required=True, help="e.g. netG_epoch_600.pth")
     imp.add_argument("--text-encoder", required=True, help="e.g. text_encoder200.pth")
@@ -392,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     if getattr(args, "captions_per_image", 0) is None:
-        args.captions_per_image = 10 if args.layout == "cub" else 5
+        args.captions_per_image = 5 if args.layout == "coco" else 10
     from .config import ConfigError
     from .data.layouts import DataError
     from .demo import DemoError

@@ -28,8 +28,10 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     root: str = "data/birds"
-    layout: Literal["cub", "coco"] = "cub"
-    captions_per_image: int = 10
+    # cub, coco: the release's layouts; folder: your own images + metadata.jsonl/.csv (docs/your-own-data.md)
+    layout: Literal["cub", "coco", "folder"] = "cub"
+    captions_per_image: int = 10  # folder layout: an upper bound (an image's first N captions are used)
+    test_fraction: float = 0.1  # folder layout without a split column: the share of images held out for testing
     words_num: int = 18  # captions longer than this keep a random ordered subset of their words
     image_size: int = 299  # final (largest) image side the encoders / last GAN stage see
     workers: int = 2
@@ -106,8 +108,9 @@ class GanConfig:
     max_minutes: Optional[float] = None
     max_steps: Optional[int] = None
     # Evaluation hook (the paper's Figure 3 curves): every eval_every epochs the EMA generator draws a
-    # fixed subset of eval_images test (image, caption) pairs with fixed noise; R-precision (and IS with
-    # torch-fidelity's Inception weights file eval_inception_weights) go to log.jsonl and eval_curve.png.
+    # fixed subset of eval_images test (image, caption) pairs with fixed noise; R-precision (and IS and FID
+    # with torch-fidelity's Inception weights file eval_inception_weights; FID against every test image,
+    # whose statistics are cached beside the data) go to log.jsonl and eval_curve.png.
     eval_every: Optional[int] = None
     eval_images: int = 1000
     eval_inception_weights: Optional[str] = None
@@ -131,6 +134,7 @@ class RuntimeConfig:
     # separate processes (a resumed run) round identically.
     autotune: bool = True
     log_every: int = 50  # steps between JSONL log lines
+    tensorboard: bool = False  # also write the log's rows and the pictures to OUT/tensorboard/ (--tensorboard)
     eval_batches: Optional[int] = None  # cap on validation batches per epoch (None = whole test split)
 
 
@@ -257,9 +261,14 @@ _WHY = {"gan.batch_size": " (the mismatched-caption term pairs image i with capt
         "text_encoder.hidden_dim": " (the two LSTM directions share it)"}
 
 
+_OPEN_UNIT = {"data.test_fraction"}  # strictly between 0 and 1
+
+
 def _check_range(value, path: str):
     if value is None or isinstance(value, (bool, str, tuple)):
         return value
+    if path in _OPEN_UNIT and not 0 < value < 1:  # NaN fails too
+        raise ConfigError(f"{path} must be between 0 and 1 (exclusive), got {value}")
     why = _WHY.get(path, "")
     if path in _LOW and not value >= _LOW[path]:  # NaN fails too
         raise ConfigError(f"{path} must be at least {_LOW[path]}, got {value}{why}")

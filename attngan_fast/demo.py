@@ -37,6 +37,7 @@ MORE_CAPTIONS = [
     "this bird has green wings, a white belly and a long brown beak",
 ]
 DAMSM_STEPS, GAN_STEPS, MAX_MINUTES = 3000, 2000, 60.0
+DEFAULT_OUT = "demo"  # the demo's folder without --out; `attngan-fast serve` looks there for its generator
 DAMSM_CAP_SHARE = 0.35  # of the time cap, for the DAMSM: about its share of the training time
 NEAR_CHANCE = 5.0  # R-precision below this many times chance is "near chance"
 UNLIMITED_EPOCHS = 10**6  # the steps are the budget: a phase ends at its steps or at the time cap
@@ -157,7 +158,7 @@ def _data_phase(data: Path, images: int, size: int, progress: bool) -> dict:
     return {"action": "built", **wanted}
 
 
-def run_demo(out: str | Path = "demo", *, damsm_steps: int = DAMSM_STEPS, gan_steps: int = GAN_STEPS,
+def run_demo(out: str | Path = DEFAULT_OUT, *, damsm_steps: int = DAMSM_STEPS, gan_steps: int = GAN_STEPS,
              max_minutes: float = MAX_MINUTES, images: int = 2000, size: int = 64, inception_weights: str | None = None,
              device: str = "auto", progress: bool = True) -> dict:
     import torch
@@ -361,7 +362,11 @@ pre{{white-space:pre-wrap;overflow-wrap:anywhere;background:#f6f6f6;padding:0.6e
 <h2>DAMSM: each word's region attention</h2>
 {f'<div class="wide"><a href="{rel(damsm_maps)}"><img src="{rel(damsm_maps)}" alt="DAMSM attention maps"></a></div><p>Full size: <a href="{rel(damsm_maps)}">{rel(damsm_maps)}</a>.</p>' if damsm_maps else '<p>none</p>'}
 <h2>Continue</h2>
-<pre>attngan-fast generate --checkpoint {q(root / 'attngan' / 'latest.pt')} --out {q(root / 'my-samples')} "this bird has wings that are green and has a black belly"
+<p>Type your own sentences and watch the attention in your browser: run the first command below, then open the
+local address it prints (port 7860 on 127.0.0.1 unless that port is taken). The page needs the optional extra:
+<code>pip install -e ".[app]"</code>.</p>
+<pre>attngan-fast serve --checkpoint {q(root / 'attngan' / 'latest.pt')} --data {q(root / 'data')}
+attngan-fast generate --checkpoint {q(root / 'attngan' / 'latest.pt')} --out {q(root / 'my-samples')} "this bird has wings that are green and has a black belly"
 attngan-fast demo --out {q(root)} --gan-steps {2 * s['budget']['gan_steps']}
 attngan-fast train --config synthetic --data {q(root / 'data')} --damsm {q(root / 'damsm' / 'latest.pt')} --out {q(root / 'attngan')} --resume {q(root / 'attngan' / 'latest.pt')} --set gan.max_steps={2 * s['budget']['gan_steps']}</pre>
 </body></html>

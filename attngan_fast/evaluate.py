@@ -117,6 +117,12 @@ def fidelity_metrics(generated_dir: Path, real_dir: Path, weights: str | Path, d
             "tf_inception_fid": float(metrics["frechet_inception_distance"])}
 
 
+def _captions_each(counts: list[int]) -> str:
+    """'10', or '1-5 (2.4 on average)' for images with different numbers of captions (folder layout)."""
+    low, high = min(counts), max(counts)
+    return str(low) if low == high else f"{low}-{high} ({sum(counts) / len(counts):.1f} on average)"
+
+
 @torch.no_grad()
 def _image_vectors(image_encoder, images: torch.Tensor, device, batch_size: int) -> torch.Tensor:
     out = []
@@ -159,17 +165,17 @@ def evaluate_generator(checkpoint: str | Path, damsm: str | Path, data_root: str
     judge, judge_identity = _judge(damsm, eval_damsm, device)
     layout, cpi = cfg.data.layout, cfg.data.captions_per_image
     words_num = default_eval_words_num(layout) if words_num is None else words_num
-    cache = load_captions(data_root, layout, cpi, progress=progress)
+    cache = load_captions(data_root, layout, cpi, progress=progress, test_fraction=cfg.data.test_fraction)
     test = TextImageDataset(data_root, layout, "test", captions_per_image=cpi, words_num=words_num,
                             image_size=netG.sizes[-1], train=False, cache=cache)
-    n_test = len(test)
+    n_test, counts = len(test), test.caption_counts
     # Every test caption cut once, in the generator's ids (the same ids when it was trained on these
     # captions; an imported generator may have another vocabulary): the generator reads these very ids
     # and the judge the same words.
-    caption_ids, unknown_to_generator = translate_ids(cut_captions(cache, "test", n_test, cpi, words_num, seed),
+    caption_ids, unknown_to_generator = translate_ids(cut_captions(cache, "test", n_test, counts, words_num, seed),
                                                       cache.vocab, g_vocab)
-    pairs = draw_pairs(n_test, cpi, n_images, seed)
-    prompts = [caption_ids[img * cpi + c] for img, c in pairs]
+    pairs = draw_pairs(n_test, counts, n_images, seed)
+    prompts = [caption_ids[cache.offsets["test"][img] + c] for img, c in pairs]
 
     # Generated images go to PNG files chunk by chunk (bounded memory for 30,000 images); the judge's
     # global vectors are kept.
@@ -193,7 +199,7 @@ def evaluate_generator(checkpoint: str | Path, damsm: str | Path, data_root: str
     # R-precision with the judge's global vectors, on the same words (in the judge's ids).
     judge_ids, unreadable = translate_ids(caption_ids, g_vocab, judge.vocab)
     caption_vecs = encode_captions(judge.text_encoder, judge_ids, device)
-    r = r_precision(image_vecs, caption_vecs, pairs, cpi, test.class_ids, folds=folds, seed=seed)
+    r = r_precision(image_vecs, caption_vecs, pairs, counts, test.class_ids, folds=folds, seed=seed)
     fold_sizes = sorted(set(r["fold_size"]))
     groups = r["groups"]
 
@@ -203,7 +209,7 @@ def evaluate_generator(checkpoint: str | Path, damsm: str | Path, data_root: str
         "judge": judge_identity,
         "protocol": {
             "pairs": f"{n_images} (test image, caption) pairs drawn at random (seed {seed}) from all {n_test} test images "
-                     f"x {cpi} captions; no pair repeats before every pair was used",
+                     f"x {_captions_each(counts)} captions; no pair repeats before every pair was used",
             "word_cap": words_num,
             "word_cap_rule": f"a caption longer than {words_num} words keeps a seeded random ordered subset of "
                              f"{words_num}, cut once: the generator and the judge read the same word ids, and "

@@ -173,15 +173,27 @@ def generation_grid(images: list[torch.Tensor], maps: list[torch.Tensor], words:
         for i, stage in enumerate(images):
             grid.paste(to_pil(stage[b]).resize((cell, cell), Image.BILINEAR), (i * cell, y))
             draw.text((i * cell + 4, y + cell + 1), f"{stage.shape[-1]}px", fill="gray", font=font)
-        for j, attn in enumerate(maps):
-            stage_img = to_pil(images[min(j + 1, len(images) - 1)][b]).resize((cell, cell), Image.BILINEAR)
-            shown = above_uniform(attn[b], len(caption)) if style == "paper" else attn[b]
-            for r, t in enumerate(top_words(attn[b], len(caption), top_k, style=style)):
+        for j, stage_words in enumerate(attended_words(images, maps, caption, b, top_k=top_k, cell=cell, style=style)):
+            for r, (word, picture) in enumerate(stage_words):
                 x = (len(images) + j * top_k + r) * cell
-                grid.paste(overlay(stage_img, shown[t], smooth=style == "paper"), (x, y))
-                draw.text((x + 4, y + cell + 1), caption[t], fill="black", font=font)
+                grid.paste(picture, (x, y))
+                draw.text((x + 4, y + cell + 1), word, fill="black", font=font)
         draw.text((4, y + cell + label), " ".join(caption), fill="black", font=font)
     return grid
+
+
+def attended_words(images: list[torch.Tensor], maps: list[torch.Tensor], caption: list[str], b: int, *,
+                   top_k: int = 5, cell: int = 96, style: str = "paper") -> list[list[tuple[str, Image.Image]]]:
+    """For sample ``b``, per attention stage j: its ``top_k`` most attended words, each with its map over
+    the image of stage j + 1 (``cell`` pixels square), as ``generation_grid`` draws them. images[i]:
+    (B, 3, s_i, s_i); maps[j]: (B, T, s_j, s_j); caption: sample b's words."""
+    out = []
+    for j, attn in enumerate(maps):
+        stage_img = to_pil(images[min(j + 1, len(images) - 1)][b]).resize((cell, cell), Image.BILINEAR)
+        shown = above_uniform(attn[b], len(caption)) if style == "paper" else attn[b]
+        out.append([(caption[t], overlay(stage_img, shown[t], smooth=style == "paper"))
+                    for t in top_words(attn[b], len(caption), top_k, style=style)])
+    return out
 
 
 def line_chart(panels: list[tuple[str, list[float], list[float]]], *, x_label: str, title: str,
@@ -226,7 +238,7 @@ def line_chart(panels: list[tuple[str, list[float], list[float]]], *, x_label: s
 
 def eval_curves(log_path: str | Path, out_path: str | Path) -> Path | None:
     """The ``"eval"`` rows of a GAN run's log.jsonl (its evaluation hook) as a chart: R-precision and,
-    when computed, the Inception Score over the epochs. None when the log has no such row."""
+    when computed, the Inception Score and the FID over the epochs. None when the log has no such row."""
     rows = []
     for line in Path(log_path).read_text().splitlines():
         row = json.loads(line)
@@ -236,9 +248,10 @@ def eval_curves(log_path: str | Path, out_path: str | Path) -> Path | None:
         return None
     xs = [float(r["epoch"]) for r in rows]
     panels = [("R-precision %", xs, [100 * r["r_precision"] for r in rows])]
-    with_is = [r for r in rows if "inception_score" in r]
-    if with_is:
-        panels.append(("IS", [float(r["epoch"]) for r in with_is], [r["inception_score"] for r in with_is]))
+    for key, label in (("inception_score", "IS"), ("fid", "FID")):
+        having = [r for r in rows if key in r]
+        if having:
+            panels.append((label, [float(r["epoch"]) for r in having], [r[key] for r in having]))
     title = (f"evaluation hook: EMA generator, {rows[-1].get('r_precision_images', '?')} fixed test pairs, "
              f"training DAMSM as judge")
     return save_png(line_chart(panels, x_label="epoch", title=title), out_path)

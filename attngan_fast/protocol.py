@@ -14,17 +14,21 @@ how a judge or a weights file is identified in a report.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .data.prepare import caption_offsets
 from .metrics import retrieval_top1
 from .text import Vocabulary, truncate
 
-EVAL_WORDS_NUM = {"cub": 25, "coco": 20}  # the release's / DM-GAN's evaluation WORDS_NUM
+# The release's / DM-GAN's evaluation WORDS_NUM; users' own data (folder layout) takes the birds' longer cap.
+EVAL_WORDS_NUM = {"cub": 25, "coco": 20, "folder": 25}
 R_PRECISION_GROUP = 100  # the paper's ± spread looks like a std over groups of 100 images
 
 
@@ -32,28 +36,41 @@ def default_eval_words_num(layout: str) -> int:
     return EVAL_WORDS_NUM[layout]
 
 
-def draw_pairs(n_images_in_split: int, captions_per_image: int, n: int, seed: int) -> list[tuple[int, int]]:
+def caption_counts(n_images_in_split: int, captions_per_image: int | Sequence[int]) -> list[int]:
+    """Captions of each image: ``captions_per_image`` as one number for every image (CUB, COCO) or
+    as a list of one number per image (the folder layout, whose images may differ)."""
+    if isinstance(captions_per_image, int):
+        return [captions_per_image] * n_images_in_split
+    counts = list(captions_per_image)
+    if len(counts) != n_images_in_split:
+        raise ValueError(f"{len(counts)} caption counts for {n_images_in_split} images")
+    return counts
+
+
+def draw_pairs(n_images_in_split: int, captions_per_image: int | Sequence[int], n: int,
+               seed: int) -> list[tuple[int, int]]:
     """``n`` (image, caption index) pairs drawn at random (``seed``) from every image and every caption of
     a split: seeded permutations of all pairs, one after the other, so no pair repeats before all were used."""
-    total = n_images_in_split * captions_per_image
+    offsets = caption_offsets(caption_counts(n_images_in_split, captions_per_image))
+    total = offsets[-1]
     if total < 1:
         raise ValueError("the split has no captions to draw from")
     gen = torch.Generator().manual_seed(seed)
     flat: list[int] = []
     while len(flat) < n:
         flat.extend(torch.randperm(total, generator=gen)[: n - len(flat)].tolist())
-    return [divmod(k, captions_per_image) for k in flat]
+    owners = [bisect.bisect_right(offsets, k) - 1 for k in flat]
+    return [(img, k - offsets[img]) for img, k in zip(owners, flat)]
 
 
-def cut_captions(cache, split: str, n_images_in_split: int, captions_per_image: int, words_num: int,
+def cut_captions(cache, split: str, n_images_in_split: int, captions_per_image: int | Sequence[int], words_num: int,
                  seed: int) -> list[list[int]]:
-    """Every caption of the split (image-major: caption c of image i at i·cpi + c) as word ids, cut to at
-    most ``words_num`` words by one seeded draw per caption."""
+    """Every caption of the split (image-major: caption c of image i at offsets[i] + c) as word ids, cut to
+    at most ``words_num`` words by one seeded draw per caption."""
     out = []
-    for i in range(n_images_in_split):
-        for c in range(captions_per_image):
-            k = i * captions_per_image + c
-            out.append(truncate(cache.caption(split, i, c), words_num, random.Random(seed * 1_000_003 + k)))
+    for i, count in enumerate(caption_counts(n_images_in_split, captions_per_image)):
+        for c in range(count):
+            out.append(truncate(cache.caption(split, i, c), words_num, random.Random(seed * 1_000_003 + len(out))))
     return out
 
 
@@ -72,15 +89,21 @@ def translate_ids(ids_list: list[list[int]], source: Vocabulary, target: Vocabul
 
 
 def r_precision(image_vecs: torch.Tensor, caption_vecs: torch.Tensor, pairs: list[tuple[int, int]],
-                captions_per_image: int, class_ids: list[int] | None, *, folds: int = 10, seed: int = 0) -> dict:
+                captions_per_image: int | Sequence[int], class_ids: list[int] | None, *, folds: int = 10,
+                seed: int = 0) -> dict:
     """R-precision of generated images (N, D) against every caption's judge vector (M, D), image k drawn
     from ``pairs[k]``; distractors come from other classes (other images without classes).
-    The result also holds the fold size and mean ± std over groups of 100 images."""
-    n_split = caption_vecs.shape[0] // captions_per_image
-    keys = class_ids if class_ids else list(range(n_split))
+    ``captions_per_image``: one number, or one per image of the split. The result also holds the fold
+    size and mean ± std over groups of 100 images."""
+    if isinstance(captions_per_image, int):
+        counts = caption_counts(caption_vecs.shape[0] // captions_per_image, captions_per_image)
+    else:
+        counts = list(captions_per_image)
+    offsets = caption_offsets(counts)
+    keys = class_ids if class_ids else list(range(len(counts)))
     image_keys = torch.tensor([keys[img] for img, _ in pairs])
-    caption_keys = torch.tensor([keys[i] for i in range(n_split) for _ in range(captions_per_image)])
-    true_caption = torch.tensor([img * captions_per_image + c for img, c in pairs])
+    caption_keys = torch.tensor([keys[i] for i, count in enumerate(counts) for _ in range(count)])
+    true_caption = torch.tensor([offsets[img] + c for img, c in pairs])
     return retrieval_top1(image_vecs, caption_vecs, true_caption, image_keys, caption_keys, folds=folds, seed=seed,
                           group_size=R_PRECISION_GROUP)
 
@@ -110,43 +133,18 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-class UInt8Images(torch.utils.data.Dataset):
-    """Generated images (N, 3, H, W) in [-1, 1] as torch-fidelity's input: uint8 (3, H, W) per item,
-    rounded as a PNG of them would be."""
-
-    def __init__(self, images: torch.Tensor):
-        self.images = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.images[index]
-
-
-def inception_score(images, weights: str | Path, device: torch.device, splits: int = 10) -> dict:
-    """Inception Score (torch-fidelity, its TF-Inception from the local ``weights`` file; nothing is
-    downloaded) of a tensor of images in [-1, 1] or a folder of PNGs."""
-    import torch_fidelity
-
-    source = str(images) if isinstance(images, (str, Path)) else UInt8Images(images)
-    metrics = torch_fidelity.calculate_metrics(
-        input1=source, isc=True, cuda=device.type == "cuda", feature_extractor_weights_path=str(weights),
-        isc_splits=min(splits, len(source) if not isinstance(source, str) else splits), save_cpu_ram=True,
-        verbose=False, cache=False, samples_find_deep=False, samples_find_ext="png")
-    return {"mean": float(metrics["inception_score_mean"]), "std": float(metrics["inception_score_std"])}
-
-
 @dataclass
 class FixedEvaluation:
     """The GAN training's evaluation hook: a fixed subset of test pairs, fixed noise, the judge's caption
-    vectors computed once (the DAMSM is frozen). ``__call__(netG, text_encoder, image_encoder)`` ->
-    dict(r_precision, r_precision_std, [inception_score, inception_score_std])."""
+    vectors computed once (the DAMSM is frozen) and, with torch-fidelity's Inception weights, the test
+    images' FID statistics (``inception_metrics.real_statistics``: cached beside the data).
+    ``__call__(netG, text_encoder, image_encoder)`` -> dict(r_precision, r_precision_std, ...,
+    [inception_score, inception_score_std, fid, fid_real_images])."""
 
     ids: list[list[int]]
     pairs: list[tuple[int, int]]
     caption_vecs: torch.Tensor
-    captions_per_image: int
+    caption_counts: list[int]  # captions of each test image, in the order of ``ids``
     class_ids: list[int] | None
     noise: tuple[torch.Tensor, torch.Tensor]
     vocab: Vocabulary
@@ -156,28 +154,38 @@ class FixedEvaluation:
     device: torch.device
     amp: str = "off"
     inception_weights: str | None = None
+    real_stats: dict | None = None  # {"mu", "sigma", "n"} of the test images at the generator's final size
 
     @classmethod
     def build(cls, dataset, text_encoder, *, n_images: int, z_dim: int, c_dim: int, seed: int, batch_size: int,
-              device, amp: str = "off", inception_weights: str | None = None) -> FixedEvaluation:
+              device, amp: str = "off", inception_weights: str | None = None,
+              progress: bool = False) -> FixedEvaluation:
+        """``dataset``: the test split at the generator's final size, ``train=False``."""
+        from .inception_metrics import real_statistics
         from .train.damsm import encode_captions
 
-        cpi, n_split = dataset.captions_per_image, len(dataset)
+        counts, n_split = dataset.caption_counts, len(dataset)
         words_num = default_eval_words_num(dataset.layout)
-        ids = cut_captions(dataset.cache, dataset.split, n_split, cpi, words_num, seed)
-        pairs = draw_pairs(n_split, cpi, n_images, seed)
+        ids = cut_captions(dataset.cache, dataset.split, n_split, counts, words_num, seed)
+        pairs = draw_pairs(n_split, counts, n_images, seed)
         gen = torch.Generator().manual_seed(seed)
         noise = (torch.randn(n_images, z_dim, generator=gen), torch.randn(n_images, c_dim, generator=gen))
         caption_vecs = encode_captions(text_encoder, ids, device)
-        return cls(ids, pairs, caption_vecs, cpi, dataset.class_ids, noise, dataset.vocab, words_num, seed, batch_size,
-                   torch.device(device), amp, inception_weights)
+        real = None
+        if inception_weights:
+            real = {**real_statistics(dataset, inception_weights, torch.device(device), batch_size=batch_size,
+                                      progress=progress), "n": n_split}
+        return cls(ids, pairs, caption_vecs, list(counts), dataset.class_ids, noise, dataset.vocab, words_num, seed,
+                   batch_size, torch.device(device), amp, inception_weights, real)
 
     @torch.no_grad()
     def __call__(self, netG, text_encoder, image_encoder) -> dict:
         from .generate import iter_generate_ids
+        from .inception_metrics import frechet_distance, inception_features, inception_score
         from .train.runtime import autocast
 
-        prompts = [self.ids[img * self.captions_per_image + c] for img, c in self.pairs]
+        offsets = caption_offsets(self.caption_counts)
+        prompts = [self.ids[offsets[img] + c] for img, c in self.pairs]
         finals, vecs = [], []
         for _, chunk in iter_generate_ids(netG, text_encoder, self.vocab, prompts, batch_size=self.batch_size,
                                           device=self.device, amp=self.amp, return_attn=False, noise=self.noise):
@@ -186,11 +194,13 @@ class FixedEvaluation:
                 vecs.append(image_encoder(final.to(self.device))[1].float().cpu())
             if self.inception_weights:
                 finals.append(final)
-        r = r_precision(torch.cat(vecs), self.caption_vecs, self.pairs, self.captions_per_image, self.class_ids,
+        r = r_precision(torch.cat(vecs), self.caption_vecs, self.pairs, self.caption_counts, self.class_ids,
                         seed=self.seed)
         row = {"r_precision": r["mean"], "r_precision_std": r["std"], "r_precision_images": r["n"],
                "r_precision_candidates": r["candidates"], "eval_words_num": self.words_num}
         if self.inception_weights:
-            isc = inception_score(torch.cat(finals), self.inception_weights, self.device)
-            row.update(inception_score=isc["mean"], inception_score_std=isc["std"])
+            features = inception_features(torch.cat(finals), self.inception_weights, self.device, self.batch_size)
+            isc = inception_score(features)
+            row.update(inception_score=isc["mean"], inception_score_std=isc["std"],
+                       fid=frechet_distance(features, self.real_stats), fid_real_images=self.real_stats["n"])
         return row

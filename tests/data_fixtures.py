@@ -66,3 +66,58 @@ def make_coco(root: Path, n_train: int = 5, n_test: int = 3, captions: int = 5, 
         keys.append(key)
     _write_split_lists(root, keys, n_train, None)
     return root
+
+
+FOLDER_COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 60), "yellow": (230, 210, 20)}
+
+
+def folder_image_name(i: int) -> str:
+    """Nested sub-folders; one PNG among the JPEGs, and upper-case and .jpeg extensions."""
+    colour = list(FOLDER_COLOURS)[i % 4]
+    sub = f"{colour}/a" if i % 2 else f"{colour}/b/deeper"
+    ext = {7: ".png", 13: ".JPG", 21: ".jpeg", 22: ".PNG"}.get(i, ".jpg")
+    return f"{sub}/img_{i:03d}{ext}"
+
+
+def make_folder(root: Path, n: int = 200, size: int = 40, seed: int = 0, fmt: str = "jsonl",
+                split_column: bool = False) -> Path:
+    """Your-own-images layout: a square of one of four colours on a light or dark background, in nested
+    sub-folders, with metadata.jsonl (or .csv) rows: file_name, text (a caption, or a list of one to four),
+    class (the colour) and, with ``split_column``, split. Returns the root."""
+    import csv
+    import json
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        colour = list(FOLDER_COLOURS)[i % 4]
+        dark = bool(rng.integers(2))
+        arr = np.full((size, size, 3), 40 if dark else 225, dtype=np.uint8)
+        x, y, s = int(rng.integers(0, size // 2)), int(rng.integers(0, size // 2)), size // 2
+        arr[y : y + s, x : x + s] = FOLDER_COLOURS[colour]
+        arr = np.clip(arr.astype(int) + rng.integers(-12, 13, arr.shape), 0, 255).astype(np.uint8)
+        name = folder_image_name(i)
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(root / name, format="PNG" if name.lower().endswith(".png") else "JPEG")
+        background = "dark" if dark else "light"
+        captions = [f"a {colour} square on a {background} background",
+                    f"{colour} block, {background} surroundings",
+                    f"the square is {colour} and the background is {background}",
+                    f"a small {colour} shape"][: 1 + i % 4]
+        if i == 5:
+            captions[0] += " très simple"  # UTF-8: the tokenizer keeps ASCII only, and says so once
+        row = {"file_name": name, "text": captions[0] if i % 3 == 0 else captions, "class": colour}
+        if split_column:
+            row["split"] = "test" if i % 10 == 0 else "train"
+        rows.append(row)
+    if fmt == "jsonl":
+        (root / "metadata.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                                             encoding="utf-8")
+    else:
+        with open(root / "metadata.csv", "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({**r, "text": r["text"] if isinstance(r["text"], str)
+                                 else json.dumps(r["text"], ensure_ascii=False)})
+    return root

@@ -1,4 +1,4 @@
-"""One dataset over the CUB and COCO layouts: images (pyramid for 1-3 stages) with one caption each.
+"""One dataset over the CUB, COCO and folder layouts: images (pyramid for 1-3 stages) with one caption each.
 
 Randomness (which caption, which words of a long caption, crop, flip) comes from a per-sample seed
 that ``EpochSampler`` derives from (run seed, epoch, image index): the same sample gets the same draw
@@ -80,7 +80,7 @@ def stage_sizes(image_size: int, branches: int) -> list[int]:
 
 
 class TextImageDataset(Dataset):
-    """Images of one split of a CUB- or COCO-layout root, each with one of its captions.
+    """Images of one split of a CUB-, COCO- or folder-layout root, each with one of its captions.
 
     Item: dict(images=[(3, s, s) per stage], caption=(n,) long word ids, class_id=int (-1 if none),
     key=str, caption_index=int). ``train`` draws the caption, the kept words, the crop and the flip at
@@ -96,6 +96,7 @@ class TextImageDataset(Dataset):
         self.keys = self.cache.keys[split]
         self.class_ids = self.cache.class_ids[split]
         self.captions_per_image = captions_per_image
+        self.caption_counts = self.cache.caption_counts(split)  # folder layout: they may differ per image
         self.words_num = words_num
         self.sizes = stage_sizes(image_size, branches)
         self.train = train
@@ -141,10 +142,10 @@ class TextImageDataset(Dataset):
         index, sample_seed = item if isinstance(item, tuple) else (item, None)
         if self.train:
             rng = random.Random(sample_seed if sample_seed is not None else random.getrandbits(64))
-            caption_index = rng.randrange(self.captions_per_image)
+            caption_index = rng.randrange(self.caption_counts[index])
         else:
             rng = random.Random(index)  # fixed word subset for long captions
-            caption_index = index % self.captions_per_image
+            caption_index = index % self.caption_counts[index]
         ids = truncate(self.cache.caption(self.split, index, caption_index), self.words_num, rng)
         images = image_pyramid(self.load_image(index), self.sizes, rng if self.train else None)
         return {

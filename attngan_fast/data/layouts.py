@@ -1,8 +1,10 @@
-"""The release's dataset layouts on disk (docs/design.md §4), read with clear errors.
+"""The dataset layouts on disk (docs/design.md §4), read with clear errors: the release's two, and
+``folder`` for users' own images (``folder.py``).
 
 CUB:  <root>/CUB_200_2011/images/<key>.jpg, CUB_200_2011/images.txt, CUB_200_2011/bounding_boxes.txt,
       <root>/text/<key>.txt (10 captions), <root>/{train,test}/filenames.pickle, optional class_info.pickle
 COCO: <root>/images/<key>.jpg, <root>/text/<key>.txt (5 captions), <root>/{train,test}/filenames.pickle
+folder: <root>/**/<file_name> (JPEG or PNG), <root>/metadata.jsonl or metadata.csv (key = file_name)
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 
 from ..safe_pickle import as_text, load_plain_pickle
 
-LAYOUTS = ("cub", "coco")
+LAYOUTS = ("cub", "coco", "folder")
 SPLITS = ("train", "test")
 
 
@@ -36,6 +38,13 @@ def check_layout(root: str | Path, layout: str) -> Path:
     root = Path(root)
     if layout not in LAYOUTS:
         raise DataError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout == "folder":
+        from .folder import find_metadata  # folder.py reads this module's errors: imported here, not above
+
+        if not root.is_dir():
+            raise DataError(f"data root {root} does not exist (expected images and metadata.jsonl there)")
+        find_metadata(root)
+        return root
     if not root.is_dir():
         raise DataError(f"data root {root} does not exist (expected the release's {layout.upper()} layout there)")
     _require(root / "text", "caption folder (one <key>.txt per image)")
@@ -71,9 +80,21 @@ def read_split(root: str | Path, split: str) -> SplitIndex:
 
 def image_path(root: str | Path, layout: str, key: str) -> Path:
     root = Path(root)
+    if layout == "folder":
+        return root / key  # the metadata's file_name, extension included
     if layout == "cub":
         return root / "CUB_200_2011" / "images" / f"{key}.jpg"
     return root / "images" / f"{key}.jpg"
+
+
+def hash_image_stats(digest, root: str | Path, layout: str, keys: list[str]) -> None:
+    """Feeds each image's key, size and modification time to ``digest`` (a hashlib object): what a cache
+    made from the images follows (a replaced image changes it; reading every image's bytes would not
+    pay on a large dataset)."""
+    for key in keys:
+        path = image_path(root, layout, key)
+        stat = path.stat() if path.is_file() else None
+        digest.update(f"{key}\0{stat.st_size if stat else -1}\0{stat.st_mtime_ns if stat else -1}\0".encode())
 
 
 def caption_path(root: str | Path, key: str) -> Path:

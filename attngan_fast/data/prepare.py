@@ -6,6 +6,10 @@ released text encoder keeps its vocabulary. Rebuilt automatically when what it w
 the split lists, or the content of the caption files (or of ``captions.pickle``), which the cache
 records as a SHA-256 digest. Content, not size and time: an edit of the same length within one tick of
 the file system's clock would keep both.
+
+The ``folder`` layout (``folder.py``) is built from its metadata file after every image was checked;
+its images may have different numbers of captions (``CaptionCache.counts``), and the cache follows the
+metadata's content and each image's size and modification time.
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ from tqdm import tqdm
 from ..atomic import write_text_atomic
 from ..safe_pickle import as_text, load_plain_pickle
 from ..text import END_TOKEN, Vocabulary, tokenize
+from .folder import folder_digest, read_folder
 from .layouts import SPLITS, DataError, caption_path, check_layout, read_caption_lines, read_split
 
 CACHE_NAME = "attngan_fast_captions.json"
 CACHE_FORMAT = 2  # 2: keyed on the caption files' content
+DEFAULT_TEST_FRACTION = 0.1  # the folder layout's held-out share without a split column (data.test_fraction)
 
 
 @dataclass
@@ -34,12 +40,31 @@ class CaptionCache:
     vocab: Vocabulary
     keys: dict[str, list[str]]
     class_ids: dict[str, list[int] | None]
-    captions: dict[str, list[list[int]]]  # split -> ids of caption c of image i at i * cpi + c
+    captions: dict[str, list[list[int]]]  # split -> ids of caption c of image i at offsets[split][i] + c
     source: str = "text"
     report: dict = field(default_factory=dict)
+    # split -> captions of each image, when they differ (folder layout); None: captions_per_image each
+    counts: dict[str, list[int]] | None = None
+
+    def __post_init__(self):
+        self.offsets = {split: caption_offsets(self.caption_counts(split)) for split in self.keys}
+
+    def caption_counts(self, split: str) -> list[int]:
+        """How many captions each image of the split has."""
+        if self.counts is not None:
+            return self.counts[split]
+        return [self.captions_per_image] * len(self.keys[split])
 
     def caption(self, split: str, image: int, index: int) -> list[int]:
-        return self.captions[split][image * self.captions_per_image + index]
+        return self.captions[split][self.offsets[split][image] + index]
+
+
+def caption_offsets(counts: list[int]) -> list[int]:
+    """Where each image's captions start in the split's flat caption list (one more entry: the total)."""
+    out = [0]
+    for n in counts:
+        out.append(out[-1] + n)
+    return out
 
 
 def captions_digest(root: Path, keys: dict[str, list[str]], source: str) -> str:
@@ -105,10 +130,53 @@ def _from_text(root: Path, keys: dict[str, list[str]], cpi: int, progress: bool)
     return vocab, captions, skipped
 
 
+def _prepare_folder(root: Path, captions_per_image: int, test_fraction: float, progress: bool) -> CaptionCache:
+    index = read_folder(root, captions_per_image, test_fraction, progress=progress)
+    vocab = Vocabulary.build(caption for split in SPLITS for image in index.tokens[split] for caption in image)
+    captions = {split: [vocab.encode(c)[0] for image in index.tokens[split] for c in image] for split in SPLITS}
+    counts = {split: [len(image) for image in index.tokens[split]] for split in SPLITS}
+    lengths = [len(c) for split in SPLITS for c in captions[split]]
+    report = {
+        "root": str(root), "layout": "folder", "source": index.metadata.name,
+        "images": {split: len(index.keys[split]) for split in SPLITS},
+        "captions": {split: len(captions[split]) for split in SPLITS},
+        "classes": {split: (len(set(ids)) if ids is not None else None) for split, ids in index.class_ids.items()},
+        "vocabulary": len(vocab),
+        "caption_length": {"max": max(lengths), "mean": round(sum(lengths) / len(lengths), 2)},
+        **index.report,
+    }
+    cache = CaptionCache("folder", captions_per_image, vocab, index.keys, index.class_ids, captions,
+                         index.metadata.name, report, counts)
+    write_text_atomic(root / CACHE_NAME, json.dumps({
+        "format": CACHE_FORMAT, "layout": "folder", "captions_per_image": captions_per_image,
+        "test_fraction": test_fraction, "source": index.metadata.name, "vocab": vocab.to_json(), "keys": index.keys,
+        "captions": captions, "counts": counts, "class_ids": index.class_ids, "class_names": index.class_names,
+        "report": report, "digest": folder_digest(root, index.metadata, index.keys),
+    }))
+    return cache
+
+
+def _load_folder(root: Path, data: dict | None, captions_per_image: int, test_fraction: float,
+                 progress: bool) -> CaptionCache:
+    """The folder layout's cache when it is current, else the folder checked and the cache made again."""
+    from .folder import find_metadata
+
+    current = (isinstance(data, dict) and data.get("format") == CACHE_FORMAT and data.get("layout") == "folder"
+               and data.get("captions_per_image") == captions_per_image and data.get("test_fraction") == test_fraction
+               and data.get("digest") == folder_digest(root, find_metadata(root), data.get("keys", {})))
+    if not current:
+        return _prepare_folder(root, captions_per_image, test_fraction, progress)
+    return CaptionCache("folder", captions_per_image, Vocabulary(data["vocab"]), data["keys"], data["class_ids"],
+                        data["captions"], data["source"], data.get("report", {}), data["counts"])
+
+
 def prepare(root: str | Path, layout: str, captions_per_image: int, *, progress: bool = True,
-            use_release_pickle: bool = True) -> CaptionCache:
-    """Build the cache from disk and write it to ``<root>/attngan_fast_captions.json``."""
+            use_release_pickle: bool = True, test_fraction: float = DEFAULT_TEST_FRACTION) -> CaptionCache:
+    """Build the cache from disk and write it to ``<root>/attngan_fast_captions.json``. ``test_fraction``:
+    the folder layout's held-out share when its metadata has no split column."""
     root = check_layout(root, layout)
+    if layout == "folder":
+        return _prepare_folder(root, captions_per_image, test_fraction, progress)
     splits = {split: read_split(root, split) for split in SPLITS}
     keys = {split: s.keys for split, s in splits.items()}
     release = root / "captions.pickle"
@@ -141,16 +209,16 @@ def prepare(root: str | Path, layout: str, captions_per_image: int, *, progress:
     return cache
 
 
-def load_captions(root: str | Path, layout: str, captions_per_image: int, *, progress: bool = True) -> CaptionCache:
+def load_captions(root: str | Path, layout: str, captions_per_image: int, *, progress: bool = True,
+                  test_fraction: float = DEFAULT_TEST_FRACTION) -> CaptionCache:
     """The cache when it is current (same split lists, same caption content); otherwise it is (re)built
     first, and a cache made from other captions says so."""
     root = check_layout(root, layout)
     path = root / CACHE_NAME
+    if layout == "folder":
+        return _load_folder(root, _read_cache(path), captions_per_image, test_fraction, progress)
     if path.exists():
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            data = None
+        data = _read_cache(path)
         splits = {split: read_split(root, split) for split in SPLITS}
         current = (
             isinstance(data, dict) and data.get("format") == CACHE_FORMAT and data.get("layout") == layout
@@ -168,3 +236,10 @@ def load_captions(root: str | Path, layout: str, captions_per_image: int, *, pro
                                 {split: s.class_ids for split, s in splits.items()}, data["captions"],
                                 data.get("source", "text"), data.get("report", {}))
     return prepare(root, layout, captions_per_image, progress=progress)
+
+
+def _read_cache(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None

@@ -35,11 +35,13 @@ def caption_cache(cfg: Config, rt: Runtime, progress: bool) -> CaptionCache:
                         f"make them with: attngan-fast data synth --out {cfg.data.root}")
     cache = None
     if rt.is_main:
-        cache = load_captions(cfg.data.root, cfg.data.layout, cfg.data.captions_per_image, progress=progress)
+        cache = load_captions(cfg.data.root, cfg.data.layout, cfg.data.captions_per_image, progress=progress,
+                              test_fraction=cfg.data.test_fraction)
     if rt.distributed:
         dist.barrier()
     if cache is None:
-        cache = load_captions(cfg.data.root, cfg.data.layout, cfg.data.captions_per_image, progress=False)
+        cache = load_captions(cfg.data.root, cfg.data.layout, cfg.data.captions_per_image, progress=False,
+                              test_fraction=cfg.data.test_fraction)
     return cache
 
 

@@ -159,15 +159,16 @@ def evaluate(text_encoder, image_encoder, dataset: TextImageDataset, cfg: Config
 
     # Retrieval: every caption of every evaluated image is a candidate; each image's true caption is
     # the one the loader showed it with.
-    cpi = dataset.captions_per_image
-    ids, owner = [], []
-    for i in image_index:
-        for c in range(cpi):
+    cpi, counts = dataset.captions_per_image, dataset.caption_counts  # counts: each image's (folder layout)
+    ids, owner, true_caption = [], [], []
+    for k, i in enumerate(image_index):
+        true_caption.append(len(ids) + i % counts[i])  # the caption the loader showed (eval: i mod count)
+        for c in range(counts[i]):
             ids.append(truncate(dataset.cache.caption(dataset.split, i, c), dataset.words_num,
                                 random.Random(i * cpi + c)))
-            owner.append(len(owner) // cpi)
+            owner.append(k)
     caption_vecs = encode_captions(text_encoder, ids, device)
-    true_caption = torch.tensor([k * cpi + (i % cpi) for k, i in enumerate(image_index)])
+    true_caption = torch.tensor(true_caption)
     if dataset.class_ids is not None:
         image_keys = torch.tensor([dataset.class_ids[i] for i in image_index])
     else:
@@ -302,7 +303,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
     sampler, loader, steps_per_epoch = train_loader(train_set, d.batch_size, cfg, rt, device)
     if rt.is_main:  # only now: a run that fails in its set-up leaves no empty folder
         out.mkdir(parents=True, exist_ok=True)
-    log = JsonlLog(out / "log.jsonl", rt.is_main)
+    log = JsonlLog(out / "log.jsonl", rt.is_main, out / "tensorboard" if cfg.runtime.tensorboard else None)
     for record in records:
         log.write(record)
     latest = out / "latest.pt"
@@ -372,9 +373,11 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
                     history.append(metrics)
                     log.write({"eval": True, **metrics})
                     if (finished and (epoch + 1) % d.pictures_every == 0) or epoch + 1 == d.epochs or stopped:
-                        attention_picture(text_encoder, image_encoder, test_set, cfg, device,
-                                          out / f"attention_maps_step{step:07d}.png",
-                                          f"epoch {done_epochs:g} (step {step}): region attention of each word (DAMSM)")
+                        picture = attention_picture(text_encoder, image_encoder, test_set, cfg, device,
+                                                    out / f"attention_maps_step{step:07d}.png",
+                                                    f"epoch {done_epochs:g} (step {step}): region attention of each "
+                                                    "word (DAMSM)")
+                        log.picture("attention_maps", picture, step)
                     if progress:
                         tqdm.write(f"epoch {done_epochs:g}: val loss {metrics['val_total']:.3f}, retrieval top-1 "
                                    f"{metrics['retrieval_top1']:.1%} (1 of {metrics['retrieval_candidates']})")
@@ -389,6 +392,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
     meter.reading(step)
     speed = meter.summary()
     log.write({"final": True, "step": step, **speed})
+    log.close()
     checksum = sum(float(p.detach().double().sum()) for p in params)
     return {"checkpoint": str(latest) if latest.is_file() else None, "step": step, "param_checksum": checksum,
             "speed": speed, **metrics}

@@ -14,8 +14,9 @@ conditional fooling term).
 
 Evaluation hook (``gan.eval_every`` epochs): the EMA generator draws a fixed subset of test pairs with
 fixed noise, judged by the training DAMSM under the evaluation protocol (``protocol.py``); R-precision
-(and IS with ``gan.eval_inception_weights``) go to ``log.jsonl`` as ``"eval"`` rows and
-``eval_curve.png`` plots them over the epochs (the paper's Figure 3).
+(and IS and FID against the test images' cached statistics, with ``gan.eval_inception_weights``) go to
+``log.jsonl`` as ``"eval"`` rows and ``eval_curve.png`` plots them over the epochs (the paper's
+Figure 3). ``runtime.tensorboard`` copies the rows and the sample grids to ``OUT/tensorboard/``.
 """
 
 from __future__ import annotations
@@ -309,7 +310,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
     sampler, loader, steps_per_epoch = train_loader(train_set, g.batch_size, cfg, rt, device)
     if rt.is_main:  # only now: a run that fails in its set-up leaves no empty folder
         out.mkdir(parents=True, exist_ok=True)
-    log = JsonlLog(out / "log.jsonl", rt.is_main)
+    log = JsonlLog(out / "log.jsonl", rt.is_main, out / "tensorboard" if cfg.runtime.tensorboard else None)
     for record in records:
         log.write(record)
     latest = out / "latest.pt"
@@ -340,20 +341,24 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
                 save_atomic(payload, out / f"netG_epoch{epoch:04d}.pt")
 
     def samples() -> Path | None:
-        if not rt.is_main:
-            return None
+        path = out / "samples" / f"step{step:07d}.png"
+        if not rt.is_main or path.is_file():  # drawn at this step already (the final call after a grid step)
+            return path if rt.is_main else None
         with rng_neutral(), torch.no_grad():
             images, maps, words = generate_from_batch(netG_ema, text_encoder, sample_batch, sample_noise, vocab, device,
                                                       amp, ca_noise=sample_ca)
             grid = generation_grid(images, maps, words, title=f"step {step} (EMA generator, fixed noise)")
-            return save_png(grid, out / "samples" / f"step{step:07d}.png")
+            save_png(grid, path)
+            log.picture("samples", path, step)
+            return path
 
     evaluation = None
     if g.eval_every is not None and rt.is_main:
         with rng_neutral():
             evaluation = FixedEvaluation.build(test_set, text_encoder, n_images=g.eval_images, z_dim=g.z_dim,
                                                c_dim=g.c_dim, seed=cfg.runtime.seed, batch_size=g.batch_size,
-                                               device=device, amp=amp, inception_weights=g.eval_inception_weights)
+                                               device=device, amp=amp, inception_weights=g.eval_inception_weights,
+                                               progress=progress)
 
     def evaluate_now(done_epochs: int) -> None:
         """One row of the evaluation curve (rank 0; the other ranks go on and wait at the next collective)."""
@@ -364,7 +369,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
         log.write({"eval": True, "epoch": done_epochs, "step": step, **row})
         eval_curves(log.path, out / "eval_curve.png")
         if progress:
-            shown = f", IS {row['inception_score']:.2f}" if "inception_score" in row else ""
+            shown = f", IS {row['inception_score']:.2f}, FID {row['fid']:.1f}" if "inception_score" in row else ""
             tqdm.write(f"epoch {done_epochs}: R-precision {row['r_precision']:.1%} on {row['r_precision_images']} "
                        f"fixed test pairs{shown}")
 
@@ -413,6 +418,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
     speed = meter.summary()
     log.write({"final": True, "step": step, **speed})
     picture = samples()
+    log.close()
     checksum = sum(float(p.detach().double().sum()) for p in netG.parameters())
     return {"checkpoint": str(latest) if latest.is_file() else None, "step": step,
             "samples": str(picture) if picture else None,

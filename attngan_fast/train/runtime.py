@@ -180,15 +180,32 @@ class Deadline:
 
 
 class JsonlLog:
-    """Appends one JSON object per line (rank 0 only)."""
+    """Appends one JSON object per line (rank 0 only); with ``tensorboard`` (a folder) every row and
+    picture also goes to TensorBoard (``train.tensorboard``)."""
 
-    def __init__(self, path: Path, enabled: bool):
+    def __init__(self, path: Path, enabled: bool, tensorboard: Path | None = None):
         self.path, self.enabled = path, enabled
+        self.board = None
+        if enabled and tensorboard is not None:
+            from .tensorboard import TensorBoardWriter
+
+            self.board = TensorBoardWriter(tensorboard)
 
     def write(self, record: dict) -> None:
         if self.enabled:
             with open(self.path, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
+            if self.board is not None:
+                self.board.row(record)
+
+    def picture(self, tag: str, path: Path | None, step: int) -> None:
+        """A picture the loop saved, for TensorBoard (nothing without it)."""
+        if self.board is not None and path is not None:
+            self.board.picture(tag, path, step)
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
 
 
 class StepMeter:

@@ -1,0 +1,341 @@
+"""Users' own data, the ``folder`` layout (docs/design.md §4), in the convention of Hugging Face's
+imagefolder: images anywhere under a root, and one metadata file beside them.
+
+  <root>/metadata.jsonl   {"file_name": "sub/x.jpg", "text": "a caption" | ["caption 1", ...],
+                           "split": "train" | "test" (optional), "class": "sparrow" | 3 (optional)}
+  <root>/metadata.csv     the same columns; a ``text`` cell holds one caption, or a JSON list of them
+
+No pickles. Any number of captions per image (at least one; ``data.captions_per_image`` keeps the
+first that many). JPEG and PNG, any case of extension; captions are UTF-8. Without a ``split``
+column an image is held out for the test set when a hash of its file name falls below
+``data.test_fraction``: the same split on every run and on every machine, and an image keeps its
+split when others are added (no test image ever moves into training).
+
+Everything is checked before anything trains, and every problem found is one line that names the
+metadata file, the line and the image: a missing or undecodable image, an empty caption (or one with
+no word the tokenizer keeps), a duplicate row, a bad split or class value.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from ..text import tokenize, words_as_written
+from .layouts import SPLITS, DataError, hash_image_stats
+
+METADATA_NAMES = ("metadata.jsonl", "metadata.csv")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+COLUMNS = ("file_name", "text", "split", "class")
+SPLIT_SALT = "attngan-fast held-out split:"  # part of the hash: the split rule's seed
+MAX_PROBLEM_LINES = 200  # a metadata file broken everywhere lists this many, then counts the rest
+
+
+@dataclass
+class Row:
+    line: int  # in the metadata file, counted from 1 (the CSV header is line 1)
+    file_name: str
+    captions: list[str]
+    split: str | None = None
+    label: str | None = None  # the class, as written
+
+
+@dataclass
+class FolderIndex:
+    """What ``read_folder`` found: per split the images (file names), their tokenized captions and class ids."""
+
+    metadata: Path
+    keys: dict[str, list[str]]
+    tokens: dict[str, list[list[list[str]]]]  # split -> image -> caption -> words
+    class_ids: dict[str, list[int] | None]
+    class_names: list[str] | None
+    split_rule: str
+    report: dict = field(default_factory=dict)
+
+
+def find_metadata(root: Path) -> Path:
+    found = [root / name for name in METADATA_NAMES if (root / name).is_file()]
+    if not found:
+        raise DataError(f"missing metadata for the folder layout: expected {root / METADATA_NAMES[0]} (or "
+                        f"{METADATA_NAMES[1]}) with one row per image: file_name, text (a caption or a list), "
+                        "optional split and class")
+    if len(found) > 1:
+        raise DataError(f"{root} holds both {METADATA_NAMES[0]} and {METADATA_NAMES[1]}: keep one")
+    return found[0]
+
+
+def _as_captions(value) -> list[str] | None:
+    """The ``text`` value as a list of captions, or None when it is neither a string nor a list of strings."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    return None
+
+
+def _csv_text(cell: str):
+    """A CSV ``text`` cell: one caption, or a JSON list of captions."""
+    stripped = cell.strip()
+    if stripped.startswith("[") and stripped.endswith("]"):
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError:
+            return cell
+    return cell
+
+
+def _raw_records(path: Path) -> list[tuple[int, dict | str]]:
+    """(line, record) per row; a record that is not a mapping comes as the reason it is not one."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path} is not UTF-8 text (byte {err.start}): save it as UTF-8") from None
+    text = text.removeprefix("\ufeff")  # a byte-order mark some editors write
+    out: list[tuple[int, dict | str]] = []
+    if path.suffix == ".jsonl":
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                out.append((n, f"not valid JSON ({err.msg} at column {err.colno})"))
+                continue
+            out.append((n, record if isinstance(record, dict) else "not a JSON object"))
+        return out
+    reader = csv.DictReader(text.splitlines(keepends=True))
+    header = reader.fieldnames or []
+    missing = [c for c in ("file_name", "text") if c not in header]
+    if missing:
+        raise DataError(f"{path}: the header (line 1) must name the columns file_name and text; "
+                        f"it lacks {', '.join(missing)} (it has: {', '.join(header) or 'nothing'})")
+    for record in reader:
+        if not any((v or "").strip() for v in record.values() if isinstance(v, str)):
+            continue
+        if None in record:  # more cells than header columns
+            out.append((reader.line_num, f"has more cells than the header's {len(header)} columns"))
+            continue
+        record = {k: v for k, v in record.items() if not (k in ("split", "class") and (v or "").strip() == "")}
+        if "text" in record and record["text"] is not None:
+            record["text"] = _csv_text(record["text"])
+        out.append((reader.line_num, record))
+    return out
+
+
+def read_rows(path: Path) -> tuple[list[Row], list[str]]:
+    """The metadata's rows and one line per problem in them (the images are not looked at here)."""
+    rows, problems = [], []
+    first_line: dict[str, int] = {}
+    name = path.name
+    for line, record in _raw_records(path):
+        where = f"{name} line {line}"
+        if isinstance(record, str):
+            problems.append(f"{where}: {record}")
+            continue
+        unknown = sorted(set(record) - set(COLUMNS))
+        if unknown:
+            problems.append(f"{where}: unknown column {', '.join(map(repr, unknown))} (known: {', '.join(COLUMNS)})")
+            continue
+        file_name = record.get("file_name")
+        if not isinstance(file_name, str) or not file_name.strip():
+            problems.append(f"{where}: no file_name (the image's path relative to the root)")
+            continue
+        file_name = file_name.strip()
+        where = f"{where} ({file_name})"
+        posix = PurePosixPath(file_name)
+        if posix.is_absolute() or ".." in posix.parts or "\\" in file_name:
+            problems.append(f"{where}: file_name must be a path under the root with '/' separators, no '..'")
+            continue
+        file_name = posix.as_posix()
+        if posix.suffix.lower() not in IMAGE_SUFFIXES:
+            problems.append(f"{where}: not a JPEG or PNG file name (.jpg, .jpeg or .png, any case)")
+            continue
+        if file_name in first_line:
+            problems.append(f"{where}: duplicate row, the image is already listed on line {first_line[file_name]}: "
+                            "give all its captions in one row, as a list")
+            continue
+        first_line[file_name] = line
+        captions = _as_captions(record.get("text"))
+        if captions is None:
+            problems.append(f"{where}: text must be a caption or a list of captions, got {record.get('text')!r}")
+            continue
+        if not captions:
+            problems.append(f"{where}: empty caption list (every image needs at least one caption)")
+            continue
+        empty = [n + 1 for n, c in enumerate(captions) if not c.strip()]
+        if empty:
+            which = "" if len(captions) == 1 else f" (caption {', '.join(map(str, empty))} of {len(captions)})"
+            problems.append(f"{where}: empty caption{which}")
+            continue
+        split = record.get("split")
+        if split is not None and split not in SPLITS:
+            problems.append(f"{where}: split must be 'train' or 'test', got {split!r}")
+            continue
+        label = record.get("class")
+        if label is not None and (isinstance(label, (bool, dict, list)) or str(label).strip() == ""):
+            problems.append(f"{where}: class must be a name or a number, got {label!r}")
+            continue
+        rows.append(Row(line, file_name, [c.strip() for c in captions], split,
+                        None if label is None else str(label).strip()))
+    if rows:
+        for column, attr in (("split", "split"), ("class", "label")):
+            having = [r for r in rows if getattr(r, attr) is not None]
+            if having and len(having) < len(rows):
+                problems.extend(f"{name} line {r.line} ({r.file_name}): no {column}, but other rows have one"
+                                for r in rows if getattr(r, attr) is None)
+    return rows, problems
+
+
+def check_images(root: Path, rows: list[Row], metadata_name: str, progress: bool) -> list[str]:
+    """Opens and fully decodes every image (a progress bar counts them); one line per image that fails."""
+    problems = []
+    for row in tqdm(rows, desc="checking images", unit="image", disable=not progress):
+        path = root / row.file_name
+        where = f"{metadata_name} line {row.line} ({row.file_name})"
+        if not path.is_file():
+            problems.append(f"{where}: missing image: expected {path}")
+            continue
+        try:
+            with Image.open(path) as img:
+                if img.format not in ("JPEG", "PNG"):
+                    problems.append(f"{where}: the file holds a {img.format} image, not a JPEG or PNG")
+                    continue
+                img.convert("RGB")  # decodes every pixel: a truncated file fails here, not in training
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+            problems.append(f"{where}: the image cannot be decoded ({err})")
+    return problems
+
+
+def held_out_score(file_name: str) -> float:
+    """A number in [0, 1) fixed by the file name: the image is a test image when it is below the test fraction."""
+    digest = hashlib.sha256((SPLIT_SALT + file_name).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def assign_splits(rows: list[Row], test_fraction: float) -> tuple[dict[str, list[Row]], str]:
+    """(rows per split in metadata order, the rule in words): the ``split`` column when the rows have one,
+    else the held-out rule (and at least one test image: the lowest score, when none falls below)."""
+    if rows and rows[0].split is not None:
+        return {s: [r for r in rows if r.split == s] for s in SPLITS}, "the metadata's split column"
+    scores = {r.file_name: held_out_score(r.file_name) for r in rows}
+    test = {r.file_name for r in rows if scores[r.file_name] < test_fraction}
+    if not test and len(rows) > 1:
+        test = {min(scores, key=scores.get)}
+    rule = (f"held out by file name (data.test_fraction {test_fraction:g}: images whose name hashes below it; "
+            "the same on every run)")
+    return {"train": [r for r in rows if r.file_name not in test], "test": [r for r in rows if r.file_name in test]}, rule
+
+
+def _tokenized(row: Row, cap: int, stats: dict) -> tuple[list[list[str]], str | None]:
+    """(token lists of the row's first ``cap`` captions, a problem or None). Counts what the tokenizer
+    changes: words with characters outside ASCII (it keeps ASCII only)."""
+    out = []
+    for n, caption in enumerate(row.captions[:cap]):
+        toks = tokenize(caption)
+        for word in words_as_written(caption):
+            if not word.isascii():
+                stats["changed"] += 1
+                kept = "".join(tokenize(word))
+                example = f"{word!r} -> {kept!r}" if kept else f"{word!r} dropped"
+                if len(stats["examples"]) < 5 and example not in stats["examples"]:
+                    stats["examples"].append(example)
+        if not toks:
+            which = "" if len(row.captions) == 1 else f"caption {n + 1}: "
+            return [], f"{which}no word the tokenizer keeps (it keeps ASCII letters and digits) in {caption!r}"
+        out.append(toks)
+    stats["dropped_captions"] += max(0, len(row.captions) - cap)
+    return out, None
+
+
+def _raise(metadata: Path, problems: list[str]) -> None:
+    shown = problems[:MAX_PROBLEM_LINES]
+    more = len(problems) - len(shown)
+    tail = [f"... and {more} more"] if more else []
+    raise DataError("\n".join([f"{len(problems)} problem{'s' if len(problems) > 1 else ''} in {metadata} "
+                               "(nothing was trained; fix them and run again):", *shown, *tail]))
+
+
+def read_folder(root: str | Path, captions_per_image: int, test_fraction: float, *,
+                progress: bool = True) -> FolderIndex:
+    """Reads and checks a folder-layout root; raises DataError listing every problem, one per line."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data root {root} does not exist (expected images and {METADATA_NAMES[0]} there)")
+    if not 0 < test_fraction < 1:
+        raise DataError(f"data.test_fraction must be between 0 and 1, got {test_fraction}")
+    metadata = find_metadata(root)
+    rows, problems = read_rows(metadata)
+    problems += check_images(root, rows, metadata.name, progress)
+    stats = {"changed": 0, "examples": [], "dropped_captions": 0}
+    tokens_of: dict[str, list[list[str]]] = {}
+    for row in rows:
+        toks, problem = _tokenized(row, captions_per_image, stats)
+        if problem:
+            problems.append(f"{metadata.name} line {row.line} ({row.file_name}): {problem}")
+        tokens_of[row.file_name] = toks
+    if problems:
+        _raise(metadata, problems)
+    if not rows:
+        raise DataError(f"{metadata} lists no images")
+    by_split, rule = assign_splits(rows, test_fraction)
+    for split in SPLITS:
+        if not by_split[split]:
+            raise DataError(f"{metadata}: the {split} split is empty ({rule}); every layout needs images in both")
+    labels = sorted({r.label for r in rows}, key=_label_order) if rows[0].label is not None else None
+    index_of = {name: i for i, name in enumerate(labels or [])}
+    report = {
+        "metadata": str(metadata), "split_rule": rule,
+        "captions_per_image": _spread([len(tokens_of[r.file_name]) for r in rows]),
+        "captions_beyond_the_cap": stats["dropped_captions"],
+        "words_changed_by_the_tokenizer": {"count": stats["changed"], "examples": stats["examples"]},
+        "unlisted_images": _unlisted(root, {r.file_name for r in rows}),
+    }
+    if stats["changed"]:
+        n = stats["changed"]
+        warnings.warn(f"{n} word{'s' if n > 1 else ''} of {metadata.name}'s captions {'have' if n > 1 else 'has'} "
+                      f"characters outside ASCII, which the tokenizer drops ({', '.join(stats['examples'])})",
+                      stacklevel=3)
+    return FolderIndex(
+        metadata=metadata,
+        keys={s: [r.file_name for r in by_split[s]] for s in SPLITS},
+        tokens={s: [tokens_of[r.file_name] for r in by_split[s]] for s in SPLITS},
+        class_ids={s: ([index_of[r.label] for r in by_split[s]] if labels else None) for s in SPLITS},
+        class_names=labels, split_rule=rule, report=report)
+
+
+def _label_order(label: str):
+    """Numbers in numeric order, then names alphabetically."""
+    try:
+        return (0, float(label), label)
+    except ValueError:
+        return (1, 0.0, label)
+
+
+def _spread(values: list[int]) -> dict:
+    return {"min": min(values), "mean": round(sum(values) / len(values), 2), "max": max(values)}
+
+
+def _unlisted(root: Path, listed: set[str]) -> int:
+    """Images under the root that the metadata does not list (they are not used; the report counts them)."""
+    found = 0
+    for path in root.rglob("*"):
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            found += path.relative_to(root).as_posix() not in listed
+    return found
+
+
+def folder_digest(root: Path, metadata: Path, keys: dict[str, list[str]]) -> str:
+    """SHA-256 of the metadata's content and of each listed image's size and modification time: a
+    replaced image, like an edited row, makes the cache (and its check of every image) be made again."""
+    h = hashlib.sha256(b"folder\0")
+    h.update(metadata.read_bytes())
+    for split in SPLITS:
+        hash_image_stats(h, root, "folder", keys.get(split, []))
+    return h.hexdigest()
