@@ -107,6 +107,10 @@ def _ops_path() -> str:
 def _data_synth(args) -> int:
     from .data.synthetic import synthesize
 
+    _at_least("--images", args.images, 2)  # one per split
+    _at_least("--size", args.size, 16)
+    if not 0 < args.test_fraction < 1:
+        raise CliError(f"--test-fraction must be between 0 and 1 (exclusive), got {args.test_fraction}")
     summary = synthesize(args.out, images=args.images, size=args.size, seed=args.seed,
                          test_fraction=args.test_fraction, progress=not args.quiet)
     print(json.dumps(summary.__dict__, indent=2))
@@ -388,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", required=True, help="generator checkpoint")
     ev.add_argument("--damsm", required=True, help="the DAMSM checkpoint the generator was trained with")
     ev.add_argument("--data", required=True, help="dataset root (its test split is used)")
-    ev.add_argument("--n-images", type=int, default=30000)
+    ev.add_argument("--n-images", type=int, default=30000,
+                    help="generated images, one per (test image, caption) pair drawn (default: 30,000, the protocol's)")
     ev.add_argument("--inception-weights", metavar="FILE", help="torch-fidelity's Inception weights (local file)")
     ev.add_argument("--eval-damsm", metavar="CKPT", help="a separately trained DAMSM as the R-precision judge")
     ev.add_argument("--words-num", type=int, metavar="N",

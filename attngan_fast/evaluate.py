@@ -86,6 +86,8 @@ def check_inception_weights(path) -> None:
                                        feature_extractor_weights_path=str(path))
     except Exception as err:  # noqa: BLE001 - torch.load's and load_state_dict's errors alike
         lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        if "UnpicklingError" in type(err).__name__ or any(m in str(err) for m in ("MARK", "invalid load key", "zip")):
+            lines = ["not a file written by torch.save"]
         detail = next((line for line in lines if line.startswith(("Missing key", "Unexpected key", "size mismatch"))),
                       lines[0])
         detail = detail if len(detail) <= 120 else detail[:117] + "..."
@@ -175,6 +177,10 @@ def evaluate_generator(checkpoint: str | Path, damsm: str | Path, data_root: str
     caption_ids, unknown_to_generator = translate_ids(cut_captions(cache, "test", n_test, counts, words_num, seed),
                                                       cache.vocab, g_vocab)
     pairs = draw_pairs(n_test, counts, n_images, seed)
+    if n_images > sum(counts):
+        warnings.warn(f"--n-images {n_images} is more than the {sum(counts)} (test image, caption) pairs of {data_root}: "
+                      f"each pair is generated about {n_images / sum(counts):.0f} times, so the folds' spread "
+                      "understates the uncertainty", stacklevel=2)
     prompts = [caption_ids[cache.offsets["test"][img] + c] for img, c in pairs]
 
     # Generated images go to PNG files chunk by chunk (bounded memory for 30,000 images); the judge's
@@ -237,8 +243,8 @@ def evaluate_generator(checkpoint: str | Path, damsm: str | Path, data_root: str
         report["inception_score"] = report["tf_inception_fid"] = report["inception_weights"] = None
         report["inception_note"] = (
             f"IS and FID skipped: pass --inception-weights with torch-fidelity's Inception file "
-            f"({TORCH_FIDELITY_WEIGHTS}, from the torch-fidelity releases) as a local path; nothing is downloaded. "
-            + CUB_IS_NOTE + ".")
+            f"({TORCH_FIDELITY_WEIGHTS}, from the torch-fidelity releases) as a local path; nothing is downloaded."
+            + (" " + CUB_IS_NOTE + "." if layout == "cub" else ""))
     else:
         real_dir.mkdir(parents=True)
         for i in tqdm(range(n_test), desc="real test images", disable=not progress):
@@ -247,7 +253,8 @@ def evaluate_generator(checkpoint: str | Path, damsm: str | Path, data_root: str
         report["inception_weights"] = {"path": str(inception_weights), "sha256": file_sha256(inception_weights),
                                        "name": "torch-fidelity TF-Inception (ImageNet; "
                                                "pt_inception-2015-12-05 port)"}
-        report["inception_score_note"] = CUB_IS_NOTE
+        if layout == "cub":
+            report["inception_score_note"] = CUB_IS_NOTE
         report["fid_name"] = FID_NAME
     report["generated_images"] = None if not keep_images else str(gen_dir)
     if not keep_images:

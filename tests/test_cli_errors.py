@@ -75,6 +75,11 @@ def test_evaluate_refuses_zero_images_and_warns_below_the_protocol(trained, synt
                        "need at least 100 images, 10 per fold; the paper's figures use 30,000): the numbers will be "
                        "noisy"], err
     assert json.loads((tmp_path / "r.json").read_text())["n_images"] == 5
+    # More images than (test image, caption) pairs: every pair is generated several times, and said so.
+    pairs = json.loads((tmp_path / "r.json").read_text())["r_precision"]
+    assert cli(base + ["--n-images", "300"]) == 0
+    repeat = [line for line in capsys.readouterr().err.splitlines() if "is more than the" in line]
+    assert len(repeat) == 1 and "(test image, caption) pairs" in repeat[0], (repeat, pairs)
 
 
 def test_evaluate_checks_the_inception_weights_before_generating(trained, synthetic_root, tmp_path, capsys):
@@ -243,6 +248,22 @@ def test_smaller_mistakes_are_one_named_line(trained, tmp_path, capsys):
     one_line_error(capsys, ["evaluate", "--checkpoint", str(trained[1]), "--damsm", str(trained[0]), "--data",
                             str(missing), "--quiet", "--n-images", "100", "--out", str(tmp_path / "r.json")],
                    f"make them with: attngan-fast data synth --out {missing}")
+
+
+def test_bad_synthetic_data_flags_are_one_line(tmp_path, capsys):
+    out = str(tmp_path / "birds")
+    one_line_error(capsys, ["data", "synth", "--out", out, "--images", "0"], "--images must be at least 2, got 0")
+    one_line_error(capsys, ["data", "synth", "--out", out, "--size", "8"], "--size must be at least 16, got 8")
+    one_line_error(capsys, ["data", "synth", "--out", out, "--test-fraction", "2"],
+                   "--test-fraction must be between 0 and 1 (exclusive), got 2.0")
+    assert not (tmp_path / "birds").exists()
+
+
+def test_a_folder_dataset_read_as_cub_says_which_layout_it_is(tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "metadata.jsonl").write_text('{"file_name": "a.png", "text": "a bird"}\n')
+    one_line_error(capsys, ["data", "prepare", "--root", str(tmp_path / "mine")],
+                   "holds a metadata file, not the CUB layout: it is a folder dataset (--layout folder")
 
 
 def test_the_config_flag_names_every_preset(capsys):

@@ -126,6 +126,7 @@ def test_each_problem_is_one_line_naming_the_file_and_row_before_any_training_st
         25: rf"\({re.escape(rows[1]['file_name'])}\): duplicate row, the image is already listed on line 2",
     }
     assert len(err) == 1 + len(expected)
+    assert [int(line.split()[2]) for line in err[1:]] == sorted(expected)  # in the file's order
     for line_no, pattern in expected.items():
         matching = [line for line in err[1:] if line.startswith(f"metadata.jsonl line {line_no} ")]
         assert len(matching) == 1 and re.search(pattern, matching[0]), (line_no, matching)

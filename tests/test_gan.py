@@ -355,7 +355,9 @@ def test_generator_loss_fused_path_equals_reference_path(synthetic_root, damsm_c
 def test_cli_batch_larger_than_the_data_is_a_clear_error(synthetic_root, damsm_checkpoint, tmp_path, capsys):
     code = cli(["train", "--config", "synthetic", "--data", str(synthetic_root), "--damsm", str(damsm_checkpoint),
                 "--out", str(tmp_path), "--quiet", "--set", "gan.batch_size=5000"])
-    assert code == 2 and "batch size 5000 is larger than the 72 training images" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "batch size 5000 is larger than the 72 training images" in err
+    assert "lower it with --set gan.batch_size=N" in err
 
 
 @pytest.mark.slow

@@ -254,7 +254,16 @@ def _tokenized(row: Row, cap: int, stats: dict) -> tuple[list[list[str]], str | 
     return out, None
 
 
+def _line_of(problem: str) -> int:
+    """The metadata line a problem names ("metadata.jsonl line 12 ...": 12), 0 for none: problems are
+    reported in the file's order whichever check found them."""
+    words = problem.split()
+    number = words[2].rstrip(":") if len(words) > 2 and words[1] == "line" else ""
+    return int(number) if number.isdigit() else 0
+
+
 def _raise(metadata: Path, problems: list[str]) -> None:
+    problems = sorted(problems, key=_line_of)  # stable: one line's problems keep their order
     shown = problems[:MAX_PROBLEM_LINES]
     more = len(problems) - len(shown)
     tail = [f"... and {more} more"] if more else []

@@ -47,6 +47,9 @@ def check_layout(root: str | Path, layout: str) -> Path:
         return root
     if not root.is_dir():
         raise DataError(f"data root {root} does not exist (expected the release's {layout.upper()} layout there)")
+    if not (root / "text").exists() and any((root / name).is_file() for name in ("metadata.jsonl", "metadata.csv")):
+        raise DataError(f"{root} holds a metadata file, not the {layout.upper()} layout: it is a folder dataset "
+                        "(--layout folder for data prepare, --set data.layout=folder for training)")
     _require(root / "text", "caption folder (one <key>.txt per image)")
     if layout == "cub":
         _require(root / "CUB_200_2011" / "images", "CUB image folder")

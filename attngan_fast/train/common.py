@@ -45,13 +45,13 @@ def caption_cache(cfg: Config, rt: Runtime, progress: bool) -> CaptionCache:
     return cache
 
 
-def train_loader(dataset, batch_size: int, cfg: Config, rt: Runtime, device: torch.device):
+def train_loader(dataset, batch_size: int, cfg: Config, rt: Runtime, device: torch.device, batch_key: str):
     """(sampler, loader, steps per epoch). The loader's own generator, not the global RNG, seeds its
     workers: the global stream is left to the models (dropout, noise), which a resumed run replays.
     Every batch has one shape (drop_last, captions padded to words_num): compiled models compile once."""
     if len(dataset) // rt.world < batch_size:
         raise ConfigError(f"batch size {batch_size} is larger than the {len(dataset) // rt.world} training images "
-                         "each process gets")
+                          f"each process gets: lower it with --set {batch_key}=N")
     sampler = EpochSampler(len(dataset), seed=cfg.runtime.seed, shuffle=True, rank=rt.rank, world=rt.world)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
                         collate_fn=functools.partial(collate, pad_to=dataset.words_num),

@@ -300,7 +300,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
     if cfg.runtime.compile:
         image_model = torch.compile(image_model, dynamic=False)  # one static graph: every batch has one shape
 
-    sampler, loader, steps_per_epoch = train_loader(train_set, d.batch_size, cfg, rt, device)
+    sampler, loader, steps_per_epoch = train_loader(train_set, d.batch_size, cfg, rt, device, "damsm.batch_size")
     if rt.is_main:  # only now: a run that fails in its set-up leaves no empty folder
         out.mkdir(parents=True, exist_ok=True)
     log = JsonlLog(out / "log.jsonl", rt.is_main, out / "tensorboard" if cfg.runtime.tensorboard else None)

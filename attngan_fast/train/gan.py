@@ -307,7 +307,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
         g_model, d_steps, adversarial, image_fn = compiled(g_model, d_steps, adversarial, image_encoder)
 
     step_fn = GanStep(g_model, d_steps, netsD, optG, optsD, scaler, text_encoder, image_fn, cfg, device, adversarial)
-    sampler, loader, steps_per_epoch = train_loader(train_set, g.batch_size, cfg, rt, device)
+    sampler, loader, steps_per_epoch = train_loader(train_set, g.batch_size, cfg, rt, device, "gan.batch_size")
     if rt.is_main:  # only now: a run that fails in its set-up leaves no empty folder
         out.mkdir(parents=True, exist_ok=True)
     log = JsonlLog(out / "log.jsonl", rt.is_main, out / "tensorboard" if cfg.runtime.tensorboard else None)
@@ -370,8 +370,9 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
         eval_curves(log.path, out / "eval_curve.png")
         if progress:
             shown = f", IS {row['inception_score']:.2f}, FID {row['fid']:.1f}" if "inception_score" in row else ""
-            tqdm.write(f"epoch {done_epochs}: R-precision {row['r_precision']:.1%} on {row['r_precision_images']} "
-                       f"fixed test pairs{shown}")
+            k = row["r_precision_candidates"]
+            tqdm.write(f"epoch {done_epochs}: R-precision {row['r_precision']:.1%} (1 of {k}, chance {1 / k:.0%}) on "
+                       f"{row['r_precision_images']} fixed test pairs{shown}")
 
     # -- the epochs: training steps (samples every samples_every), then evaluation and a checkpoint ---
     stopped = g.max_steps is not None and step >= g.max_steps
