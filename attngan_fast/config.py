@@ -33,6 +33,9 @@ class DataConfig:
     words_num: int = 18  # captions longer than this keep a random ordered subset of their words
     image_size: int = 299  # final (largest) image side the encoders / last GAN stage see
     workers: int = 2
+    # Decode and crop the training images once and keep them on the training device (uint8); each
+    # batch's crop, flip and stage pyramid are tensor ops there, and the loader needs no workers.
+    on_device: bool = False
 
 
 @dataclass
