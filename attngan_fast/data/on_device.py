@@ -5,9 +5,9 @@ loader needs no CPU cores (decoding a JPEG costs ~13 ms of a core per 256 px ima
 Each image is stored as the PIL path has it just before its random crop: the CUB bounding-box crop
 with its shorter side resized (by PIL, bilinear) to 76/64 of the final size. A batch draws its crops
 from the same per-sample random streams as ``TextImageDataset`` (same seeds, same order of draws), so
-runs stay reproducible and resumable; the final stage equals the PIL path's exactly and the smaller
-stages (antialiased bilinear in float, rounded to whole grey levels as PIL's 8-bit images are) within
-a grey level or two.
+runs stay reproducible and resumable. The batches equal the PIL path's exactly on CPU; on a GPU the
+smaller stages are resized in float (torch has no uint8 antialiased resize there) and come within a
+grey level of PIL's.
 """
 
 from __future__ import annotations
@@ -57,33 +57,45 @@ def stored_sizes(dataset: TextImageDataset) -> list[tuple[int, int]]:
 
 
 class DeviceImages:
-    """Images of different sizes, (H, W, 3) uint8 each, in one flat buffer on ``device``."""
+    """Images of different sizes, (H, W, 3) uint8 each, in one flat buffer on ``device``; where each
+    one starts and its shape are kept on the host, so cropping needs no index tensors and no sync."""
 
     def __init__(self, arrays: list[np.ndarray], device: torch.device):
-        lengths = torch.tensor([a.size for a in arrays], dtype=torch.int64)
-        self.offsets = (torch.cumsum(lengths, 0) - lengths).to(device)
-        self.widths = torch.tensor([a.shape[1] for a in arrays], dtype=torch.int64, device=device)
+        self.shapes = [a.shape for a in arrays]
+        self.starts = np.cumsum([0] + [a.size for a in arrays])[:-1].tolist()
         self.data = torch.from_numpy(np.concatenate([a.reshape(-1) for a in arrays])).to(device)
 
-    def crops(self, params: torch.Tensor, final: int) -> torch.Tensor:
-        """params: (4, B) int64 on the device, rows (image index, left, top, flip) -> (B, 3, final,
-        final) uint8: each image's ``final`` square at (left, top), mirrored where flip is 1."""
-        index, left, top, flip = params
-        steps = torch.arange(final, device=params.device)
-        xs = torch.where(flip[:, None].bool(), final - 1 - steps, steps) + left[:, None]  # (B, final)
-        ys = top[:, None] + steps  # (B, final)
-        pixels = self.offsets[index, None, None] + (ys[:, :, None] * self.widths[index, None, None] + xs[:, None, :]) * 3
-        return self.data[pixels[:, None] + torch.arange(3, device=params.device)[None, :, None, None]]
+    def crops(self, crops: list[tuple[int, int, int, int]], final: int) -> torch.Tensor:
+        """(B, final, final, 3) uint8: for each (image index, left, top, flip) the ``final`` square at
+        (left, top), mirrored where flip is 1: views of the buffer stacked (one copy), then one select."""
+        views = []
+        for index, left, top, _ in crops:
+            h, w, c = self.shapes[index]
+            image = self.data[self.starts[index] : self.starts[index] + h * w * c].view(h, w, c)
+            views.append(image[top : top + final, left : left + final])
+        out = torch.stack(views)
+        flip = torch.tensor([c[3] for c in crops], dtype=torch.bool)
+        if out.device.type == "cuda":
+            flip = flip.pin_memory()  # a non-blocking copy from pinned memory does not wait for the GPU
+        return torch.where(flip.to(out.device, non_blocking=True)[:, None, None, None], out.flip(2), out)
 
 
-def pyramid(crops: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
-    """(B, 3, s, s) float32 in [-1, 1] for each stage size, from the final size's uint8 crops, smaller
-    stages resized as PIL's bilinear resize does (a triangle filter as wide as the scale) and rounded."""
-    x = crops.float()
+def pyramid(crops: torch.Tensor, sizes: list[int], integer: bool | None = None) -> list[torch.Tensor]:
+    """(B, 3, s, s) float32 in [-1, 1] for each stage size, from the final size's (B, s, s, 3) uint8
+    crops; the smaller stages resized as PIL's bilinear resize does (a triangle filter as wide as the
+    scale). ``integer`` (default: on CPU, the only device with it) resizes the uint8 images, exactly
+    PIL's; otherwise in float, rounded to whole grey levels (PIL's within one)."""
+    x = crops.permute(0, 3, 1, 2)  # channels_last, the layout torch's uint8 resize is fast in
+    integer = x.device.type == "cpu" if integer is None else integer
     out = []
     for s in sizes:
-        y = x if s == x.shape[-1] else F.interpolate(x, size=(s, s), mode="bilinear", antialias=True).round_().clamp_(0, 255)
-        out.append(y / 127.5 - 1.0)
+        if s == x.shape[-1]:
+            y = x.float()
+        elif integer:
+            y = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True).float()
+        else:
+            y = F.interpolate(x.float(), size=(s, s), mode="bilinear", antialias=True).round_().clamp_(0, 255)
+        out.append((y / 127.5 - 1.0).contiguous())
     return out
 
 
@@ -121,9 +133,6 @@ class OnDeviceDataset(Dataset):
     def collate(self, items: list[dict]) -> dict:
         """``collate``'s batch (captions padded to words_num) with the images made on the device."""
         batch = collate(items, pad_to=self.words_num)
-        params = torch.tensor([item["crop"] for item in items], dtype=torch.int64).t().contiguous()
-        if self.device.type == "cuda":
-            params = params.pin_memory()  # a non-blocking copy from pinned memory does not wait for the GPU
-        params = params.to(self.device, non_blocking=True)
-        batch["images"] = pyramid(self.images.crops(params, self.dataset.sizes[-1]), self.dataset.sizes)
+        crops = self.images.crops([item["crop"] for item in items], self.dataset.sizes[-1])
+        batch["images"] = pyramid(crops, self.dataset.sizes)
         return batch
