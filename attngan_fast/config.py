@@ -126,6 +126,9 @@ class RuntimeConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: Literal["off", "bf16", "fp16"] = "off"
     compile: bool = False
+    # CUDA graphs for the compiled parts (torch.compile's "reduce-overhead" mode): each compiled graph
+    # is one replay instead of a launch per kernel. Needs compile and a CUDA device.
+    cuda_graphs: bool = False
     impl: Literal["auto", "triton", "reference"] = "auto"
     channels_last: bool = False
     # Autotune the fused kernels' launch configurations on CUDA; false pins the fixed defaults, so that
