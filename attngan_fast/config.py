@@ -76,6 +76,9 @@ class DamsmConfig:
     # Epochs whose checkpoint is kept whatever snapshot_every says: the release trained its GANs against
     # the DAMSM of epoch 200 (CUB) and 100 (COCO).
     snapshot_epochs: tuple[int, ...] = ()
+    # Epochs between evaluations (validation losses, retrieval, and the pictures, which are drawn at
+    # evaluated epochs only); the last epoch and a stop are always evaluated.
+    eval_every: int = 1
     pictures_every: int = 1  # epochs between attention-map pictures
     # Word-level score R[i, j]: ``released`` log Σ exp(γ2·cos) (what γ3 = 10 was tuned with) or the
     # paper's ``paper`` (1/γ2)·log Σ exp(γ2·cos) (DESIGN.md §2.1).
@@ -248,7 +251,7 @@ _LOW = {
     "data.captions_per_image": 1, "data.words_num": 1, "data.image_size": 8, "data.workers": 0,
     "text_encoder.embedding_dim": 1, "text_encoder.hidden_dim": 2, "image_encoder.compact_width": 1,
     "damsm.batch_size": 1, "damsm.epochs": 0, "damsm.max_steps": 0, "damsm.snapshot_every": 1,
-    "damsm.pictures_every": 1,
+    "damsm.pictures_every": 1, "damsm.eval_every": 1,
     "gan.stages": 1, "gan.base_size": 8, "gan.gf_dim": 1, "gan.df_dim": 1, "gan.z_dim": 1, "gan.c_dim": 1,
     "gan.r_num": 0, "gan.words_num": 1, "gan.batch_size": 2, "gan.epochs": 0, "gan.samples_every": 1,
     "gan.snapshot_every": 1, "gan.max_steps": 0, "gan.lambda_damsm": 0,

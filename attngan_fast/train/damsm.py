@@ -360,7 +360,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
         bar.close()
         with meter.paused():  # evaluation, pictures and the checkpoint are not training speed
             finished = not stopped or position >= steps_per_epoch
-            if rt.is_main:
+            if rt.is_main and (stopped or (epoch + 1) % d.eval_every == 0 or epoch + 1 == d.epochs):
                 with rng_neutral():
                     done_epochs = epoch + (1 if finished else position / steps_per_epoch)
                     metrics = evaluate(text_encoder, image_encoder, test_set, cfg, device, cfg.runtime.eval_batches,
