@@ -1,14 +1,11 @@
-"""The budget of one AttnGAN training step (every D, then G with λ·DAMSM, then the EMA update), per
-part of the model: FLOPs, bytes its ops read and write, ops dispatched and kernels launched, eager and
-under ``torch.compile`` (the calls in inductor's generated code); from these and the device's measured
-peaks, the step's floors: compute, memory traffic and launches (× ~5 µs each).
+"""The budget of one AttnGAN training step (every D, then G with λ·DAMSM, then the EMA update), per part
+of the model: FLOPs, bytes read and written op by op, ops dispatched, kernels launched (eager, and the
+calls in inductor's generated code under ``torch.compile``); with the device's measured peaks, the
+step's floors: compute, memory traffic, launches (× 5 µs). docs/training-speed.md explains them.
 
     python -m benchmarks.step_budget [--device cuda] [--compile] [--out benchmarks/results]
 
-The GPU benchmark calls ``step_budget(cfg, device, compiled=True)``. Each op is charged to the
-innermost labelled module it runs in, forward and backward alike; bytes are eager's, op by op (an
-upper bound for fused code), ``gemm_bytes`` those of convolutions, matmuls and optimizers alone.
-docs/training-speed.md explains the numbers.
+The GPU benchmark calls ``step_budget(cfg, device, compiled=True)``.
 """
 
 from __future__ import annotations
@@ -37,6 +34,9 @@ from benchmarks.train_step import build_step, random_batch
 
 aten = torch.ops.aten
 LAUNCH_US = 5.0  # typical host cost of one eager kernel launch
+# The parts torch.compile leaves eager (the training loops compile G, the D steps, the G step's pass
+# through the Ds and the image encoder); "losses and glue" is mostly the G loss's eager sums.
+LEFT_EAGER = ("text encoder", "attention: DAMSM word loss", "losses and glue", "optimizers", "EMA")
 NO_KERNEL = {aten.empty, aten.empty_strided, aten.new_empty, aten.new_empty_strided, aten.empty_like, aten.detach,
              aten.lift_fresh, aten.alias, aten.set_}
 SYNCS = {aten._local_scalar_dense, aten.nonzero, aten.masked_select}
@@ -44,20 +44,26 @@ GEMM = {aten.convolution, aten.convolution_backward, aten.mm, aten.bmm, aten.add
         aten._fused_adam_, aten._foreach_lerp_}
 
 
-# The fused ops are opaque to the dispatcher: their useful FLOPs (the reference's products), backward = 2 x forward.
-# F_attn: scores and context, 2·B·HW·T·C each; DAMSM: s and c, 2·Bi·Bc·T·N·D each.
-ATTENTION, DAMSM = (lambda q, ctx, *_: 4 * q.numel() * ctx.shape[2]), (lambda w, _, r, *__: 4 * r.shape[0] * w.numel() * r[0, 0].numel())
-for op, flops in ((torch.ops.attngan_fast.word_attention, ATTENTION), (torch.ops.attngan_fast.damsm_word_scores, DAMSM),
-                  (torch.ops.attngan_fast.word_attention_backward, lambda g, *a: 2 * ATTENTION(*a)),
-                  (torch.ops.attngan_fast.damsm_word_scores_backward, lambda g, *a: 2 * DAMSM(*a))):
+# The fused ops are opaque to the dispatcher: their useful FLOPs (the products the reference computes),
+# the backward twice the forward.
+def _attention(query, context, *_):  # F_attn: scores and context, 2·B·HW·T·C each
+    return 4 * query.numel() * context.shape[2]
+
+
+def _damsm(words, cap_lens, regions, *_):  # DAMSM: s and c, 2·Bi·Bc·T·N·D each
+    return 4 * regions.shape[0] * words.numel() * regions[0, 0].numel()
+
+
+for op, flops in ((torch.ops.attngan_fast.word_attention, _attention), (torch.ops.attngan_fast.damsm_word_scores, _damsm),
+                  (torch.ops.attngan_fast.word_attention_backward, lambda g, *a: 2 * _attention(*a)),
+                  (torch.ops.attngan_fast.damsm_word_scores_backward, lambda g, *a: 2 * _damsm(*a))):
     register_flop_formula(op, get_raw=True)(lambda *a, out_val=None, _f=flops, **k: _f(*a))
 
 
 class _Labelled(ModuleTracker):
-    """ModuleTracker with our names (``labels``: module -> "region/unique suffix") that also keeps the
-    order modules were entered in: the latest entered still open is the innermost, forward and
-    backward alike (a module whose inputs need no gradient is never left in the backward, so the set
-    of open modules alone would keep charging it)."""
+    """ModuleTracker with our names ("region/unique suffix") that keeps the order modules were entered in:
+    the latest still open is the innermost (in the backward, a module whose inputs need no gradient is
+    never left, so the set of open modules alone would keep charging it)."""
 
     def __init__(self, labels: dict):
         super().__init__()
@@ -84,12 +90,12 @@ class Region(torch.nn.Module):
 
 
 class StepCounter(TorchDispatchMode):
-    """Per region: FLOPs, bytes read + written, ops dispatched, ops that launch a kernel; ``compiled``
-    names the labels whose work ``torch.compile`` takes over (``launches_outside`` counts the rest)."""
+    """Per region (the label's part before "/"): FLOPs, bytes read + written, ops dispatched, kernels
+    launched (ops but views and allocations), host syncs."""
 
-    def __init__(self, labels: dict, compiled: set[str] = frozenset()):
+    def __init__(self, labels: dict):
         super().__init__()
-        self.tracker, self.compiled = _Labelled(labels), compiled
+        self.tracker = _Labelled(labels)
         self.rows = collections.defaultdict(collections.Counter)
         self.manual: str | None = None  # optimizers and EMA are not modules: set by hooks and the caller
 
@@ -103,13 +109,13 @@ class StepCounter(TorchDispatchMode):
         if func.is_view or packet in NO_KERNEL:
             return out
         row["launches"] += 1
-        row["host_syncs"] += packet in SYNCS
+        row["host_syncs"] += packet in SYNCS and any(  # a read of a GPU value waits for the GPU's queue
+            t.device.type == "cuda" for t in tree_flatten(args)[0] if isinstance(t, torch.Tensor))
         if packet in flop_registry:
             row["flops"] += flop_registry[packet](*args, **(kwargs or {}), out_val=out)
         moved = sum(t.nbytes for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor))
         row["bytes"] += moved
         row["gemm_bytes"] += moved if packet in GEMM else 0
-        row["launches_outside"] += label not in self.compiled
         return out
 
     def __enter__(self):
@@ -120,18 +126,15 @@ class StepCounter(TorchDispatchMode):
         self.tracker.__exit__(*exc)
 
 
-def labels_for(step) -> tuple[dict, set[str]]:
-    """(module -> "region/unique suffix", the labels whose work ``torch.compile`` takes over) for every
-    module of a ``GanStep``, its submodules included (the losses call a D's heads directly). The
-    attention functions get theirs in ``counting``."""
+def labels_for(step) -> dict:
+    """module -> "region/unique suffix" for every module of a ``GanStep``, submodules included (the
+    losses call a D's heads directly); a later ``put`` overrides an earlier one in its subtree."""
     orig = lambda m: getattr(m, "_orig_mod", m)  # noqa: E731 - the module under a torch.compile wrapper
-    netG = orig(step.netG)
+    netG, labels = orig(step.netG), {}
     sizes = netG.sizes
-    labels = {}
 
-    def put(module, region, tag):  # a later call overrides an earlier one in its subtree
-        for name, m in module.named_modules():
-            labels[m] = f"{region}/{tag}.{name}"
+    def put(module, region, tag):
+        labels.update({m: f"{region}/{tag}.{name}" for name, m in module.named_modules()})
 
     put(netG, "G (top)", "G")
     put(orig(step.adversarial), "losses and glue", "adversarial")
@@ -146,17 +149,16 @@ def labels_for(step) -> tuple[dict, set[str]]:
             put(child, f"G stage {stage} ({sizes[stage - 1]} px)", name)
     put(orig(step.image_encoder), "image encoder (DAMSM loss)", "net")
     put(step.text_encoder, "text encoder", "net")
-    tops = [netG, orig(step.adversarial), orig(step.image_encoder), *map(orig, step.d_steps)]
-    return labels, {labels[m] for top in tops for m in top.modules()}
+    return labels
 
 
 @contextlib.contextmanager
 def counting(step):
     """A StepCounter over ``step`` (a GanStep): attention ops wrapped, optimizer steps named."""
-    labels, compiled = labels_for(step)
+    labels = labels_for(step)
     attention, words = Region(generator_module.word_attention), Region(gan_module.words_loss)
     labels[attention], labels[words] = "attention: F_attn/op", "attention: DAMSM word loss/op"
-    counter = StepCounter(labels, compiled | {"attention: F_attn/op"})  # F_attn runs inside the compiled G
+    counter = StepCounter(labels)
     hooks = [h for opt in [step.optG, *step.optsD] for h in (
         opt.register_step_pre_hook(lambda *_: setattr(counter, "manual", "optimizers/")),
         opt.register_step_post_hook(lambda *_: setattr(counter, "manual", None)))]
@@ -169,7 +171,9 @@ def counting(step):
             h.remove()
 
 
-KERNEL_CALL = re.compile(r"^\s+(?:\w+ = )?(?:\w+\.run\(|cpp_fused_\w+\(|extern_kernels\.\w+\(|(?:torch\.ops\.)?aten\.\w+)", re.M)
+# A line of a generated call() that launches: a Triton kernel, a C++ kernel, an extern kernel, an aten op.
+KERNEL_CALL = re.compile(r"^\s+(?:\w+ = )?(?:\w+\.run\(|cpp_fused_\w+\(|extern_kernels\.\w+\("
+                         r"|(?:torch\.ops\.)?aten\.\w+)", re.M)
 
 
 def generated_launches(sources: list[str]) -> int:
@@ -191,9 +195,9 @@ def measure_ceilings(device: torch.device, dtype: torch.dtype) -> dict:
     a = torch.randn(n, n, device=device, dtype=dtype)
     src = torch.empty(elems, device=device)
     dst = torch.empty_like(src)
-    seconds = lambda stmt: Timer(stmt, globals=dict(a=a, src=src, dst=dst)).blocked_autorange(min_run_time=1).median  # noqa: E731
-    return {"matmul_tflops": round(2 * n**3 / seconds("a @ a") / 1e12, 2),
-            "copy_gbps": round(2 * src.nbytes / seconds("dst.copy_(src)") / 1e9, 1)}
+    matmul, copy_ = (Timer(stmt, globals=dict(a=a, src=src, dst=dst)).blocked_autorange(min_run_time=1).median
+                     for stmt in ("a @ a", "dst.copy_(src)"))
+    return {"matmul_tflops": round(2 * n**3 / matmul / 1e12, 2), "copy_gbps": round(2 * src.nbytes / copy_ / 1e9, 1)}
 
 
 def floors(total: dict, launches: int, ceilings: dict, launch_us: float = LAUNCH_US) -> dict:
@@ -221,7 +225,8 @@ def step_budget(cfg: Config, device: torch.device | str, compiled: bool = False,
         counter.manual = "EMA/"
         gan_module.ema_update(ema, step.netG, cfg.gan.ema_decay)
     regions = {k: dict(v) for k, v in sorted(counter.rows.items())}
-    total = dict(sum((collections.Counter(v) for v in regions.values()), collections.Counter()))
+    total = {k: sum(r.get(k, 0) for r in regions.values()) for k in ("flops", "bytes", "gemm_bytes", "ops", "launches",
+                                                                  "host_syncs")}
     out = {"config": cfg.preset, "batch": cfg.gan.batch_size, "image_size": cfg.gan.image_size,
            "amp": cfg.runtime.amp, "impl": cfg.runtime.impl, "device": str(device), "regions": regions, "total": total}
     if compiled:
@@ -233,11 +238,11 @@ def step_budget(cfg: Config, device: torch.device | str, compiled: bool = False,
         with mock.patch.object(GraphLowering, "save_output_code", sources.append):
             step_c(batch)
         generated = generated_launches(sources)
-        eager = total["launches_outside"]  # what compile leaves eager: text encoder, DAMSM word loss, optimizers, EMA
+        eager = sum(regions.get(r, {}).get("launches", 0) for r in LEFT_EAGER)
         out["compiled"] = {"graphs": len(sources), "generated_launches": generated, "eager_launches": eager,
                            "launches": generated + eager, "launches_with_cuda_graphs": len(sources) + eager}
     if ceilings:
-        dtype = torch.bfloat16 if cfg.runtime.amp == "bf16" else torch.float16 if cfg.runtime.amp == "fp16" else torch.float32
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.runtime.amp, torch.float32)
         out["ceilings"] = measure_ceilings(device, dtype)
         out["floors"] = {"eager": floors(total, total["launches"], out["ceilings"])}
         if compiled:
@@ -250,18 +255,20 @@ def markdown(b: dict, command: str) -> str:
              f"{b['device']} ({datetime.date.today()})", "", f"Command: `{command}`", "",
              "| part | GFLOP | GB read + written | of it conv/mm/optimizer GB | ops dispatched | kernels launched |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {name} | {r.get('flops', 0) / 1e9:,.1f} | {r.get('bytes', 0) / 1e9:,.2f} | {r.get('gemm_bytes', 0) / 1e9:,.2f} "
-              f"| {r.get('ops', 0):,} | {r.get('launches', 0):,} |" for name, r in [*b["regions"].items(), ("total", b["total"])]]
-    lines += ["", f"Host syncs in the step: {b['total'].get('host_syncs', 0)}."]
+    for name, r in [*b["regions"].items(), ("total", b["total"])]:
+        lines.append(f"| {name} | {r.get('flops', 0) / 1e9:,.1f} | {r.get('bytes', 0) / 1e9:,.2f} | "
+                     f"{r.get('gemm_bytes', 0) / 1e9:,.2f} | {r.get('ops', 0):,} | {r.get('launches', 0):,} |")
+    lines += ["", f"Host syncs in the step (reads of GPU values): {b['total'].get('host_syncs', 0)}."]
     if c := b.get("compiled"):
-        lines.append(f"Under torch.compile: {c['graphs']} graphs launch {c['generated_launches']:,} kernels and the parts left "
-                     f"eager {c['eager_launches']:,}: {c['launches']:,} per step ({c['launches_with_cuda_graphs']:,} if each "
-                     "graph were one CUDA-graph replay).")
+        lines.append(f"Under torch.compile: {c['graphs']} graphs launch {c['generated_launches']:,} kernels and the "
+                     f"parts left eager {c['eager_launches']:,}: {c['launches']:,} per step "
+                     f"({c['launches_with_cuda_graphs']:,} if each graph were one CUDA-graph replay).")
     if "ceilings" in b:
-        lines += ["", f"Measured peaks: {b['ceilings']}.", "", "| step | compute ms | memory ms (all / conv-mm-optimizer) "
-                  "| launch ms | bound | max steps/s |", "| --- | ---: | ---: | ---: | --- | ---: |"]
-        lines += [f"| {k} | {f['compute_ms']:.2f} | {f['memory_ms']:.2f} / {f['memory_gemm_only_ms']:.2f} | {f['launch_ms']:.2f} "
-                  f"| {f['bound']} | {f['max_steps_per_s']:.1f} |" for k, f in b["floors"].items()]
+        lines += ["", f"Measured peaks: {b['ceilings']}.", "", "| step | compute ms | memory ms (all / conv-mm-optimizer)"
+                  " | launch ms | bound | max steps/s |", "| --- | ---: | ---: | ---: | --- | ---: |"]
+        for k, f in b["floors"].items():
+            lines.append(f"| {k} | {f['compute_ms']:.2f} | {f['memory_ms']:.2f} / {f['memory_gemm_only_ms']:.2f} | "
+                         f"{f['launch_ms']:.2f} | {f['bound']} | {f['max_steps_per_s']:.3g} |")
     return "\n".join(lines) + "\n"
 
 
