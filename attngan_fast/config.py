@@ -35,6 +35,9 @@ class DataConfig:
     words_num: int = 18  # captions longer than this keep a random ordered subset of their words
     image_size: int = 299  # final (largest) image side the encoders / last GAN stage see
     workers: int = 2
+    # Decode and crop the training images once and keep them on the training device (uint8); each
+    # batch's crop, flip and stage pyramid are tensor ops there, and the loader needs no workers.
+    on_device: bool = False
 
 
 @dataclass
@@ -75,6 +78,9 @@ class DamsmConfig:
     # Epochs whose checkpoint is kept whatever snapshot_every says: the release trained its GANs against
     # the DAMSM of epoch 200 (CUB) and 100 (COCO).
     snapshot_epochs: tuple[int, ...] = ()
+    # Epochs between evaluations (validation losses, retrieval, and the pictures, which are drawn at
+    # evaluated epochs only); the last epoch and a stop are always evaluated.
+    eval_every: int = 1
     pictures_every: int = 1  # epochs between attention-map pictures
     # Word-level score R[i, j]: ``released`` log Σ exp(γ2·cos) (what γ3 = 10 was tuned with) or the
     # paper's ``paper`` (1/γ2)·log Σ exp(γ2·cos) (docs/design.md §2.1).
@@ -126,6 +132,9 @@ class RuntimeConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: Literal["off", "bf16", "fp16"] = "off"
     compile: bool = False
+    # CUDA graphs for the compiled parts (torch.compile's "reduce-overhead" mode): each compiled graph
+    # is one replay instead of a launch per kernel. Needs compile and a CUDA device.
+    cuda_graphs: bool = False
     # The attention ops' implementation; "sdpa" runs the generator's word attention through PyTorch's
     # scaled_dot_product_attention and the DAMSM score as "auto" (attngan_fast.kernels._runtime.IMPLS).
     impl: Literal["auto", "triton", "reference", "sdpa"] = "auto"
@@ -248,7 +257,7 @@ _LOW = {
     "data.captions_per_image": 1, "data.words_num": 1, "data.image_size": 8, "data.workers": 0,
     "text_encoder.embedding_dim": 1, "text_encoder.hidden_dim": 2, "image_encoder.compact_width": 1,
     "damsm.batch_size": 1, "damsm.epochs": 0, "damsm.max_steps": 0, "damsm.snapshot_every": 1,
-    "damsm.pictures_every": 1,
+    "damsm.pictures_every": 1, "damsm.eval_every": 1,
     "gan.stages": 1, "gan.base_size": 8, "gan.gf_dim": 1, "gan.df_dim": 1, "gan.z_dim": 1, "gan.c_dim": 1,
     "gan.r_num": 0, "gan.words_num": 1, "gan.batch_size": 2, "gan.epochs": 0, "gan.samples_every": 1,
     "gan.snapshot_every": 1, "gan.max_steps": 0, "gan.lambda_damsm": 0,

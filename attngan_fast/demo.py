@@ -36,9 +36,12 @@ MORE_CAPTIONS = [
     "a small bird with a yellow crown and a short black beak",
     "this bird has green wings, a white belly and a long brown beak",
 ]
-DAMSM_STEPS, GAN_STEPS, MAX_MINUTES = 3000, 2000, 60.0
+# With bf16 on a 2-core CPU, about 5 + 8 minutes; R-precision 76 % (benchmarks/results/
+# cpu-amd-epyc-2-cores-2026-12-06-demo-levers.md: the eval curve flattens at 78-79 % after 1,400 GAN steps).
+DAMSM_STEPS, GAN_STEPS, MAX_MINUTES = 1500, 1600, 60.0
 DEFAULT_OUT = "demo"  # the demo's folder without --out; `attngan-fast serve` looks there for its generator
-DAMSM_CAP_SHARE = 0.35  # of the time cap, for the DAMSM: about its share of the training time
+DAMSM_CAP_SHARE = 0.4  # of the time cap, for the DAMSM: about its share of the training time
+DAMSM_EVAL_EVERY = 5  # epochs: each evaluation costs about a tenth of an epoch's training on a CPU
 NEAR_CHANCE = 5.0  # R-precision below this many times chance is "near chance"
 UNLIMITED_EPOCHS = 10**6  # the steps are the budget: a phase ends at its steps or at the time cap
 MARKER = "phase.json"
@@ -158,6 +161,29 @@ def _data_phase(data: Path, images: int, size: int, progress: bool) -> dict:
     return {"action": "built", **wanted}
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX); elsewhere bf16 is emulated, slower."""
+    import torch
+
+    return any(getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def speed_settings(dev) -> tuple[list[str], list[str]]:
+    """(DAMSM, AttnGAN) overrides that make the phases fast on ``dev`` (docs/training-speed.md): the
+    images decoded once and kept on the device (on a CPU the batches are the PIL loader's, bit for
+    bit); on a GPU bf16 autocast, torch.compile and the fused kernels; on a CPU with bf16 instructions
+    bf16 autocast, and channels_last for the DAMSM's image encoder (the GAN's convolutions are slower
+    in it)."""
+    both = ["data.on_device=true"]
+    if dev.type == "cuda":
+        both += ["runtime.amp=bf16", "runtime.compile=true", "runtime.impl=auto"]
+        return both, both
+    if cpu_has_bf16():
+        both.append("runtime.amp=bf16")
+        return [*both, "runtime.channels_last=true"], both
+    return both, both
+
+
 def run_demo(out: str | Path = DEFAULT_OUT, *, damsm_steps: int = DAMSM_STEPS, gan_steps: int = GAN_STEPS,
              max_minutes: float = MAX_MINUTES, images: int = 2000, size: int = 64, inception_weights: str | None = None,
              device: str = "auto", progress: bool = True) -> dict:
@@ -178,8 +204,7 @@ def run_demo(out: str | Path = DEFAULT_OUT, *, damsm_steps: int = DAMSM_STEPS, g
         raise DemoError(f"--max-minutes must be above 0, got {max_minutes}")
     out = check_folder(out)
     dev = pick_device(device)
-    gpu = dev.type == "cuda"
-    speed = ["runtime.amp=bf16", "runtime.compile=true", "runtime.impl=auto"] if gpu else []
+    damsm_speed, gan_speed = speed_settings(dev)
     timings, started = {}, time.time()
     data = out / "data"
     phases = {"data": _data_phase(data, images, size, progress)}
@@ -191,7 +216,8 @@ def run_demo(out: str | Path = DEFAULT_OUT, *, damsm_steps: int = DAMSM_STEPS, g
     def train_damsm_for(resume, cap: float) -> dict:
         return train_damsm(load_config("synthetic", [
             f"data.root={data}", f"damsm.out_dir={damsm_dir}", f"data.image_size={size}", f"damsm.max_steps={damsm_steps}",
-            f"damsm.epochs={UNLIMITED_EPOCHS}", f"damsm.max_minutes={cap}", f"runtime.device={dev}", *speed]),
+            f"damsm.epochs={UNLIMITED_EPOCHS}", f"damsm.max_minutes={cap}", f"damsm.eval_every={DAMSM_EVAL_EVERY}",
+            f"runtime.device={dev}", *damsm_speed]),
             resume=resume, progress=progress)
 
     def train_gan_for(resume, cap: float) -> dict:
@@ -199,7 +225,8 @@ def run_demo(out: str | Path = DEFAULT_OUT, *, damsm_steps: int = DAMSM_STEPS, g
             warnings.simplefilter("ignore")
             return train_gan(load_config("synthetic", [
                 f"data.root={data}", f"gan.damsm={damsm_ckpt}", f"gan.out_dir={gan_dir}", f"gan.max_steps={gan_steps}",
-                f"gan.epochs={UNLIMITED_EPOCHS}", f"gan.max_minutes={cap}", f"runtime.device={dev}", *speed]), resume=resume, progress=progress)
+                f"gan.epochs={UNLIMITED_EPOCHS}", f"gan.max_minutes={cap}", f"runtime.device={dev}", *gan_speed]),
+                resume=resume, progress=progress)
 
     t = time.time()
     phases["damsm"] = run_phase("2/5 DAMSM pretraining", damsm_dir, damsm_steps, max_minutes * DAMSM_CAP_SHARE, None,
@@ -236,6 +263,7 @@ def run_demo(out: str | Path = DEFAULT_OUT, *, damsm_steps: int = DAMSM_STEPS, g
     summary = {
         "out": str(out), "device": str(dev), "seconds": round(time.time() - started, 1),
         "budget": {"damsm_steps": damsm_steps, "gan_steps": gan_steps, "max_minutes": max_minutes},
+        "settings": {"damsm": damsm_speed, "gan": gan_speed},
         "phases": phases, "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "machine": {"cpus": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2)},
         "damsm_steps": phases["damsm"]["steps"], "gan_steps": phases["gan"]["steps"],

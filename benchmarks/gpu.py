@@ -8,8 +8,9 @@
 Parts, in this order: ``checks`` (every kernel's default launch compiled at the model's sizes against
 float64, forward and gradients, every dtype and precision: the checks of ``pytest -m gpu``),
 ``damsm`` and ``attention`` (fwd and fwd+bwd against every baseline of ``benchmarks.cases``),
-``train`` (one training step per variant, with the step's counted budget when available), ``tuned``
-(the autotuned fused rows, checked against float64 again) and ``loop`` (the real training loop,
+``train`` (the step's counted budget, ``benchmarks.step_budget``, then one training step per variant),
+``tuned`` (the autotuned fused rows, checked against float64 again), ``loader`` (images/s of the PIL
+and on-device loaders, ``benchmarks.loader_speed``) and ``loop`` (the real training loop,
 ``benchmarks.train_loop``; needs nltk). Every row is written to ``<out>/<device>-<date>.json`` and
 ``.md`` the moment it exists; ``--budget`` stops the run at that many seconds (a row in flight is
 cut) and the results list what was not reached. Times are medians of ``triton.testing.do_bench``
@@ -47,7 +48,7 @@ from benchmarks.cases import (CASES, PROVIDERS, NotApplicable, applies, attentio
                               damsm_work, forward_backward, not_applicable)
 from benchmarks.work import attention_provider_work  # noqa: E402
 
-PARTS = ("checks", "damsm", "attention", "train", "tuned", "loop")
+PARTS = ("checks", "damsm", "attention", "train", "tuned", "loader", "loop")
 
 def timer(device: torch.device, quick: bool):
     """fn -> median milliseconds."""
@@ -179,9 +180,13 @@ def train_row(variant: str, device: torch.device, measure) -> dict:
     first, and (where ``benchmarks.step_budget`` exists) the step's counted budget beside it."""
     from benchmarks.train_step import bird_config, build_step, random_batch, tiny_config
 
+    from benchmarks.train_step import VARIANTS
+
     cfg = tiny_config() if device.type != "cuda" else bird_config()
     row = {"op": "train_step", "case": f"{'bird' if device.type == 'cuda' else 'tiny'} B={cfg.gan.batch_size} "
                                        f"{cfg.gan.image_size}px", "variant": variant}
+    if VARIANTS[variant].get("cuda_graphs") and device.type != "cuda":
+        return {**row, "not_applicable": "CUDA graphs need a CUDA device"}
     try:
         torch._dynamo.reset()
         step, context = build_step(cfg, variant, device)
@@ -197,6 +202,32 @@ def train_row(variant: str, device: torch.device, measure) -> dict:
     except Exception as err:
         row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
     return row
+
+
+def budget_row(device: torch.device) -> dict:
+    """The counted budget of one step (FLOPs, bytes, ops, launches) and the device's floors for it:
+    bf16 AMP at the bird preset on CUDA (and its compiled launches), the tiny config elsewhere."""
+    from benchmarks.step_budget import step_budget
+    from benchmarks.train_step import bird_config, tiny_config
+
+    cfg = bird_config() if device.type == "cuda" else tiny_config()
+    cfg.runtime.amp = "bf16"
+    budget = step_budget(cfg, device, compiled=device.type == "cuda")
+    return {"op": "step_budget", "case": f"{cfg.preset} B={cfg.gan.batch_size} {cfg.gan.image_size}px bf16",
+            **{k: budget[k] for k in ("total", "compiled", "ceilings", "floors") if k in budget}}
+
+
+def loader_row(device: torch.device, out: Path) -> dict:
+    """Images/s of the PIL loader (one core) and of data.on_device, on synthetic birds at 256 px (64 on CPU)."""
+    from attngan_fast.data.synthetic import synthesize
+    from benchmarks.loader_speed import loader_rates
+
+    size, images = (256, 240) if device.type == "cuda" else (64, 48)
+    root = out / f"loader-birds-{size}"
+    if not (root / "CUB_200_2011" / "images.txt").exists():
+        synthesize(root, images=images, size=size, seed=0, progress=False)
+    rates = loader_rates(root, device=device, image_size=size, batches=5 if device.type == "cuda" else 1, rounds=2)
+    return {"op": "loader", "case": f"synthetic birds {size}px", **rates}
 
 
 def loop_row(device: torch.device, out: Path, seconds: float) -> dict:
@@ -287,6 +318,7 @@ def plan(parts, sizes: str, device: torch.device, measure, out: Path, report: di
         elif part == "train":
             from benchmarks.train_step import VARIANTS
 
+            rows.append(("train", "train step budget", lambda: budget_row(device)))
             rows += [("train", f"train {v}", (lambda v: lambda: train_row(v, device, measure))(v)) for v in VARIANTS]
         elif part == "tuned":
             for op in ("damsm", "attention"):
@@ -294,6 +326,8 @@ def plan(parts, sizes: str, device: torch.device, measure, out: Path, report: di
                     case = CASES[sizes][op][0]
                     rows.append(("tuned", f"tuned {op} {case.label} {dtype}",
                                  (lambda *a: lambda: tuned_row(*a, device, measure, report["ceilings"]))(op, case, dtype)))
+        elif part == "loader":
+            rows.append(("loader", "loader", lambda: loader_row(device, out)))
         elif part == "loop":
             rows.append(("loop", "loop", lambda: loop_row(device, out, max(60.0, report["left_s"]))))
     return rows
@@ -323,6 +357,8 @@ def run(parts, sizes: str, device: torch.device, measure, out: Path, report: dic
                 row = thunk()
             except BudgetExceeded:
                 fired.append(True)
+            except Exception as err:  # a row that breaks must not take the later rows with it
+                row = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
             if fired or time.time() > deadline:
                 report["not_reached"] = [f"{row_id} (cut by the budget)"] + [i for _, i, _ in rows[n + 1:]]
                 break
@@ -430,7 +466,7 @@ def markdown(report: dict) -> str:
         lines.append("")
     for op, title in (("damsm", "DAMSM word scores"), ("attention", "F_attn word attention")):
         lines += _kernel_table([r for r in rows if r["part"] in (op, "tuned") and r.get("op") == op], op, title)
-    train = [r for r in rows if r["part"] == "train"]
+    train = [r for r in rows if r["part"] == "train" and r.get("op") == "train_step"]
     if train:
         base = next((r for r in train if r["variant"] == "released-fp32-eager" and "ms" in r), None)
         lines += ["## One training step (every D, then G with λ·DAMSM)", "",
@@ -444,6 +480,22 @@ def markdown(report: dict) -> str:
             lines.append(f"| {r['case']} | {r['variant']} | {r['ms']:.1f} | {r['steps_per_s']:.2f} | "
                          f"{'-' if peak is None else f'{peak:.0f}'} | {speedup} |")
         lines.append("")
+    budget = next((r for r in rows if r.get("op") == "step_budget" and "total" in r), None)
+    if budget:
+        t = budget["total"]
+        lines += [f"Step budget ({budget['case']}, `benchmarks.step_budget`): {t['flops'] / 1e9:,.0f} GFLOP, "
+                  f"{t['bytes'] / 1e9:,.1f} GB read + written, {t['ops']:,} ops, {t['launches']:,} kernel launches, "
+                  f"{t['host_syncs']} host syncs" + (f"; compiled: {budget['compiled']['launches']:,} launches"
+                                                      if "compiled" in budget else "") + ".", ""]
+        for kind, f in budget.get("floors", {}).items():
+            lines.append(f"- floor of the {kind} step: compute {f['compute_ms']:.2f} ms, memory {f['memory_ms']:.2f} ms, "
+                         f"launches {f['launch_ms']:.2f} ms: {f['bound']}-bound, at most {f['max_steps_per_s']:.3g} steps/s")
+        lines.append("")
+    loader = next((r for r in rows if r.get("op") == "loader" and "pil_images_per_s_per_core" in r), None)
+    if loader:
+        lines += ["## Loaders", "", f"{loader['case']}: PIL {loader['pil_images_per_s_per_core']} images/s on one core, "
+                  f"data.on_device {loader['on_device_images_per_s']} images/s ({loader['on_device_vs_pil']}x; decoding "
+                  f"once took {loader['decode_once_s']} s).", ""]
     if report.get("not_reached"):
         lines += ["## Not reached", "", *[f"- {i}" for i in report["not_reached"]], ""]
     return "\n".join(lines) + "\n"

@@ -17,6 +17,8 @@ DEVICE = torch.device("cuda" if CUDA else "cpu")
 def test_training_step(benchmark, variant):
     if VARIANTS[variant]["impl"] == "triton" and not CUDA and not kernels.interpreter_active():
         pytest.skip("the fused kernels need a GPU or the Triton interpreter")
+    if VARIANTS[variant].get("cuda_graphs") and not CUDA:
+        pytest.skip("CUDA graphs need a GPU")
     if VARIANTS[variant]["compile"]:
         torch._dynamo.reset()
     cfg = bird_config() if CUDA else tiny_config()

@@ -43,6 +43,9 @@ VARIANTS = {
     "off": ["--amp", "off"],
     "bf16": ["--amp", "bf16"],
     "bf16-compile": ["--amp", "bf16", "--compile"],
+    "bf16-compile-graphs": ["--amp", "bf16", "--compile", "--set", "runtime.cuda_graphs=true"],
+    "bf16-compile-graphs-on-device": ["--amp", "bf16", "--compile", "--set", "runtime.cuda_graphs=true",
+                                      "--set", "data.on_device=true"],
 }
 
 

@@ -18,7 +18,7 @@ from attngan_fast.config import Config, load_config
 from attngan_fast.losses import matching_losses
 from attngan_fast.models.encoders import TextEncoder, build_image_encoder
 from attngan_fast.train.common import adam
-from attngan_fast.train.runtime import grad_scaler
+from attngan_fast.train.runtime import compile_mode, grad_scaler
 from attngan_fast.kernels import damsm_word_scores_loop
 from attngan_fast.kernels.attention import word_attention_released
 
@@ -28,6 +28,8 @@ VARIANTS = {
     "ours-bf16": dict(amp="bf16", compile=False, impl="reference", released=False),
     "ours-fp16": dict(amp="fp16", compile=False, impl="reference", released=False),  # with a gradient scaler
     "ours-bf16-compile-fused": dict(amp="bf16", compile=True, impl="triton", released=False),
+    # the compiled parts as CUDA graphs (runtime.cuda_graphs): GPU only
+    "ours-bf16-compile-fused-graphs": dict(amp="bf16", compile=True, impl="triton", released=False, cuda_graphs=True),
 }
 VOCAB = 5450  # the bird vocabulary's size
 
@@ -78,10 +80,12 @@ def random_batch(cfg: Config, seed: int = 0) -> dict:
             "captions": captions, "cap_lens": lengths, "class_ids": None}
 
 
-def build_step(cfg: Config, variant: str, device: torch.device):
-    """(step(batch) -> losses, context manager to run it under) for one variant."""
-    options = VARIANTS[variant]
+def build_step(cfg: Config, variant: str | dict, device: torch.device):
+    """(step(batch) -> losses, context manager to run it under) for one variant (a name of VARIANTS or
+    a dict of the same keys)."""
+    options = VARIANTS[variant] if isinstance(variant, str) else variant
     cfg.runtime.amp, cfg.runtime.compile, cfg.runtime.impl = options["amp"], options["compile"], options["impl"]
+    cfg.runtime.cuda_graphs = options.get("cuda_graphs", False)
     torch.manual_seed(0)
     te = cfg.text_encoder
     text_encoder = TextEncoder(VOCAB, te.embedding_dim, te.hidden_dim, te.dropout).to(device).eval().requires_grad_(False)
@@ -108,7 +112,8 @@ def build_step(cfg: Config, variant: str, device: torch.device):
     g_model, d_steps, image_fn = netG, [gan_module.DiscriminatorStep(d) for d in netsD], image_encoder
     adversarial = gan_module.GeneratorAdversarial(netsD)
     if options["compile"]:
-        g_model, d_steps, adversarial, image_fn = gan_module.compiled(netG, d_steps, adversarial, image_encoder)
+        g_model, d_steps, adversarial, image_fn = gan_module.compiled(netG, d_steps, adversarial, image_encoder,
+                                                                      compile_mode(cfg.runtime))
     step = gan_module.GanStep(g_model, d_steps, netsD, optG, optsD, scaler, text_encoder, image_fn, cfg, device,
                               adversarial)
     return step, (released_algorithms if options["released"] else contextlib.nullcontext)

@@ -23,7 +23,8 @@ def _report(out) -> dict:
 
 @pytest.mark.skipif(not kernels.interpreter_active(), reason="needs the Triton interpreter (CPU)")
 def test_every_part_runs_end_to_end_and_writes_its_rows(tmp_path, capsys):
-    assert gpu.main([*FAST, "--only", "checks", "damsm", "attention", "train", "tuned", "--out", str(tmp_path)]) == 0
+    assert gpu.main([*FAST, "--only", "checks", "damsm", "attention", "train", "tuned", "loader", "--out",
+                     str(tmp_path)]) == 0
     report = _report(tmp_path)
     assert report["environment"]["torch"] and report["command"].startswith("python -m benchmarks.gpu")
     assert report["not_reached"] == []
@@ -52,14 +53,19 @@ def test_every_part_runs_end_to_end_and_writes_its_rows(tmp_path, capsys):
     for r in timed:
         if r["provider"] == "fused" and r["mode"] == "fwd+bwd":  # at least the useful work is executed
             assert r["executed_gflop"] >= r["useful_gflop"] > 0 and r["launch"]
-    assert [r["variant"] for r in rows if r["part"] == "train" and "ms" in r] == list(__import__(
-        "benchmarks.train_step", fromlist=["VARIANTS"]).VARIANTS)
+    variants = __import__("benchmarks.train_step", fromlist=["VARIANTS"]).VARIANTS
+    assert [r["variant"] for r in rows if r["part"] == "train" and "ms" in r] == [
+        v for v in variants if not variants[v].get("cuda_graphs")]
+    (budget,) = [r for r in rows if r.get("op") == "step_budget"]
+    assert budget["total"]["flops"] > 0 and budget["total"]["launches"] > 0 and budget["floors"]["eager"]["bound"]
+    (loader,) = [r for r in rows if r["part"] == "loader"]
+    assert loader["pil_images_per_s_per_core"] > 0 and loader["on_device_images_per_s"] > 0
     tuned = [r for r in rows if r["part"] == "tuned"]
     assert len(tuned) == 4 and all("ms" in r and r["check"] for r in tuned)
 
     md = (tmp_path / (gpu.results_stem(report) + ".md")).read_text()
     for heading in ("Compiled correctness against float64", "DAMSM word scores", "F_attn word attention",
-                    "One training step"):
+                    "One training step", "Step budget", "## Loaders"):
         assert heading in md
     assert "best baseline" in md and "n/a" in md
 

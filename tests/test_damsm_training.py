@@ -218,3 +218,14 @@ def test_same_command_trains_on_cub_and_coco_layouts(tmp_path, capsys, layout):
     assert cli(args) == 0
     result = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert result["step"] == 2 and result["retrieval_images"] == 4
+
+
+def test_evaluating_every_few_epochs_changes_nothing_but_the_evaluations(synthetic_root, tmp_path):
+    every = damsm.train_damsm(tiny_config(synthetic_root, tmp_path / "every", "damsm.epochs=3"), progress=False)
+    sparse = damsm.train_damsm(tiny_config(synthetic_root, tmp_path / "sparse", "damsm.epochs=3", "damsm.eval_every=2"),
+                               progress=False)
+    assert sparse["param_checksum"] == every["param_checksum"]  # evaluation never touches the training's RNG
+    rows = [json.loads(line) for line in (tmp_path / "sparse" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if r.get("eval")] == [2, 3]  # every 2nd epoch, and the last
+    assert sparse["retrieval_top1"] == every["retrieval_top1"] and sparse["epoch"] == 3
+    assert len(list((tmp_path / "sparse").glob("attention_maps_step*.png"))) == 2  # pictures at evaluated epochs

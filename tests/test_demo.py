@@ -197,3 +197,15 @@ def test_a_phase_reused_under_a_lower_budget_is_not_reported_as_cut(tmp_path, ca
     summary = _summary(0.6)
     summary["phases"]["damsm"] = record
     assert not [w for w in demo.demo_warnings(summary) if "DAMSM" in w]
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_the_phases_speed_settings_follow_the_device(monkeypatch, bf16):
+    monkeypatch.setattr(demo, "cpu_has_bf16", lambda: bf16)
+    damsm, gan = demo.speed_settings(torch.device("cpu"))
+    assert "data.on_device=true" in damsm and "data.on_device=true" in gan  # on CPU the PIL loader's batches
+    assert ("runtime.amp=bf16" in damsm) == ("runtime.amp=bf16" in gan) == bf16
+    assert ("runtime.channels_last=true" in damsm) == bf16 and "runtime.channels_last=true" not in gan
+    assert not any("compile" in s for s in damsm + gan)
+    damsm, gan = demo.speed_settings(torch.device("cuda"))
+    assert damsm == gan and {"runtime.amp=bf16", "runtime.compile=true", "data.on_device=true"} <= set(gan)

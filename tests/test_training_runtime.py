@@ -114,3 +114,22 @@ def test_adam_is_fused_and_is_the_adam_update():
     # what is left is the fp32 rounding of the stored parameter (~6e-8).
     moved, expected = param.detach().double() - start, x - start
     assert float((moved - expected).norm() / expected.norm()) < 1e-3
+
+
+def test_cuda_graphs_are_refused_in_one_line_on_cpu_and_without_compile(synthetic_root, tmp_path):
+    from attngan_fast.config import ConfigError, load_config
+    from attngan_fast.train.damsm import train_damsm
+    from attngan_fast.train.runtime import check_cuda_graphs, compile_mode
+
+    cfg = load_config("synthetic", [f"data.root={synthetic_root}", f"damsm.out_dir={tmp_path / 'run'}",
+                                    "runtime.device=cpu", "runtime.compile=true", "runtime.cuda_graphs=true"])
+    with pytest.raises(ConfigError, match=r"^runtime.cuda_graphs needs a CUDA device; this run is on cpu \(set it false\)$"):
+        train_damsm(cfg, progress=False)
+    assert not (tmp_path / "run").exists(), "refused before any work"
+    cfg.runtime.compile = False
+    with pytest.raises(ConfigError, match=r"^runtime.cuda_graphs captures the compiled parts: it needs runtime.compile"):
+        check_cuda_graphs(cfg.runtime, torch.device("cuda"))
+    assert compile_mode(cfg.runtime) == "reduce-overhead"
+    cfg.runtime.cuda_graphs = False
+    check_cuda_graphs(cfg.runtime, torch.device("cpu"))
+    assert compile_mode(cfg.runtime) is None

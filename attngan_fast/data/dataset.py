@@ -32,17 +32,21 @@ def load_rgb(path: Path) -> Image.Image:
         raise DataError(f"corrupt or unreadable image {path}: {err}") from None
 
 
-def crop_to_box(img: Image.Image, box) -> Image.Image:
-    """The release's CUB crop: a square of side 1.5 x max(w, h) around the box centre, clipped."""
+def crop_box(size: tuple[int, int], box) -> tuple[int, int, int, int] | None:
+    """The release's CUB crop of an image of ``size`` (width, height): a square of side 1.5 x max(w, h)
+    around the box centre, clipped, as (x1, y1, x2, y2); None when nothing of it is inside."""
     x, y, w, h = box
     half = int(max(w, h) * 0.75)
     cx, cy = int((2 * x + w) / 2), int((2 * y + h) / 2)
-    width, height = img.size
+    width, height = size
     x1, y1 = max(0, cx - half), max(0, cy - half)
     x2, y2 = min(width, cx + half), min(height, cy + half)
-    if x2 <= x1 or y2 <= y1:
-        return img
-    return img.crop((x1, y1, x2, y2))
+    return None if x2 <= x1 or y2 <= y1 else (x1, y1, x2, y2)
+
+
+def crop_to_box(img: Image.Image, box) -> Image.Image:
+    corners = crop_box(img.size, box)
+    return img if corners is None else img.crop(corners)
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
@@ -51,20 +55,29 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
+def resized_size(size: tuple[int, int], final: int) -> tuple[int, int]:
+    """(width, height) of an image of ``size`` with its shorter side resized to 76/64 of ``final``."""
+    scale = int(final * 76 / 64) / min(size)
+    return max(final, round(size[0] * scale)), max(final, round(size[1] * scale))
+
+
+def draw_crop(size: tuple[int, int], final: int, rng: random.Random | None) -> tuple[int, int, bool]:
+    """(left, top, flip) of a ``final`` square in an image of ``size``: random with ``rng`` (a flip half
+    the time), else centred and unflipped."""
+    width, height = size
+    if rng is None:
+        return (width - final) // 2, (height - final) // 2, False
+    left, top = rng.randint(0, width - final), rng.randint(0, height - final)
+    return left, top, rng.random() < 0.5
+
+
 def resize_crop(img: Image.Image, final: int, rng: random.Random | None, resample=Image.BILINEAR) -> Image.Image:
     """Resize the shorter side to 76/64 of ``final``, crop a ``final`` square (random with ``rng``, else
     centred) and flip half the time (with ``rng``)."""
-    scale = int(final * 76 / 64) / min(img.size)
-    img = img.resize((max(final, round(img.size[0] * scale)), max(final, round(img.size[1] * scale))), resample)
-    width, height = img.size
-    if rng is not None:
-        left, top = rng.randint(0, width - final), rng.randint(0, height - final)
-    else:
-        left, top = (width - final) // 2, (height - final) // 2
+    img = img.resize(resized_size(img.size, final), resample)
+    left, top, flip = draw_crop(img.size, final, rng)
     img = img.crop((left, top, left + final, top + final))
-    if rng is not None and rng.random() < 0.5:
-        img = img.transpose(Image.FLIP_LEFT_RIGHT)
-    return img
+    return img.transpose(Image.FLIP_LEFT_RIGHT) if flip else img
 
 
 def image_pyramid(img: Image.Image, sizes: list[int], rng: random.Random | None) -> list[torch.Tensor]:
@@ -139,6 +152,13 @@ class TextImageDataset(Dataset):
         return np.asarray(resize_crop(labels, self.sizes[-1], None, Image.NEAREST))
 
     def __getitem__(self, item):
+        index, sample, rng = self.caption_sample(item)
+        sample["images"] = image_pyramid(self.load_image(index), self.sizes, rng if self.train else None)
+        return sample
+
+    def caption_sample(self, item) -> tuple[int, dict, random.Random]:
+        """(image index, the item without its images, the sample's random stream after the caption's
+        draws: the crop and flip are drawn from it next). ``item``: an index or (index, sample seed)."""
         index, sample_seed = item if isinstance(item, tuple) else (item, None)
         if self.train:
             rng = random.Random(sample_seed if sample_seed is not None else random.getrandbits(64))
@@ -147,14 +167,12 @@ class TextImageDataset(Dataset):
             rng = random.Random(index)  # fixed word subset for long captions
             caption_index = index % self.caption_counts[index]
         ids = truncate(self.cache.caption(self.split, index, caption_index), self.words_num, rng)
-        images = image_pyramid(self.load_image(index), self.sizes, rng if self.train else None)
-        return {
-            "images": images,
+        return index, {
             "caption": torch.tensor(ids, dtype=torch.long),
             "class_id": self.class_ids[index] if self.class_ids is not None else -1,
             "key": self.keys[index],
             "caption_index": caption_index,
-        }
+        }, rng
 
 
 def collate(batch: list[dict], pad_to: int | None = None) -> dict:

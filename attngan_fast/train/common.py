@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from ..config import Config, ConfigError, config_differences
 from ..data.dataset import EpochSampler, collate
 from ..data.layouts import DataError
+from ..data.on_device import OnDeviceDataset
 from ..data.prepare import CaptionCache, load_captions
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, set_rng_state
 from .run_folder import claim_run_folder
@@ -48,15 +49,19 @@ def caption_cache(cfg: Config, rt: Runtime, progress: bool) -> CaptionCache:
 def train_loader(dataset, batch_size: int, cfg: Config, rt: Runtime, device: torch.device, batch_key: str):
     """(sampler, loader, steps per epoch). The loader's own generator, not the global RNG, seeds its
     workers: the global stream is left to the models (dropout, noise), which a resumed run replays.
-    Every batch has one shape (drop_last, captions padded to words_num): compiled models compile once."""
+    Every batch has one shape (drop_last, captions padded to words_num): compiled models compile once.
+    With ``data.on_device`` the images are decoded once onto ``device`` and batches made there."""
     if len(dataset) // rt.world < batch_size:
         raise ConfigError(f"batch size {batch_size} is larger than the {len(dataset) // rt.world} training images "
                           f"each process gets: lower it with --set {batch_key}=N")
     sampler = EpochSampler(len(dataset), seed=cfg.runtime.seed, shuffle=True, rank=rt.rank, world=rt.world)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
-                        collate_fn=functools.partial(collate, pad_to=dataset.words_num),
-                        num_workers=cfg.data.workers, pin_memory=device.type == "cuda",
-                        persistent_workers=cfg.data.workers > 0,
+    workers, collate_fn = cfg.data.workers, functools.partial(collate, pad_to=dataset.words_num)
+    if cfg.data.on_device:
+        dataset = OnDeviceDataset(dataset, device)
+        workers, collate_fn = 0, dataset.collate  # device tensors are made in the main process
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, collate_fn=collate_fn,
+                        num_workers=workers, pin_memory=device.type == "cuda" and not cfg.data.on_device,
+                        persistent_workers=workers > 0,
                         generator=torch.Generator().manual_seed(cfg.runtime.seed + rt.rank))
     return sampler, loader, (len(dataset) // rt.world) // batch_size
 

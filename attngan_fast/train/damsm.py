@@ -34,8 +34,8 @@ from ..text import Vocabulary, truncate
 from .checkpoint import load_checkpoint, rng_neutral, save_atomic
 from .common import (DAMSM_SHAPE_KEYS, adam, caption_cache, claim_output, gathered_rng_states, load_states, open_resume,
                      position_for_batch_size, restore_progress, resume_record, train_loader)
-from .runtime import (Deadline, JsonlLog, LossWatch, Runtime, StepMeter, autocast, grad_scaler, seed_everything,
-                      training_runtime)
+from .runtime import (Deadline, JsonlLog, LossWatch, Runtime, StepMeter, autocast, compile_mode, grad_scaler,
+                      seed_everything, step_begins, training_runtime)
 
 FORMAT = "attngan-fast/damsm/1"
 PICTURE_SAMPLES = 6
@@ -99,6 +99,7 @@ def damsm_losses(text_encoder, image_encoder, batch: dict, cfg: Config, device: 
     with non-blocking copies, and the ops' value checks are off (``collate`` makes every caption 1..T
     words long)."""
     d = cfg.damsm
+    step_begins(cfg.runtime)
     images = batch["images"][-1].to(device, non_blocking=True)
     if cfg.runtime.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
@@ -298,7 +299,8 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
         text_model = DistributedDataParallel(text_encoder)
         image_model = DistributedDataParallel(image_encoder, device_ids=ids)
     if cfg.runtime.compile:
-        image_model = torch.compile(image_model, dynamic=False)  # one static graph: every batch has one shape
+        # one static graph: every batch has one shape
+        image_model = torch.compile(image_model, dynamic=False, mode=compile_mode(cfg.runtime))
 
     sampler, loader, steps_per_epoch = train_loader(train_set, d.batch_size, cfg, rt, device, "damsm.batch_size")
     if rt.is_main:  # only now: a run that fails in its set-up leaves no empty folder
@@ -364,7 +366,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
         bar.close()
         with meter.paused():  # evaluation, pictures and the checkpoint are not training speed
             finished = not stopped or position >= steps_per_epoch
-            if rt.is_main:
+            if rt.is_main and (stopped or (epoch + 1) % d.eval_every == 0 or epoch + 1 == d.epochs):
                 with rng_neutral():
                     done_epochs = epoch + (1 if finished else position / steps_per_epoch)
                     metrics = evaluate(text_encoder, image_encoder, test_set, cfg, device, cfg.runtime.eval_batches,

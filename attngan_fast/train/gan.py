@@ -45,8 +45,8 @@ from .checkpoint import CheckpointError, load_checkpoint, rng_neutral, save_atom
 from .common import (GAN_SHAPE_KEYS, adam, caption_cache, claim_output, gathered_rng_states, load_states, open_resume,
                      position_for_batch_size, restore_progress, resume_record, train_loader)
 from .damsm import load_damsm
-from .runtime import (Deadline, JsonlLog, LossWatch, Runtime, StepMeter, autocast, grad_scaler, seed_everything,
-                      training_runtime)
+from .runtime import (Deadline, JsonlLog, LossWatch, Runtime, StepMeter, autocast, compile_mode, grad_scaler,
+                      seed_everything, step_begins, training_runtime)
 
 FORMAT = "attngan-fast/gan/1"
 SAMPLE_CAPTIONS = 8
@@ -152,6 +152,7 @@ class GanStep:
 
     def _step(self, batch: dict) -> dict[str, torch.Tensor]:
         cfg, device, amp, g = self.cfg, self.device, self.cfg.runtime.amp, self.cfg.gan
+        step_begins(cfg.runtime)
         real = [x.to(device, non_blocking=True).contiguous(memory_format=self.memory_format) for x in batch["images"]]
         captions = batch["captions"].to(device, non_blocking=True)
         cap_lens = batch["cap_lens"].to(device, non_blocking=True)
@@ -186,12 +187,12 @@ class GanStep:
         return {**parts, **{f"D{i}": x for i, x in enumerate(d_losses)}}
 
 
-def compiled(g_model, d_steps, adversarial, image_encoder):
+def compiled(g_model, d_steps, adversarial, image_encoder, mode: str | None = None):
     """(G, the D steps, the G step's pass through the Ds, the image encoder) under ``torch.compile``, each
     as static graphs: every training batch has one shape (``train_loader``), and the discriminator
     steps share one forward, so without ``dynamic=False`` the second would be recompiled with dynamic
-    sizes."""
-    static = functools.partial(torch.compile, dynamic=False)
+    sizes. ``mode``: torch.compile's ("reduce-overhead": CUDA graphs)."""
+    static = functools.partial(torch.compile, dynamic=False, mode=mode)
     return static(g_model), [static(s) for s in d_steps], static(adversarial), static(image_encoder)
 
 
@@ -304,7 +305,8 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
         d_steps = [DistributedDataParallel(s, device_ids=ids) for s in d_steps]
     image_fn, adversarial = image_encoder, GeneratorAdversarial(netsD)
     if cfg.runtime.compile:
-        g_model, d_steps, adversarial, image_fn = compiled(g_model, d_steps, adversarial, image_encoder)
+        g_model, d_steps, adversarial, image_fn = compiled(g_model, d_steps, adversarial, image_encoder,
+                                                           compile_mode(cfg.runtime))
 
     step_fn = GanStep(g_model, d_steps, netsD, optG, optsD, scaler, text_encoder, image_fn, cfg, device, adversarial)
     sampler, loader, steps_per_epoch = train_loader(train_set, g.batch_size, cfg, rt, device, "gan.batch_size")

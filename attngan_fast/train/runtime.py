@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from attngan_fast import kernels
-from ..config import RuntimeConfig
+from ..config import ConfigError, RuntimeConfig
 
 
 @dataclass
@@ -62,10 +62,30 @@ def training_runtime(settings: RuntimeConfig) -> Iterator[Runtime]:
     undone on the way out, an error included."""
     with kernels.autotuning(settings.autotune):
         rt = setup_runtime(settings.device)
+        check_cuda_graphs(settings, rt.device)
         try:
             yield rt
         finally:
             teardown_runtime(rt)
+
+
+def check_cuda_graphs(settings: RuntimeConfig, device: torch.device) -> None:
+    if settings.cuda_graphs and device.type != "cuda":
+        raise ConfigError(f"runtime.cuda_graphs needs a CUDA device; this run is on {device.type} (set it false)")
+    if settings.cuda_graphs and not settings.compile:
+        raise ConfigError("runtime.cuda_graphs captures the compiled parts: it needs runtime.compile true (--compile)")
+
+
+def compile_mode(settings: RuntimeConfig) -> str | None:
+    """torch.compile's mode: "reduce-overhead" (CUDA graphs) with runtime.cuda_graphs, else the default."""
+    return "reduce-overhead" if settings.cuda_graphs else None
+
+
+def step_begins(settings: RuntimeConfig) -> None:
+    """Tells the CUDA graphs that a training step begins: the previous step's graph outputs are dead
+    (their memory is reused by the next replay)."""
+    if settings.cuda_graphs:
+        torch.compiler.cudagraph_mark_step_begin()
 
 
 def setup_runtime(device_name: str) -> Runtime:
