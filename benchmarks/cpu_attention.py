@@ -27,7 +27,7 @@ import torch
 from attngan_fast.atomic import write_text_atomic
 from attngan_fast.kernels import word_attention
 from benchmarks.cases import AttentionCase, attention_inputs
-from benchmarks.gpu import environment, results_stem
+from benchmarks.environment import environment, results_stem
 
 PATHS = ("reference", "sdpa")
 DTYPES = {"fp32": torch.float32, "bf16-autocast": torch.bfloat16}

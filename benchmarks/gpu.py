@@ -25,8 +25,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import re
 import signal
 import statistics
 import subprocess
@@ -46,6 +44,7 @@ from attngan_fast.kernels.testing import DTYPES, Check, checks, compare_with_flo
 from benchmarks.cases import (CASES, PROVIDERS, NotApplicable, applies, attention_inputs,  # noqa: E402
                               attention_provider, attention_work, compile_backend, damsm_inputs, damsm_provider,
                               damsm_work, forward_backward, not_applicable)
+from benchmarks.environment import environment, results_stem  # noqa: E402
 from benchmarks.work import attention_provider_work  # noqa: E402
 
 PARTS = ("checks", "damsm", "attention", "train", "tuned", "loader", "loop")
@@ -391,38 +390,6 @@ def _row_line(row: dict) -> str:
 
 # --------------------------------------------------------------------------------------------------
 # results files
-
-def _cpu_name() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return f"cpu ({model}, {os.cpu_count()} cores)"
-
-
-def environment(device: torch.device) -> dict:
-    info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
-            "torch": torch.__version__, "python": platform.python_version()}
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except ImportError:
-        info["triton"] = None
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info.update(sms=props.multi_processor_count, memory_gb=round(props.total_memory / 2**30, 1),
-                    cuda=torch.version.cuda)
-    return info
-
-
-def results_stem(report: dict) -> str:
-    """<device>-<date>, -small for toy sizes (so they never mix with the model's)."""
-    stem = re.sub(r"[^A-Za-z0-9]+", "-", report["environment"]["device"]).strip("-").lower() + "-" + report["date"]
-    return stem + ("-small" if report.get("sizes") == "small" else "")
-
 
 def save(report: dict, out: Path) -> Path:
     """The JSON (atomically) and the markdown tables."""

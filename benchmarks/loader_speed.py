@@ -15,28 +15,14 @@ import datetime
 import itertools
 import json
 import os
-import re
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from attngan_fast.data.dataset import EpochSampler, TextImageDataset, collate
 from attngan_fast.data.on_device import OnDeviceDataset
-
-
-def results_stem(out, device: str, what: str) -> Path:
-    """``<out>/<device>-<date>-<what>``: the GPU's name, or ``cpu-<model>-<n>-cores``."""
-    name = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "cpu"
-    if name == "cpu":
-        with open("/proc/cpuinfo") if os.path.exists("/proc/cpuinfo") else open(os.devnull) as fh:
-            model = next((line.split(":", 1)[1] for line in fh if line.startswith("model name")), "")
-        name = f"cpu {model} {os.cpu_count()} cores"
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    stem = Path(out) / f"{slug}-{datetime.date.today()}-{what}"
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    return stem
+from benchmarks.environment import results_path
 
 
 def _seconds(fn, device: torch.device) -> float:
@@ -101,7 +87,7 @@ def main(argv=None) -> int:
             f"1-minute load average {rates['load_1min']}.\n")
     print(text)
     if args.out:
-        stem = results_stem(args.out, args.device, "loader")
+        stem = results_path(args.out, args.device, "loader")
         stem.with_suffix(".json").write_text(json.dumps({**rates, "command": command}, indent=2))
         stem.with_suffix(".md").write_text(text)
     return 0

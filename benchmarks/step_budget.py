@@ -29,7 +29,7 @@ from torch.utils.module_tracker import ModuleTracker
 import attngan_fast.models.generator as generator_module
 import attngan_fast.train.gan as gan_module
 from attngan_fast.config import Config, load_config
-from benchmarks.loader_speed import results_stem
+from benchmarks.environment import results_path
 from benchmarks.train_step import build_step, random_batch
 
 aten = torch.ops.aten
@@ -283,7 +283,7 @@ def main(argv=None) -> int:
     command = "python -m benchmarks.step_budget " + " ".join(sys.argv[1:] if argv is None else argv)
     print(text := markdown(budget, command))
     if args.out:
-        stem = results_stem(args.out, args.device, f"{args.config}-step-budget")
+        stem = results_path(args.out, args.device, f"{args.config}-step-budget")
         stem.with_suffix(".json").write_text(json.dumps({**budget, "command": command}, indent=2))
         stem.with_suffix(".md").write_text(text)
     return 0

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from attngan_fast.config import load_config
-from benchmarks.gpu import environment, results_stem
+from benchmarks.environment import environment, results_stem
 
 # --tiny: the synthetic preset shrunk to toy sizes (CPU checks of the path)
 TINY = ["gan.stages=2", "gan.base_size=16", "gan.gf_dim=4", "gan.df_dim=4", "gan.r_num=1", "gan.batch_size=8",
