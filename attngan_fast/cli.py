@@ -22,13 +22,38 @@ import sys
 import warnings
 
 # torch's CPU threads are an OpenMP team whose threads spin while they wait for one another (GNU
-# OpenMP's default: ~300,000 turns). On a machine shared with other work a spinning thread can burn the
+# OpenMP's default: ~300,000 turns). On a machine busy with other work a spinning thread can burn the
 # time slice its partner needs to finish: the demo's training steps on this project's shared 2-core
 # machine ran 2-13x slower than with threads that sleep while they wait, in one hour of measurements
-# (benchmarks/results/cpu-amd-epyc-2-cores-2026-12-02-demo-under-load.md). libgomp reads the policy
-# once, when torch loads it: so it is set here, before any torch import; an explicit OMP_WAIT_POLICY
-# wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# (benchmarks/results/cpu-amd-epyc-2-cores-2026-12-02-demo-under-load.md). On a quiet machine the short
+# spin is the faster one (AttnGAN steps 1.09-1.24x, ...-2026-12-06-demo-quiet.md). So threads sleep
+# (OMP_WAIT_POLICY=PASSIVE) when other work already runs as the command starts, and keep OpenMP's
+# default otherwise. libgomp reads the policy once, when torch loads it: so it is decided here, before
+# any torch import; an explicit OMP_WAIT_POLICY wins.
+BUSY_LOAD = 0.5  # 1-minute load average: on average half a core already taken by other work
+
+
+def openmp_wait_policy(environ, load_1min: float | None) -> tuple[str | None, str]:
+    """(the OMP_WAIT_POLICY to set, or None to leave it as it is; why), from the environment and the
+    1-minute load average when the command starts (None where the system does not report one)."""
+    if "OMP_WAIT_POLICY" in environ:
+        return None, "set by the user"
+    if load_1min is None or load_1min >= BUSY_LOAD:
+        shown = "unknown" if load_1min is None else f"{load_1min:.2f}"
+        return "PASSIVE", f"the machine was busy as the command started (1-minute load {shown})"
+    return None, f"the machine was quiet as the command started (1-minute load {load_1min:.2f}): OpenMP's short spin"
+
+
+def _load_1min() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # not reported on this system
+        return None
+
+
+_POLICY, OPENMP_WAIT_REASON = openmp_wait_policy(os.environ, _load_1min())
+if _POLICY:
+    os.environ["OMP_WAIT_POLICY"] = _POLICY
 
 
 class CliError(Exception):
@@ -72,6 +97,7 @@ def _info(_args) -> int:
         "ops": _ops_path(),
         "cpu_threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "omp_wait_policy_reason": OPENMP_WAIT_REASON,
     }
     try:  # CUDA only; ATTNGAN_FAST_AUTOTUNE=0 pins the defaults
         facts["autotune"] = kernels.autotune_enabled()

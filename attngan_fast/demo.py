@@ -36,9 +36,9 @@ MORE_CAPTIONS = [
     "a small bird with a yellow crown and a short black beak",
     "this bird has green wings, a white belly and a long brown beak",
 ]
-# With bf16 on a 2-core CPU, about 5 + 8 minutes; R-precision 76 % (benchmarks/results/
-# cpu-amd-epyc-2-cores-2026-12-06-demo-levers.md: the eval curve flattens at 78-79 % after 1,400 GAN steps).
-DAMSM_STEPS, GAN_STEPS, MAX_MINUTES = 1500, 1600, 60.0
+# With bf16 on a 2-core CPU, about 6 + 8 minutes; R-precision 76.0 % (benchmarks/results/
+# cpu-amd-epyc-2-cores-2026-12-06-demo-quiet.md: 1,330 GAN steps read 73.3 %, 1,600 no more than 1,400).
+DAMSM_STEPS, GAN_STEPS, MAX_MINUTES = 1500, 1400, 60.0
 DEFAULT_OUT = "demo"  # the demo's folder without --out; `attngan-fast serve` looks there for its generator
 DAMSM_CAP_SHARE = 0.4  # of the time cap, for the DAMSM: about its share of the training time
 DAMSM_EVAL_EVERY = 5  # epochs: each evaluation costs about a tenth of an epoch's training on a CPU
@@ -265,7 +265,8 @@ def run_demo(out: str | Path = DEFAULT_OUT, *, damsm_steps: int = DAMSM_STEPS, g
         "budget": {"damsm_steps": damsm_steps, "gan_steps": gan_steps, "max_minutes": max_minutes},
         "settings": {"damsm": damsm_speed, "gan": gan_speed},
         "phases": phases, "timings_s": {k: round(v, 1) for k, v in timings.items()},
-        "machine": {"cpus": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2)},
+        "machine": {"cpus": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2),
+                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
         "damsm_steps": phases["damsm"]["steps"], "gan_steps": phases["gan"]["steps"],
         "damsm_retrieval_top1": damsm_metrics.get("retrieval_top1"),
         "damsm_part_attention_mass": damsm_metrics.get("part_attention_mass"),
