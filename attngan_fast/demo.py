@@ -36,7 +36,7 @@ MORE_CAPTIONS = [
     "a small bird with a yellow crown and a short black beak",
     "this bird has green wings, a white belly and a long brown beak",
 ]
-# With bf16 on a 2-core CPU, about 6 + 8 minutes; R-precision 76.0 % (benchmarks/results/
+# With bf16 on a quiet 2-core CPU, about 5 + 7 minutes; R-precision 76.0 % (benchmarks/results/
 # cpu-amd-epyc-2-cores-2026-12-06-demo-quiet.md: 1,330 GAN steps read 73.3 %, 1,600 no more than 1,400).
 DAMSM_STEPS, GAN_STEPS, MAX_MINUTES = 1500, 1400, 60.0
 DEFAULT_OUT = "demo"  # the demo's folder without --out; `attngan-fast serve` looks there for its generator
