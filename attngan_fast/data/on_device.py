@@ -58,12 +58,25 @@ def stored_sizes(dataset: TextImageDataset) -> list[tuple[int, int]]:
 
 class DeviceImages:
     """Images of different sizes, (H, W, 3) uint8 each, in one flat buffer on ``device``; where each
-    one starts and its shape are kept on the host, so cropping needs no index tensors and no sync."""
+    one starts and its shape are kept on the host, so cropping needs no index tensors and no sync.
+    ``fill(i)`` decodes image i; each is written straight into the host buffer (its shape is known from
+    the file's header), so the images are never held twice in host memory."""
 
-    def __init__(self, arrays: list[np.ndarray], device: torch.device):
-        self.shapes = [a.shape for a in arrays]
-        self.starts = np.cumsum([0] + [a.size for a in arrays])[:-1].tolist()
-        self.data = torch.from_numpy(np.concatenate([a.reshape(-1) for a in arrays])).to(device)
+    def __init__(self, shapes: list[tuple[int, int, int]], fill, device: torch.device, desc: str = "decoding"):
+        self.shapes = shapes
+        counts = [h * w * c for h, w, c in shapes]
+        self.starts = np.cumsum([0] + counts)[:-1].tolist()
+        host = np.empty(sum(counts), dtype=np.uint8)
+
+        def put(i: int) -> None:  # PIL releases the GIL while it decodes and resizes
+            array = fill(i)
+            if array.shape != shapes[i]:
+                raise DataError(f"image {i} decoded to {array.shape}, its header said {shapes[i]}")
+            host[self.starts[i] : self.starts[i] + counts[i]] = array.reshape(-1)
+
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            list(tqdm(pool.map(put, range(len(shapes))), total=len(shapes), disable=None, desc=desc, leave=False))
+        self.data = torch.from_numpy(host).to(device)  # on CPU the same memory, no copy
 
     def crops(self, crops: list[tuple[int, int, int, int]], final: int) -> torch.Tensor:
         """(B, final, final, 3) uint8: for each (image index, left, top, flip) the ``final`` square at
@@ -113,14 +126,12 @@ class OnDeviceDataset(Dataset):
                             "false (the CPU loader) or use a device with more memory")
         final = dataset.sizes[-1]
 
-        def decode(index: int) -> np.ndarray:  # PIL releases the GIL while it decodes and resizes
+        def decode(index: int) -> np.ndarray:
             img = dataset.load_image(index)
             return np.asarray(img.resize(resized_size(img.size, final), Image.BILINEAR))
 
-        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-            arrays = list(tqdm(pool.map(decode, range(len(dataset))), total=len(dataset), disable=None,
-                               desc=f"decoding {dataset.split} images for data.on_device", leave=False))
-        self.images = DeviceImages(arrays, self.device)
+        self.images = DeviceImages([(h, w, 3) for w, h in self.sizes], decode, self.device,
+                                   desc=f"decoding {dataset.split} images for data.on_device")
 
     def __len__(self) -> int:
         return len(self.dataset)
