@@ -419,20 +419,26 @@ def test_bf16_activations_with_fp32_context(impl):
 def test_cpu_auto_follows_the_measured_results_file():
     """CPU_AUTO names, per layout, the path that spends less of a training step in F_attn (forward +
     backward over the generator's image sides) in most (dtype, C) groups of the latest CPU measurement
-    (benchmarks/results/cpu-*-attention.json, ``python -m benchmarks.cpu_attention``)."""
+    at the model's sizes (``python -m benchmarks.gpu --device cpu --sizes model --only auto``; the
+    first one, of 2026-12-06, was written by that part's predecessor with the same rows)."""
     import json
     from pathlib import Path
 
-    from benchmarks.cpu_attention import per_step
+    from benchmarks.report import per_step
 
-    files = sorted(Path(__file__).resolve().parents[1].glob("benchmarks/results/cpu-*-attention.json"),
-                   key=lambda f: json.loads(f.read_text())["date"])
-    assert files, "no CPU measurement of F_attn's paths: run python -m benchmarks.cpu_attention"
-    steps = per_step(json.loads(files[-1].read_text())["rows"])
+    measured = []
+    for path in Path(__file__).resolve().parents[1].glob("benchmarks/results/cpu-*.json"):
+        report = json.loads(path.read_text())
+        rows = [r for r in report.get("rows", []) if "reference_ms" in r and "sdpa_ms" in r]
+        if rows and report.get("sizes") != "small":
+            measured.append((report["date"], path.name, rows))
+    assert measured, "no CPU measurement of F_attn's paths: run python -m benchmarks.gpu --device cpu --sizes model --only auto"
+    _, name, rows = max(measured)
+    steps = per_step(rows)
     for layout, path in attention_op.CPU_AUTO.items():
         mine = [g for g in steps if g["layout"] == layout]
-        assert mine, f"{files[-1].name} has no {layout} rows"
-        assert 2 * sum(g["faster"] == path for g in mine) > len(mine), (layout, path, files[-1].name, mine)
+        assert mine, f"{name} has no {layout} rows"
+        assert 2 * sum(g["faster"] == path for g in mine) > len(mine), (layout, path, name, mine)
 
 
 # ---------------------------------------------------------------------------------------------- errors
