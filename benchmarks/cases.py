@@ -41,9 +41,16 @@ def applies(provider: str, dtype: torch.dtype) -> bool:
     return provider != "reference-compiled-tf32" or dtype in (torch.bfloat16, torch.float16)
 
 
-def not_applicable(op: str, provider: str, dtype: torch.dtype, device: torch.device) -> str | None:
-    """Why ``provider`` has no timing on ``device`` (None: it runs)."""
+# The fused kernels on CPU run through the Triton interpreter: a check of the path at toy sizes only.
+INTERPRETER_AT_MODEL_SIZES = ("the Triton interpreter would take hours at the model's sizes: the fused kernels run "
+                              "on CPU at --sizes small")
+
+
+def not_applicable(op: str, provider: str, dtype: torch.dtype, device: torch.device, case=None) -> str | None:
+    """Why ``provider`` has no timing on ``device`` for ``case`` (None: it runs)."""
     if device.type != "cuda":
+        if provider.startswith("fused") and case in CASES["model"][op]:
+            return INTERPRETER_AT_MODEL_SIZES
         if provider == "reference-compiled-max-autotune":
             return "inductor's max-autotune times GPU matmul templates (~90 s a graph on a 2-core CPU)"
         if provider == "reference-compiled-tf32":

@@ -43,9 +43,10 @@ if not torch.cuda.is_available():
 
 from attngan_fast import kernels  # noqa: E402
 from attngan_fast.kernels.testing import DTYPES, Check, checks, compare_with_float64, tolerance  # noqa: E402
-from benchmarks.cases import (CASES, PROVIDERS, AttentionCase, NotApplicable, applies, attention_inputs,  # noqa: E402
-                              attention_provider, attention_work, compile_backend, damsm_inputs, damsm_provider,
-                              damsm_work, forward_backward, not_applicable)
+from benchmarks.cases import (CASES, INTERPRETER_AT_MODEL_SIZES, PROVIDERS, AttentionCase,  # noqa: E402
+                              NotApplicable, applies, attention_inputs, attention_provider, attention_work,
+                              compile_backend, damsm_inputs, damsm_provider, damsm_work, forward_backward,
+                              not_applicable)
 from benchmarks.environment import environment  # noqa: E402
 from benchmarks.report import save  # noqa: E402
 from benchmarks.work import attention_provider_work, provider_work  # noqa: E402
@@ -119,7 +120,7 @@ def kernel_row(op: str, case, dtype_name: str, mode: str, provider: str, device:
     apply says why; one that cannot run (memory, compiler) gets an ``error`` instead of a time."""
     dtype = DTYPES[dtype_name]
     row = {"op": op, "case": case.label, "dtype": dtype_name, "mode": mode, "provider": provider}
-    reason = not_applicable(op, provider, dtype, device)
+    reason = not_applicable(op, provider, dtype, device, case)
     if reason:
         return {**row, "not_applicable": reason}
     inputs_fn, provider_fn, work_fn, grad_at = (
@@ -359,7 +360,9 @@ def plan(parts, sizes: str, device: torch.device, measure, out: Path, report: di
     # the fused rows' floors (on CPU they run through the interpreter: no floor is claimed)
     floors = (lambda: report["ceilings"]) if device.type == "cuda" else (lambda: None)
     for part in parts:
-        if part == "checks":
+        if part in ("checks", "tuned") and device.type != "cuda" and sizes == "model":
+            rows.append((part, part, lambda: {"not_applicable": INTERPRETER_AT_MODEL_SIZES}))
+        elif part == "checks":
             rows += [("checks", row_id, (lambda c, p: lambda: check_row(c, p, device))(check, precision))
                      for row_id, check, precision in check_rows(sizes)]
         elif part in ("damsm", "attention"):

@@ -131,3 +131,19 @@ def test_per_step_sums_the_sides_and_names_the_faster_path():
     nchw, last = per_step(rows)
     assert (nchw["sides"], nchw["reference_ms"], nchw["sdpa_ms"], nchw["faster"]) == ([64, 128], 11.0, 9.0, "sdpa")
     assert (last["layout"], last["faster"]) == ("channels_last", "sdpa")
+
+
+def test_on_cpu_the_model_sizes_skip_the_interpreted_rows_and_say_why():
+    """At the model's sizes a CPU run times the baselines only: the fused rows, the checks and the tuned
+    rows would run through the Triton interpreter for hours, so they say why they have no time."""
+    import torch
+
+    from benchmarks.cases import CASES, INTERPRETER_AT_MODEL_SIZES
+
+    cpu = torch.device("cpu")
+    for op in ("damsm", "attention"):
+        row = gpu.kernel_row(op, CASES["model"][op][0], "fp32", "fwd+bwd", "fused", cpu, measure=None)
+        assert row["not_applicable"] == INTERPRETER_AT_MODEL_SIZES
+    rows = gpu.plan(["checks", "tuned"], "model", cpu, measure=None, out=None, report={})
+    assert [(part, thunk()) for part, _, thunk in rows] == [
+        (part, {"not_applicable": INTERPRETER_AT_MODEL_SIZES}) for part in ("checks", "tuned")]
