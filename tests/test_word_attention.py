@@ -31,10 +31,13 @@ CASES = {
     "saturated-softmax": (2, 20, 5, 5, 6, 6.0, "lengths", "nchw"),
     "legacy-mask": (3, 8, 4, 5, 6, 1.0, "legacy", "nchw"),
 }
-# Scale 6 puts the scores near |s| ~ 150 and saturates the softmax: ctx stays exact, but d_query all
+# Scale 6 puts the scores at |s| ~ 150-600 and saturates the softmax: ctx stays exact, but d_query all
 # but vanishes (~1e-7 against d_context ~30) and what is left is the softmax backward's cancellation
 # noise, of fp32's size in any implementation. There the gradients are judged against their natural
-# scale ‖g‖·max_t‖k_t‖² (d_query) and ‖g‖·max_q‖h_q‖ (d_context), which still fails any real bug.
+# scale ‖g‖·max_t‖k_t‖² (d_query) and ‖g‖·max_q‖h_q‖ (d_context), which still fails any real bug, and
+# against fp32's rounding of the scores, 4·2^-24·max|s| (docs/numerics.md): d_context does not vanish,
+# and over 1,500 seeds the reference, SDPA's flash backend and the key-channel form each exceeded 1e-5
+# on 2-4 (up to 1.3e-5; ATTNGAN_TEST_SEED=1529226171 was one).
 SATURATED = {"saturated-softmax"}
 # With one word the softmax is constant and d_query is exactly 0; a path that forms Σ_t β·dβ as
 # rowsum(dO ∘ O) (FlashAttention's Δ, SDPA's fused backends) leaves fp32 rounding there, judged
@@ -173,6 +176,9 @@ def check_against_float64(case, dtype, attention, tol, what, gradients=True, sim
     # The natural scales of vanishing gradients, for a unit-variance loss gradient of ‖g‖ ≈ √numel.
     g_norm = ref_ctx.numel() ** 0.5
     floors = {}
+    if case in SATURATED and DTYPES[dtype] == torch.float32:
+        scores = torch.einsum("bchw,bct->bhwt", query64.detach(), context64.detach()).abs().max().item()
+        tol = max(tol, 4 * 2.0 ** -24 * scores)
     if case in D_QUERY_VANISHES:
         floors["query"] = g_norm * float(torch.linalg.vector_norm(context64.detach(), dim=1).max() ** 2)
     if case in SATURATED:
