@@ -330,6 +330,18 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _own_message(err: Exception) -> str:
+    """The error's own message. One raised in a DataLoader worker comes back with the worker's traceback
+    folded into its message ("Caught DataError in DataLoader worker process 1. Original Traceback ..."):
+    its last line is the message the worker raised, after the exception's name."""
+    text = str(err)
+    if "Original Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    name = f"{type(err).__module__}.{type(err).__qualname__}: "
+    return last.split(name, 1)[1] if name in last else last.split(": ", 1)[-1]
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .demo import DAMSM_STEPS, DEFAULT_OUT, GAN_STEPS, MAX_MINUTES  # no torch import: --help stays quick
 
@@ -489,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         except (CliError, ConfigError, DataError, UnsafePickleError, CaptionError, CheckpointError, RunExistsError,
                 DeviceError, EvaluationError, DemoError, InceptionWeightsError, NotAFolderError,
                 FileNotFoundError) as err:
-            print(f"attngan-fast: error: {err}", file=sys.stderr)
+            print(f"attngan-fast: error: {_own_message(err)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("attngan-fast: interrupted", file=sys.stderr)

@@ -161,8 +161,11 @@ class FixedEvaluation:
               device, amp: str = "off", inception_weights: str | None = None,
               progress: bool = False) -> FixedEvaluation:
         """``dataset``: the test split at the generator's final size, ``train=False``."""
+        from .data.layouts import check_negatives
         from .inception_metrics import real_statistics
         from .train.damsm import encode_captions
+
+        check_negatives(dataset.root, dataset.split, dataset.keys, dataset.class_ids, evaluation=True)
 
         counts, n_split = dataset.caption_counts, len(dataset)
         words_num = default_eval_words_num(dataset.layout)

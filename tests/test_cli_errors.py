@@ -271,3 +271,25 @@ def test_the_config_flag_names_every_preset(capsys):
         cli(["train", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "a preset (attndcgan, attngan1, attngan2, bird, coco, synthetic) or a YAML file" in help_text
+
+
+def test_an_error_raised_in_a_loader_worker_is_its_own_one_line_message():
+    """torch re-raises a worker's exception with the worker's traceback folded into the message; the
+    command line prints the message the worker raised, as it does for one raised in the main process."""
+    from torch.utils.data import DataLoader, Dataset
+
+    from attngan_fast.cli import _own_message
+    from attngan_fast.data.layouts import DataError
+
+    class Missing(Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            raise DataError(f"missing image: expected /data/images/{index}.jpg")
+
+    with pytest.raises(DataError) as caught:
+        next(iter(DataLoader(Missing(), num_workers=1)))
+    assert "Original Traceback" in str(caught.value)
+    assert _own_message(caught.value) == "missing image: expected /data/images/0.jpg"
+    assert _own_message(DataError("in the main process")) == "in the main process"

@@ -241,3 +241,48 @@ def test_own_images_run_through_prepare_damsm_train_and_evaluate(folder_root, tm
     assert full["layout"] == "folder" and full["n_images"] == 40 and 0.0 <= full["r_precision"]["mean"] <= 1.0
     assert f"from all {n_test} test images x 1-4 (" in full["protocol"]["pairs"]
     assert full["protocol"]["word_cap"] == 25
+
+
+def _six_squares(root, one_class: bool):
+    """Six images, the last one the only test image; with ``one_class`` all of one class."""
+    from PIL import Image
+
+    rows = []
+    for i in range(6):
+        Image.new("RGB", (24, 24), (40 * i, 90, 160)).save(root / f"img_{i}.jpg")
+        row = {"file_name": f"img_{i}.jpg", "text": f"a square of colour number {i}",
+               "split": "test" if i == 5 else "train"}
+        rows.append(json.dumps({**row, "class": "squares"} if one_class else row))
+    (root / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_one_class_is_one_clear_error_before_training(tmp_path, capsys):
+    """Captions of the same class are never negatives: a dataset of one class cannot train a DAMSM."""
+    _six_squares(tmp_path, one_class=True)
+    with pytest.raises(DataError, match="every image of the train split .* has the same class"):
+        _prepare(tmp_path)
+    assert cli(["data", "prepare", "--root", str(tmp_path), "--layout", "folder"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]  # after the image check's progress bar
+    assert last.startswith("attngan-fast: error: every image of the train split")
+
+
+def test_a_test_split_of_one_image_warns_and_evaluation_refuses_it(tmp_path):
+    """Without classes a test image's distractors are the other test images' captions: with one test
+    image data prepare warns (DAMSM training reports no retrieval score) and the R-precision
+    evaluations refuse it in one line before generating anything."""
+    from attngan_fast.protocol import FixedEvaluation
+
+    _six_squares(tmp_path, one_class=False)
+    with pytest.warns(UserWarning, match="the test split of .* holds 1 image: retrieval and R-precision"):
+        _prepare_warned(tmp_path)
+    test_set = TextImageDataset(tmp_path, "folder", "test", captions_per_image=10, words_num=18, image_size=32,
+                                train=False)
+    with pytest.raises(DataError, match="holds 1 image"):
+        FixedEvaluation.build(test_set, None, n_images=4, z_dim=4, c_dim=4, seed=0, batch_size=2, device="cpu")
+
+
+def _prepare_warned(root):
+    return prepare(root, "folder", 10, progress=False)

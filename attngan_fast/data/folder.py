@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from ..text import tokenize, words_as_written
-from .layouts import SPLITS, DataError, hash_image_stats
+from .layouts import SPLITS, DataError, check_negatives, hash_image_stats
 
 METADATA_NAMES = ("metadata.jsonl", "metadata.csv")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -299,6 +299,9 @@ def read_folder(root: str | Path, captions_per_image: int, test_fraction: float,
             raise DataError(f"{metadata}: the {split} split is empty ({rule}); every layout needs images in both")
     labels = sorted({r.label for r in rows}, key=_label_order) if rows[0].label is not None else None
     index_of = {name: i for i, name in enumerate(labels or [])}
+    for split in SPLITS:
+        check_negatives(metadata, split, [r.file_name for r in by_split[split]],
+                        [index_of[r.label] for r in by_split[split]] if labels else None)
     report = {
         "metadata": str(metadata), "split_rule": rule,
         "captions_per_image": _spread([len(tokens_of[r.file_name]) for r in rows]),

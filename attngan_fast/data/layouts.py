@@ -9,6 +9,7 @@ folder: <root>/**/<file_name> (JPEG or PNG), <root>/metadata.jsonl or metadata.c
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,31 @@ def read_split(root: str | Path, split: str) -> SplitIndex:
         if len(class_ids) != len(keys):
             raise DataError(f"{info} has {len(class_ids)} class ids but {path} has {len(keys)} keys")
     return SplitIndex(keys, class_ids)
+
+
+def negatives_problem(root: str | Path, split: str, keys: list[str], class_ids: list[int] | None) -> str | None:
+    """Why a split leaves no caption to contrast an image with, or None. A caption of the same class (of
+    the same image, without classes) is never another image's negative (the DAMSM losses) or distractor
+    (retrieval, R-precision): training needs two classes, evaluation two classes or two images."""
+    if class_ids is not None and len(set(class_ids)) < 2:
+        return (f"every image of the {split} split of {root} has the same class: a caption of the same class is "
+                "never another image's negative or distractor, so one class leaves none; give the images two "
+                "classes or more, or no class at all")
+    if class_ids is None and len(keys) < 2:
+        return (f"the {split} split of {root} holds {len(keys)} image: retrieval and R-precision need captions "
+                "of other images as distractors; hold out more images (data.test_fraction, or a split column)")
+    return None
+
+
+def check_negatives(root: str | Path, split: str, keys: list[str], class_ids: list[int] | None,
+                    evaluation: bool = False) -> None:
+    """Raises DataError when the train split (or, with ``evaluation``, the test split) has no negatives;
+    warns when a test split cannot be evaluated (DAMSM training then reports no retrieval score)."""
+    problem = negatives_problem(root, split, keys, class_ids)
+    if problem and (split == "train" or evaluation):
+        raise DataError(problem)
+    if problem:
+        warnings.warn(problem, stacklevel=3)
 
 
 def image_path(root: str | Path, layout: str, key: str) -> Path:

@@ -26,7 +26,7 @@ from ..atomic import write_text_atomic
 from ..safe_pickle import as_text, load_plain_pickle
 from ..text import END_TOKEN, Vocabulary, tokenize
 from .folder import folder_digest, read_folder
-from .layouts import SPLITS, DataError, caption_path, check_layout, read_caption_lines, read_split
+from .layouts import SPLITS, DataError, caption_path, check_layout, check_negatives, read_caption_lines, read_split
 
 CACHE_NAME = "attngan_fast_captions.json"
 CACHE_FORMAT = 2  # 2: keyed on the caption files' content
@@ -179,6 +179,8 @@ def prepare(root: str | Path, layout: str, captions_per_image: int, *, progress:
         return _prepare_folder(root, captions_per_image, test_fraction, progress)
     splits = {split: read_split(root, split) for split in SPLITS}
     keys = {split: s.keys for split, s in splits.items()}
+    for split, index in splits.items():
+        check_negatives(root, split, index.keys, index.class_ids)
     release = root / "captions.pickle"
     skipped = 0
     if use_release_pickle and release.exists():
