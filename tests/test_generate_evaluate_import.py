@@ -202,3 +202,33 @@ def test_cli_checkpoint_errors_are_clear(trained, tmp_path, capsys):
     garbage.write_text("not a checkpoint")
     assert cli(["generate", "--checkpoint", str(garbage), "--out", str(tmp_path), "a bird"]) == 2
     assert "is not a readable checkpoint" in capsys.readouterr().err
+
+
+def test_a_captions_file_that_is_not_the_releases_is_one_clear_error(tmp_path):
+    """A text file, a truncated pickle and a pickle of the wrong shape are refused with their name, no
+    traceback (the restricted unpickler's errors, and the vocabulary's shape)."""
+    import pickle as std_pickle
+
+    from attngan_fast.release_import import ReleaseImportError, release_vocabulary
+    from attngan_fast.safe_pickle import UnsafePickleError
+
+    text = tmp_path / "captions.txt"
+    text.write_text("this bird is red\n")
+    truncated = tmp_path / "truncated.pickle"
+    truncated.write_bytes(std_pickle.dumps([[1, 2], [3], {0: "<end>"}, {}], protocol=2)[:-5])
+    for path in (text, truncated):
+        with pytest.raises(UnsafePickleError, match=f"{path.name} is not a readable pickle"):
+            release_vocabulary(path)
+    empty_vocab = tmp_path / "empty.pickle"
+    empty_vocab.write_bytes(std_pickle.dumps([[], [], {}, {}], protocol=2))
+    with pytest.raises(ReleaseImportError, match="ixtoword, item 3"):
+        release_vocabulary(empty_vocab)
+
+
+def test_the_demo_checks_the_inception_weights_before_training(tmp_path):
+    from attngan_fast.demo import run_demo
+    from attngan_fast.evaluate import EvaluationError
+
+    with pytest.raises(EvaluationError, match="--inception-weights .*missing.pth does not exist"):
+        run_demo(tmp_path / "demo", inception_weights=str(tmp_path / "missing.pth"), device="cpu", progress=False)
+    assert not (tmp_path / "demo").exists()  # nothing was trained
