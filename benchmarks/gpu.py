@@ -31,6 +31,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -52,6 +53,8 @@ from benchmarks.report import save  # noqa: E402
 from benchmarks.work import attention_provider_work, provider_work  # noqa: E402
 
 PARTS = ("checks", "damsm", "attention", "work", "budget", "train", "tuned", "auto", "loader", "loop")
+WORK = Path(tempfile.gettempdir()) / "attngan-fast-benchmarks"  # the loader's and the loop's data, not results
+LOOP_SECONDS = 1800.0  # the loop part's limit when the run has no --budget
 
 def timer(device: torch.device, quick: bool):
     """fn -> median milliseconds."""
@@ -219,34 +222,36 @@ def budget_row(device: torch.device, sizes: str, limits: dict | None) -> dict:
             **{k: budget[k] for k in ("regions", "total", "compiled", "floors") if k in budget}}
 
 
-def loader_row(device: torch.device, out: Path, data: Path | None) -> dict:
+def loader_row(device: torch.device, data: Path | None) -> dict:
     """Images/s of the PIL loader (one core) and of data.on_device on ``data`` (a CUB-layout root) or
     on synthetic birds at 256 px (64 on CPU)."""
     from attngan_fast.data.synthetic import synthesize
     from benchmarks.loader_speed import loader_rates
 
     size = 256 if device.type == "cuda" or data else 64
-    root = data or out / f"loader-birds-{size}"
+    root = data or WORK / f"loader-birds-{size}"
     if not (root / "CUB_200_2011" / "images.txt").exists():
         synthesize(root, images=240 if device.type == "cuda" else 48, size=size, seed=0, progress=False)
     rates = loader_rates(root, device=device, image_size=size, batches=5 if device.type == "cuda" else 1, rounds=2)
     return {"op": "loader", "case": f"{root.name} {size}px", **rates}
 
 
-def loop_row(device: torch.device, out: Path, seconds: float) -> dict:
+def loop_row(device: torch.device, seconds: float) -> dict:
     """The real training loop (``benchmarks.train_loop``) in a process of its own, within ``seconds``."""
     try:
         import nltk  # noqa: F401
     except ImportError as err:
         return {"op": "train_loop", "not_applicable": f"nltk is not importable ({err})"}
-    args = ["--out", str(out / "loop"), "--timeout", str(int(seconds))]
+    args = ["--out", str(WORK / "loop"), "--work", str(WORK / "loop-work"), "--timeout", str(int(seconds))]
     if device.type != "cuda":
         args += ["--device", "cpu", "--tiny", "--variants", "off"]
     done = subprocess.run([sys.executable, "-m", "benchmarks.train_loop", *args], capture_output=True, text=True)
-    found = sorted((out / "loop").glob("*-train-loop.json"))
+    found = sorted((WORK / "loop").glob("*-train-loop.json"))
     if done.returncode or not found:
         return {"op": "train_loop", "error": (done.stdout + done.stderr)[-500:]}
-    return {"op": "train_loop", "variants": json.loads(found[-1].read_text())["variants"]}
+    report = json.loads(found[-1].read_text())
+    return {"op": "train_loop", "case": f"{report['config']} B={report['batch_size']} {report['image_size']}px",
+            "variants": report["variants"]}
 
 
 AUTO_PATHS = {"cpu": ("reference", "sdpa"), "cuda": ("reference", "sdpa", "triton")}
@@ -394,9 +399,9 @@ def plan(parts, sizes: str, device: torch.device, measure, out: Path, report: di
                       (lambda *a: lambda: auto_row(*a, device, measure, quick))(case, dtype, backward))
                      for case in auto_cases(sizes) for dtype in AUTO_DTYPES for backward in (False, True)]
         elif part == "loader":
-            rows.append(("loader", "loader", lambda: loader_row(device, out, data)))
+            rows.append(("loader", "loader", lambda: loader_row(device, data)))
         elif part == "loop":
-            rows.append(("loop", "loop", lambda: loop_row(device, out, max(60.0, report["left_s"]))))
+            rows.append(("loop", "loop", lambda: loop_row(device, max(60.0, min(report["left_s"], LOOP_SECONDS)))))
     return rows
 
 

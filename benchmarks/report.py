@@ -97,6 +97,15 @@ def markdown(report: dict) -> str:
         lines += ["## Loaders", "", f"{loader['case']}: PIL {loader['pil_images_per_s_per_core']} images/s on one core, "
                   f"data.on_device {loader['on_device_images_per_s']} images/s ({loader['on_device_vs_pil']}x; decoding "
                   f"once took {loader['decode_once_s']} s; 1-minute load average {loader['load_1min']}).", ""]
+    loop = next((r for r in rows if r.get("op") == "train_loop" and "variants" in r), None)
+    if loop:
+        lines += ["## The real training loop (`benchmarks.train_loop`)", "", f"{loop['case']}; steps/s from the "
+                  "loop's own log (first interval left out).", "", "| variant | steps/s | images/s | peak MB |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| {v['variant']} | " + (f"{v['steps_per_s']:.2f} | {v['images_per_s']:.1f} | "
+                                            f"{v.get('peak_memory_mb') or '-'} |" if "steps_per_s" in v else
+                                            f"{v.get('error', 'not run')[:100]} | | |") for v in loop["variants"]]
+        lines.append("")
     if report.get("not_reached"):
         lines += ["## Not reached", "", *[f"- {i}" for i in report["not_reached"]], ""]
     return "\n".join(lines) + "\n"

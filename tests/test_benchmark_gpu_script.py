@@ -25,8 +25,8 @@ def _report(out) -> dict:
 
 @pytest.mark.skipif(not kernels.interpreter_active(), reason="needs the Triton interpreter (CPU)")
 def test_every_part_runs_end_to_end_and_writes_its_rows(tmp_path, capsys):
-    assert gpu.main([*FAST, "--only", "checks", "damsm", "attention", "work", "budget", "train", "tuned", "auto",
-                     "loader", "--out", str(tmp_path)]) == 0
+    assert gpu.main([*FAST, "--only", *gpu.PARTS, "--out", str(tmp_path)]) == 0
+    assert {p.suffix for p in tmp_path.iterdir()} == {".json", ".md"}  # the loader's and loop's data live elsewhere
     report = _report(tmp_path)
     assert report["environment"]["torch"] and report["command"].startswith("python -m benchmarks.gpu")
     assert report["not_reached"] == []
@@ -70,6 +70,8 @@ def test_every_part_runs_end_to_end_and_writes_its_rows(tmp_path, capsys):
     auto = [r for r in rows if r["part"] == "auto"]
     assert len(auto) == 8 and all(r["reference_ms"] > 0 and r["sdpa_ms"] > 0 for r in auto)
     assert {g["layout"] for g in per_step(auto)} == {"nchw", "channels_last"}
+    (loop,) = [r for r in rows if r["part"] == "loop"]
+    assert [v["variant"] for v in loop["variants"]] == ["off"] and loop["variants"][0]["steps_per_s"] > 0
     (loader,) = [r for r in rows if r["part"] == "loader"]
     assert loader["pil_images_per_s_per_core"] > 0 and loader["on_device_images_per_s"] > 0
     tuned = [r for r in rows if r["part"] == "tuned"]
@@ -78,7 +80,7 @@ def test_every_part_runs_end_to_end_and_writes_its_rows(tmp_path, capsys):
     md = (tmp_path / (results_stem(report) + ".md")).read_text()
     for heading in ("Compiled correctness against float64", "DAMSM word scores", "F_attn word attention",
                     "One training step", "## Step budget", "| G stage 1", "executes and moves (counted)",
-                    "what `impl=\"auto\"` follows", "## Loaders"):
+                    "what `impl=\"auto\"` follows", "## Loaders", "## The real training loop"):
         assert heading in md
     assert "best baseline" in md and "n/a" in md
 
