@@ -3,12 +3,14 @@
 
 CUB:  <root>/CUB_200_2011/images/<key>.jpg, CUB_200_2011/images.txt, CUB_200_2011/bounding_boxes.txt,
       <root>/text/<key>.txt (10 captions), <root>/{train,test}/filenames.pickle, optional class_info.pickle
-COCO: <root>/images/<key>.jpg, <root>/text/<key>.txt (5 captions), <root>/{train,test}/filenames.pickle
+COCO: <root>/images/<key>.jpg (or the download's train2014/ and val2014/), <root>/text/<key>.txt (5 captions),
+      <root>/{train,test}/filenames.pickle
 folder: <root>/**/<file_name> (JPEG or PNG), <root>/metadata.jsonl or metadata.csv (key = file_name)
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,11 +53,17 @@ def check_layout(root: str | Path, layout: str) -> Path:
     if not (root / "text").exists() and any((root / name).is_file() for name in ("metadata.jsonl", "metadata.csv")):
         raise DataError(f"{root} holds a metadata file, not the {layout.upper()} layout: it is a folder dataset "
                         "(--layout folder for data prepare, --set data.layout=folder for training)")
+    if not (root / "text").exists() and (root / "annotations").is_dir():
+        raise DataError(f"missing caption folder: expected {root / 'text'} (one <key>.txt per image, with "
+                        "{train,test}/filenames.pickle: AttnGAN's preprocessed captions); COCO's annotations/"
+                        "captions_*.json are not read: for captions of your own, use the folder layout "
+                        "(metadata.jsonl, docs/your-own-data.md)")
     _require(root / "text", "caption folder (one <key>.txt per image)")
     if layout == "cub":
         _require(root / "CUB_200_2011" / "images", "CUB image folder")
-    else:
-        _require(root / "images", "COCO image folder")
+    elif not any((root / name).is_dir() for name in COCO_IMAGE_FOLDERS):
+        raise DataError(f"missing COCO image folder: expected {root / 'images'} (every image), or COCO's own "
+                        f"{root / 'train2014'} and {root / 'val2014'} as downloaded")
     for split in SPLITS:
         _require(root / split / "filenames.pickle", f"{split} split list")
     return root
@@ -113,7 +121,24 @@ def image_path(root: str | Path, layout: str, key: str) -> Path:
         return root / key  # the metadata's file_name, extension included
     if layout == "cub":
         return root / "CUB_200_2011" / "images" / f"{key}.jpg"
-    return root / "images" / f"{key}.jpg"
+    return _coco_image_folder(root, key) / f"{key}.jpg"
+
+
+COCO_IMAGE_FOLDERS = ("images", "train2014", "val2014")
+
+
+@functools.lru_cache(maxsize=64)
+def _coco_folders(root: Path) -> tuple[bool, ...]:
+    return tuple((root / name).is_dir() for name in COCO_IMAGE_FOLDERS)
+
+
+def _coco_image_folder(root: Path, key: str) -> Path:
+    """images/ (AttnGAN's layout: every image in one folder) when it exists, else the download's own
+    train2014/ or val2014/, which the key's prefix names (COCO_val2014_000000000042)."""
+    images, train, val = _coco_folders(root)
+    if images or not (train or val):
+        return root / "images"
+    return root / ("val2014" if key.startswith("COCO_val2014_") else "train2014")
 
 
 def hash_image_stats(digest, root: str | Path, layout: str, keys: list[str]) -> None:
