@@ -155,12 +155,12 @@ def test_metadata_mistakes_are_one_line_each(tmp_path):
            json.dumps({"file_name": "red/a/img_001.jpg", "text": "a", "split": "val"}),
            json.dumps({"file_name": "notes.txt", "text": "a"}), json.dumps({"file_name": "x.jpg", "txt": "a"})]
     meta.write_text("\n".join(lines[:1] + bad) + "\n", encoding="utf-8")
-    with pytest.raises(DataError) as err:
-        _prepare(root)
+    with pytest.raises(DataError) as err, pytest.warns(UserWarning, match="column 'txt' not used"):
+        _prepare_strict(root)
     found = str(err.value).splitlines()[1:]
     assert [int(re.match(r"metadata.jsonl line (\d+)\b", line).group(1)) for line in found] == list(range(2, 8))
     for n, text in zip(range(2, 8), ["not valid JSON", "no '..'", "no file_name", "split must be 'train' or 'test'",
-                                     "not a JPEG or PNG", "unknown column 'txt'"]):
+                                     "not a JPEG or PNG", "no text column (the caption, or a list of them); it has 'txt'"]):
         assert text in found[n - 2], found[n - 2]
 
 
@@ -286,3 +286,20 @@ def test_a_test_split_of_one_image_warns_and_evaluation_refuses_it(tmp_path):
 
 def _prepare_warned(root):
     return prepare(root, "folder", 10, progress=False)
+
+
+def _prepare_strict(root):
+    return prepare(root, "folder", 10, progress=False)
+
+
+def test_other_columns_are_read_past_with_one_warning(tmp_path):
+    """Hugging Face's imagefolder lets metadata carry any columns (sizes, sources, licences)."""
+    root = make_folder(tmp_path / "extra", n=24)
+    meta = root / "metadata.jsonl"
+    rows = [json.loads(line) for line in meta.read_text(encoding="utf-8").splitlines()]
+    meta.write_text("".join(json.dumps({**r, "width": 40, "height": 40, "source": "camera"}, ensure_ascii=False) + "\n"
+                            for r in rows), encoding="utf-8")
+    with pytest.warns(UserWarning, match="columns 'height', 'source', 'width' not used") as caught:
+        cache = _prepare_strict(root)
+    assert sum("not used" in str(w.message) for w in caught) == 1
+    assert sum(len(k) for k in cache.keys.values()) == 24

@@ -11,8 +11,8 @@ column an image is held out for the test set when a hash of its file name falls 
 ``data.test_fraction``: the same split on every run and on every machine, and an image keeps its
 split when others are added (no test image ever moves into training).
 
-Everything is checked before anything trains, and every problem found is one line that names the
-metadata file, the line and the image: a missing or undecodable image, an empty caption (or one with
+Other columns are read past (one warning names them). Everything is checked before anything trains,
+and every problem found is one line that names the metadata file, the line and the image: a missing or undecodable image, an empty caption (or one with
 no word the tokenizer keeps), a duplicate row, a bad split or class value.
 """
 
@@ -133,6 +133,7 @@ def read_rows(path: Path) -> tuple[list[Row], list[str]]:
     """The metadata's rows and one line per problem in them (the images are not looked at here)."""
     rows, problems = [], []
     first_line: dict[str, int] = {}
+    ignored: set[str] = set()
     name = path.name
     for line, record in _raw_records(path):
         where = f"{name} line {line}"
@@ -140,9 +141,7 @@ def read_rows(path: Path) -> tuple[list[Row], list[str]]:
             problems.append(f"{where}: {record}")
             continue
         unknown = sorted(set(record) - set(COLUMNS))
-        if unknown:
-            problems.append(f"{where}: unknown column {', '.join(map(repr, unknown))} (known: {', '.join(COLUMNS)})")
-            continue
+        ignored.update(unknown)  # other columns are the user's (imagefolder allows any): read past, said once
         file_name = record.get("file_name")
         if not isinstance(file_name, str) or not file_name.strip():
             problems.append(f"{where}: no file_name (the image's path relative to the root)")
@@ -162,6 +161,10 @@ def read_rows(path: Path) -> tuple[list[Row], list[str]]:
                             "give all its captions in one row, as a list")
             continue
         first_line[file_name] = line
+        if "text" not in record:
+            has = f"; it has {', '.join(map(repr, unknown))}" if unknown else ""
+            problems.append(f"{where}: no text column (the caption, or a list of them){has}")
+            continue
         captions = _as_captions(record.get("text"))
         if captions is None:
             problems.append(f"{where}: text must be a caption or a list of captions, got {record.get('text')!r}")
@@ -184,6 +187,9 @@ def read_rows(path: Path) -> tuple[list[Row], list[str]]:
             continue
         rows.append(Row(line, file_name, [c.strip() for c in captions], split,
                         None if label is None else str(label).strip()))
+    if ignored:
+        warnings.warn(f"{name}: column{'s' if len(ignored) > 1 else ''} {', '.join(map(repr, sorted(ignored)))} "
+                      f"not used (read: {', '.join(COLUMNS)})", stacklevel=3)
     if rows:
         for column, attr in (("split", "split"), ("class", "label")):
             having = [r for r in rows if getattr(r, attr) is not None]
