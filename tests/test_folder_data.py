@@ -303,3 +303,30 @@ def test_other_columns_are_read_past_with_one_warning(tmp_path):
         cache = _prepare_strict(root)
     assert sum("not used" in str(w.message) for w in caught) == 1
     assert sum(len(k) for k in cache.keys.values()) == 24
+
+
+def test_imagefolder_split_folders_each_with_their_metadata(tmp_path, capsys):
+    """train/ and test/, each with its own metadata.jsonl and file names relative to it: the folder is
+    the split. A validation/ folder is named in the error (this layout has train and test)."""
+    from PIL import Image
+
+    for split, count in (("train", 8), ("test", 3)):
+        (tmp_path / split / "pics").mkdir(parents=True)
+        rows = []
+        for i in range(count):
+            Image.new("RGB", (24, 24), (20 * i, 80, 200)).save(tmp_path / split / "pics" / f"{i}.jpg")
+            rows.append(json.dumps({"file_name": f"pics/{i}.jpg", "text": [f"a {split} square number {i}"]}))
+        (tmp_path / split / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    cache = _prepare_strict(tmp_path)
+    assert cache.keys["train"][:2] == ["train/pics/0.jpg", "train/pics/1.jpg"] and len(cache.keys["test"]) == 3
+    assert cache.report["split_rule"] == "the metadata's split column"
+    dataset = TextImageDataset(tmp_path, "folder", "test", captions_per_image=10, words_num=18, image_size=32,
+                               train=False, cache=cache)
+    assert dataset[0]["images"][-1].shape == (3, 32, 32)
+
+    (tmp_path / "test" / "metadata.jsonl").write_text(json.dumps({"file_name": "pics/9.jpg", "text": "x"}) + "\n")
+    with pytest.raises(DataError, match=r"test/metadata.jsonl line 1 \(test/pics/9.jpg\): missing image"):
+        _prepare_strict(tmp_path)
+    (tmp_path / "test").rename(tmp_path / "validation")
+    with pytest.raises(DataError, match=r"split folders must be named train and test; found metadata in validation/"):
+        _prepare_strict(tmp_path)

@@ -151,7 +151,7 @@ def _prepare_folder(root: Path, captions_per_image: int, test_fraction: float, p
         "format": CACHE_FORMAT, "layout": "folder", "captions_per_image": captions_per_image,
         "test_fraction": test_fraction, "source": index.metadata.name, "vocab": vocab.to_json(), "keys": index.keys,
         "captions": captions, "counts": counts, "class_ids": index.class_ids, "class_names": index.class_names,
-        "report": report, "digest": folder_digest(root, index.metadata, index.keys),
+        "report": report, "digest": folder_digest(root, index.keys),
     }))
     return cache
 
@@ -159,11 +159,9 @@ def _prepare_folder(root: Path, captions_per_image: int, test_fraction: float, p
 def _load_folder(root: Path, data: dict | None, captions_per_image: int, test_fraction: float,
                  progress: bool) -> CaptionCache:
     """The folder layout's cache when it is current, else the folder checked and the cache made again."""
-    from .folder import find_metadata
-
     current = (isinstance(data, dict) and data.get("format") == CACHE_FORMAT and data.get("layout") == "folder"
                and data.get("captions_per_image") == captions_per_image and data.get("test_fraction") == test_fraction
-               and data.get("digest") == folder_digest(root, find_metadata(root), data.get("keys", {})))
+               and data.get("digest") == folder_digest(root, data.get("keys", {})))
     if not current:
         return _prepare_folder(root, captions_per_image, test_fraction, progress)
     return CaptionCache("folder", captions_per_image, Vocabulary(data["vocab"]), data["keys"], data["class_ids"],
