@@ -226,10 +226,16 @@ def read_rows(path: Path, name: str | None = None) -> tuple[list[Row], list[str]
 
 def check_images(root: Path, rows: list[Row], progress: bool) -> list[str]:
     """Opens and fully decodes every image (a progress bar counts them); one line per image that fails."""
+    return image_problems([(f"{row.where} line {row.line} ({row.file_name})", root / row.file_name) for row in rows],
+                          progress)
+
+
+def image_problems(images: list[tuple[str, Path]], progress: bool, draft: bool = False) -> list[str]:
+    """``images``: (how a problem names it, path). One line per image that is missing, not a JPEG or
+    PNG, or cannot be decoded to its last pixel; ``draft`` decodes JPEGs at 1/8 scale (the whole
+    compressed stream is still read, so a truncated file fails; for datasets of 100k images)."""
     problems = []
-    for row in tqdm(rows, desc="checking images", unit="image", disable=not progress):
-        path = root / row.file_name
-        where = f"{row.where} line {row.line} ({row.file_name})"
+    for where, path in tqdm(images, desc="checking images", unit="image", disable=not progress):
         if not path.is_file():
             problems.append(f"{where}: missing image: expected {path}")
             continue
@@ -238,6 +244,8 @@ def check_images(root: Path, rows: list[Row], progress: bool) -> list[str]:
                 if img.format not in ("JPEG", "PNG"):
                     problems.append(f"{where}: the file holds a {img.format} image, not a JPEG or PNG")
                     continue
+                if draft and img.format == "JPEG":
+                    img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
                 img.convert("RGB")  # decodes every pixel: a truncated file fails here, not in training
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
             problems.append(f"{where}: the image cannot be decoded ({err})")

@@ -25,8 +25,9 @@ from tqdm import tqdm
 from ..atomic import write_text_atomic
 from ..safe_pickle import as_text, load_plain_pickle
 from ..text import END_TOKEN, Vocabulary, tokenize
-from .folder import folder_digest, read_folder
-from .layouts import SPLITS, DataError, caption_path, check_layout, check_negatives, read_caption_lines, read_split
+from .folder import MAX_PROBLEM_LINES, folder_digest, image_problems, read_folder
+from .layouts import (SPLITS, DataError, caption_path, check_layout, check_negatives, image_path, read_caption_lines,
+                      read_split)
 
 CACHE_NAME = "attngan_fast_captions.json"
 CACHE_FORMAT = 2  # 2: keyed on the caption files' content
@@ -168,6 +169,18 @@ def _load_folder(root: Path, data: dict | None, captions_per_image: int, test_fr
                         data["captions"], data["source"], data.get("report", {}), data["counts"])
 
 
+def _check_release_images(root: Path, layout: str, keys: dict[str, list[str]], progress: bool) -> None:
+    """Every listed image exists and decodes, before anything trains (a missing or truncated file would
+    otherwise stop a run when the loader reaches it, hours in); every problem is one line."""
+    problems = image_problems([(f"{split} image {key}", image_path(root, layout, key)) for split in SPLITS
+                               for key in keys[split]], progress, draft=True)
+    if problems:
+        more = len(problems) - MAX_PROBLEM_LINES
+        shown = problems[:MAX_PROBLEM_LINES] + ([f"... and {more} more"] if more > 0 else [])
+        raise DataError("\n".join([f"{len(problems)} of the images listed under {root} cannot be read (nothing was "
+                                    "trained; fix them and run again):", *shown]))
+
+
 def prepare(root: str | Path, layout: str, captions_per_image: int, *, progress: bool = True,
             use_release_pickle: bool = True, test_fraction: float = DEFAULT_TEST_FRACTION) -> CaptionCache:
     """Build the cache from disk and write it to ``<root>/attngan_fast_captions.json``. ``test_fraction``:
@@ -179,6 +192,7 @@ def prepare(root: str | Path, layout: str, captions_per_image: int, *, progress:
     keys = {split: s.keys for split, s in splits.items()}
     for split, index in splits.items():
         check_negatives(root, split, index.keys, index.class_ids)
+    _check_release_images(root, layout, keys, progress)
     release = root / "captions.pickle"
     skipped = 0
     if use_release_pickle and release.exists():
