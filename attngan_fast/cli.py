@@ -494,6 +494,13 @@ def main(argv: list[str] | None = None) -> int:
     from .train.run_folder import RunExistsError
     from .train.runtime import DeviceError
 
+    from pathlib import Path
+
+    for flag in ("checkpoint", "damsm", "eval_damsm", "resume"):  # named here: the loaders only know a path
+        value = getattr(args, flag, None)
+        if args.command != "serve" and isinstance(value, str) and not Path(value).exists():  # serve says more
+            print(f"attngan-fast: error: --{flag.replace('_', '-')} {value} does not exist", file=sys.stderr)
+            return 2
     with warnings.catch_warnings():
         warnings.showwarning = _plain_warning
         try:

@@ -293,3 +293,23 @@ def test_an_error_raised_in_a_loader_worker_is_its_own_one_line_message():
     assert "Original Traceback" in str(caught.value)
     assert _own_message(caught.value) == "missing image: expected /data/images/0.jpg"
     assert _own_message(DataError("in the main process")) == "in the main process"
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["train", "--config", "synthetic", "--damsm", "{missing}"], "--damsm"),
+    (["pretrain-damsm", "--config", "synthetic", "--resume", "{missing}"], "--resume"),
+    (["generate", "--checkpoint", "{missing}", "--out", "g", "a red bird"], "--checkpoint"),
+    (["evaluate", "--checkpoint", "{missing}", "--damsm", "{missing}", "--data", ".", "--out", "r.json"],
+     "--checkpoint"),
+])
+def test_a_missing_checkpoint_names_its_flag(tmp_path, capsys, argv, flag):
+    missing = str(tmp_path / "nope.pt")
+    assert cli([a.format(missing=missing) for a in argv]) == 2
+    assert capsys.readouterr().err.strip() == f"attngan-fast: error: {flag} {missing} does not exist"
+
+
+def test_the_presets_damsm_that_is_not_there_says_what_makes_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli(["train", "--config", "synthetic", "--data", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not exist (--damsm, or gan.damsm in the config: `attngan-fast pretrain-damsm --config synthetic`" in err
