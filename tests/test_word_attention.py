@@ -425,8 +425,7 @@ def test_bf16_activations_with_fp32_context(impl):
 def test_cpu_auto_follows_the_measured_results_file():
     """CPU_AUTO names, per layout, the path that spends less of a training step in F_attn (forward +
     backward over the generator's image sides) in most (dtype, C) groups of the latest CPU measurement
-    at the model's sizes (``python -m benchmarks.gpu --device cpu --sizes model --only auto``; the
-    first one, of 2026-12-06, was written by that part's predecessor with the same rows)."""
+    at the model's sizes (``python -m benchmarks.gpu --device cpu --sizes model --only auto``)."""
     import json
     from pathlib import Path
 
