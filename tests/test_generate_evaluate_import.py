@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import pickle
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,8 +16,8 @@ from attngan_fast.metrics import retrieval_top1
 from attngan_fast.release_import import ReleaseImportError, import_original
 from attngan_fast.text import Vocabulary
 from attngan_fast.train import gan
+from data_fixtures import RELEASE_LAYOUTS
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "original_state_dict_layouts.json"
 
 
 def test_generate_shapes_files_and_unknown_words(trained, tmp_path):
@@ -121,7 +120,7 @@ def test_evaluate_writes_the_report(trained, synthetic_root, fidelity_weights, t
 # ------------------------------------------------------------------------------------ release import
 
 def _release_files(tmp_path, n_words=5450, drop_batches_tracked=True, corrupt=None):
-    layouts = json.loads(SHARED.read_text())["modules"]
+    layouts = RELEASE_LAYOUTS
     files = {}
     torch.manual_seed(0)
     for key, name in (("netG", "netG_bird"), ("text_encoder", "text_encoder(n_words=5450)"),
@@ -148,7 +147,6 @@ def _release_files(tmp_path, n_words=5450, drop_batches_tracked=True, corrupt=No
     return files
 
 
-@pytest.mark.skipif(not SHARED.exists(), reason="needs ../shared/reference")
 @pytest.mark.slow
 def test_import_release_layout_loads_completely_and_generates(tmp_path):
     files = _release_files(tmp_path)
@@ -172,7 +170,6 @@ def test_import_release_layout_loads_completely_and_generates(tmp_path):
     assert regions.shape == (1, 256, 17, 17) and code.shape == (1, 256)
 
 
-@pytest.mark.skipif(not SHARED.exists(), reason="needs ../shared/reference")
 @pytest.mark.parametrize("corrupt, match", [
     (("netG", lambda s: s.pop("h_net2.att.conv_context.weight")), "missing 1 tensors .*h_net2.att.conv_context.weight"),
     (("netG", lambda s: s.__setitem__("h_net2.upsample.1.weight", torch.zeros(64, 64, 5, 5))),
@@ -187,7 +184,6 @@ def test_import_names_what_does_not_fit(tmp_path, corrupt, match):
     assert not (tmp_path / "out.pt").exists()
 
 
-@pytest.mark.skipif(not SHARED.exists(), reason="needs ../shared/reference")
 def test_import_with_the_wrong_preset_is_a_clear_cli_error(tmp_path, capsys):
     files = _release_files(tmp_path)
     code = cli(["import-original", "--netG", str(files["netG"]), "--text-encoder", str(files["text_encoder"]),
