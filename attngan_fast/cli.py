@@ -215,6 +215,7 @@ def _generate(args) -> int:
 
     from .generate import iter_generate, write_generation
     from .paths import check_folder
+    from .text import words_as_written
     from .train.gan import load_generator
     from .train.runtime import pick_device
 
@@ -224,14 +225,20 @@ def _generate(args) -> int:
         _at_least("--words-num", args.words_num)
     check_folder(args.out, "--out")
     captions = list(args.captions or [])
+    sources = [f"caption {n} of the arguments" for n in range(1, len(captions) + 1)]
     if args.captions_file:
         if not Path(args.captions_file).is_file():
             raise CliError(f"--captions {args.captions_file}: no such file (one caption per line)")
-        captions += [line.strip() for line in Path(args.captions_file).read_text().splitlines() if line.strip()]
+        lines = Path(args.captions_file).read_text().splitlines()
+        captions += [line.strip() for line in lines if line.strip()]
+        sources += [f"--captions {args.captions_file} line {n}" for n, line in enumerate(lines, 1) if line.strip()]
     if not captions:
         raise CliError("give at least one caption (as arguments or with --captions FILE)")
     device = pick_device(args.device or "auto")
     netG, text_encoder, vocab, _ = load_generator(args.checkpoint, device)
+    for source, caption in zip(sources, captions):  # named by where it was written, before any image
+        if not vocab.encode(words_as_written(caption))[0]:
+            raise CliError(f"{source}: no word of {caption!r} is in the model's vocabulary")
     images, files, dropped = 0, 0, {}
     total = len(captions) * args.n_per_caption
     bar = tqdm(total=total, desc="generating", unit="image", disable=args.quiet or total <= args.batch_size)
@@ -348,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attngan-fast", description="AttnGAN with fused Triton attention kernels")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="synthetic data -> DAMSM -> AttnGAN -> pictures + metrics in one command")
+    demo = sub.add_parser("demo", help="synthetic data -> DAMSM -> AttnGAN -> pictures + metrics in one command",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     demo.add_argument("--out", default=DEFAULT_OUT,
                       help="folder for everything (a re-run reuses the phases that completed, resumes the others)")
     demo.add_argument("--damsm-steps", type=int, default=DAMSM_STEPS, help="DAMSM pretraining steps (the budget)")

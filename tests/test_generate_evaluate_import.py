@@ -47,9 +47,9 @@ def test_generation_is_seeded_and_independent_of_chunking(trained):
 
 def test_caption_errors_and_truncation():
     vocab = Vocabulary.build([["a", "bird", "red", "wings"]])
-    with pytest.raises(CaptionError, match="no word of caption 1"):
+    with pytest.raises(CaptionError, match="no word of caption 2"):  # counted from 1, as a user counts
         encode_captions(["a bird", "zebra stripes"], vocab, 18)
-    with pytest.raises(CaptionError, match="caption 0 is empty"):
+    with pytest.raises(CaptionError, match="caption 1 is empty"):
         encode_captions(["  "], vocab, 18)
     long = ["a red bird red wings a red bird " * 3]
     ids, _ = encode_captions(long, vocab, 5, seed=1)
@@ -62,6 +62,11 @@ def test_cli_generate_errors(trained, tmp_path, capsys):
     assert "is in the model's vocabulary" in capsys.readouterr().err
     assert cli(["generate", "--checkpoint", str(trained[1]), "--out", str(tmp_path)]) == 2
     assert "give at least one caption" in capsys.readouterr().err
+    captions = tmp_path / "captions.txt"
+    captions.write_text("this bird is red\n\n\nzebra stripes\n")  # blank lines are skipped, not renumbered
+    assert cli(["generate", "--checkpoint", str(trained[1]), "--out", str(tmp_path / "g"), "--captions",
+                str(captions)]) == 2
+    assert f"--captions {captions} line 4: no word of 'zebra stripes' is in" in capsys.readouterr().err
 
 
 def test_r_precision_is_perfect_for_matching_vectors_and_chance_for_shuffled():
