@@ -215,6 +215,7 @@ def _generate(args) -> int:
 
     from .generate import iter_generate, write_generation
     from .paths import check_folder
+    from .text import words_as_written
     from .train.gan import load_generator
     from .train.runtime import pick_device
 
@@ -224,14 +225,20 @@ def _generate(args) -> int:
         _at_least("--words-num", args.words_num)
     check_folder(args.out, "--out")
     captions = list(args.captions or [])
+    sources = [f"caption {n} of the arguments" for n in range(1, len(captions) + 1)]
     if args.captions_file:
         if not Path(args.captions_file).is_file():
             raise CliError(f"--captions {args.captions_file}: no such file (one caption per line)")
-        captions += [line.strip() for line in Path(args.captions_file).read_text().splitlines() if line.strip()]
+        lines = Path(args.captions_file).read_text().splitlines()
+        captions += [line.strip() for line in lines if line.strip()]
+        sources += [f"--captions {args.captions_file} line {n}" for n, line in enumerate(lines, 1) if line.strip()]
     if not captions:
         raise CliError("give at least one caption (as arguments or with --captions FILE)")
     device = pick_device(args.device or "auto")
     netG, text_encoder, vocab, _ = load_generator(args.checkpoint, device)
+    for source, caption in zip(sources, captions):  # named by where it was written, before any image
+        if not vocab.encode(words_as_written(caption))[0]:
+            raise CliError(f"{source}: no word of {caption!r} is in the model's vocabulary")
     images, files, dropped = 0, 0, {}
     total = len(captions) * args.n_per_caption
     bar = tqdm(total=total, desc="generating", unit="image", disable=args.quiet or total <= args.batch_size)
@@ -330,13 +337,26 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _own_message(err: Exception) -> str:
+    """The error's own message. One raised in a DataLoader worker comes back with the worker's traceback
+    folded into its message ("Caught DataError in DataLoader worker process 1. Original Traceback ..."):
+    its last line is the message the worker raised, after the exception's name."""
+    text = str(err)
+    if "Original Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    name = f"{type(err).__module__}.{type(err).__qualname__}: "
+    return last.split(name, 1)[1] if name in last else last.split(": ", 1)[-1]
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .demo import DAMSM_STEPS, DEFAULT_OUT, GAN_STEPS, MAX_MINUTES  # no torch import: --help stays quick
 
     parser = argparse.ArgumentParser(prog="attngan-fast", description="AttnGAN with fused Triton attention kernels")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="synthetic data -> DAMSM -> AttnGAN -> pictures + metrics in one command")
+    demo = sub.add_parser("demo", help="synthetic data -> DAMSM -> AttnGAN -> pictures + metrics in one command",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     demo.add_argument("--out", default=DEFAULT_OUT,
                       help="folder for everything (a re-run reuses the phases that completed, resumes the others)")
     demo.add_argument("--damsm-steps", type=int, default=DAMSM_STEPS, help="DAMSM pretraining steps (the budget)")
@@ -482,6 +502,13 @@ def main(argv: list[str] | None = None) -> int:
     from .train.run_folder import RunExistsError
     from .train.runtime import DeviceError
 
+    from pathlib import Path
+
+    for flag in ("checkpoint", "damsm", "eval_damsm", "resume"):  # named here: the loaders only know a path
+        value = getattr(args, flag, None)
+        if args.command != "serve" and isinstance(value, str) and not Path(value).exists():  # serve says more
+            print(f"attngan-fast: error: --{flag.replace('_', '-')} {value} does not exist", file=sys.stderr)
+            return 2
     with warnings.catch_warnings():
         warnings.showwarning = _plain_warning
         try:
@@ -489,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         except (CliError, ConfigError, DataError, UnsafePickleError, CaptionError, CheckpointError, RunExistsError,
                 DeviceError, EvaluationError, DemoError, InceptionWeightsError, NotAFolderError,
                 FileNotFoundError) as err:
-            print(f"attngan-fast: error: {err}", file=sys.stderr)
+            print(f"attngan-fast: error: {_own_message(err)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("attngan-fast: interrupted", file=sys.stderr)

@@ -202,6 +202,10 @@ def run_demo(out: str | Path = DEFAULT_OUT, *, damsm_steps: int = DAMSM_STEPS, g
             raise DemoError(f"{name} must be at least {least}, got {value}")
     if not max_minutes > 0:
         raise DemoError(f"--max-minutes must be above 0, got {max_minutes}")
+    if inception_weights:  # checked before the training phases, not after them
+        from .evaluate import check_inception_weights
+
+        check_inception_weights(inception_weights)
     out = check_folder(out)
     dev = pick_device(device)
     damsm_speed, gan_speed = speed_settings(dev)

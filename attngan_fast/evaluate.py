@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .data.dataset import TextImageDataset
+from .data.layouts import check_negatives
 from .data.prepare import load_captions
 from .generate import iter_generate_ids
 from .pictures import to_pil
@@ -170,6 +171,7 @@ def evaluate_generator(checkpoint: str | Path, damsm: str | Path, data_root: str
     cache = load_captions(data_root, layout, cpi, progress=progress, test_fraction=cfg.data.test_fraction)
     test = TextImageDataset(data_root, layout, "test", captions_per_image=cpi, words_num=words_num,
                             image_size=netG.sizes[-1], train=False, cache=cache)
+    check_negatives(data_root, "test", test.keys, test.class_ids, evaluation=True)
     n_test, counts = len(test), test.caption_counts
     # Every test caption cut once, in the generator's ids (the same ids when it was trained on these
     # captions; an imported generator may have another vocabulary): the generator reads these very ids

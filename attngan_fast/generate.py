@@ -60,12 +60,12 @@ def encode_captions(captions: list[str], vocab: Vocabulary, words_num: int | Non
     ids, dropped = [], {}
     for n, caption in enumerate(captions):
         if not isinstance(caption, str) or not caption.strip():
-            raise CaptionError(f"caption {n} is empty")
+            raise CaptionError(f"caption {n + 1} is empty")
         known, unknown = vocab.encode(words_as_written(caption))
         if unknown:
             dropped[caption] = unknown
         if not known:
-            raise CaptionError(f"no word of caption {n} ({caption!r}) is in the model's vocabulary")
+            raise CaptionError(f"no word of caption {n + 1} ({caption!r}) is in the model's vocabulary")
         ids.append(known if words_num is None else truncate(known, words_num, random.Random(seed * 1_000_003 + n)))
     if dropped:
         listed = "; ".join(f"{c!r}: {', '.join(w)}" for c, w in dropped.items())

@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import random
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,13 +162,19 @@ class FixedEvaluation:
               device, amp: str = "off", inception_weights: str | None = None,
               progress: bool = False) -> FixedEvaluation:
         """``dataset``: the test split at the generator's final size, ``train=False``."""
+        from .data.layouts import check_negatives
         from .inception_metrics import real_statistics
         from .train.damsm import encode_captions
+
+        check_negatives(dataset.root, dataset.split, dataset.keys, dataset.class_ids, evaluation=True)
 
         counts, n_split = dataset.caption_counts, len(dataset)
         words_num = default_eval_words_num(dataset.layout)
         ids = cut_captions(dataset.cache, dataset.split, n_split, counts, words_num, seed)
         pairs = draw_pairs(n_split, counts, n_images, seed)
+        if n_images > sum(counts):
+            warnings.warn(f"gan.eval_images {n_images} is more than the {sum(counts)} (test image, caption) pairs: "
+                          f"each pair is drawn about {n_images / sum(counts):.1f} times", stacklevel=2)
         gen = torch.Generator().manual_seed(seed)
         noise = (torch.randn(n_images, z_dim, generator=gen), torch.randn(n_images, c_dim, generator=gen))
         caption_vecs = encode_captions(text_encoder, ids, device)

@@ -78,6 +78,8 @@ def release_vocabulary(path: str | Path) -> Vocabulary:
     if not isinstance(data, (list, tuple)) or len(data) != 4 or not isinstance(data[2], dict):
         raise ReleaseImportError(f"{path}: expected the release's [train_captions, test_captions, ixtoword, wordtoix]")
     ixtoword = data[2]
+    if not ixtoword or set(ixtoword) != set(range(len(ixtoword))):
+        raise ReleaseImportError(f"{path}: the vocabulary (ixtoword, item 3) must map 0, 1, ... to words")
     words = [as_text(ixtoword[i]) for i in range(len(ixtoword))]
     if words[0] != END_TOKEN:
         raise ReleaseImportError(f"{path}: word 0 must be {END_TOKEN!r}, got {words[0]!r}")

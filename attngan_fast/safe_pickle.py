@@ -61,6 +61,9 @@ def load_plain_pickle(source: str | Path | bytes):
         obj = _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
     except UnsafePickleError as err:
         raise UnsafePickleError(f"{name}: {err}") from None  # which file asked for code
+    except (pickle.UnpicklingError, EOFError, ValueError, IndexError, KeyError, TypeError) as err:
+        raise UnsafePickleError(f"{name} is not a readable pickle ({type(err).__name__}: {err}): a text file, a "
+                                "truncated download, or another format") from None
     return _reject_objects(obj, name)
 
 

@@ -1,32 +1,11 @@
-"""Sizes, inputs, the providers of docs/design.md §6 and the work of each op.
-
-Providers: (a) ``released`` — the release's algorithm (a Python loop over captions with host syncs
-for the DAMSM score; flatten/bmm/repeated mask for F_attn); (b) ``reference`` — our vectorized
-plain-PyTorch reference, eager; (c) ``reference-compiled`` — (b) under ``torch.compile``, plus
-``reference-compiled-max-autotune`` (inductor's ``max-autotune-no-cudagraphs``: it times its own
-matmul templates) and, for bf16 inputs, ``reference-compiled-tf32`` (fp32 matmuls on TF32 tensor
-cores, as the fused bf16 path uses them); (d) ``fused`` — the Triton kernels (``python -m benchmarks.gpu``
-times them at their fixed default launch in the tables and autotuned in a part of its own). For F_attn,
-which is exactly single-head attention (docs/attention-providers.md): (e) PyTorch's
-``scaled_dot_product_attention`` pinned to each backend with ``torch.nn.attention.sdpa_kernel``
-(``sdpa-math``, ``sdpa-efficient``, ``sdpa-cudnn``, ``sdpa-flash``, the padding as a boolean mask),
-``sdpa-flash-key-channel`` (FlashAttention takes no mask: the exact maskless form of
-``attngan_fast.kernels.attention.sdpa.word_attention_sdpa_key_channel``) and ``flex-compiled``
-(FlexAttention under ``torch.compile``, its BlockMask built inside the call, once per batch as a
-training step does). A backend that refuses a case raises ``NotApplicable`` with PyTorch's reasons.
-
-The F_attn cases of the tables are laid out as training with ``--channels-last`` lays them out
-(``AttentionCase.layout``): the (B, HW, C) queries SDPA takes are then a free view; a provider that
-needs a copy makes it inside its timed call.
-
-What keeps the comparison fair to both sides:
-- the fused providers run inside ``attngan_fast.kernels.value_checks(False)``, as the training loops call them: the
-  checks of input values are host syncs, which the references do not pay either;
-- every compiled provider is compiled afresh for its case with ``dynamic=False`` (one static graph
-  per size, never a dynamic-shape graph left over from another size, and never the recompile limit
-  that silently falls back to eager), so create it right before timing it;
-- the TF32 variant scopes its matmul precision to its own calls and restores it after.
-"""
+"""Sizes, inputs and providers of the kernel tables (docs/benchmarks.md lists the providers and the
+rules that keep the comparison fair to both sides: the fused providers run inside
+``value_checks(False)``, as the training loops call them; every compiled provider is compiled afresh
+for its case with ``dynamic=False``, so create it right before timing it; the TF32 variant scopes its
+matmul precision to its own calls). The F_attn cases are laid out as training with ``--channels-last``
+lays them out (``AttentionCase.layout``): SDPA's (B, HW, C) queries are then a free view; a provider
+that needs a copy makes it inside its timed call. A backend that refuses a case raises
+``NotApplicable`` with PyTorch's reasons."""
 
 from __future__ import annotations
 
@@ -62,9 +41,16 @@ def applies(provider: str, dtype: torch.dtype) -> bool:
     return provider != "reference-compiled-tf32" or dtype in (torch.bfloat16, torch.float16)
 
 
-def not_applicable(op: str, provider: str, dtype: torch.dtype, device: torch.device) -> str | None:
-    """Why ``provider`` has no timing on ``device`` (None: it runs)."""
+# The fused kernels on CPU run through the Triton interpreter: a check of the path at toy sizes only.
+INTERPRETER_AT_MODEL_SIZES = ("the Triton interpreter would take hours at the model's sizes: the fused kernels run "
+                              "on CPU at --sizes small")
+
+
+def not_applicable(op: str, provider: str, dtype: torch.dtype, device: torch.device, case=None) -> str | None:
+    """Why ``provider`` has no timing on ``device`` for ``case`` (None: it runs)."""
     if device.type != "cuda":
+        if provider.startswith("fused") and case in CASES["model"][op]:
+            return INTERPRETER_AT_MODEL_SIZES
         if provider == "reference-compiled-max-autotune":
             return "inductor's max-autotune times GPU matmul templates (~90 s a graph on a 2-core CPU)"
         if provider == "reference-compiled-tf32":

@@ -3,11 +3,9 @@ under: ``<device>-<date>[-<what>]`` (``cpu-<model>-<n>-cores`` or the GPU's name
 
 from __future__ import annotations
 
-import datetime
 import os
 import platform
 import re
-from pathlib import Path
 
 import torch
 
@@ -49,14 +47,9 @@ def slug(name: str) -> str:
 
 
 def results_stem(report: dict) -> str:
-    """<device>-<date> of a report with ``environment`` and ``date``; -small for toy sizes (so they
-    never mix with the model's)."""
+    """<device>-<date>[-small][-<parts>] of a report with ``environment`` and ``date``: -small for toy
+    sizes (so they never mix with the model's), the parts when only some were run (so that a run of
+    other parts on the same day does not overwrite them)."""
     stem = slug(report["environment"]["device"]) + "-" + report["date"]
-    return stem + ("-small" if report.get("sizes") == "small" else "")
-
-
-def results_path(out: str | Path, device: torch.device | str, what: str) -> Path:
-    """``<out>/<device>-<today>-<what>`` (no suffix), its folder made."""
-    stem = Path(out) / f"{slug(device_name(device))}-{datetime.date.today().isoformat()}-{what}"
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    return stem
+    stem += "-small" if report.get("sizes") == "small" else ""
+    return stem + ("-" + "-".join(report["parts"]) if report.get("only") else "")

@@ -1,22 +1,24 @@
-"""The one benchmark command for anyone with a GPU (docs/benchmarks.md):
+"""The one benchmark command (docs/benchmarks.md):
 
     python -m benchmarks.gpu                              # everything, most important first
     python -m benchmarks.gpu --budget 480                 # stop cleanly after 8 minutes
     python -m benchmarks.gpu --only checks attention      # some parts
     python -m benchmarks.gpu --device cpu --sizes small --budget 120   # the whole path on CPU, toy sizes
+    python -m benchmarks.gpu --device cpu --sizes model --only budget auto   # what the CPU measures at the bird sizes
 
 Parts, in this order: ``checks`` (every kernel's default launch compiled at the model's sizes against
 float64, forward and gradients, every dtype and precision: the checks of ``pytest -m gpu``),
 ``damsm`` and ``attention`` (fwd and fwd+bwd against every baseline of ``benchmarks.cases``),
-``train`` (the step's counted budget, ``benchmarks.step_budget``, then one training step per variant),
-``tuned`` (the autotuned fused rows, checked against float64 again), ``loader`` (images/s of the PIL
-and on-device loaders, ``benchmarks.loader_speed``) and ``loop`` (the real training loop,
-``benchmarks.train_loop``; needs nltk). Every row is written to ``<out>/<device>-<date>.json`` and
-``.md`` the moment it exists; ``--budget`` stops the run at that many seconds (a row in flight is
+``work`` (what each F_attn provider executes and moves, counted: ``benchmarks.work``), ``budget``
+(the training step's counted budget and floors: ``benchmarks.step_budget``), ``train`` (one training
+step per variant), ``tuned`` (the autotuned fused rows, checked against float64 again), ``auto`` (the
+public F_attn op's paths side by side: what ``impl="auto"`` should pick on this device), ``loader``
+(images/s of the PIL and on-device loaders) and ``loop`` (the real training loop,
+``benchmarks.train_loop``; needs nltk). Every row is written to ``<out>/<device>-<date>[-<parts>].json``
+and ``.md`` the moment it exists; ``--budget`` stops the run at that many seconds (a row in flight is
 cut) and the results list what was not reached. Times are medians of ``triton.testing.do_bench``
 (CUDA events, after warm-up, so compilation and autotuning are not timed); peak extra memory is
-``max_memory_allocated`` above the inputs; rates and floors are of the *useful* work
-(``benchmarks.work``).
+``max_memory_allocated`` above the inputs; rates and floors are of the *useful* work.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,13 +44,17 @@ if not torch.cuda.is_available():
 
 from attngan_fast import kernels  # noqa: E402
 from attngan_fast.kernels.testing import DTYPES, Check, checks, compare_with_float64, tolerance  # noqa: E402
-from benchmarks.cases import (CASES, PROVIDERS, NotApplicable, applies, attention_inputs,  # noqa: E402
-                              attention_provider, attention_work, compile_backend, damsm_inputs, damsm_provider,
-                              damsm_work, forward_backward, not_applicable)
-from benchmarks.environment import environment, results_stem  # noqa: E402
-from benchmarks.work import attention_provider_work  # noqa: E402
+from benchmarks.cases import (CASES, INTERPRETER_AT_MODEL_SIZES, PROVIDERS, AttentionCase,  # noqa: E402
+                              NotApplicable, applies, attention_inputs, attention_provider, attention_work,
+                              compile_backend, damsm_inputs, damsm_provider, damsm_work, forward_backward,
+                              not_applicable)
+from benchmarks.environment import environment  # noqa: E402
+from benchmarks.report import save  # noqa: E402
+from benchmarks.work import attention_provider_work, provider_work  # noqa: E402
 
-PARTS = ("checks", "damsm", "attention", "train", "tuned", "loader", "loop")
+PARTS = ("checks", "damsm", "attention", "work", "budget", "train", "tuned", "auto", "loader", "loop")
+WORK = Path(tempfile.gettempdir()) / "attngan-fast-benchmarks"  # the loader's and the loop's data, not results
+LOOP_SECONDS = 1800.0  # the loop part's limit when the run has no --budget
 
 def timer(device: torch.device, quick: bool):
     """fn -> median milliseconds."""
@@ -116,7 +123,7 @@ def kernel_row(op: str, case, dtype_name: str, mode: str, provider: str, device:
     apply says why; one that cannot run (memory, compiler) gets an ``error`` instead of a time."""
     dtype = DTYPES[dtype_name]
     row = {"op": op, "case": case.label, "dtype": dtype_name, "mode": mode, "provider": provider}
-    reason = not_applicable(op, provider, dtype, device)
+    reason = not_applicable(op, provider, dtype, device, case)
     if reason:
         return {**row, "not_applicable": reason}
     inputs_fn, provider_fn, work_fn, grad_at = (
@@ -175,8 +182,7 @@ def tuned_row(op: str, case, dtype_name: str, device: torch.device, measure, lim
 
 
 def train_row(variant: str, device: torch.device, measure) -> dict:
-    """One training step of ``variant`` (the bird preset on CUDA, a tiny config elsewhere), warmed up
-    first, and (where ``benchmarks.step_budget`` exists) the step's counted budget beside it."""
+    """One training step of ``variant`` (the bird preset on CUDA, a tiny config elsewhere), warmed up first."""
     from benchmarks.train_step import bird_config, build_step, random_batch, tiny_config
 
     from benchmarks.train_step import VARIANTS
@@ -203,61 +209,115 @@ def train_row(variant: str, device: torch.device, measure) -> dict:
     return row
 
 
-def budget_row(device: torch.device) -> dict:
-    """The counted budget of one step (FLOPs, bytes, ops, launches) and the device's floors for it:
-    bf16 AMP at the bird preset on CUDA (and its compiled launches), the tiny config elsewhere."""
+def budget_row(device: torch.device, sizes: str, limits: dict | None) -> dict:
+    """The counted budget of one bf16-AMP step (FLOPs, bytes, ops, launches; compiled launches on CUDA)
+    at the bird preset (``--sizes model``) or the tiny config, and the device's floors for it."""
     from benchmarks.step_budget import step_budget
     from benchmarks.train_step import bird_config, tiny_config
 
-    cfg = bird_config() if device.type == "cuda" else tiny_config()
+    cfg = bird_config() if sizes == "model" else tiny_config()
     cfg.runtime.amp = "bf16"
-    budget = step_budget(cfg, device, compiled=device.type == "cuda")
+    budget = step_budget(cfg, device, compiled=device.type == "cuda", ceilings=limits)
     return {"op": "step_budget", "case": f"{cfg.preset} B={cfg.gan.batch_size} {cfg.gan.image_size}px bf16",
-            **{k: budget[k] for k in ("total", "compiled", "ceilings", "floors") if k in budget}}
+            **{k: budget[k] for k in ("regions", "total", "compiled", "floors") if k in budget}}
 
 
-def loader_row(device: torch.device, out: Path) -> dict:
-    """Images/s of the PIL loader (one core) and of data.on_device, on synthetic birds at 256 px (64 on CPU)."""
+def loader_row(device: torch.device, data: Path | None) -> dict:
+    """Images/s of the PIL loader (one core) and of data.on_device on ``data`` (a CUB-layout root) or
+    on synthetic birds at 256 px (64 on CPU)."""
     from attngan_fast.data.synthetic import synthesize
     from benchmarks.loader_speed import loader_rates
 
-    size, images = (256, 240) if device.type == "cuda" else (64, 48)
-    root = out / f"loader-birds-{size}"
+    size = 256 if device.type == "cuda" or data else 64
+    root = data or WORK / f"loader-birds-{size}"
     if not (root / "CUB_200_2011" / "images.txt").exists():
-        synthesize(root, images=images, size=size, seed=0, progress=False)
+        synthesize(root, images=240 if device.type == "cuda" else 48, size=size, seed=0, progress=False)
     rates = loader_rates(root, device=device, image_size=size, batches=5 if device.type == "cuda" else 1, rounds=2)
-    return {"op": "loader", "case": f"synthetic birds {size}px", **rates}
+    return {"op": "loader", "case": f"{root.name} {size}px", **rates}
 
 
-def loop_row(device: torch.device, out: Path, seconds: float) -> dict:
+def loop_row(device: torch.device, seconds: float) -> dict:
     """The real training loop (``benchmarks.train_loop``) in a process of its own, within ``seconds``."""
     try:
         import nltk  # noqa: F401
     except ImportError as err:
         return {"op": "train_loop", "not_applicable": f"nltk is not importable ({err})"}
-    args = ["--out", str(out / "loop"), "--timeout", str(int(seconds))]
+    args = ["--out", str(WORK / "loop"), "--work", str(WORK / "loop-work"), "--timeout", str(int(seconds))]
     if device.type != "cuda":
         args += ["--device", "cpu", "--tiny", "--variants", "off"]
     done = subprocess.run([sys.executable, "-m", "benchmarks.train_loop", *args], capture_output=True, text=True)
-    found = sorted((out / "loop").glob("*-train-loop.json"))
+    found = sorted((WORK / "loop").glob("*-train-loop.json"))
     if done.returncode or not found:
         return {"op": "train_loop", "error": (done.stdout + done.stderr)[-500:]}
-    return {"op": "train_loop", "variants": json.loads(found[-1].read_text())["variants"]}
+    report = json.loads(found[-1].read_text())
+    return {"op": "train_loop", "case": f"{report['config']} B={report['batch_size']} {report['image_size']}px",
+            "variants": report["variants"]}
 
 
-def ceilings(device: torch.device, measure) -> dict | None:
-    """The device's two ceilings, measured here: device-to-device copy bandwidth (bytes read + written)
-    and the matrix rate of the units each precision uses (fp32 FMA, tf32 and bf16 tensor cores)."""
-    if device.type != "cuda":
-        return None
-    n = 1 << 28  # 1 GiB of fp32: many times the L2
+AUTO_PATHS = {"cpu": ("reference", "sdpa"), "cuda": ("reference", "sdpa", "triton")}
+AUTO_DTYPES = {"fp32": torch.float32, "bf16-autocast": torch.bfloat16}
+
+
+def auto_cases(sizes: str) -> list[AttentionCase]:
+    """The attention part's sizes, each with NCHW image features and with channels_last ones."""
+    return [AttentionCase(c.batch, c.channels, c.side, c.words, layout) for layout in ("nchw", "channels_last")
+            for c in CASES[sizes]["attention"]]
+
+
+def auto_row(case: AttentionCase, dtype_name: str, backward: bool, device: torch.device, measure, quick: bool) -> dict:
+    """The public op ``word_attention(..., impl=path)`` as the generator calls it, for every path of
+    ``AUTO_PATHS``: what ``impl="auto"`` should pick on this device. bf16-autocast: bf16 features, the
+    call inside ``torch.autocast`` and its backward outside, as in a bf16 training step. On CPU the
+    paths' calls alternate, so that the load of a shared machine falls on all of them alike."""
+    inputs = attention_inputs(case, device, AUTO_DTYPES[dtype_name])
+    grad_inputs = tuple(x.requires_grad_(backward) for x in inputs[:2])
+
+    def call(path):
+        def run():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype_name == "bf16-autocast"):
+                ctx, _ = kernels.word_attention(*inputs, impl=path)
+            if backward:
+                torch.autograd.grad(ctx, grad_inputs, torch.ones_like(ctx))
+        return run
+
+    runs = {path: call(path) for path in AUTO_PATHS[device.type]}
+    with kernels.value_checks(False):  # as the training loops call the op
+        for run in runs.values():
+            run()  # compile, warm up
+        if device.type == "cuda":
+            ms = {path: measure(run) for path, run in runs.items()}
+        else:
+            times: dict = {path: [] for path in runs}
+            for _ in range(1 if quick else 5):
+                for path, run in runs.items():
+                    start = time.perf_counter()
+                    run()
+                    times[path].append((time.perf_counter() - start) * 1e3)
+            ms = {path: statistics.median(t) for path, t in times.items()}
+    row = {"op": "auto", "case": case.label, "layout": case.layout, "channels": case.channels, "side": case.side,
+           "dtype": dtype_name, "mode": "fwd+bwd" if backward else "fwd"}
+    row.update({f"{path}_ms": round(t, 3) for path, t in ms.items()})
+    row["faster"] = min(ms, key=ms.get)
+    return row
+
+
+def work_row(case: AttentionCase) -> dict:
+    """What every F_attn provider executes and moves at ``case`` (``benchmarks.work``), both dtypes."""
+    return {"op": "work", "case": case.label,
+            "providers": provider_work(case.batch, case.channels, case.side ** 2, case.words)}
+
+
+def ceilings(device: torch.device, measure) -> dict:
+    """The device's two ceilings, measured here: copy bandwidth (bytes read + written) and the matrix
+    rate of the units each precision uses (fp32 FMA, tf32 and bf16 tensor cores on CUDA)."""
+    cuda = device.type == "cuda"
+    n, size = (1 << 28, 8192) if cuda else (1 << 24, 1024)  # the copy: many times the L2 (1 GiB of fp32 on CUDA)
     src = torch.randn(n, device=device)
     dst = torch.empty_like(src)
-    copy_ms = measure(lambda: dst.copy_(src))
-    src = dst = None  # free the 2 GiB before the matmuls
-    out = {"copy_gbps": round(2 * n * 4 / (copy_ms * 1e-3) / 1e9, 1)}
-    size = 8192
-    for name, dtype, tf32 in (("fp32", torch.float32, False), ("tf32", torch.float32, True), ("bf16", torch.bfloat16, False)):
+    out = {"copy_gbps": round(2 * n * 4 / (measure(lambda: dst.copy_(src)) * 1e-3) / 1e9, 1)}
+    src = dst = None  # free the copy's buffers before the matmuls
+    precisions = (("fp32", torch.float32, False), ("tf32", torch.float32, True), ("bf16", torch.bfloat16, False))
+    for name, dtype, tf32 in precisions if cuda else (precisions[0], precisions[2]):
         a = torch.randn(size, size, device=device, dtype=dtype)
         b = torch.randn(size, size, device=device, dtype=dtype)
         previous = torch.backends.cuda.matmul.allow_tf32
@@ -266,8 +326,9 @@ def ceilings(device: torch.device, measure) -> dict | None:
             ms = measure(lambda: a @ b)
         finally:
             torch.backends.cuda.matmul.allow_tf32 = previous
-        out[f"{name}_tflops"] = round(2 * size**3 / (ms * 1e-3) / 1e12, 1)
-    torch.cuda.empty_cache()
+        out[f"{name}_tflops"] = round(2 * size**3 / (ms * 1e-3) / 1e12, 2)
+    if cuda:
+        torch.cuda.empty_cache()
     return out
 
 
@@ -297,11 +358,16 @@ class BudgetExceeded(Exception):
     """Raised inside a row when ``--budget`` runs out."""
 
 
-def plan(parts, sizes: str, device: torch.device, measure, out: Path, report: dict) -> list[tuple[str, str, object]]:
+def plan(parts, sizes: str, device: torch.device, measure, out: Path, report: dict, quick: bool = False,
+         data: Path | None = None) -> list[tuple[str, str, object]]:
     """(part, row id, thunk) of every row the run will measure, in order."""
     rows = []
+    # the fused rows' floors (on CPU they run through the interpreter: no floor is claimed)
+    floors = (lambda: report["ceilings"]) if device.type == "cuda" else (lambda: None)
     for part in parts:
-        if part == "checks":
+        if part in ("checks", "tuned") and device.type != "cuda" and sizes == "model":
+            rows.append((part, part, lambda: {"not_applicable": INTERPRETER_AT_MODEL_SIZES}))
+        elif part == "checks":
             rows += [("checks", row_id, (lambda c, p: lambda: check_row(c, p, device))(check, precision))
                      for row_id, check, precision in check_rows(sizes)]
         elif part in ("damsm", "attention"):
@@ -311,29 +377,36 @@ def plan(parts, sizes: str, device: torch.device, measure, out: Path, report: di
                         for provider in PROVIDERS[part]:
                             if applies(provider, DTYPES[dtype]):
                                 rows.append((part, f"{part} {case.label} {dtype} {mode} {provider}",
-                                             (lambda *a: lambda: untuned(kernel_row, *a, device, measure,
-                                                                         report["ceilings"]))(
+                                             (lambda *a: lambda: untuned(kernel_row, *a, device, measure, floors()))(
                                                  part, case, dtype, mode, provider)))
+        elif part == "work":
+            rows += [("work", f"work {case.label}", (lambda c: lambda: work_row(c))(case))
+                     for case in CASES[sizes]["attention"]]
+        elif part == "budget":
+            rows.append(("budget", "step budget", lambda: budget_row(device, sizes, report["ceilings"])))
         elif part == "train":
             from benchmarks.train_step import VARIANTS
 
-            rows.append(("train", "train step budget", lambda: budget_row(device)))
             rows += [("train", f"train {v}", (lambda v: lambda: train_row(v, device, measure))(v)) for v in VARIANTS]
         elif part == "tuned":
             for op in ("damsm", "attention"):
                 for dtype in ("fp32", "bf16"):
                     case = CASES[sizes][op][0]
                     rows.append(("tuned", f"tuned {op} {case.label} {dtype}",
-                                 (lambda *a: lambda: tuned_row(*a, device, measure, report["ceilings"]))(op, case, dtype)))
+                                 (lambda *a: lambda: tuned_row(*a, device, measure, floors()))(op, case, dtype)))
+        elif part == "auto":
+            rows += [("auto", f"auto {case.label} {dtype} {'fwd+bwd' if backward else 'fwd'}",
+                      (lambda *a: lambda: auto_row(*a, device, measure, quick))(case, dtype, backward))
+                     for case in auto_cases(sizes) for dtype in AUTO_DTYPES for backward in (False, True)]
         elif part == "loader":
-            rows.append(("loader", "loader", lambda: loader_row(device, out)))
+            rows.append(("loader", "loader", lambda: loader_row(device, data)))
         elif part == "loop":
-            rows.append(("loop", "loop", lambda: loop_row(device, out, max(60.0, report["left_s"]))))
+            rows.append(("loop", "loop", lambda: loop_row(device, max(60.0, min(report["left_s"], LOOP_SECONDS)))))
     return rows
 
 
 def run(parts, sizes: str, device: torch.device, measure, out: Path, report: dict, budget: float | None,
-        log=print) -> None:
+        log=print, quick: bool = False, data: Path | None = None) -> None:
     """Measures the planned rows into ``report`` (saved after each), within ``budget`` seconds."""
     started = time.time()
     deadline = started + budget if budget else float("inf")
@@ -347,9 +420,9 @@ def run(parts, sizes: str, device: torch.device, measure, out: Path, report: dic
     if budget:
         signal.setitimer(signal.ITIMER_REAL, budget)
     try:
-        if any(p in parts for p in ("damsm", "attention", "tuned")) and report.get("ceilings") is None:
+        if any(p in parts for p in ("damsm", "attention", "tuned", "budget")) and report.get("ceilings") is None:
             report["ceilings"] = ceilings(device, measure)
-        rows = plan(parts, sizes, device, measure, out, report)
+        rows = plan(parts, sizes, device, measure, out, report, quick, data)
         for n, (part, row_id, thunk) in enumerate(rows):
             report["left_s"] = deadline - time.time()
             try:
@@ -385,117 +458,9 @@ def _row_line(row: dict) -> str:
                                                             for k, v in row["errors"].items())
     if "ms" in row:
         return f"{row['id']}: {row['ms']:.3f} ms"
+    if row["part"] == "auto":
+        return f"{row['id']}: " + ", ".join(f"{k[:-3]} {v:.2f} ms" for k, v in row.items() if k.endswith("_ms"))
     return f"{row['id']}: done"
-
-
-# --------------------------------------------------------------------------------------------------
-# results files
-
-def save(report: dict, out: Path) -> Path:
-    """The JSON (atomically) and the markdown tables."""
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / results_stem(report)
-    tmp = stem.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=1, default=str))
-    tmp.replace(stem.with_suffix(".json"))
-    stem.with_suffix(".md").write_text(markdown(report))
-    return stem
-
-
-def _ms(row: dict | None) -> str:
-    if row is None:
-        return "-"
-    return f"{row['ms']:.3f}" if "ms" in row else "n/a" if "not_applicable" in row else "err"
-
-
-def markdown(report: dict) -> str:
-    env = report["environment"]
-    lines = [f"# Benchmarks on {env['device']} ({report['date']})", "",
-             f"torch {env['torch']}, triton {env['triton']}, python {env['python']}; sizes: {report['sizes']}. "
-             f"Command: `{report['command']}` ({report.get('seconds', '?')} s).", ""]
-    limits = report.get("ceilings")
-    if limits:
-        lines += [f"Ceilings measured in this run: copy {limits['copy_gbps']:.0f} GB/s (read + write), matrix rate fp32 "
-                  f"{limits['fp32_tflops']} / tf32 {limits['tf32_tflops']} / bf16 {limits['bf16_tflops']} TFLOP/s. "
-                  "Floor = max(useful FLOPs / rate, useful bytes / copy bandwidth).", ""]
-    rows = report["rows"]
-    checks = [r for r in rows if r["part"] == "checks"]
-    if checks:
-        failed = [r for r in checks if r.get("status") != "pass"]
-        lines += ["## Compiled correctness against float64", "",
-                  f"{len(checks) - len(failed)} of {len(checks)} checks pass (every output and gradient within its "
-                  "dtype's tolerance, `attngan_fast.kernels.testing`).", "",
-                  "| check | precision | errors (relative) | tolerance | result |", "| --- | --- | --- | --- | --- |"]
-        for r in checks:
-            errors = ", ".join(f"{k} {v:.1e}" if isinstance(v, float) else f"{k} {v}" for k, v in r.get("errors", {}).items())
-            lines.append(f"| {r.get('check', r['id'])} | {r.get('precision', '')} | {errors or r.get('error', '')} | "
-                         f"{r.get('tol', '')} | {r.get('status', 'error')} |")
-        lines.append("")
-    for op, title in (("damsm", "DAMSM word scores"), ("attention", "F_attn word attention")):
-        lines += _kernel_table([r for r in rows if r["part"] in (op, "tuned") and r.get("op") == op], op, title)
-    train = [r for r in rows if r["part"] == "train" and r.get("op") == "train_step"]
-    if train:
-        base = next((r for r in train if r["variant"] == "released-fp32-eager" and "ms" in r), None)
-        lines += ["## One training step (every D, then G with λ·DAMSM)", "",
-                  "| case | variant | ms | steps/s | peak MB | speedup vs released fp32 eager |", "| --- | --- | --- | --- | --- | --- |"]
-        for r in train:
-            if "ms" not in r:
-                lines.append(f"| {r['case']} | {r['variant']} | {r.get('error', '')} | | | |")
-                continue
-            peak = r.get("peak_extra_mb")
-            speedup = f"{base['ms'] / r['ms']:.2f}x" if base else "-"
-            lines.append(f"| {r['case']} | {r['variant']} | {r['ms']:.1f} | {r['steps_per_s']:.2f} | "
-                         f"{'-' if peak is None else f'{peak:.0f}'} | {speedup} |")
-        lines.append("")
-    budget = next((r for r in rows if r.get("op") == "step_budget" and "total" in r), None)
-    if budget:
-        t = budget["total"]
-        lines += [f"Step budget ({budget['case']}, `benchmarks.step_budget`): {t['flops'] / 1e9:,.0f} GFLOP, "
-                  f"{t['bytes'] / 1e9:,.1f} GB read + written, {t['ops']:,} ops, {t['launches']:,} kernel launches, "
-                  f"{t['host_syncs']} host syncs" + (f"; compiled: {budget['compiled']['launches']:,} launches"
-                                                      if "compiled" in budget else "") + ".", ""]
-        for kind, f in budget.get("floors", {}).items():
-            lines.append(f"- floor of the {kind} step: compute {f['compute_ms']:.2f} ms, memory {f['memory_ms']:.2f} ms, "
-                         f"launches {f['launch_ms']:.2f} ms: {f['bound']}-bound, at most {f['max_steps_per_s']:.3g} steps/s")
-        lines.append("")
-    loader = next((r for r in rows if r.get("op") == "loader" and "pil_images_per_s_per_core" in r), None)
-    if loader:
-        lines += ["## Loaders", "", f"{loader['case']}: PIL {loader['pil_images_per_s_per_core']} images/s on one core, "
-                  f"data.on_device {loader['on_device_images_per_s']} images/s ({loader['on_device_vs_pil']}x; decoding "
-                  f"once took {loader['decode_once_s']} s).", ""]
-    if report.get("not_reached"):
-        lines += ["## Not reached", "", *[f"- {i}" for i in report["not_reached"]], ""]
-    return "\n".join(lines) + "\n"
-
-
-def _kernel_table(rows: list[dict], op: str, title: str) -> list[str]:
-    """Per (case, dtype, mode): every provider's time, the best baseline and the fused kernels' ratio
-    to it, useful and executed work, the fused rate against the floor."""
-    if not rows:
-        return []
-    providers = [p for p in (*PROVIDERS[op], "fused-tuned") if any(r["provider"] == p for r in rows)]
-    lines = [f"## {title}", "", "Median ms; *best baseline* is the fastest row that is not ours-fused; ratios are "
-             "its time over the fused time (untuned defaults, and autotuned where measured); work is the useful "
-             "math at the true sizes and what the fused kernels execute (`benchmarks/work.py`).", "",
-             "| case | dtype | mode | " + " | ".join(providers) + " | best baseline | fused / tuned vs best | "
-             "useful GFLOP, MB | executed GFLOP, MB | fused % of floor |",
-             "| " + " | ".join(["---"] * (8 + len(providers))) + " |"]
-    groups: dict = {}
-    for r in rows:
-        groups.setdefault((r["case"], r["dtype"], r["mode"]), {})[r["provider"]] = r
-    for (case, dtype, mode), g in groups.items():
-        baselines = {p: r for p, r in g.items() if not p.startswith("fused") and "ms" in r}
-        best = min(baselines, key=lambda p: baselines[p]["ms"]) if baselines else None
-        ratios = " / ".join(f"{baselines[best]['ms'] / g[p]['ms']:.2f}x" if best and "ms" in g.get(p, {}) else "-"
-                            for p in ("fused", "fused-tuned"))
-        fused = g.get("fused", {})
-        useful = next((f"{r['useful_gflop']:.3g}, {r['useful_mb']:.3g}" for r in g.values() if "useful_gflop" in r), "-")
-        executed = f"{fused['executed_gflop']:.3g}, {fused['executed_mb']:.3g}" if "executed_gflop" in fused else "-"
-        floor = f"{100 * fused['of_floor']:.0f}% ({fused['bound']})" if "of_floor" in fused else "-"
-        lines.append(f"| {case} | {dtype} | {mode} | " + " | ".join(_ms(g.get(p)) for p in providers) +
-                     f" | {best or '-'} | {ratios} | {useful} | {executed} | {floor} |")
-    reasons = sorted({f"{r['provider']}: {r['not_applicable']}" for r in rows if "not_applicable" in r})
-    return lines + [""] + [f"- n/a {reason}" for reason in reasons] + ([""] if reasons else [])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -508,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, metavar="SECONDS", help="stop cleanly after this many seconds")
     parser.add_argument("--quick", action="store_true", help="fewer timing repetitions")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for the results files")
+    parser.add_argument("--data", type=Path, help="the loader part's data: a CUB-layout root (default: synthetic birds)")
     parser.add_argument("--compile-backend", default="inductor",
                         help="torch.compile backend of the compiled rows (aot_eager for a quick CPU check of the path)")
     args = parser.parse_args(argv)
@@ -518,13 +484,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--budget must be a positive number of seconds, got {args.budget}")
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out must be a folder, {args.out} is a file")
+    if args.data and not (args.data / "CUB_200_2011" / "images.txt").is_file():
+        parser.error(f"--data must be a CUB-layout root (with CUB_200_2011/images.txt), got {args.data}")
     sizes = args.sizes or ("model" if device.type == "cuda" else "small")
     parts = [p for p in PARTS if p in (args.only or PARTS)]
     report = {"date": datetime.date.today().isoformat(), "environment": environment(device), "sizes": sizes,
               "command": "python -m benchmarks.gpu " + " ".join(sys.argv[1:] if argv is None else argv),
-              "parts": parts, "ceilings": None, "rows": [], "not_reached": []}
+              "parts": parts, "only": bool(args.only), "ceilings": None, "rows": [], "not_reached": []}
     with compile_backend(args.compile_backend):
-        run(parts, sizes, device, timer(device, args.quick), args.out, report, args.budget)
+        run(parts, sizes, device, timer(device, args.quick), args.out, report, args.budget, quick=args.quick,
+            data=args.data)
     stem = save(report, args.out)
     failed = [r["id"] for r in report["rows"] if r.get("status") == "FAIL"]
     print(f"wrote {stem}.json and .md in {report['seconds']} s; {len(report['rows'])} rows"

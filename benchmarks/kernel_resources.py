@@ -11,7 +11,7 @@ thread, spill space and instructions, shared memory, resident warps per SM and w
 that does not fit is skipped by the autotuner on that GPU; a *default* that does not fit would fail
 there with autotuning off, which is what the CI test guards.
 
-Writes ``<out>/kernel-resources-triton<version>.json`` and ``.md``. Runs in a process of its own,
+Writes ``<out>/kernel-resources-triton<version>[-<options>].json`` and ``.md``. Runs in a process of its own,
 without ``TRITON_INTERPRET`` (it sets up a stand-in driver; see ``benchmarks.offline_compile``).
 """
 
@@ -55,6 +55,7 @@ KERNELS = {
 INPUTS = {"fp32": (torch.float32, "auto"), "bf16": (torch.bfloat16, "auto"), "fp16": (torch.float16, "auto"),
           "fp32-ieee": (torch.float32, "ieee"), "fp32-tf32": (torch.float32, "tf32")}
 DEFAULT_INPUTS = ("fp32", "bf16", "fp16")
+ARCH_DEFAULT = [90, 80, 86]
 
 
 @contextmanager
@@ -149,7 +150,8 @@ def _row_line(row: dict) -> str:
     return (f"{head} regs={row['registers']:<3} stack={row['stack_bytes']:>5}B STL/LDL={row['local_stores']:>4}/{row['local_loads']:<4} "
             f"by-depth={_by_depth(row):<14} inner={row['local_in_inner_loops']:<3} "
             f"HGMMA/HMMA/FFMA={row['hgmma']}/{row['hmma']}/{row['ffma']:<5} "
-            f"smem={row['shared_bytes'] // 1024:>3}KB warps/SM={row['warps_per_sm']:<2} fits={row['fits']}")
+            f"smem={row['shared_bytes'] // 1024:>3}KB warps/SM={row['warps_per_sm']:<2} fits={row['fits']}"
+            + (f" -> the launcher runs {row['launch']}" if row.get("launch", row["config"]) != row["config"] else ""))
 
 
 def _by_depth(row: dict) -> str:
@@ -170,34 +172,36 @@ def markdown(result: dict) -> str:
         "hot ones: a spill there is paid every step); warps/SM is what registers, shared memory and the "
         "block limit allow; HGMMA / HMMA / FFMA count the machine code's wgmma (Hopper's warpgroup MMA), "
         "mma.sync (warp-level tensor-core MMA) and fp32 fused multiply-add instructions (static counts); "
-        "**bold** = the fixed default (what runs with autotuning off).",
+        "**bold** = the fixed default (what runs with autotuning off); *launcher runs* = the configuration the "
+        "launcher's fit check picks instead, where the default does not fit.",
         "",
         "| kernel | inputs | config | arch | regs | stack B | STL/LDL | by loop depth | inner | HGMMA | HMMA | FFMA | "
-        "smem KB | programs/SM | warps/SM | fits |",
-        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "smem KB | programs/SM | warps/SM | fits | launcher runs |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for row in result["rows"]:
         config = f"**{row['config']}**" if row["default"] else row["config"]
         if "error" in row:
             lines.append(f"| {row['kernel']} | {row['case']} | {config} | {row['arch']} | | | | | | | | | | | | "
-                         f"error: {row['error'][:80]} |")
+                         f"error: {row['error'][:80]} | |")
             continue
         lines.append(f"| {row['kernel']} | {row['case']} | {config} | {row['arch']} | {row['registers']} | "
                      f"{row['stack_bytes']} | {row['local_stores']}/{row['local_loads']} | {_by_depth(row)} | "
                      f"{row['local_in_inner_loops']} | {row['hgmma']} | {row['hmma']} | {row['ffma']} | "
                      f"{row['shared_bytes'] / 1024:.0f} | {row['programs_per_sm']} | "
-                     f"{row['warps_per_sm']} | {'yes' if row['fits'] else '**no**'} |")
+                     f"{row['warps_per_sm']} | {'yes' if row['fits'] else '**no**'} | "
+                     f"{row['launch'] if row.get('launch', row['config']) != row['config'] else ''} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.kernel_resources", description=__doc__.split("\n")[0])
-    parser.add_argument("--arch", type=int, nargs="+", default=[90, 80, 86], choices=sorted(ARCHS),
+    parser.add_argument("--arch", type=int, nargs="+", default=ARCH_DEFAULT, choices=sorted(ARCHS),
                         help="compute capabilities to compile for")
     parser.add_argument("--defaults", action="store_true", help="only the fixed default launch configurations")
-    parser.add_argument("--inputs", nargs="+", default=list(DEFAULT_INPUTS), choices=list(INPUTS),
-                        help="input dtypes (fp32, bf16, fp16 at the default precision; fp32-ieee / "
-                             "fp32-tf32: fp32 at that precision)")
+    parser.add_argument("--inputs", nargs="+", choices=list(INPUTS),
+                        help="input dtypes (fp32, bf16, fp16 at the default precision; fp32-ieee / fp32-tf32: fp32 at "
+                             "that precision); default: all of them with --defaults, else the first three")
     parser.add_argument("--only", choices=["damsm", "word_attention"], default="", help="one op's kernels")
     parser.add_argument("--max-shared", type=int, metavar="BYTES",
                         help="a GPU with this much shared memory per block instead of the architecture's "
@@ -210,8 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out must be a folder, {args.out} is a file")  # before minutes of compiling
 
+    default_inputs = list(INPUTS) if args.defaults else list(DEFAULT_INPUTS)
+    inputs = args.inputs or default_inputs
     started = time.perf_counter()
-    rows = survey(args.arch, args.defaults, args.inputs, args.workers, args.only, max_shared=args.max_shared)
+    rows = survey(args.arch, args.defaults, inputs, args.workers, args.only, max_shared=args.max_shared)
     result = dict(
         command="python -m benchmarks.kernel_resources " + " ".join(argv if argv is not None else sys.argv[1:]),
         environment=dict(torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),
@@ -221,7 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         rows=rows,
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    parts = [f"triton{triton.__version__}", args.only, "defaults" if args.defaults else ""]
+    # Every option that narrows or changes the survey is in the name: a narrower run never overwrites the
+    # recorded full one (benchmarks/results/ holds those, cited by the docs and read by the tests).
+    parts = [f"triton{triton.__version__}", args.only, "defaults" if args.defaults else "",
+             "" if sorted(args.arch) == sorted(ARCH_DEFAULT) else "sm" + "-".join(map(str, args.arch)),
+             "" if inputs == default_inputs else "-".join(inputs),
+             f"maxshared{args.max_shared}" if args.max_shared else ""]
     stem = "-".join(["kernel-resources", *filter(None, parts)])  # "3.6.0" has dots: no with_suffix
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / f"{stem}.md").write_text(markdown(result))

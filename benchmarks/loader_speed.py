@@ -1,28 +1,20 @@
 """Images per second of the two training loaders, side by side in one run: the PIL path (decode, box
 crop, resize, random crop, flip and pyramid per image, on one CPU core) and ``data.on_device``
-(decoded once; each batch a gather and two resizes on the device).
-
-    python -m benchmarks.loader_speed --data DIR [--device cuda] [--out benchmarks/results]
-
-The GPU benchmark calls ``loader_rates(root, device=...)``: on a GPU, the on-device rate is what the
-step can take without any CPU core; the PIL rate per core says how many cores the step would need.
+(decoded once; each batch a gather and two resizes on the device): ``python -m benchmarks.gpu --only
+loader [--data DIR]``. On a GPU, the on-device rate is what the step can take without any CPU core; the
+PIL rate per core says how many cores the step would need.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import itertools
-import json
 import os
-import sys
 import time
 
 import torch
 
 from attngan_fast.data.dataset import EpochSampler, TextImageDataset, collate
 from attngan_fast.data.on_device import OnDeviceDataset
-from benchmarks.environment import results_path
 
 
 def _seconds(fn, device: torch.device) -> float:
@@ -64,34 +56,3 @@ def loader_rates(root, *, device="cpu", layout: str = "cub", image_size: int = 2
             "on_device_vs_pil": round(min(pil) / min(dev), 1), "decode_once_s": round(decode_s, 1),
             "decode_once_images_per_s": round(len(dataset) / decode_s, 1), "cpus": os.cpu_count(),
             "load_1min": [round(min(loads), 2), round(max(loads), 2)]}
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.loader_speed", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="a CUB-layout root (e.g. attngan-fast data synth --size 256)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batches", type=int, default=10)
-    parser.add_argument("--out", default=None, help="folder for <device>-<date>-loader.md/.json")
-    args = parser.parse_args(argv)
-    rates = loader_rates(args.data, device=args.device, batches=args.batches)
-    command = "python -m benchmarks.loader_speed " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = (f"# Training loaders on {args.device} ({datetime.date.today()}, torch {torch.__version__})\n\n"
-            f"Command: `{command}`\n\n| loader | images/s | note |\n| --- | ---: | --- |\n"
-            f"| PIL (decode, crop, resize, flip, pyramid) | {rates['pil_images_per_s_per_core']} | one CPU core |\n"
-            f"| data.on_device (gather, flip, pyramid) | {rates['on_device_images_per_s']} | "
-            f"{'one CPU core' if args.device == 'cpu' else args.device}; decoding once took {rates['decode_once_s']} s "
-            f"({rates['decode_once_images_per_s']} images/s on {rates['cpus']} cores) |\n\n"
-            f"{rates['on_device_vs_pil']}x; data {rates['root']} ({rates['images']} training images); "
-            f"{rates['timed_images']} images of {rates['image_size']} px in batches of "
-            f"{rates['batch_size']}, {rates['branches']} stages, best of {rates['rounds']} interleaved rounds; "
-            f"1-minute load average {rates['load_1min']}.\n")
-    print(text)
-    if args.out:
-        stem = results_path(args.out, args.device, "loader")
-        stem.with_suffix(".json").write_text(json.dumps({**rates, "command": command}, indent=2))
-        stem.with_suffix(".md").write_text(text)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

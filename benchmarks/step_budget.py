@@ -1,23 +1,17 @@
 """The budget of one AttnGAN training step (every D, then G with λ·DAMSM, then the EMA update), per part
 of the model: FLOPs, bytes read and written op by op, ops dispatched, kernels launched (eager, and the
 calls in inductor's generated code under ``torch.compile``); with the device's measured peaks, the
-step's floors: compute, memory traffic, launches (× 5 µs). docs/training-speed.md explains them.
-
-    python -m benchmarks.step_budget [--device cuda] [--compile] [--out benchmarks/results]
-
-The GPU benchmark calls ``step_budget(cfg, device, compiled=True)``.
+step's floors: compute, memory traffic, launches (× 5 µs). docs/training-speed.md explains them;
+``python -m benchmarks.gpu --only budget`` prints them (``--device cpu --sizes model``: the bird step
+counted on CPU).
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import copy
-import datetime
-import json
 import re
-import sys
 from unittest import mock
 
 import torch
@@ -28,8 +22,7 @@ from torch.utils.module_tracker import ModuleTracker
 
 import attngan_fast.models.generator as generator_module
 import attngan_fast.train.gan as gan_module
-from attngan_fast.config import Config, load_config
-from benchmarks.environment import results_path
+from attngan_fast.config import Config
 from benchmarks.train_step import build_step, random_batch
 
 aten = torch.ops.aten
@@ -38,7 +31,7 @@ LAUNCH_US = 5.0  # typical host cost of one eager kernel launch
 # through the Ds and the image encoder); "losses and glue" is mostly the G loss's eager sums.
 LEFT_EAGER = ("text encoder", "attention: DAMSM word loss", "losses and glue", "optimizers", "EMA")
 NO_KERNEL = {aten.empty, aten.empty_strided, aten.new_empty, aten.new_empty_strided, aten.empty_like, aten.detach,
-             aten.lift_fresh, aten.alias, aten.set_}
+             aten.lift_fresh, aten.alias, aten.set_, aten._unsafe_view}
 SYNCS = {aten._local_scalar_dense, aten.nonzero, aten.masked_select}
 GEMM = {aten.convolution, aten.convolution_backward, aten.mm, aten.bmm, aten.addmm, aten.baddbmm,
         aten._fused_adam_, aten._foreach_lerp_}
@@ -89,9 +82,19 @@ class Region(torch.nn.Module):
         self.forward = fn
 
 
+def tensor_bytes(t: torch.Tensor) -> int:
+    """Bytes a kernel moves for ``t``: its elements, or the memory they cover where that is less (a
+    stride-0 broadcast is read once)."""
+    if t.numel() == 0:
+        return 0
+    span = (1 + sum((n - 1) * stride for n, stride in zip(t.shape, t.stride()) if stride > 0)) * t.element_size()
+    return min(span, t.nbytes)
+
+
 class StepCounter(TorchDispatchMode):
-    """Per region (the label's part before "/"): FLOPs, bytes read + written, ops dispatched, kernels
-    launched (ops but views and allocations), host syncs."""
+    """Per region (the label's part before "/"): FLOPs, bytes read + written (every tensor input and
+    output of a kernel, ``tensor_bytes``), ops dispatched, kernels launched (ops but views and
+    allocations), host syncs. Also counts on fake (shape-only) tensors."""
 
     def __init__(self, labels: dict):
         super().__init__()
@@ -101,7 +104,7 @@ class StepCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if func.namespace == "profiler":  # record_function markers, not work
+        if func.namespace in ("profiler", "prim"):  # record_function markers and metadata queries, not work
             return out
         label = self.manual or self.tracker.innermost() or "losses and glue/"
         row, packet = self.rows[label.split("/")[0]], func.overloadpacket
@@ -113,7 +116,7 @@ class StepCounter(TorchDispatchMode):
             t.device.type == "cuda" for t in tree_flatten(args)[0] if isinstance(t, torch.Tensor))
         if packet in flop_registry:
             row["flops"] += flop_registry[packet](*args, **(kwargs or {}), out_val=out)
-        moved = sum(t.nbytes for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor))
+        moved = sum(tensor_bytes(t) for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor))
         row["bytes"] += moved
         row["gemm_bytes"] += moved if packet in GEMM else 0
         return out
@@ -187,19 +190,6 @@ def generated_launches(sources: list[str]) -> int:
     return total
 
 
-def measure_ceilings(device: torch.device, dtype: torch.dtype) -> dict:
-    """The device's measured peaks: matmul TFLOP/s in ``dtype`` and copy bandwidth GB/s (read + write)."""
-    from torch.utils.benchmark import Timer
-
-    n, elems = (8192, 2**28) if device.type == "cuda" else (1024, 2**24)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    src = torch.empty(elems, device=device)
-    dst = torch.empty_like(src)
-    matmul, copy_ = (Timer(stmt, globals=dict(a=a, src=src, dst=dst)).blocked_autorange(min_run_time=1).median
-                     for stmt in ("a @ a", "dst.copy_(src)"))
-    return {"matmul_tflops": round(2 * n**3 / matmul / 1e12, 2), "copy_gbps": round(2 * src.nbytes / copy_ / 1e9, 1)}
-
-
 def floors(total: dict, launches: int, ceilings: dict, launch_us: float = LAUNCH_US) -> dict:
     """Seconds per step if the step were only compute, only memory traffic, or only launches."""
     bounds = {"compute": total["flops"] / (ceilings["matmul_tflops"] * 1e12),
@@ -210,10 +200,11 @@ def floors(total: dict, launches: int, ceilings: dict, launch_us: float = LAUNCH
     return {**{f"{k}_ms": 1e3 * v for k, v in bounds.items()}, "bound": worst, "max_steps_per_s": 1 / bounds[worst]}
 
 
-def step_budget(cfg: Config, device: torch.device | str, compiled: bool = False, ceilings: bool = True) -> dict:
+def step_budget(cfg: Config, device: torch.device | str, compiled: bool = False, ceilings: dict | None = None) -> dict:
     """The budget of one GanStep + EMA update of ``cfg`` (its runtime.amp and impl) on ``device``.
     With ``compiled``, also the launches of the compiled step (inductor's generated code plus the
-    parts left eager); with ``ceilings``, the device's measured peaks and the step's floors."""
+    parts left eager); with ``ceilings`` (the device's measured peaks, ``benchmarks.gpu.ceilings``),
+    the step's floors at the matrix rate of its dtype."""
     device = torch.device(device)
     options = dict(amp=cfg.runtime.amp, compile=False, impl=cfg.runtime.impl, released=False)
     step, _ = build_step(cfg, options, device)
@@ -242,52 +233,9 @@ def step_budget(cfg: Config, device: torch.device | str, compiled: bool = False,
         out["compiled"] = {"graphs": len(sources), "generated_launches": generated, "eager_launches": eager,
                            "launches": generated + eager, "launches_with_cuda_graphs": len(sources) + eager}
     if ceilings:
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.runtime.amp, torch.float32)
-        out["ceilings"] = measure_ceilings(device, dtype)
-        out["floors"] = {"eager": floors(total, total["launches"], out["ceilings"])}
+        rate = ceilings["bf16_tflops" if cfg.runtime.amp in ("bf16", "fp16") else "fp32_tflops"]
+        peaks = {"matmul_tflops": rate, "copy_gbps": ceilings["copy_gbps"]}
+        out["floors"] = {"eager": floors(total, total["launches"], peaks)}
         if compiled:
-            out["floors"]["compiled"] = floors(total, out["compiled"]["launches"], out["ceilings"])
+            out["floors"]["compiled"] = floors(total, out["compiled"]["launches"], peaks)
     return out
-
-
-def markdown(b: dict, command: str) -> str:
-    lines = [f"# Step budget: {b['config']} preset, B = {b['batch']}, {b['image_size']} px, amp {b['amp']}, on "
-             f"{b['device']} ({datetime.date.today()})", "", f"Command: `{command}`", "",
-             "| part | GFLOP | GB read + written | of it conv/mm/optimizer GB | ops dispatched | kernels launched |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
-    for name, r in [*b["regions"].items(), ("total", b["total"])]:
-        lines.append(f"| {name} | {r.get('flops', 0) / 1e9:,.1f} | {r.get('bytes', 0) / 1e9:,.2f} | "
-                     f"{r.get('gemm_bytes', 0) / 1e9:,.2f} | {r.get('ops', 0):,} | {r.get('launches', 0):,} |")
-    lines += ["", f"Host syncs in the step (reads of GPU values): {b['total'].get('host_syncs', 0)}."]
-    if c := b.get("compiled"):
-        lines.append(f"Under torch.compile: {c['graphs']} graphs launch {c['generated_launches']:,} kernels and the "
-                     f"parts left eager {c['eager_launches']:,}: {c['launches']:,} per step "
-                     f"({c['launches_with_cuda_graphs']:,} if each graph were one CUDA-graph replay).")
-    if "ceilings" in b:
-        lines += ["", f"Measured peaks: {b['ceilings']}.", "", "| step | compute ms | memory ms (all / conv-mm-optimizer)"
-                  " | launch ms | bound | max steps/s |", "| --- | ---: | ---: | ---: | --- | ---: |"]
-        for k, f in b["floors"].items():
-            lines.append(f"| {k} | {f['compute_ms']:.2f} | {f['memory_ms']:.2f} / {f['memory_gemm_only_ms']:.2f} | "
-                         f"{f['launch_ms']:.2f} | {f['bound']} | {f['max_steps_per_s']:.3g} |")
-    return "\n".join(lines) + "\n"
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.step_budget", description=__doc__.split("\n\n")[0])
-    for flag, default in (("--config", "bird"), ("--device", "cpu"), ("--amp", "bf16"), ("--out", None)):
-        parser.add_argument(flag, default=default)
-    parser.add_argument("--compile", action="store_true", help="also count the compiled step's launches")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    budget = step_budget(load_config(args.config, [f"runtime.amp={args.amp}", *args.set]), args.device, args.compile)
-    command = "python -m benchmarks.step_budget " + " ".join(sys.argv[1:] if argv is None else argv)
-    print(text := markdown(budget, command))
-    if args.out:
-        stem = results_path(args.out, args.device, f"{args.config}-step-budget")
-        stem.with_suffix(".json").write_text(json.dumps({**budget, "command": command}, indent=2))
-        stem.with_suffix(".md").write_text(text)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,14 +1,19 @@
 """The real training loop, timed from its own log: steps/s and peak memory of ``attngan-fast train``
-on the bird preset with ``--amp bf16 --compile`` against ``--amp off`` (a few hundred steps each).
+(or ``pretrain-damsm``, ``--kind damsm``) per variant of its flags, e.g. ``--amp bf16 --compile``
+against ``--amp off`` on the bird preset (a few hundred steps each).
 
     python -m benchmarks.train_loop                     # GPU: synthetic birds at 256 px, bird preset
     python -m benchmarks.train_loop --device cpu --tiny   # the path at toy sizes on CPU (a check, no speed)
+    python -m benchmarks.train_loop --device cpu --config synthetic --data DIR --damsm CKPT --steps 100 \
+        --rounds 2 --variants off,bf16,bf16-on-device      # CPU levers, interleaved rounds (A B C A B C)
 
 Unlike ``python -m benchmarks.gpu --only train`` (one step, repeated on a fixed batch), this runs the
 whole loop a user runs: data loading with workers, the frozen DAMSM, EMA, logging, checkpoints. Each
 variant is its own process. Its speed is the training loop's ``StepMeter`` reading (the log's final
 line): steps per second over every log interval but the first, where compilation and autotuning land,
-with sample grids and checkpoints left out; peak memory is ``max_memory_allocated`` over the run.
+with sample grids and checkpoints left out; peak memory is ``max_memory_allocated`` over the run. With
+``--rounds N`` every variant runs once per round, in turn, so that the load of a shared machine falls
+on all alike; a variant's speed is the median over the rounds.
 
 The data are synthetic birds (CUB layout: the real loader reads them) and the DAMSM is a briefly
 pretrained one (a random Inception-v3 backbone unless weights are named): the speed of a step does
@@ -21,7 +26,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,13 +46,18 @@ TINY = ["gan.stages=2", "gan.base_size=16", "gan.gf_dim=4", "gan.df_dim=4", "gan
         "data.workers=0"]
 TINY_ARGS = dict(config="synthetic", steps=3, log_every=1, images=16, size=32, damsm_steps=1)
 
+ON_DEVICE = ["--set", "data.on_device=true"]
 VARIANTS = {
     "off": ["--amp", "off"],
     "bf16": ["--amp", "bf16"],
+    "channels-last": ["--amp", "off", "--channels-last"],
+    "bf16-channels-last": ["--amp", "bf16", "--channels-last"],
+    "on-device": ["--amp", "off", *ON_DEVICE],
+    "bf16-on-device": ["--amp", "bf16", *ON_DEVICE],
+    "bf16-channels-last-on-device": ["--amp", "bf16", "--channels-last", *ON_DEVICE],
     "bf16-compile": ["--amp", "bf16", "--compile"],
     "bf16-compile-graphs": ["--amp", "bf16", "--compile", "--set", "runtime.cuda_graphs=true"],
-    "bf16-compile-graphs-on-device": ["--amp", "bf16", "--compile", "--set", "runtime.cuda_graphs=true",
-                                      "--set", "data.on_device=true"],
+    "bf16-compile-graphs-on-device": ["--amp", "bf16", "--compile", "--set", "runtime.cuda_graphs=true", *ON_DEVICE],
 }
 
 
@@ -81,23 +93,27 @@ def _save(report: dict, out: Path) -> None:
             if base.get("peak_memory_mb") and r.get("peak_memory_mb"):
                 r["memory_vs_off"] = round(r["peak_memory_mb"] / base["peak_memory_mb"], 2)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{results_stem(report)}-train-loop"
+    stem = out / f"{results_stem(report)}-{'damsm' if report['kind'] == 'damsm' else 'train'}-loop"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
     stem.with_suffix(".md").write_text(markdown(report))
 
 
 def markdown(report: dict) -> str:
     env = report["environment"]
-    lines = [f"# AttnGAN training loop on {env['device']} ({report['date']})", "",
+    what = "DAMSM pretraining loop" if report.get("kind") == "damsm" else "AttnGAN training loop"
+    lines = [f"# {what} on {env['device']} ({report['date']})", "",
              f"torch {env['torch']}, triton {env['triton']}. Command: `{report['command']}`", "",
              f"Preset `{report['config']}`, batch {report['batch_size']}, {report['image_size']} px, "
-             f"{report['steps']} steps per variant; steps/s from the loop's log (first interval, with compilation "
+             f"{report['steps']} steps per variant, {report.get('rounds', 1)} round(s); steps/s (median over rounds) from the loop's log (first interval, with compilation "
              "and autotuning, left out), peak memory over the whole run.", "",
-             "| variant | flags | steps/s | images/s | peak memory MB | process wall s | speed vs --amp off | memory vs --amp off |",
+             "| variant | flags | steps/s (median) | images/s | peak memory MB | process wall s | speed vs --amp off | memory vs --amp off |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in report["variants"]:
         if "error" in r:
             lines.append(f"| {r['variant']} | `{' '.join(r['flags'])}` | error: {r['error'][:120]} | | | | | |")
+            continue
+        if "steps_per_s" not in r:  # its first round has not run yet
+            lines.append(f"| {r['variant']} | `{' '.join(r['flags'])}` | not run yet | | | | | |")
             continue
         peak = r.get("peak_memory_mb")
         lines.append(f"| {r['variant']} | `{' '.join(r['flags'])}` | {r['steps_per_s']:.2f} | {r['images_per_s']:.1f} | "
@@ -111,12 +127,17 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     comes back as a list."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.train_loop", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="bird")
+    parser.add_argument("--kind", choices=["gan", "damsm"], default="gan",
+                        help="time attngan-fast train (default) or pretrain-damsm")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--steps", type=int, default=300, help="training steps per variant")
     parser.add_argument("--log-every", type=int, default=50, help="steps per speed reading")
     parser.add_argument("--images", type=int, default=1000, help="synthetic images to draw")
     parser.add_argument("--size", type=int, default=256, help="synthetic image side")
     parser.add_argument("--damsm-steps", type=int, default=20, help="DAMSM pretraining steps")
+    parser.add_argument("--data", help="a CUB-layout root to train on instead of synthetic birds")
+    parser.add_argument("--damsm", help="a DAMSM checkpoint for the AttnGAN runs instead of a brief pretraining")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of every variant, interleaved")
     parser.add_argument("--variants", default="off,bf16-compile", help=f"comma-separated, of {list(VARIANTS)}")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to both commands")
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "attngan-fast-train-loop"),
@@ -134,12 +155,17 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--variants: unknown {unknown or 'none given'}; choose from {list(VARIANTS)}")
     for name, value, least in (("--steps", args.steps, 1), ("--log-every", args.log_every, 1),
                                ("--images", args.images, 2), ("--size", args.size, 16),
-                               ("--damsm-steps", args.damsm_steps, 1), ("--timeout", args.timeout, 1)):
+                               ("--damsm-steps", args.damsm_steps, 1), ("--timeout", args.timeout, 1),
+                               ("--rounds", args.rounds, 1)):
         if value < least:
             parser.error(f"{name} must be at least {least}, got {value}")
     if args.log_every >= args.steps:
         parser.error(f"--log-every ({args.log_every}) must be below --steps ({args.steps}): the speed is read "
                      "over every log interval but the first")
+    for name in ("data", "damsm"):
+        path = getattr(args, name)
+        if path and not Path(path).exists():
+            parser.error(f"--{name}: {path} does not exist")
     args.variants = variants
     return args
 
@@ -156,38 +182,46 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     common = ["--device", args.device, "--quiet", *[x for kv in args.set for x in ("--set", kv)]]
 
-    data = work / f"birds-{args.images}-{args.size}"
+    data = Path(args.data) if args.data else work / f"birds-{args.images}-{args.size}"
     if not (data / "CUB_200_2011" / "images.txt").exists():
         _run(["data", "synth", "--out", str(data), "--images", str(args.images), "--size", str(args.size), "--quiet"],
              work / "synth.log", deadline - time.time())
-    damsm = work / f"damsm-{args.config}"
-    if not (damsm / "latest.pt").exists():
-        _run(["pretrain-damsm", "--config", args.config, "--data", str(data), "--out", str(damsm),
+    damsm = Path(args.damsm) if args.damsm else work / f"damsm-{args.config}" / "latest.pt"
+    if args.kind == "gan" and not damsm.exists():
+        _run(["pretrain-damsm", "--config", args.config, "--data", str(data), "--out", str(damsm.parent),
               "--set", f"damsm.max_steps={args.damsm_steps}", "--set", "runtime.eval_batches=1", *common],
              work / "damsm.log", deadline - time.time())
 
     cfg = load_config(args.config, args.set)
+    batch = cfg.gan.batch_size if args.kind == "gan" else cfg.damsm.batch_size
     report = {"date": datetime.date.today().isoformat(), "environment": environment(device),
               "command": "python -m benchmarks.train_loop " + " ".join(sys.argv[1:] if argv is None else argv),
-              "config": args.config, "steps": args.steps, "batch_size": cfg.gan.batch_size,
-              "image_size": cfg.gan.image_size, "variants": []}
-    for variant in variants:
-        run_dir = work / f"gan-{args.config}-{variant}"
-        row = {"variant": variant, "flags": VARIANTS[variant]}
-        try:
-            shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: a leftover checkpoint would resume instead
-            row["wall_s"] = _run(["train", "--config", args.config, "--data", str(data), "--damsm", str(damsm / "latest.pt"),
-                                  "--out", str(run_dir), "--set", f"gan.max_steps={args.steps}",
-                                  "--set", f"runtime.log_every={args.log_every}", "--set", "gan.samples_every=1000000000",
-                                  *VARIANTS[variant], *common], work / f"train-{variant}.log", deadline - time.time())
-            final = final_record(run_dir / "log.jsonl")
-            row.update({k: final[k] for k in ("steps_per_s", "timed_steps", "peak_memory_mb") if k in final})
-            row["images_per_s"] = row["steps_per_s"] * cfg.gan.batch_size
-        except (RuntimeError, subprocess.TimeoutExpired, KeyError) as err:
-            row["error"] = f"{type(err).__name__}: {err}"[-600:]
-        report["variants"].append(row)
-        print(json.dumps(row), flush=True)
-        _save(report, Path(args.out))  # after every variant: a later one that overruns loses only itself
+              "kind": args.kind, "config": args.config, "steps": args.steps, "rounds": args.rounds,
+              "batch_size": batch, "image_size": cfg.gan.image_size if args.kind == "gan" else cfg.data.image_size,
+              "variants": [{"variant": v, "flags": VARIANTS[v], "rounds_steps_per_s": []} for v in variants]}
+    loop = (["train", "--damsm", str(damsm), "--set", "gan.samples_every=1000000000", "--set", "gan.max_minutes=null"]
+            if args.kind == "gan" else ["pretrain-damsm", "--set", "damsm.max_minutes=null"])
+    for _ in range(args.rounds):
+        for row in report["variants"]:  # interleaved: every variant once per round, in turn
+            if "error" in row:
+                continue
+            run_dir = work / f"{args.kind}-{args.config}-{row['variant']}"
+            try:
+                shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: a leftover checkpoint would resume instead
+                row["load_1min"] = round(os.getloadavg()[0], 2)
+                row["wall_s"] = _run([*loop, "--config", args.config, "--data", str(data), "--out", str(run_dir),
+                                      "--set", f"{args.kind}.max_steps={args.steps}",
+                                      "--set", f"runtime.log_every={args.log_every}", *row["flags"], *common],
+                                     work / f"{args.kind}-{row['variant']}.log", deadline - time.time())
+                final = final_record(run_dir / "log.jsonl")
+                row["rounds_steps_per_s"].append(final["steps_per_s"])
+                row.update({k: final[k] for k in ("timed_steps", "peak_memory_mb") if k in final})
+                row["steps_per_s"] = statistics.median(row["rounds_steps_per_s"])
+                row["images_per_s"] = row["steps_per_s"] * batch
+            except (RuntimeError, subprocess.TimeoutExpired, KeyError) as err:
+                row["error"] = f"{type(err).__name__}: {err}"[-600:]
+            print(json.dumps(row), flush=True)
+            _save(report, Path(args.out))  # after every run: a later one that overruns loses only itself
     print(markdown(report))
     return 0 if all("error" not in r for r in report["variants"]) else 1
 

@@ -22,9 +22,6 @@ from math import ceil
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
-from torch.utils.flop_counter import FlopCounterMode
 
 from attngan_fast.kernels._runtime import next_block
 
@@ -187,10 +184,11 @@ KEY_CHANNELS = 8  # the key-channel form's added channels (attngan_fast.kernels.
 
 def _eager_work(provider: str, batch: int, channels: int, pixels: int, words: int, element_bytes: int,
                 backward: bool) -> Work:
-    """``provider`` run on fake (shape-only) channels_last tensors at the true sizes under a dispatch
-    mode that adds up, per ATen kernel, the bytes its tensor inputs span and its outputs span (views and
-    metadata are free), and FlopCounterMode's FLOPs. The loss gradient is made outside the count."""
+    """``provider`` run on fake (shape-only) channels_last tensors at the true sizes, counted kernel by
+    kernel by the step budget's ``StepCounter`` (bytes of every tensor input and output, views and
+    allocations free; FLOPs by torch's formulas). The loss gradient is made outside the count."""
     from benchmarks.cases import attention_provider
+    from benchmarks.step_budget import StepCounter
 
     side = int(round(pixels ** 0.5))
     if side * side != pixels:
@@ -203,49 +201,21 @@ def _eager_work(provider: str, batch: int, channels: int, pixels: int, words: in
         word_mask = torch.zeros(batch, words, dtype=torch.bool)
         query.requires_grad_(backward), context.requires_grad_(backward)
     fn = attention_provider(provider)
-    counter, flops = _Traffic(), FlopCounterMode(display=False)
-    with fake, counter, flops:
-        ctx = fn(query, context, word_mask)
-    parts = {"forward": dict(kernels=len(counter.ops), bytes=counter.bytes, flops=flops.get_total_flops())}
+
+    def counted(run):
+        with fake, StepCounter({}) as counter:
+            out = run()
+        row = counter.rows["losses and glue"]  # the default region: nothing here is a labelled module
+        return out, dict(kernels=row["launches"], bytes=row["bytes"], flops=row["flops"])
+
+    ctx, forward = counted(lambda: fn(query, context, word_mask))
+    parts = {"forward": forward}
     if backward:
         with fake:
             grad = torch.empty_like(ctx)
-        counter, flops = _Traffic(), FlopCounterMode(display=False)
-        with fake, counter, flops:
-            torch.autograd.grad(ctx, (query, context), grad)
-        parts["backward"] = dict(kernels=len(counter.ops), bytes=counter.bytes, flops=flops.get_total_flops())
+        parts["backward"] = counted(lambda: torch.autograd.grad(ctx, (query, context), grad))[1]
     return Work(sum(p["flops"] for p in parts.values()), sum(p["bytes"] for p in parts.values()),
                 dict(parts, how="counted: ATen kernels on fake tensors"))
-
-
-def _span(t: torch.Tensor) -> int:
-    """Bytes the tensor's elements cover in memory (a stride-0 broadcast counted once)."""
-    if t.numel() == 0:
-        return 0
-    return (1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()) if st > 0)) * t.element_size()
-
-
-class _Traffic(TorchDispatchMode):
-    """Adds up the bytes each ATen kernel reads and writes: its tensor inputs and outputs, once each;
-    nothing for views, metadata and allocations."""
-
-    FREE = ("_unsafe_view", "lift_fresh", "detach", "empty", "empty_like", "empty_strided", "new_empty")
-
-    def __init__(self):
-        super().__init__()
-        self.ops: list = []
-        self.bytes = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        outs = [o for o in tree_leaves(out) if isinstance(o, torch.Tensor)]
-        view = any(r.alias_info is not None and not r.alias_info.is_write for r in func._schema.returns)
-        if func.namespace == "aten" and outs and not view and func.__name__.split(".")[0] not in self.FREE:
-            moved = sum(_span(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor))
-            moved += sum(_span(t) for t in outs)
-            self.ops.append((str(func), moved))
-            self.bytes += moved
-        return out
 
 
 def _flash_head_dim(channels: int) -> int:
@@ -355,52 +325,28 @@ PROVIDER_ORDER = ("released", "reference", "reference-compiled", "sdpa-math", "s
                   "sdpa-flash", "sdpa-flash-key-channel", "flex-compiled", "fused")
 
 
-def provider_table(batch: int, channels: int, side: int, words: int, bandwidth_tbs: float) -> list[str]:
-    """Markdown rows of ``attention_provider_work`` for every provider and both dtypes at one size."""
-    pixels = side * side
-    lines = [f"B={batch} C={channels} {side}x{side} T={words}; µs = the bytes at {bandwidth_tbs:g} TB/s (read + "
-             "written), the time no schedule of those bytes beats.", "",
-             "| provider | dtype | fwd GFLOP | fwd MB (x useful) | fwd+bwd GFLOP | fwd+bwd MB (x useful) | "
-             "fwd+bwd µs at the bytes | backward programs | counted |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+def provider_work(batch: int, channels: int, pixels: int, words: int) -> list[dict]:
+    """The useful work and what every F_attn provider executes and moves at these sizes, fp32 and bf16:
+    rows of GFLOP and MB for the forward and for forward + backward, backward programs, how counted."""
+    rows = []
     for element_bytes, dtype in ((4, "fp32"), (2, "bf16")):
         useful = [attention_useful(batch, channels, pixels, words, element_bytes, b) for b in (False, True)]
-        lines.append(f"| useful (the math) | {dtype} | {useful[0].flops / 1e9:.2f} | {useful[0].bytes / 1e6:.1f} | "
-                     f"{useful[1].flops / 1e9:.2f} | {useful[1].bytes / 1e6:.1f} | "
-                     f"{useful[1].bytes / (bandwidth_tbs * 1e6):.0f} | - | - |")
-        for provider in PROVIDER_ORDER:
-            if provider in NOT_COUNTED:
-                lines.append(f"| {provider} | {dtype} | - | - | - | - | - | - | {NOT_COUNTED[provider]} |")
-                continue
+        for provider in ("useful", *PROVIDER_ORDER):
+            row = {"provider": provider, "dtype": dtype}
             try:
-                fwd, both = (attention_provider_work(provider, batch, channels, pixels, words, element_bytes, b)
-                             for b in (False, True))
+                fwd, both = useful if provider == "useful" else (
+                    attention_provider_work(provider, batch, channels, pixels, words, element_bytes, b)
+                    for b in (False, True))
             except ValueError as err:  # FlashAttention in fp32
-                lines.append(f"| {provider} | {dtype} | - | - | - | - | - | - | {err} |")
-                continue
-            programs = both.detail.get("backward", {}).get("programs", "-")
-            lines.append(f"| {provider} | {dtype} | {fwd.flops / 1e9:.2f} | {fwd.bytes / 1e6:.1f} "
-                         f"({fwd.bytes / useful[0].bytes:.2f}x) | {both.flops / 1e9:.2f} | {both.bytes / 1e6:.1f} "
-                         f"({both.bytes / useful[1].bytes:.2f}x) | {both.bytes / (bandwidth_tbs * 1e6):.0f} | "
-                         f"{programs} | {both.detail.get('how', MODELLED_HOW).split(':')[0]} |")
-    return lines + [""]
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.work",
-                                     description="What each F_attn provider executes and moves at the bird sizes.")
-    parser.add_argument("--sizes", nargs="*", default=["32 128", "32 64", "48 128", "48 64"], metavar="'C SIDE'",
-                        help="channels and image side per table (B = 20, T = 18)")
-    parser.add_argument("--bandwidth-tbs", type=float, default=3.0,
-                        help="HBM bandwidth for the µs column (3.0: an H100's device-to-device copy, read + written)")
-    args = parser.parse_args(argv)
-    for spec in args.sizes:
-        channels, side = (int(v) for v in spec.split())
-        print("\n".join(provider_table(20, channels, side, 18, args.bandwidth_tbs)))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+                fwd = both = None
+                row["counted"] = str(err)
+            if provider in NOT_COUNTED:
+                row["counted"] = NOT_COUNTED[provider]
+            elif fwd is not None:
+                row.update(fwd_gflop=fwd.flops / 1e9, fwd_mb=fwd.bytes / 1e6, gflop=both.flops / 1e9,
+                           mb=both.bytes / 1e6, fwd_x_useful=fwd.bytes / useful[0].bytes,
+                           x_useful=both.bytes / useful[1].bytes,
+                           programs=both.detail.get("backward", {}).get("programs"),
+                           counted="the math" if provider == "useful" else both.detail.get("how", MODELLED_HOW))
+            rows.append(row)
+    return rows

@@ -121,3 +121,9 @@ def make_folder(root: Path, n: int = 200, size: int = 40, seed: int = 0, fmt: st
                 writer.writerow({**r, "text": r["text"] if isinstance(r["text"], str)
                                  else json.dumps(r["text"], ensure_ascii=False)})
     return root
+
+
+# The released checkpoints' state_dict layouts (tensor names and shapes per module): what the import
+# fills and what our modules must match for it.
+RELEASE_LAYOUTS_FILE = Path(__file__).parent / "data" / "release_state_dict_layouts.json"
+RELEASE_LAYOUTS = __import__("json").loads(RELEASE_LAYOUTS_FILE.read_text())["modules"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from attngan_fast import kernels
-from benchmarks import cases, gpu, work
+from benchmarks import cases, gpu, report, work
 from benchmarks.cases import AttentionCase, DamsmCase
 from host_sync import HostReads
 
@@ -149,7 +149,7 @@ def test_kernel_rows_carry_useful_and_executed_work_and_rates_of_the_useful_work
     assert "executed_gflop" not in rows[0]
     assert rows[1]["executed_gflop"] == pytest.approx(executed.flops / 1e9) and rows[1]["executed_mb"] == pytest.approx(executed.bytes / 1e6)
     assert set(rows[1]["launch"]) and set(rows[1]["launch"]) <= set(kernels.chosen_configs())
-    table = "\n".join(gpu._kernel_table(rows, "damsm", "DAMSM"))
+    table = "\n".join(report._kernel_table(rows, "damsm", "DAMSM"))
     assert "useful GFLOP, MB" in table and "executed GFLOP, MB" in table
     assert f"{executed.flops / 1e9:.3g}, {executed.bytes / 1e6:.3g}" in table
 

@@ -11,20 +11,22 @@ import pytest
 from attngan_fast import kernels
 from attngan_fast.kernels import testing
 from benchmarks import gpu
+from benchmarks.environment import results_stem
+from benchmarks.report import per_step
 
 # inductor on the 2-core CPU takes ~20 s a graph; this checks the script, not inductor
 FAST = ["--device", "cpu", "--sizes", "small", "--quick", "--compile-backend", "aot_eager"]
 
 
 def _report(out) -> dict:
-    (path,) = out.glob("*-small.json")
+    (path,) = out.glob("*-small*.json")
     return json.loads(path.read_text())
 
 
 @pytest.mark.skipif(not kernels.interpreter_active(), reason="needs the Triton interpreter (CPU)")
 def test_every_part_runs_end_to_end_and_writes_its_rows(tmp_path, capsys):
-    assert gpu.main([*FAST, "--only", "checks", "damsm", "attention", "train", "tuned", "loader", "--out",
-                     str(tmp_path)]) == 0
+    assert gpu.main([*FAST, "--only", *gpu.PARTS, "--out", str(tmp_path)]) == 0
+    assert {p.suffix for p in tmp_path.iterdir()} == {".json", ".md"}  # the loader's and loop's data live elsewhere
     report = _report(tmp_path)
     assert report["environment"]["torch"] and report["command"].startswith("python -m benchmarks.gpu")
     assert report["not_reached"] == []
@@ -58,14 +60,27 @@ def test_every_part_runs_end_to_end_and_writes_its_rows(tmp_path, capsys):
         v for v in variants if not variants[v].get("cuda_graphs")]
     (budget,) = [r for r in rows if r.get("op") == "step_budget"]
     assert budget["total"]["flops"] > 0 and budget["total"]["launches"] > 0 and budget["floors"]["eager"]["bound"]
+    assert budget["total"]["flops"] == sum(r.get("flops", 0) for r in budget["regions"].values())
+    (work,) = [r for r in rows if r["part"] == "work"]  # one attention case at the small sizes
+    counted = {(w["provider"], w["dtype"]): w for w in work["providers"]}
+    for dtype in ("fp32", "bf16"):
+        assert counted[("fused", dtype)]["gflop"] >= counted[("useful", dtype)]["gflop"] > 0
+        assert "mb" not in counted[("sdpa-cudnn", dtype)]  # closed source: not counted, and says so
+    # auto: both layouts x fp32 / bf16-autocast x fwd / fwd+bwd, the CPU's paths timed side by side
+    auto = [r for r in rows if r["part"] == "auto"]
+    assert len(auto) == 8 and all(r["reference_ms"] > 0 and r["sdpa_ms"] > 0 for r in auto)
+    assert {g["layout"] for g in per_step(auto)} == {"nchw", "channels_last"}
+    (loop,) = [r for r in rows if r["part"] == "loop"]
+    assert [v["variant"] for v in loop["variants"]] == ["off"] and loop["variants"][0]["steps_per_s"] > 0
     (loader,) = [r for r in rows if r["part"] == "loader"]
     assert loader["pil_images_per_s_per_core"] > 0 and loader["on_device_images_per_s"] > 0
     tuned = [r for r in rows if r["part"] == "tuned"]
     assert len(tuned) == 4 and all("ms" in r and r["check"] for r in tuned)
 
-    md = (tmp_path / (gpu.results_stem(report) + ".md")).read_text()
+    md = (tmp_path / (results_stem(report) + ".md")).read_text()
     for heading in ("Compiled correctness against float64", "DAMSM word scores", "F_attn word attention",
-                    "One training step", "Step budget", "## Loaders"):
+                    "One training step", "## Step budget", "| G stage 1", "executes and moves (counted)",
+                    "what `impl=\"auto\"` follows", "## Loaders", "## The real training loop"):
         assert heading in md
     assert "best baseline" in md and "n/a" in md
 
@@ -78,14 +93,16 @@ def test_the_budget_stops_the_run_cleanly_and_lists_what_was_not_reached(tmp_pat
     assert report["not_reached"] and report["seconds"] < 60
     assert any("cut by the budget" in i for i in report["not_reached"])
     assert any(i.startswith("train ") for i in report["not_reached"])
+    assert results_stem(report).endswith("-small-damsm-train")  # parts in the name: other runs keep theirs
     ids = [r["id"] for r in report["rows"]]
     assert not set(ids) & {i.split(" (")[0] for i in report["not_reached"]}
-    assert "## Not reached" in (tmp_path / (gpu.results_stem(report) + ".md")).read_text()
+    assert "## Not reached" in (tmp_path / (results_stem(report) + ".md")).read_text()
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     for argv, needle in ((["--budget", "0"], "--budget must be a positive"), (["--only", "nothing"], "invalid choice"),
-                         (["--out", str(tmp_path / "f")], "--out must be a folder")):
+                         (["--out", str(tmp_path / "f")], "--out must be a folder"),
+                         (["--data", str(tmp_path)], "--data must be a CUB-layout root")):
         (tmp_path / "f").write_text("x")
         with pytest.raises(SystemExit) as exit_info:
             gpu.main(["--device", "cpu", *argv])
@@ -103,3 +120,32 @@ def test_roofline_floor_takes_the_larger_term_and_names_it():
     row = {"dtype": "fp32", "ms": 1.0}
     gpu._floor(row, flops=1.0, moved=1.0, limits=None)  # no ceilings (CPU): nothing claimed
     assert "floor_ms" not in row
+
+
+def test_per_step_sums_the_sides_and_names_the_faster_path():
+    """impl="auto" follows what a step spends: 64² + 128², forward + backward only, per layout/dtype/C."""
+    def row(side, mode, reference, sdpa, layout="nchw"):
+        return {"layout": layout, "dtype": "fp32", "channels": 32, "side": side, "mode": mode,
+                "reference_ms": reference, "sdpa_ms": sdpa}
+
+    rows = [row(64, "fwd+bwd", 1.0, 3.0), row(128, "fwd+bwd", 10.0, 6.0), row(128, "fwd", 0.1, 90.0),
+            row(64, "fwd+bwd", 5.0, 4.0, "channels_last")]
+    nchw, last = per_step(rows)
+    assert (nchw["sides"], nchw["reference_ms"], nchw["sdpa_ms"], nchw["faster"]) == ([64, 128], 11.0, 9.0, "sdpa")
+    assert (last["layout"], last["faster"]) == ("channels_last", "sdpa")
+
+
+def test_on_cpu_the_model_sizes_skip_the_interpreted_rows_and_say_why():
+    """At the model's sizes a CPU run times the baselines only: the fused rows, the checks and the tuned
+    rows would run through the Triton interpreter for hours, so they say why they have no time."""
+    import torch
+
+    from benchmarks.cases import CASES, INTERPRETER_AT_MODEL_SIZES
+
+    cpu = torch.device("cpu")
+    for op in ("damsm", "attention"):
+        row = gpu.kernel_row(op, CASES["model"][op][0], "fp32", "fwd+bwd", "fused", cpu, measure=None)
+        assert row["not_applicable"] == INTERPRETER_AT_MODEL_SIZES
+    rows = gpu.plan(["checks", "tuned"], "model", cpu, measure=None, out=None, report={})
+    assert [(part, thunk()) for part, _, thunk in rows] == [
+        (part, {"not_applicable": INTERPRETER_AT_MODEL_SIZES}) for part in ("checks", "tuned")]

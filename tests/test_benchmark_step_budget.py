@@ -55,7 +55,7 @@ def test_the_parts_add_up_to_the_total_and_to_torchs_flop_counter():
 
 def test_the_budget_repeats_exactly_and_names_its_bound():
     cfg = tiny_config(batch=4)
-    first, second = (step_budget(cfg, "cpu", ceilings=False) for _ in range(2))
+    first, second = (step_budget(cfg, "cpu") for _ in range(2))
     assert first["regions"] == second["regions"] and first["total"]["launches"] > 100
     assert first["total"]["flops"] == sum(r.get("flops", 0) for r in first["regions"].values())
     assert "EMA" in first["regions"] and first["total"]["host_syncs"] == second["total"]["host_syncs"]

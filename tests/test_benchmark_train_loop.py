@@ -11,7 +11,7 @@ from benchmarks import train_loop
 
 @pytest.mark.slow
 def test_train_loop_benchmark_writes_speed_and_ratios(tmp_path, capsys):
-    args = ["--device", "cpu", "--tiny", "--variants", "off,bf16", "--work", str(tmp_path / "work"),
+    args = ["--device", "cpu", "--tiny", "--variants", "off,bf16", "--rounds", "2", "--work", str(tmp_path / "work"),
             "--out", str(tmp_path / "out")]
     assert train_loop.main(args) == 0
     (json_path,) = (tmp_path / "out").glob("*-train-loop.json")
@@ -19,8 +19,28 @@ def test_train_loop_benchmark_writes_speed_and_ratios(tmp_path, capsys):
     assert [v["variant"] for v in report["variants"]] == ["off", "bf16"]
     for v in report["variants"]:
         assert v["steps_per_s"] > 0 and v["timed_steps"] == 2 and v["images_per_s"] == v["steps_per_s"] * 8
+        assert len(v["rounds_steps_per_s"]) == 2 and min(v["rounds_steps_per_s"]) <= v["steps_per_s"]
     assert report["variants"][0]["speed_vs_off"] == 1.0 and "speed_vs_off" in report["variants"][1]
     assert "| bf16 |" in json_path.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
+def test_the_damsm_loop_is_timed_on_the_users_data(tmp_path, capsys):
+    """--kind damsm times pretrain-damsm per variant (here the on-device loader against the PIL one) on
+    a CUB-layout root the user names; no AttnGAN and no brief DAMSM pretraining are run."""
+    from attngan_fast.data.synthetic import synthesize
+
+    synthesize(tmp_path / "birds", images=16, size=32, seed=0, progress=False)
+    args = ["--device", "cpu", "--tiny", "--kind", "damsm", "--data", str(tmp_path / "birds"), "--variants",
+            "off,on-device", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    assert train_loop.main(args) == 0
+    (json_path,) = (tmp_path / "out").glob("*-damsm-loop.json")
+    report = json.loads(json_path.read_text())
+    assert report["kind"] == "damsm" and report["batch_size"] == 8
+    assert all(v["steps_per_s"] > 0 and v["timed_steps"] == 2 for v in report["variants"])
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["damsm-off.log", "damsm-on-device.log",
+                                                                     "damsm-synthetic-off", "damsm-synthetic-on-device"]
+    assert "# DAMSM pretraining loop" in json_path.with_suffix(".md").read_text()
 
 
 def test_a_run_without_a_final_record_is_an_error(tmp_path):
@@ -37,6 +57,8 @@ def test_a_run_without_a_final_record_is_an_error(tmp_path):
     (["--steps", "50", "--log-every", "50"], "--log-every (50) must be below --steps (50)"),
     (["--variants", "fp8"], "--variants: unknown ['fp8']"),
     (["--size", "8"], "--size must be at least 16"),
+    (["--rounds", "0"], "--rounds must be at least 1"),
+    (["--data", "/no/such/folder"], "--data: /no/such/folder does not exist"),
 ])
 def test_bad_arguments_are_named(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -69,23 +69,24 @@ def test_the_counts_use_the_configurations_the_launchers_launch(dtype):
     assert detail["grad"]["config"] == str(seen[id(damsm_fused._GRAD)])
 
 
-def test_the_traffic_counter_adds_inputs_and_outputs_and_skips_views():
-    """_Traffic: an add of two fp32 tensors of N elements moves 3·4N bytes, a transpose and an unsqueeze nothing, a
-    stride-0 broadcast input counts the memory it covers once."""
+def test_the_counter_adds_inputs_and_outputs_and_skips_views():
+    """StepCounter on fake tensors (as the eager providers are counted): an add of two fp32 tensors of N
+    elements moves 3·4N bytes, a transpose and an unsqueeze nothing, a stride-0 broadcast input counts
+    the memory it covers once, a strided slice its elements; metadata queries launch nothing."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from benchmarks.work import _Traffic
+    from benchmarks.step_budget import StepCounter
 
     fake = FakeTensorMode()
     with fake:
         a, b, row = torch.empty(64, 32), torch.empty(64, 32), torch.empty(1, 32)
-    counter = _Traffic()
-    with fake, counter:
-        a.t().unsqueeze(0)
-        a + b
-        a + row.expand(64, 32)
-    assert [name for name, _ in counter.ops] == ["aten.add.Tensor", "aten.add.Tensor"]
-    assert [moved for _, moved in counter.ops] == [3 * 64 * 32 * 4, 2 * 64 * 32 * 4 + 32 * 4]
+    moved = []
+    for op in (lambda: a.t().unsqueeze(0), lambda: a + b, lambda: a + row.expand(64, 32), lambda: a[:, ::2] * 2,
+               lambda: a.device):
+        with fake, StepCounter({}) as counter:
+            op()
+        moved.append((counter.rows["losses and glue"]["launches"], counter.rows["losses and glue"]["bytes"]))
+    assert moved == [(0, 0), (1, 3 * 64 * 32 * 4), (1, 2 * 64 * 32 * 4 + 32 * 4), (1, 2 * 64 * 16 * 4), (0, 0)]
 
 
 @pytest.mark.parametrize("element_bytes", [2, 4])

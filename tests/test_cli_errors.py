@@ -271,3 +271,45 @@ def test_the_config_flag_names_every_preset(capsys):
         cli(["train", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "a preset (attndcgan, attngan1, attngan2, bird, coco, synthetic) or a YAML file" in help_text
+
+
+def test_an_error_raised_in_a_loader_worker_is_its_own_one_line_message():
+    """torch re-raises a worker's exception with the worker's traceback folded into the message; the
+    command line prints the message the worker raised, as it does for one raised in the main process."""
+    from torch.utils.data import DataLoader, Dataset
+
+    from attngan_fast.cli import _own_message
+    from attngan_fast.data.layouts import DataError
+
+    class Missing(Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            raise DataError(f"missing image: expected /data/images/{index}.jpg")
+
+    with pytest.raises(DataError) as caught:
+        next(iter(DataLoader(Missing(), num_workers=1)))
+    assert "Original Traceback" in str(caught.value)
+    assert _own_message(caught.value) == "missing image: expected /data/images/0.jpg"
+    assert _own_message(DataError("in the main process")) == "in the main process"
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["train", "--config", "synthetic", "--damsm", "{missing}"], "--damsm"),
+    (["pretrain-damsm", "--config", "synthetic", "--resume", "{missing}"], "--resume"),
+    (["generate", "--checkpoint", "{missing}", "--out", "g", "a red bird"], "--checkpoint"),
+    (["evaluate", "--checkpoint", "{missing}", "--damsm", "{missing}", "--data", ".", "--out", "r.json"],
+     "--checkpoint"),
+])
+def test_a_missing_checkpoint_names_its_flag(tmp_path, capsys, argv, flag):
+    missing = str(tmp_path / "nope.pt")
+    assert cli([a.format(missing=missing) for a in argv]) == 2
+    assert capsys.readouterr().err.strip() == f"attngan-fast: error: {flag} {missing} does not exist"
+
+
+def test_the_presets_damsm_that_is_not_there_says_what_makes_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli(["train", "--config", "synthetic", "--data", str(tmp_path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not exist (--damsm, or gan.damsm in the config: `attngan-fast pretrain-damsm --config synthetic`" in err

@@ -48,13 +48,14 @@ def _survey(out: Path, *flags: str) -> dict:
     run = subprocess.run([sys.executable, "-m", "benchmarks.kernel_resources", "--defaults", *flags, "--out", str(out)],
                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=1200)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
-    (result,) = out.glob("kernel-resources-*-defaults.json")
+    (result,) = out.glob("kernel-resources-*.json")
     return dict(json.loads(result.read_text()), stderr=run.stderr)
 
 
 @pytest.fixture(scope="module")
 def default_launches(tmp_path_factory):
-    return _survey(tmp_path_factory.mktemp("resources") / "all", "--arch", "90", "86", "80")
+    return _survey(tmp_path_factory.mktemp("resources") / "all", "--arch", "90", "86", "80", "--inputs", "fp32", "bf16",
+                   "fp16")
 
 
 def _spill_check(failures: list[str]) -> None:

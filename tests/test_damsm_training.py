@@ -229,3 +229,24 @@ def test_evaluating_every_few_epochs_changes_nothing_but_the_evaluations(synthet
     assert [r["epoch"] for r in rows if r.get("eval")] == [2, 3]  # every 2nd epoch, and the last
     assert sparse["retrieval_top1"] == every["retrieval_top1"] and sparse["epoch"] == 3
     assert len(list((tmp_path / "sparse").glob("attention_maps_step*.png"))) == 2  # pictures at evaluated epochs
+
+
+def test_an_evaluation_of_one_class_has_no_retrieval_score_and_training_goes_on(tmp_path, capsys):
+    """runtime.eval_batches = 1 over a test split in class order can evaluate images of one class only:
+    no caption may then serve as a distractor, so retrieval is NaN (n/a) for that evaluation, not a crash."""
+    import math
+    import pickle
+
+    from data_fixtures import make_cub
+
+    root = make_cub(tmp_path / "data", n_train=8, n_test=4)
+    with open(root / "test" / "class_info.pickle", "wb") as fh:
+        pickle.dump([1, 1, 2, 2], fh, protocol=2)
+    args = ["pretrain-damsm", "--config", "synthetic", "--data", str(root), "--out", str(tmp_path / "run"), "--quiet",
+            "--set", "data.layout=cub", "--set", "data.captions_per_image=10", "--set", "data.image_size=32",
+            "--set", "damsm.batch_size=2", "--set", "damsm.epochs=1", "--set", "text_encoder.hidden_dim=16",
+            "--set", "runtime.eval_batches=1"]
+    assert cli(args) == 0
+    result = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert math.isnan(result["retrieval_top1"]) and result["retrieval_candidates"] == 0
+    assert result["retrieval_images"] == 2 and math.isfinite(result["val_total"])

@@ -239,3 +239,48 @@ def test_an_unchanged_cache_is_reused_not_rebuilt(tmp_path, monkeypatch):
 
     monkeypatch.setattr(prep, "prepare", lambda *a, **k: pytest.fail("rebuilt an unchanged cache"))
     assert len(load_captions(root, "cub", 10, progress=False).captions["train"]) == 60
+
+
+def test_coco_as_downloaded_reads_train2014_and_val2014(tmp_path):
+    """COCO's own folders work without merging them into images/: the key's prefix names the folder."""
+    import shutil
+
+    from attngan_fast.data.layouts import image_path
+
+    root = make_coco(tmp_path / "coco", n_train=4, n_test=2)
+    (root / "train2014").mkdir()
+    (root / "val2014").mkdir()
+    for path in sorted((root / "images").iterdir()):
+        shutil.move(path, root / "train2014" / path.name)
+    (root / "images").rmdir()
+    key = "COCO_val2014_000000000042"
+    assert image_path(root, "coco", key) == root / "val2014" / f"{key}.jpg"
+    prepare(root, "coco", 5, progress=False)
+    dataset = TextImageDataset(root, "coco", "test", captions_per_image=5, words_num=18, image_size=32)
+    assert dataset[(0, 0)]["images"][-1].shape == (3, 32, 32)
+
+
+def test_coco_with_only_its_annotation_json_says_what_is_read(tmp_path):
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "captions_train2014.json").write_text('{"images": [], "annotations": []}')
+    (tmp_path / "train2014").mkdir()
+    with pytest.raises(DataError, match=r"captions_\*.json are not read: for captions of your own, use the folder"):
+        prepare(tmp_path, "coco", 5, progress=False)
+
+
+@pytest.mark.parametrize("layout", ["cub", "coco"])
+def test_prepare_finds_missing_and_truncated_images_before_training(tmp_path, layout, capsys):
+    """A listed image that is missing, or truncated (COCO's own download holds one), is found by data
+    prepare, every one on a line of its own, not by the loader hours into a run."""
+    root = make_cub(tmp_path / "d", n_train=6, n_test=3) if layout == "cub" else make_coco(tmp_path / "d")
+    from attngan_fast.data.layouts import image_path, read_split
+
+    train, test = read_split(root, "train").keys, read_split(root, "test").keys
+    image_path(root, layout, train[1]).unlink()
+    data = image_path(root, layout, test[0]).read_bytes()
+    image_path(root, layout, test[0]).write_bytes(data[: len(data) // 2])
+    assert cli(["data", "prepare", "--root", str(root), "--layout", layout, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("attngan-fast: error: 2 of the images listed under") and len(err) == 3
+    assert f"train image {train[1]}: missing image" in err[1]
+    assert f"test image {test[0]}: the image cannot be decoded" in err[2]

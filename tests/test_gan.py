@@ -27,9 +27,7 @@ from benchmarks.train_step import tiny_config as tiny_step_config
 from host_sync import HostReads, free_port
 from numerics import assert_rel, needs_interpreter
 
-LAYOUTS = json.loads((Path(__file__).resolve().parents[2] / "shared" / "reference" /
-                      "original_state_dict_layouts.json").read_text())["modules"] \
-    if (Path(__file__).resolve().parents[2] / "shared").exists() else None
+from data_fixtures import RELEASE_LAYOUTS as LAYOUTS  # noqa: E402
 
 
 def _inputs(batch=2, emb=256, max_len=7, z_dim=100):
@@ -60,7 +58,6 @@ def test_attndcgan_has_one_image_head():
     assert len(out.images) == 1 and out.images[0].shape == (2, 3, 256, 256)
 
 
-@pytest.mark.skipif(LAYOUTS is None, reason="needs ../shared/reference")
 @pytest.mark.parametrize("name, build", [
     ("netG_bird", lambda: Generator(32, 256, r_num=2, stages=3)),
     ("netG_coco", lambda: Generator(48, 256, r_num=3, stages=3)),

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import pickle
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,8 +16,8 @@ from attngan_fast.metrics import retrieval_top1
 from attngan_fast.release_import import ReleaseImportError, import_original
 from attngan_fast.text import Vocabulary
 from attngan_fast.train import gan
+from data_fixtures import RELEASE_LAYOUTS
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "original_state_dict_layouts.json"
 
 
 def test_generate_shapes_files_and_unknown_words(trained, tmp_path):
@@ -48,9 +47,9 @@ def test_generation_is_seeded_and_independent_of_chunking(trained):
 
 def test_caption_errors_and_truncation():
     vocab = Vocabulary.build([["a", "bird", "red", "wings"]])
-    with pytest.raises(CaptionError, match="no word of caption 1"):
+    with pytest.raises(CaptionError, match="no word of caption 2"):  # counted from 1, as a user counts
         encode_captions(["a bird", "zebra stripes"], vocab, 18)
-    with pytest.raises(CaptionError, match="caption 0 is empty"):
+    with pytest.raises(CaptionError, match="caption 1 is empty"):
         encode_captions(["  "], vocab, 18)
     long = ["a red bird red wings a red bird " * 3]
     ids, _ = encode_captions(long, vocab, 5, seed=1)
@@ -63,6 +62,11 @@ def test_cli_generate_errors(trained, tmp_path, capsys):
     assert "is in the model's vocabulary" in capsys.readouterr().err
     assert cli(["generate", "--checkpoint", str(trained[1]), "--out", str(tmp_path)]) == 2
     assert "give at least one caption" in capsys.readouterr().err
+    captions = tmp_path / "captions.txt"
+    captions.write_text("this bird is red\n\n\nzebra stripes\n")  # blank lines are skipped, not renumbered
+    assert cli(["generate", "--checkpoint", str(trained[1]), "--out", str(tmp_path / "g"), "--captions",
+                str(captions)]) == 2
+    assert f"--captions {captions} line 4: no word of 'zebra stripes' is in" in capsys.readouterr().err
 
 
 def test_r_precision_is_perfect_for_matching_vectors_and_chance_for_shuffled():
@@ -121,7 +125,7 @@ def test_evaluate_writes_the_report(trained, synthetic_root, fidelity_weights, t
 # ------------------------------------------------------------------------------------ release import
 
 def _release_files(tmp_path, n_words=5450, drop_batches_tracked=True, corrupt=None):
-    layouts = json.loads(SHARED.read_text())["modules"]
+    layouts = RELEASE_LAYOUTS
     files = {}
     torch.manual_seed(0)
     for key, name in (("netG", "netG_bird"), ("text_encoder", "text_encoder(n_words=5450)"),
@@ -148,7 +152,6 @@ def _release_files(tmp_path, n_words=5450, drop_batches_tracked=True, corrupt=No
     return files
 
 
-@pytest.mark.skipif(not SHARED.exists(), reason="needs ../shared/reference")
 @pytest.mark.slow
 def test_import_release_layout_loads_completely_and_generates(tmp_path):
     files = _release_files(tmp_path)
@@ -172,7 +175,6 @@ def test_import_release_layout_loads_completely_and_generates(tmp_path):
     assert regions.shape == (1, 256, 17, 17) and code.shape == (1, 256)
 
 
-@pytest.mark.skipif(not SHARED.exists(), reason="needs ../shared/reference")
 @pytest.mark.parametrize("corrupt, match", [
     (("netG", lambda s: s.pop("h_net2.att.conv_context.weight")), "missing 1 tensors .*h_net2.att.conv_context.weight"),
     (("netG", lambda s: s.__setitem__("h_net2.upsample.1.weight", torch.zeros(64, 64, 5, 5))),
@@ -187,7 +189,6 @@ def test_import_names_what_does_not_fit(tmp_path, corrupt, match):
     assert not (tmp_path / "out.pt").exists()
 
 
-@pytest.mark.skipif(not SHARED.exists(), reason="needs ../shared/reference")
 def test_import_with_the_wrong_preset_is_a_clear_cli_error(tmp_path, capsys):
     files = _release_files(tmp_path)
     code = cli(["import-original", "--netG", str(files["netG"]), "--text-encoder", str(files["text_encoder"]),
@@ -202,3 +203,33 @@ def test_cli_checkpoint_errors_are_clear(trained, tmp_path, capsys):
     garbage.write_text("not a checkpoint")
     assert cli(["generate", "--checkpoint", str(garbage), "--out", str(tmp_path), "a bird"]) == 2
     assert "is not a readable checkpoint" in capsys.readouterr().err
+
+
+def test_a_captions_file_that_is_not_the_releases_is_one_clear_error(tmp_path):
+    """A text file, a truncated pickle and a pickle of the wrong shape are refused with their name, no
+    traceback (the restricted unpickler's errors, and the vocabulary's shape)."""
+    import pickle as std_pickle
+
+    from attngan_fast.release_import import ReleaseImportError, release_vocabulary
+    from attngan_fast.safe_pickle import UnsafePickleError
+
+    text = tmp_path / "captions.txt"
+    text.write_text("this bird is red\n")
+    truncated = tmp_path / "truncated.pickle"
+    truncated.write_bytes(std_pickle.dumps([[1, 2], [3], {0: "<end>"}, {}], protocol=2)[:-5])
+    for path in (text, truncated):
+        with pytest.raises(UnsafePickleError, match=f"{path.name} is not a readable pickle"):
+            release_vocabulary(path)
+    empty_vocab = tmp_path / "empty.pickle"
+    empty_vocab.write_bytes(std_pickle.dumps([[], [], {}, {}], protocol=2))
+    with pytest.raises(ReleaseImportError, match="ixtoword, item 3"):
+        release_vocabulary(empty_vocab)
+
+
+def test_the_demo_checks_the_inception_weights_before_training(tmp_path):
+    from attngan_fast.demo import run_demo
+    from attngan_fast.evaluate import EvaluationError
+
+    with pytest.raises(EvaluationError, match="--inception-weights .*missing.pth does not exist"):
+        run_demo(tmp_path / "demo", inception_weights=str(tmp_path / "missing.pth"), device="cpu", progress=False)
+    assert not (tmp_path / "demo").exists()  # nothing was trained

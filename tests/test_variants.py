@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,10 +22,9 @@ from attngan_fast.release_import import import_original
 from attngan_fast.train.checkpoint import load_checkpoint
 from attngan_fast.train.damsm import FORMAT as DAMSM_FORMAT
 from attngan_fast.train.damsm import damsm_losses, train_damsm
+from data_fixtures import RELEASE_LAYOUTS
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "reference" / "original_state_dict_layouts.json"
-LAYOUTS = json.loads(SHARED.read_text())["modules"] if SHARED.exists() else None
-needs_layouts = pytest.mark.skipif(LAYOUTS is None, reason="needs ../shared/reference")
+LAYOUTS = RELEASE_LAYOUTS
 
 
 # ------------------------------------------------------------------------------------------ AttnDCGAN
@@ -53,7 +51,6 @@ def test_attndcgan_discriminator_has_the_conditional_head_only_and_the_releases_
                                + bce(netD.COND_DNET(netD(fake[:1]), sentence[:1]), 0.0))
 
 
-@needs_layouts
 def test_attndcgan_preset_builds_the_released_model():
     cfg = load_config("attndcgan")
     g = cfg.gan
@@ -112,7 +109,6 @@ def _release_generator_file(tmp_path, r_num: int) -> dict:
                 captions=tmp_path / "captions.pickle")
 
 
-@needs_layouts
 @pytest.mark.slow
 @pytest.mark.parametrize("r_num", [0, 2])
 def test_released_attndcgan_files_import_with_their_residual_blocks_and_generate(tmp_path, r_num):

@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
 from ..text import truncate
-from .layouts import DataError, image_path, read_cub_boxes
+from .layouts import DataError, check_negatives, image_path, read_cub_boxes
 from .prepare import CaptionCache, load_captions
 
 
@@ -116,6 +116,8 @@ class TextImageDataset(Dataset):
         self.boxes = read_cub_boxes(root) if layout == "cub" else None
         if not self.keys:
             raise DataError(f"the {split} split of {root} lists no images")
+        if split == "train":  # data prepare warned about a test split already
+            check_negatives(root, split, self.keys, self.class_ids)
 
     @property
     def vocab(self):

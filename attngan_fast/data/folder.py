@@ -11,8 +11,8 @@ column an image is held out for the test set when a hash of its file name falls 
 ``data.test_fraction``: the same split on every run and on every machine, and an image keeps its
 split when others are added (no test image ever moves into training).
 
-Everything is checked before anything trains, and every problem found is one line that names the
-metadata file, the line and the image: a missing or undecodable image, an empty caption (or one with
+Other columns are read past (one warning names them). Everything is checked before anything trains,
+and every problem found is one line that names the metadata file, the line and the image: a missing or undecodable image, an empty caption (or one with
 no word the tokenizer keeps), a duplicate row, a bad split or class value.
 """
 
@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from ..text import tokenize, words_as_written
-from .layouts import SPLITS, DataError, hash_image_stats
+from .layouts import SPLITS, DataError, check_negatives, hash_image_stats
 
 METADATA_NAMES = ("metadata.jsonl", "metadata.csv")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -45,6 +45,7 @@ class Row:
     captions: list[str]
     split: str | None = None
     label: str | None = None  # the class, as written
+    where: str = "metadata.jsonl"  # the metadata file, as problems name it
 
 
 @dataclass
@@ -60,15 +61,38 @@ class FolderIndex:
     report: dict = field(default_factory=dict)
 
 
-def find_metadata(root: Path) -> Path:
-    found = [root / name for name in METADATA_NAMES if (root / name).is_file()]
-    if not found:
-        raise DataError(f"missing metadata for the folder layout: expected {root / METADATA_NAMES[0]} (or "
-                        f"{METADATA_NAMES[1]}) with one row per image: file_name, text (a caption or a list), "
-                        "optional split and class")
+def _metadata_in(folder: Path) -> Path | None:
+    found = [folder / name for name in METADATA_NAMES if (folder / name).is_file()]
     if len(found) > 1:
-        raise DataError(f"{root} holds both {METADATA_NAMES[0]} and {METADATA_NAMES[1]}: keep one")
-    return found[0]
+        raise DataError(f"{folder} holds both {METADATA_NAMES[0]} and {METADATA_NAMES[1]}: keep one")
+    return found[0] if found else None
+
+
+def metadata_files(root: Path) -> list[Path]:
+    """The metadata file at the root, or one per split folder (imagefolder's ``train/`` and ``test/``,
+    each with its own metadata; their rows' file names are relative to their folder)."""
+    top = _metadata_in(root)
+    if top is not None:
+        return [top]
+    per_split = {split: _metadata_in(root / split) for split in SPLITS if (root / split).is_dir()}
+    others = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name not in SPLITS and _metadata_in(d))
+    if others:
+        raise DataError(f"{root}: split folders must be named {' and '.join(SPLITS)}; found metadata in "
+                        f"{', '.join(others)}/ (e.g. rename validation/ to test/)")
+    if all(per_split.get(split) for split in SPLITS):
+        return [per_split[split] for split in SPLITS]
+    if any(per_split.values()):
+        have = [s for s, m in per_split.items() if m]
+        raise DataError(f"{root}: split folders need metadata in both {SPLITS[0]}/ and {SPLITS[1]}/, found it in "
+                        f"{', '.join(have)}/ only")
+    raise DataError(f"missing metadata for the folder layout: expected {root / METADATA_NAMES[0]} (or "
+                    f"{METADATA_NAMES[1]}, or one in each of train/ and test/) with one row per image: file_name, "
+                    "text (a caption or a list), optional split and class")
+
+
+def find_metadata(root: Path) -> Path:
+    """The (first) metadata file of a folder-layout root; raises DataError naming what is expected."""
+    return metadata_files(root)[0]
 
 
 def _as_captions(value) -> list[str] | None:
@@ -129,20 +153,20 @@ def _raw_records(path: Path) -> list[tuple[int, dict | str]]:
     return out
 
 
-def read_rows(path: Path) -> tuple[list[Row], list[str]]:
-    """The metadata's rows and one line per problem in them (the images are not looked at here)."""
+def read_rows(path: Path, name: str | None = None) -> tuple[list[Row], list[str]]:
+    """The metadata's rows and one line per problem in them (the images are not looked at here);
+    ``name``: the file as problems name it (default: its file name)."""
     rows, problems = [], []
     first_line: dict[str, int] = {}
-    name = path.name
+    ignored: set[str] = set()
+    name = name or path.name
     for line, record in _raw_records(path):
         where = f"{name} line {line}"
         if isinstance(record, str):
             problems.append(f"{where}: {record}")
             continue
         unknown = sorted(set(record) - set(COLUMNS))
-        if unknown:
-            problems.append(f"{where}: unknown column {', '.join(map(repr, unknown))} (known: {', '.join(COLUMNS)})")
-            continue
+        ignored.update(unknown)  # other columns are the user's (imagefolder allows any): read past, said once
         file_name = record.get("file_name")
         if not isinstance(file_name, str) or not file_name.strip():
             problems.append(f"{where}: no file_name (the image's path relative to the root)")
@@ -162,6 +186,10 @@ def read_rows(path: Path) -> tuple[list[Row], list[str]]:
                             "give all its captions in one row, as a list")
             continue
         first_line[file_name] = line
+        if "text" not in record:
+            has = f"; it has {', '.join(map(repr, unknown))}" if unknown else ""
+            problems.append(f"{where}: no text column (the caption, or a list of them){has}")
+            continue
         captions = _as_captions(record.get("text"))
         if captions is None:
             problems.append(f"{where}: text must be a caption or a list of captions, got {record.get('text')!r}")
@@ -184,6 +212,9 @@ def read_rows(path: Path) -> tuple[list[Row], list[str]]:
             continue
         rows.append(Row(line, file_name, [c.strip() for c in captions], split,
                         None if label is None else str(label).strip()))
+    if ignored:
+        warnings.warn(f"{name}: column{'s' if len(ignored) > 1 else ''} {', '.join(map(repr, sorted(ignored)))} "
+                      f"not used (read: {', '.join(COLUMNS)})", stacklevel=3)
     if rows:
         for column, attr in (("split", "split"), ("class", "label")):
             having = [r for r in rows if getattr(r, attr) is not None]
@@ -193,12 +224,18 @@ def read_rows(path: Path) -> tuple[list[Row], list[str]]:
     return rows, problems
 
 
-def check_images(root: Path, rows: list[Row], metadata_name: str, progress: bool) -> list[str]:
+def check_images(root: Path, rows: list[Row], progress: bool) -> list[str]:
     """Opens and fully decodes every image (a progress bar counts them); one line per image that fails."""
+    return image_problems([(f"{row.where} line {row.line} ({row.file_name})", root / row.file_name) for row in rows],
+                          progress)
+
+
+def image_problems(images: list[tuple[str, Path]], progress: bool, draft: bool = False) -> list[str]:
+    """``images``: (how a problem names it, path). One line per image that is missing, not a JPEG or
+    PNG, or cannot be decoded to its last pixel; ``draft`` decodes JPEGs at 1/8 scale (the whole
+    compressed stream is still read, so a truncated file fails; for datasets of 100k images)."""
     problems = []
-    for row in tqdm(rows, desc="checking images", unit="image", disable=not progress):
-        path = root / row.file_name
-        where = f"{metadata_name} line {row.line} ({row.file_name})"
+    for where, path in tqdm(images, desc="checking images", unit="image", disable=not progress):
         if not path.is_file():
             problems.append(f"{where}: missing image: expected {path}")
             continue
@@ -207,6 +244,8 @@ def check_images(root: Path, rows: list[Row], metadata_name: str, progress: bool
                 if img.format not in ("JPEG", "PNG"):
                     problems.append(f"{where}: the file holds a {img.format} image, not a JPEG or PNG")
                     continue
+                if draft and img.format == "JPEG":
+                    img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
                 img.convert("RGB")  # decodes every pixel: a truncated file fails here, not in training
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
             problems.append(f"{where}: the image cannot be decoded ({err})")
@@ -263,12 +302,33 @@ def _line_of(problem: str) -> int:
 
 
 def _raise(metadata: Path, problems: list[str]) -> None:
-    problems = sorted(problems, key=_line_of)  # stable: one line's problems keep their order
+    problems = sorted(problems, key=lambda p: (p.split()[0], _line_of(p)))  # per file; a line's keep their order
     shown = problems[:MAX_PROBLEM_LINES]
     more = len(problems) - len(shown)
     tail = [f"... and {more} more"] if more else []
     raise DataError("\n".join([f"{len(problems)} problem{'s' if len(problems) > 1 else ''} in {metadata} "
                                "(nothing was trained; fix them and run again):", *shown, *tail]))
+
+
+def _read_all(root: Path, files: list[Path]) -> tuple[list[Row], list[str]]:
+    """The rows of every metadata file: in a split folder a row's file name gains the folder (and the
+    folder is its split; a split column there must agree)."""
+    rows, problems = [], []
+    for path in files:
+        folder = path.parent.relative_to(root).as_posix()
+        name = path.relative_to(root).as_posix()
+        found, found_problems = read_rows(path, name)
+        problems += found_problems
+        for row in found:
+            row.where = name
+            if folder != ".":
+                if row.split not in (None, folder):
+                    problems.append(f"{name} line {row.line} ({row.file_name}): split {row.split!r} in the {folder}/ "
+                                    "folder's metadata")
+                    continue
+                row.file_name, row.split = f"{folder}/{row.file_name}", folder
+            rows.append(row)
+    return rows, problems
 
 
 def read_folder(root: str | Path, captions_per_image: int, test_fraction: float, *,
@@ -279,15 +339,16 @@ def read_folder(root: str | Path, captions_per_image: int, test_fraction: float,
         raise DataError(f"data root {root} does not exist (expected images and {METADATA_NAMES[0]} there)")
     if not 0 < test_fraction < 1:
         raise DataError(f"data.test_fraction must be between 0 and 1, got {test_fraction}")
-    metadata = find_metadata(root)
-    rows, problems = read_rows(metadata)
-    problems += check_images(root, rows, metadata.name, progress)
+    files = metadata_files(root)
+    metadata = files[0]
+    rows, problems = _read_all(root, files)
+    problems += check_images(root, rows, progress)
     stats = {"changed": 0, "examples": [], "dropped_captions": 0}
     tokens_of: dict[str, list[list[str]]] = {}
     for row in rows:
         toks, problem = _tokenized(row, captions_per_image, stats)
         if problem:
-            problems.append(f"{metadata.name} line {row.line} ({row.file_name}): {problem}")
+            problems.append(f"{row.where} line {row.line} ({row.file_name}): {problem}")
         tokens_of[row.file_name] = toks
     if problems:
         _raise(metadata, problems)
@@ -299,8 +360,11 @@ def read_folder(root: str | Path, captions_per_image: int, test_fraction: float,
             raise DataError(f"{metadata}: the {split} split is empty ({rule}); every layout needs images in both")
     labels = sorted({r.label for r in rows}, key=_label_order) if rows[0].label is not None else None
     index_of = {name: i for i, name in enumerate(labels or [])}
+    for split in SPLITS:
+        check_negatives(metadata, split, [r.file_name for r in by_split[split]],
+                        [index_of[r.label] for r in by_split[split]] if labels else None)
     report = {
-        "metadata": str(metadata), "split_rule": rule,
+        "metadata": ", ".join(str(f) for f in files), "split_rule": rule,
         "captions_per_image": _spread([len(tokens_of[r.file_name]) for r in rows]),
         "captions_beyond_the_cap": stats["dropped_captions"],
         "words_changed_by_the_tokenizer": {"count": stats["changed"], "examples": stats["examples"]},
@@ -340,11 +404,12 @@ def _unlisted(root: Path, listed: set[str]) -> int:
     return found
 
 
-def folder_digest(root: Path, metadata: Path, keys: dict[str, list[str]]) -> str:
+def folder_digest(root: Path, keys: dict[str, list[str]]) -> str:
     """SHA-256 of the metadata's content and of each listed image's size and modification time: a
     replaced image, like an edited row, makes the cache (and its check of every image) be made again."""
     h = hashlib.sha256(b"folder\0")
-    h.update(metadata.read_bytes())
+    for metadata in metadata_files(root):
+        h.update(metadata.read_bytes())
     for split in SPLITS:
         hash_image_stats(h, root, "folder", keys.get(split, []))
     return h.hexdigest()

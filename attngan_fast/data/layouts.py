@@ -3,12 +3,15 @@
 
 CUB:  <root>/CUB_200_2011/images/<key>.jpg, CUB_200_2011/images.txt, CUB_200_2011/bounding_boxes.txt,
       <root>/text/<key>.txt (10 captions), <root>/{train,test}/filenames.pickle, optional class_info.pickle
-COCO: <root>/images/<key>.jpg, <root>/text/<key>.txt (5 captions), <root>/{train,test}/filenames.pickle
+COCO: <root>/images/<key>.jpg (or the download's train2014/ and val2014/), <root>/text/<key>.txt (5 captions),
+      <root>/{train,test}/filenames.pickle
 folder: <root>/**/<file_name> (JPEG or PNG), <root>/metadata.jsonl or metadata.csv (key = file_name)
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,11 +53,17 @@ def check_layout(root: str | Path, layout: str) -> Path:
     if not (root / "text").exists() and any((root / name).is_file() for name in ("metadata.jsonl", "metadata.csv")):
         raise DataError(f"{root} holds a metadata file, not the {layout.upper()} layout: it is a folder dataset "
                         "(--layout folder for data prepare, --set data.layout=folder for training)")
+    if not (root / "text").exists() and (root / "annotations").is_dir():
+        raise DataError(f"missing caption folder: expected {root / 'text'} (one <key>.txt per image, with "
+                        "{train,test}/filenames.pickle: AttnGAN's preprocessed captions); COCO's annotations/"
+                        "captions_*.json are not read: for captions of your own, use the folder layout "
+                        "(metadata.jsonl, docs/your-own-data.md)")
     _require(root / "text", "caption folder (one <key>.txt per image)")
     if layout == "cub":
         _require(root / "CUB_200_2011" / "images", "CUB image folder")
-    else:
-        _require(root / "images", "COCO image folder")
+    elif not any((root / name).is_dir() for name in COCO_IMAGE_FOLDERS):
+        raise DataError(f"missing COCO image folder: expected {root / 'images'} (every image), or COCO's own "
+                        f"{root / 'train2014'} and {root / 'val2014'} as downloaded")
     for split in SPLITS:
         _require(root / split / "filenames.pickle", f"{split} split list")
     return root
@@ -81,13 +90,55 @@ def read_split(root: str | Path, split: str) -> SplitIndex:
     return SplitIndex(keys, class_ids)
 
 
+def negatives_problem(root: str | Path, split: str, keys: list[str], class_ids: list[int] | None) -> str | None:
+    """Why a split leaves no caption to contrast an image with, or None. A caption of the same class (of
+    the same image, without classes) is never another image's negative (the DAMSM losses) or distractor
+    (retrieval, R-precision): training needs two classes, evaluation two classes or two images."""
+    if class_ids is not None and len(set(class_ids)) < 2:
+        return (f"every image of the {split} split of {root} has the same class: a caption of the same class is "
+                "never another image's negative or distractor, so one class leaves none; give the images two "
+                "classes or more, or no class at all")
+    if class_ids is None and len(keys) < 2:
+        return (f"the {split} split of {root} holds {len(keys)} image: retrieval and R-precision need captions "
+                "of other images as distractors; hold out more images (data.test_fraction, or a split column)")
+    return None
+
+
+def check_negatives(root: str | Path, split: str, keys: list[str], class_ids: list[int] | None,
+                    evaluation: bool = False) -> None:
+    """Raises DataError when the train split (or, with ``evaluation``, the test split) has no negatives;
+    warns when a test split cannot be evaluated (DAMSM training then reports no retrieval score)."""
+    problem = negatives_problem(root, split, keys, class_ids)
+    if problem and (split == "train" or evaluation):
+        raise DataError(problem)
+    if problem:
+        warnings.warn(problem, stacklevel=3)
+
+
 def image_path(root: str | Path, layout: str, key: str) -> Path:
     root = Path(root)
     if layout == "folder":
         return root / key  # the metadata's file_name, extension included
     if layout == "cub":
         return root / "CUB_200_2011" / "images" / f"{key}.jpg"
-    return root / "images" / f"{key}.jpg"
+    return _coco_image_folder(root, key) / f"{key}.jpg"
+
+
+COCO_IMAGE_FOLDERS = ("images", "train2014", "val2014")
+
+
+@functools.lru_cache(maxsize=64)
+def _coco_folders(root: Path) -> tuple[bool, ...]:
+    return tuple((root / name).is_dir() for name in COCO_IMAGE_FOLDERS)
+
+
+def _coco_image_folder(root: Path, key: str) -> Path:
+    """images/ (AttnGAN's layout: every image in one folder) when it exists, else the download's own
+    train2014/ or val2014/, which the key's prefix names (COCO_val2014_000000000042)."""
+    images, train, val = _coco_folders(root)
+    if images or not (train or val):
+        return root / "images"
+    return root / ("val2014" if key.startswith("COCO_val2014_") else "train2014")
 
 
 def hash_image_stats(digest, root: str | Path, layout: str, keys: list[str]) -> None:

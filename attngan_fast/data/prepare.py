@@ -25,8 +25,9 @@ from tqdm import tqdm
 from ..atomic import write_text_atomic
 from ..safe_pickle import as_text, load_plain_pickle
 from ..text import END_TOKEN, Vocabulary, tokenize
-from .folder import folder_digest, read_folder
-from .layouts import SPLITS, DataError, caption_path, check_layout, read_caption_lines, read_split
+from .folder import MAX_PROBLEM_LINES, folder_digest, image_problems, read_folder
+from .layouts import (SPLITS, DataError, caption_path, check_layout, check_negatives, image_path, read_caption_lines,
+                      read_split)
 
 CACHE_NAME = "attngan_fast_captions.json"
 CACHE_FORMAT = 2  # 2: keyed on the caption files' content
@@ -151,7 +152,7 @@ def _prepare_folder(root: Path, captions_per_image: int, test_fraction: float, p
         "format": CACHE_FORMAT, "layout": "folder", "captions_per_image": captions_per_image,
         "test_fraction": test_fraction, "source": index.metadata.name, "vocab": vocab.to_json(), "keys": index.keys,
         "captions": captions, "counts": counts, "class_ids": index.class_ids, "class_names": index.class_names,
-        "report": report, "digest": folder_digest(root, index.metadata, index.keys),
+        "report": report, "digest": folder_digest(root, index.keys),
     }))
     return cache
 
@@ -159,15 +160,25 @@ def _prepare_folder(root: Path, captions_per_image: int, test_fraction: float, p
 def _load_folder(root: Path, data: dict | None, captions_per_image: int, test_fraction: float,
                  progress: bool) -> CaptionCache:
     """The folder layout's cache when it is current, else the folder checked and the cache made again."""
-    from .folder import find_metadata
-
     current = (isinstance(data, dict) and data.get("format") == CACHE_FORMAT and data.get("layout") == "folder"
                and data.get("captions_per_image") == captions_per_image and data.get("test_fraction") == test_fraction
-               and data.get("digest") == folder_digest(root, find_metadata(root), data.get("keys", {})))
+               and data.get("digest") == folder_digest(root, data.get("keys", {})))
     if not current:
         return _prepare_folder(root, captions_per_image, test_fraction, progress)
     return CaptionCache("folder", captions_per_image, Vocabulary(data["vocab"]), data["keys"], data["class_ids"],
                         data["captions"], data["source"], data.get("report", {}), data["counts"])
+
+
+def _check_release_images(root: Path, layout: str, keys: dict[str, list[str]], progress: bool) -> None:
+    """Every listed image exists and decodes, before anything trains (a missing or truncated file would
+    otherwise stop a run when the loader reaches it, hours in); every problem is one line."""
+    problems = image_problems([(f"{split} image {key}", image_path(root, layout, key)) for split in SPLITS
+                               for key in keys[split]], progress, draft=True)
+    if problems:
+        more = len(problems) - MAX_PROBLEM_LINES
+        shown = problems[:MAX_PROBLEM_LINES] + ([f"... and {more} more"] if more > 0 else [])
+        raise DataError("\n".join([f"{len(problems)} of the images listed under {root} cannot be read (nothing was "
+                                    "trained; fix them and run again):", *shown]))
 
 
 def prepare(root: str | Path, layout: str, captions_per_image: int, *, progress: bool = True,
@@ -179,6 +190,9 @@ def prepare(root: str | Path, layout: str, captions_per_image: int, *, progress:
         return _prepare_folder(root, captions_per_image, test_fraction, progress)
     splits = {split: read_split(root, split) for split in SPLITS}
     keys = {split: s.keys for split, s in splits.items()}
+    for split, index in splits.items():
+        check_negatives(root, split, index.keys, index.class_ids)
+    _check_release_images(root, layout, keys, progress)
     release = root / "captions.pickle"
     skipped = 0
     if use_release_pickle and release.exists():

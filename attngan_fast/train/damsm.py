@@ -174,10 +174,16 @@ def evaluate(text_encoder, image_encoder, dataset: TextImageDataset, cfg: Config
         image_keys = torch.tensor([dataset.class_ids[i] for i in image_index])
     else:
         image_keys = torch.arange(len(image_index))
-    r = retrieval_top1(torch.cat(image_vecs), caption_vecs, true_caption, image_keys, image_keys[torch.tensor(owner)],
-                       seed=seed)
-    metrics.update(retrieval_top1=r["mean"], retrieval_top1_std=r["std"], retrieval_candidates=r["candidates"],
-                   retrieval_images=r["n"])
+    if len(set(image_keys.tolist())) < 2:
+        # One class among the evaluated images (a small runtime.eval_batches over a split in class order):
+        # no caption may serve as a distractor, so there is no retrieval score this time.
+        metrics.update(retrieval_top1=math.nan, retrieval_top1_std=math.nan, retrieval_candidates=0,
+                       retrieval_images=len(image_index))
+    else:
+        r = retrieval_top1(torch.cat(image_vecs), caption_vecs, true_caption, image_keys,
+                           image_keys[torch.tensor(owner)], seed=seed)
+        metrics.update(retrieval_top1=r["mean"], retrieval_top1_std=r["std"], retrieval_candidates=r["candidates"],
+                       retrieval_images=r["n"])
     if part_mass:
         metrics.update(part_attention_mass=float(torch.tensor(part_mass).mean()),
                        part_area_share=float(torch.tensor(part_share).mean()), part_attention_words=len(part_mass))
@@ -381,8 +387,10 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
                                                     "word (DAMSM)")
                         log.picture("attention_maps", picture, step)
                     if progress:
+                        retrieval = (f"{metrics['retrieval_top1']:.1%} (1 of {metrics['retrieval_candidates']})"
+                                     if metrics["retrieval_candidates"] else "n/a (the evaluated images are of one class)")
                         tqdm.write(f"epoch {done_epochs:g}: val loss {metrics['val_total']:.3f}, retrieval top-1 "
-                                   f"{metrics['retrieval_top1']:.1%} (1 of {metrics['retrieval_candidates']})")
+                                   f"{retrieval}")
             if finished:
                 position = 0
                 save(epoch + 1, 0, metrics)

@@ -226,6 +226,9 @@ def _check(cfg: Config) -> None:
     g = cfg.gan
     if g.damsm is None:
         raise ConfigError("AttnGAN training needs a DAMSM checkpoint: --damsm PATH (or gan.damsm in the config)")
+    if not Path(g.damsm).exists():
+        raise ConfigError(f"the DAMSM checkpoint {g.damsm} does not exist (--damsm, or gan.damsm in the config: "
+                          f"`attngan-fast pretrain-damsm --config {cfg.preset}` makes it)")
     if g.batch_size < 2:
         raise ConfigError("gan.batch_size must be at least 2 (the mismatched-caption term pairs image i with caption i+1)")
     if g.eval_every is not None and g.eval_every < 1:

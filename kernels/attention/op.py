@@ -29,10 +29,11 @@ else:  # pragma: no cover
     _INTERPRETED = False
 
 # What impl="auto" runs on CPU tensors, per layout of the image features: the faster of the reference
-# and SDPA at the training shapes, measured side by side (python -m benchmarks.cpu_attention; the
-# results file is named in docs/attention-providers.md). channels_last: SDPA (its fused CPU kernel takes
-# the (B, HW, C) view as it is); NCHW: the reference (SDPA's two layout copies eat its gain). On a GPU
-# "auto" stays the fused kernels until a GPU run measures them against SDPA and FlexAttention.
+# and SDPA at the training shapes, measured side by side (python -m benchmarks.gpu --device cpu --sizes
+# model --only auto; the results file is named in docs/attention-providers.md). channels_last: SDPA (its
+# fused CPU kernel takes the (B, HW, C) view as it is); NCHW: the reference (SDPA's two layout copies
+# eat its gain). On a GPU "auto" stays the fused kernels until a GPU run measures them against SDPA and
+# FlexAttention.
 CPU_AUTO = {"channels_last": "sdpa", "nchw": "reference"}
 
 

@@ -38,7 +38,7 @@ def query_key_value(query: torch.Tensor, context: torch.Tensor, word_mask: torch
     q = query.to(dtype).flatten(2).transpose(1, 2).unsqueeze(1)
     if unit_stride and q.stride(-1) != 1:
         # NCHW (or otherwise strided) h: one copy, without which the fused backends refuse the inputs
-        # and PyTorch falls back to its math backend (slower even on CPU: benchmarks.cpu_attention).
+        # and PyTorch falls back to its math backend (slower even on CPU: benchmarks.gpu's auto part).
         q = q.contiguous()
     # (B, T, C) made dense (B·T·C elements, a few kB): the fused backends need unit stride on C.
     kv = own_words(context.to(dtype), word_mask, legacy_mask).transpose(1, 2).contiguous().unsqueeze(1)
