@@ -215,7 +215,6 @@ def _generate(args) -> int:
 
     from .generate import iter_generate, write_generation
     from .paths import check_folder
-    from .text import words_as_written
     from .train.gan import load_generator
     from .train.runtime import pick_device
 
@@ -236,15 +235,12 @@ def _generate(args) -> int:
         raise CliError("give at least one caption (as arguments or with --captions FILE)")
     device = pick_device(args.device or "auto")
     netG, text_encoder, vocab, _ = load_generator(args.checkpoint, device)
-    for source, caption in zip(sources, captions):  # named by where it was written, before any image
-        if not vocab.encode(words_as_written(caption))[0]:
-            raise CliError(f"{source}: no word of {caption!r} is in the model's vocabulary")
     images, files, dropped = 0, 0, {}
     total = len(captions) * args.n_per_caption
     bar = tqdm(total=total, desc="generating", unit="image", disable=args.quiet or total <= args.batch_size)
     for first, chunk in iter_generate(netG, text_encoder, vocab, captions, words_num=args.words_num,
                                       n_per_caption=args.n_per_caption, seed=args.seed, batch_size=args.batch_size,
-                                      device=device, progress=bar):
+                                      device=device, progress=bar, names=sources):
         files += len(write_generation(chunk, args.out, n_per_caption=args.n_per_caption, first=first))
         images += len(chunk.captions)
         dropped.update(chunk.dropped)
@@ -490,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if getattr(args, "captions_per_image", 0) is None:
         args.captions_per_image = 5 if args.layout == "coco" else 10
+    from pathlib import Path
+
     from .config import ConfigError
     from .data.layouts import DataError
     from .demo import DemoError
@@ -501,8 +499,6 @@ def main(argv: list[str] | None = None) -> int:
     from .train.checkpoint import CheckpointError
     from .train.run_folder import RunExistsError
     from .train.runtime import DeviceError
-
-    from pathlib import Path
 
     for flag in ("checkpoint", "damsm", "eval_damsm", "resume"):  # named here: the loaders only know a path
         value = getattr(args, flag, None)

@@ -51,10 +51,12 @@ LEGACY_BATCH_WARNING = (
     "each caption alone")
 
 
-def encode_captions(captions: list[str], vocab: Vocabulary, words_num: int | None = None, seed: int = 0):
+def encode_captions(captions: list[str], vocab: Vocabulary, words_num: int | None = None, seed: int = 0,
+                    names: list[str] | None = None):
     """(word ids per caption, {caption: dropped unknown words, non-ASCII ones as written}). Every known word is kept unless
     ``words_num`` caps the length (a seeded random ordered subset of a longer caption). Raises
-    CaptionError for a caption with no known word."""
+    CaptionError for a caption with no known word, naming it by ``names`` (where each was written, e.g.
+    a file's line) or by its number."""
     if words_num is not None and words_num < 1:
         raise CaptionError(f"words_num must be at least 1 (or None to keep every word), got {words_num}")
     ids, dropped = [], {}
@@ -64,6 +66,8 @@ def encode_captions(captions: list[str], vocab: Vocabulary, words_num: int | Non
         known, unknown = vocab.encode(words_as_written(caption))
         if unknown:
             dropped[caption] = unknown
+        if not known and names:
+            raise CaptionError(f"{names[n]}: no word of {caption!r} is in the model's vocabulary")
         if not known:
             raise CaptionError(f"no word of caption {n + 1} ({caption!r}) is in the model's vocabulary")
         ids.append(known if words_num is None else truncate(known, words_num, random.Random(seed * 1_000_003 + n)))
@@ -83,12 +87,13 @@ def _pad(ids: list[list[int]]):
 
 def iter_generate(netG, text_encoder, vocab: Vocabulary, captions: list[str], *, words_num: int | None = None,
                   n_per_caption: int = 1, seed: int = 0, batch_size: int = 32, device="cpu", amp: str = "off",
-                  return_attn: bool = True, progress=None):
+                  return_attn: bool = True, progress=None, names: list[str] | None = None):
     """Yields (first image index, Generated) per chunk of ``batch_size`` images, so that any number of
     captions runs in bounded memory. Every image's noise is drawn up front from ``seed``, so with the
     default mask the result does not depend on the chunking; a ``legacy_mask`` generator's does (see
-    the module docstring: use ``batch_size=1`` for it). ``words_num``: None keeps every word."""
-    ids, dropped = encode_captions(list(captions), vocab, words_num, seed)
+    the module docstring: use ``batch_size=1`` for it). ``words_num``: None keeps every word; ``names``:
+    how errors name the captions (``encode_captions``)."""
+    ids, dropped = encode_captions(list(captions), vocab, words_num, seed, names)
     yield from iter_generate_ids(netG, text_encoder, vocab, ids, captions=list(captions), dropped=dropped,
                                  n_per_caption=n_per_caption, seed=seed, batch_size=batch_size, device=device, amp=amp,
                                  return_attn=return_attn, progress=progress)

@@ -358,7 +358,7 @@ class BudgetExceeded(Exception):
     """Raised inside a row when ``--budget`` runs out."""
 
 
-def plan(parts, sizes: str, device: torch.device, measure, out: Path, report: dict, quick: bool = False,
+def plan(parts, sizes: str, device: torch.device, measure, report: dict, quick: bool = False,
          data: Path | None = None) -> list[tuple[str, str, object]]:
     """(part, row id, thunk) of every row the run will measure, in order."""
     rows = []
@@ -422,7 +422,7 @@ def run(parts, sizes: str, device: torch.device, measure, out: Path, report: dic
     try:
         if any(p in parts for p in ("damsm", "attention", "tuned", "budget")) and report.get("ceilings") is None:
             report["ceilings"] = ceilings(device, measure)
-        rows = plan(parts, sizes, device, measure, out, report, quick, data)
+        rows = plan(parts, sizes, device, measure, report, quick, data)
         for n, (part, row_id, thunk) in enumerate(rows):
             report["left_s"] = deadline - time.time()
             try:

@@ -146,6 +146,6 @@ def test_on_cpu_the_model_sizes_skip_the_interpreted_rows_and_say_why():
     for op in ("damsm", "attention"):
         row = gpu.kernel_row(op, CASES["model"][op][0], "fp32", "fwd+bwd", "fused", cpu, measure=None)
         assert row["not_applicable"] == INTERPRETER_AT_MODEL_SIZES
-    rows = gpu.plan(["checks", "tuned"], "model", cpu, measure=None, out=None, report={})
+    rows = gpu.plan(["checks", "tuned"], "model", cpu, measure=None, report={})
     assert [(part, thunk()) for part, _, thunk in rows] == [
         (part, {"not_applicable": INTERPRETER_AT_MODEL_SIZES}) for part in ("checks", "tuned")]

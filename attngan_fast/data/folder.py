@@ -12,8 +12,9 @@ column an image is held out for the test set when a hash of its file name falls 
 split when others are added (no test image ever moves into training).
 
 Other columns are read past (one warning names them). Everything is checked before anything trains,
-and every problem found is one line that names the metadata file, the line and the image: a missing or undecodable image, an empty caption (or one with
-no word the tokenizer keeps), a duplicate row, a bad split or class value.
+and every problem found is one line that names the metadata file, the line and the image: a missing
+or undecodable image, an empty caption (or one with no word the tokenizer keeps), a duplicate row, a
+bad split or class value.
 """
 
 from __future__ import annotations

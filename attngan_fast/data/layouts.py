@@ -100,7 +100,8 @@ def negatives_problem(root: str | Path, split: str, keys: list[str], class_ids: 
                 "classes or more, or no class at all")
     if class_ids is None and len(keys) < 2:
         return (f"the {split} split of {root} holds {len(keys)} image: retrieval and R-precision need captions "
-                "of other images as distractors; hold out more images (data.test_fraction, or a split column)")
+                "of other images as distractors (and the DAMSM losses as negatives); give the split more images "
+                "(data.test_fraction, or a split column)")
     return None
 
 
