@@ -133,6 +133,26 @@ def test_the_wheel_installs_one_top_level_name_and_every_package(tmp_path):
     assert Path(path).is_relative_to(target) and no_top_level_kernels and callable_op
 
 
+def test_a_checkout_runs_without_being_installed(tmp_path):
+    """``PYTHONPATH=<checkout>`` alone (a machine that cannot reach PyPI to install): the kernels
+    import as attngan_fast.kernels from the top-level kernels/ folder, the ops run, and the command
+    line answers. ``-S`` keeps this environment's install (its .pth files) out of the way."""
+    site_packages = Path(torch.__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(site_packages)])}
+    probe = ("import json, sys, torch; from attngan_fast import kernels; "
+             "q, c = torch.randn(2, 8, 3, 5), torch.randn(2, 8, 4); m = torch.tensor([[0, 0, 1, 1], [0, 0, 0, 0]]).bool(); "
+             "ctx = kernels.word_attention(q, c, m, impl='reference')[0]; "
+             "ref = kernels.word_attention_ref(q.double(), c.double(), m)[0]; "
+             "print(json.dumps([kernels.__file__, 'kernels' in sys.modules, (ctx.double() - ref).abs().max().item()]))")
+    out = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    path, second_name, error = json.loads(out.stdout)
+    assert Path(path) == ROOT / "kernels" / "__init__.py" and not second_name and error < 1e-5
+    out = subprocess.run([sys.executable, "-S", "-m", "attngan_fast", "info"], capture_output=True, text=True,
+                         cwd=tmp_path, env=env)
+    assert out.returncode == 0 and json.loads(out.stdout)["torch"] == torch.__version__, out.stderr[-2000:]
+
+
 def test_the_kernels_folder_refuses_a_second_import_name():
     # Importing kernels/ as the top-level `kernels` (the repository root on sys.path) would register
     # the custom ops twice: it stops with the name to use instead.
