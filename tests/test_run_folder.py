@@ -4,7 +4,10 @@ checked against the checkpoint's config, killed saves leave no litter, failed ru
 from __future__ import annotations
 
 import json
+import os
+import stat
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,6 +154,56 @@ def test_a_killed_save_leaves_no_temporary_file_after_the_next_save(tmp_path):
     assert target.read_bytes() == b"new" and not left.exists()
     assert other.exists()  # only this target's leftovers go
     assert sorted(p.name for p in tmp_path.iterdir()) == [".cache.json.x.tmp", "latest.pt"]
+
+
+def test_a_resume_removes_what_killed_writes_left_and_files_get_the_umask(synthetic_root, tmp_path):
+    """A snapshot or picture write killed halfway leaves a checkpoint-sized temporary file whose target
+    the resumed run may never write again: the run that takes the folder over removes them. Saved
+    files have the mode a plain write would give them (mkstemp's is 0600)."""
+    out = tmp_path / "run"
+    damsm.train_damsm(tiny_config(synthetic_root, out, "damsm.max_steps=2"), progress=False)
+    killed = [out / ".damsm_epoch0002.pt.a1b2c3.tmp", out / ".attention_maps_step0000002.png.x.tmp"]
+    for path in killed:
+        path.write_bytes(b"half of it")
+    mine = out / ".notes.txt.tmp"  # not a write of ours: stays
+    mine.write_text("mine")
+    damsm.train_damsm(tiny_config(synthetic_root, out, "damsm.max_steps=3"), resume=out / "latest.pt", progress=False)
+    assert not any(path.exists() for path in killed) and mine.exists()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((out / "latest.pt").stat().st_mode) == 0o666 & ~umask
+
+
+def test_overwrite_moves_the_tensorboard_events_and_the_eval_curve_too(tmp_path):
+    from attngan_fast.train.run_folder import claim_run_folder
+
+    out = tmp_path / "run"
+    (out / "tensorboard").mkdir(parents=True)
+    (out / "tensorboard" / "events.out.tfevents.1").write_text("old events")
+    for name in ("log.jsonl", "eval_curve.png"):
+        (out / name).write_text("old")
+    _, first = claim_run_folder(out, resume=None, overwrite=True)
+    aside = Path(first["replaced"])
+    assert sorted(p.name for p in out.iterdir()) == [aside.name]
+    assert (aside / "tensorboard" / "events.out.tfevents.1").read_text() == "old events"
+    assert (aside / "eval_curve.png").exists()
+
+
+def test_a_snapshot_is_written_before_latest_so_a_kill_between_them_loses_nothing(synthetic_root, tmp_path,
+                                                                                    monkeypatch):
+    """Killed right after the epoch's snapshot, before latest.pt: the resume redoes that epoch from the
+    previous latest.pt and the snapshot exists (the other order would skip it for good)."""
+    order = []
+    real_save = damsm.save_atomic
+
+    def recording_save(payload, path):
+        order.append(Path(path).name)
+        return real_save(payload, path)
+
+    monkeypatch.setattr(damsm, "save_atomic", recording_save)
+    damsm.train_damsm(tiny_config(synthetic_root, tmp_path / "run", "damsm.epochs=1", "damsm.snapshot_every=1",
+                                  "damsm.snapshot_epochs=[]", "damsm.max_steps=null"), progress=False)
+    assert order[-2:] == ["damsm_epoch0001.pt", "latest.pt"], order
 
 
 def test_failed_runs_leave_no_empty_output_folders(synthetic_root, damsm_run, tmp_path, capsys):

@@ -331,9 +331,11 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
                 "epoch": epoch, "position": pos, "step": step, "rng": states,
                 "history": history, "metrics": extra,
             }
-            save_atomic(payload, latest)
+            # The snapshot first: a kill between the two saves resumes from the previous latest.pt and
+            # writes the snapshot again, where the other order would skip it for good.
             if pos == 0 and keeps_snapshot(d, epoch):
                 save_atomic(payload, out / f"damsm_epoch{epoch:04d}.pt")
+            save_atomic(payload, latest)
 
     # -- the epochs: training steps, then evaluation, pictures and a checkpoint per epoch --------------
     stopped = d.max_steps is not None and step >= d.max_steps

@@ -238,6 +238,13 @@ def _check(cfg: Config) -> None:
     if g.eval_inception_weights is not None and not Path(g.eval_inception_weights).is_file():
         raise ConfigError(f"gan.eval_inception_weights: torch-fidelity Inception weights file {g.eval_inception_weights} "
                           "does not exist")
+    if g.eval_inception_weights is not None and g.eval_every is not None:
+        from ..evaluate import EvaluationError, check_inception_weights
+
+        try:  # before any work: the hook would meet a wrong file only at its first evaluation
+            check_inception_weights(g.eval_inception_weights)
+        except EvaluationError as err:
+            raise ConfigError(str(err).replace("--inception-weights", "gan.eval_inception_weights", 1)) from None
 
 
 def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) -> dict:
@@ -341,9 +348,9 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
                 "scaler": scaler.state_dict(), "epoch": epoch, "position": pos, "step": step,
                 "rng": states, "damsm": str(g.damsm),
             }
-            save_atomic(payload, latest)
-            if pos == 0 and epoch % g.snapshot_every == 0:
+            if pos == 0 and epoch % g.snapshot_every == 0:  # before latest.pt, as the DAMSM loop does
                 save_atomic(payload, out / f"netG_epoch{epoch:04d}.pt")
+            save_atomic(payload, latest)
 
     def samples() -> Path | None:
         path = out / "samples" / f"step{step:07d}.png"
