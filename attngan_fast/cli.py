@@ -20,6 +20,7 @@ import os
 import platform
 import sys
 import warnings
+from pathlib import Path
 
 # torch's CPU threads are an OpenMP team whose threads spin while they wait for one another (GNU
 # OpenMP's default: ~300,000 turns). On a machine busy with other work a spinning thread can burn the
@@ -70,6 +71,27 @@ def _at_least(flag: str, value: int, least: int = 1) -> int:
     if value < least:
         raise CliError(f"{flag} must be at least {least}, got {value}")
     return value
+
+
+MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
+
+
+def _seed(flag: str, value: int) -> int:
+    if not 0 <= value <= MAX_SEED:
+        raise CliError(f"{flag} must be between 0 and 2^63 - 1, got {value}")
+    return value
+
+
+def _read_lines(path: str, flag: str) -> list[str]:
+    """The lines of a UTF-8 text file (a byte-order mark allowed); one line naming the file and the
+    line when it is not UTF-8."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8-sig").splitlines()
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise CliError(f"{flag} {path} line {line} is not UTF-8 text (byte 0x{raw[err.start]:02x}): save it as "
+                       "UTF-8") from None
 
 
 def _plain_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -209,8 +231,6 @@ def _train_gan(args) -> int:
 
 
 def _generate(args) -> int:
-    from pathlib import Path
-
     from tqdm import tqdm
 
     from .generate import iter_generate, write_generation
@@ -220,6 +240,7 @@ def _generate(args) -> int:
 
     _at_least("--n-per-caption", args.n_per_caption)
     _at_least("--batch-size", args.batch_size)
+    _seed("--seed", args.seed)
     if args.words_num is not None:
         _at_least("--words-num", args.words_num)
     check_folder(args.out, "--out")
@@ -228,7 +249,7 @@ def _generate(args) -> int:
     if args.captions_file:
         if not Path(args.captions_file).is_file():
             raise CliError(f"--captions {args.captions_file}: no such file (one caption per line)")
-        lines = Path(args.captions_file).read_text().splitlines()
+        lines = _read_lines(args.captions_file, "--captions")
         captions += [line.strip() for line in lines if line.strip()]
         sources += [f"--captions {args.captions_file} line {n}" for n, line in enumerate(lines, 1) if line.strip()]
     if not captions:
@@ -255,7 +276,7 @@ def _evaluate(args) -> int:
     from .train.runtime import pick_device
 
     _at_least("--batch-size", args.batch_size)
-
+    _seed("--seed", args.seed)
     report = evaluate_generator(args.checkpoint, args.damsm, args.data, args.out, n_images=args.n_images,
                                 inception_weights=args.inception_weights, eval_damsm=args.eval_damsm, seed=args.seed,
                                 batch_size=args.batch_size, device=pick_device(args.device or "auto"),
@@ -453,7 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
                          description="A local web page (Gradio, the optional extra: pip install -e \".[app]\") to type "
                                      "a caption or pick a test caption, choose the seed and the number of images, and "
                                      "see every stage's image with the most attended words and their maps; and to "
-                                     "change one word and see both side by side. Binds 127.0.0.1 unless --host.")
+                                     "change one word and see both side by side. Binds 127.0.0.1 unless --host. A "
+                                     "request takes a caption of at most 300 characters and 40 words, a seed from 0 "
+                                     "to 2147483647 and 1 to --max-images images; one runs at a time, 16 may wait, "
+                                     "and a request body holds at most 64 KiB.")
     srv.add_argument("--checkpoint", help=f"generator checkpoint (default: the demo's, "
                                           f"{DEFAULT_OUT}/attngan/latest.pt)")
     srv.add_argument("--data", help="dataset root for the test captions (default: the one the generator was "
@@ -486,8 +510,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if getattr(args, "captions_per_image", 0) is None:
         args.captions_per_image = 5 if args.layout == "coco" else 10
-    from pathlib import Path
-
     from .config import ConfigError
     from .data.layouts import DataError
     from .demo import DemoError
