@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -206,10 +207,10 @@ def _pretrain_damsm(args) -> int:
     except TrainingDiverged as err:
         print(f"attngan-fast: {err}", file=sys.stderr)
         return 3
-    if result.get("checkpoint") is not None and "retrieval_top1" in result:
+    if result.get("checkpoint") is not None and "retrieval_top1" in result and "stopped_by" not in result:
         _result(f"done: {summarize(result)}")
     _result(json.dumps(result, indent=2))
-    return 0
+    return _stopped(result)
 
 
 def _train_gan(args) -> int:
@@ -227,7 +228,17 @@ def _train_gan(args) -> int:
         print(f"attngan-fast: {err}", file=sys.stderr)
         return 3
     _result(json.dumps(result, indent=2))
-    return 0
+    return _stopped(result)
+
+
+def _stopped(result: dict) -> int:
+    """0, or for a run a signal stopped (saved first) the shell's code for that signal, and how to go on."""
+    if "stopped_by" not in result:
+        return 0
+    where = result.get("checkpoint")
+    print(f"attngan-fast: stopped by {result['stopped_by']} at step {result['step']}"
+          + (f"; saved {where}: continue with --resume {where}" if where else ""), file=sys.stderr)
+    return 128 + int(getattr(signal, result["stopped_by"]))
 
 
 def _generate(args) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import warnings
 from pathlib import Path
@@ -206,6 +207,60 @@ def test_a_snapshot_is_written_before_latest_so_a_kill_between_them_loses_nothin
     assert order[-2:] == ["damsm_epoch0001.pt", "latest.pt"], order
 
 
+def _signal_at_step(monkeypatch, at: int, sig=signal.SIGTERM):
+    """The loop's stop check raises ``sig`` in this process when it reaches step ``at`` (as Ctrl-C or a
+    scheduler's SIGTERM would arrive during that step)."""
+    from attngan_fast.train import runtime
+
+    original = runtime.Deadline.passed
+
+    def passed(self, step):
+        if step == at:
+            signal.raise_signal(sig)
+        return original(self, step)
+
+    monkeypatch.setattr(runtime.Deadline, "passed", passed)
+
+
+def test_a_signal_saves_where_the_run_is_and_the_resume_is_exact(synthetic_root, tmp_path, monkeypatch, capsys):
+    """SIGTERM (or Ctrl-C) in the middle of an epoch: the run saves that step and ends with the signal's
+    code, saying how to go on; resumed, it ends exactly where an uninterrupted run does. The handlers are
+    the previous ones afterwards."""
+    whole = damsm.train_damsm(tiny_config(synthetic_root, tmp_path / "whole", "damsm.max_steps=6"), progress=False)
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with monkeypatch.context() as patch:
+        _signal_at_step(patch, 3)
+        code = cli(_damsm_cli(synthetic_root, tmp_path / "cut", "--set", "damsm.max_steps=6"))
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    latest = tmp_path / "cut" / "latest.pt"
+    err = capsys.readouterr().err
+    assert code == 128 + signal.SIGTERM, err
+    assert f"stopped by SIGTERM at step 3; saved {latest}: continue with --resume {latest}" in err
+    ckpt = load_checkpoint(latest)
+    assert ckpt["step"] == 3 and ckpt["position"] == 3  # mid-epoch
+    assert _records(tmp_path / "cut" / "log.jsonl")[-1]["stopped_by"] == "SIGTERM"
+    resumed = damsm.train_damsm(tiny_config(synthetic_root, tmp_path / "cut", "damsm.max_steps=6"), resume=latest,
+                                progress=False)
+    assert resumed["step"] == 6 and resumed["param_checksum"] == whole["param_checksum"]
+
+
+def test_a_second_signal_stops_at_once(synthetic_root, tmp_path, monkeypatch):
+    from attngan_fast.train import runtime
+
+    original = runtime.Deadline.passed
+
+    def passed(self, step):
+        if step == 2:
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+        return original(self, step)
+
+    monkeypatch.setattr(runtime.Deadline, "passed", passed)
+    with pytest.raises(KeyboardInterrupt):
+        damsm.train_damsm(tiny_config(synthetic_root, tmp_path / "run", "damsm.max_steps=6"), progress=False)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_failed_runs_leave_no_empty_output_folders(synthetic_root, damsm_run, tmp_path, capsys):
     assert cli(_damsm_cli(tmp_path / "no-data", tmp_path / "a")) == 2
     assert cli(_damsm_cli(synthetic_root, tmp_path / "b", "--set", "damsm.batch_size=500")) == 2
@@ -228,3 +283,23 @@ def test_zero_steps_reports_no_checkpoint_that_does_not_exist(synthetic_root, tm
     assert result["checkpoint"] is None and result["step"] == 0
     assert not (tmp_path / "g" / "latest.pt").exists() and not (tmp_path / "d" / "latest.pt").exists()
     assert torch.isfinite(torch.tensor(result["param_checksum"]))
+
+
+def test_a_resume_on_another_number_of_processes_continues_after_every_sample_seen():
+    """Two processes of batch 4 saved at position 5 had seen 40 samples of the epoch (the permutation
+    dealt to the ranks in turn): one process of batch 8 goes on at its batch 5, of batch 16 at batch 2
+    (32 samples; fewer than one global batch are seen again); four processes of batch 2 at batch 5.
+    Ranks beyond the saved ones take a saved rank's RNG state instead of failing."""
+    from attngan_fast.train.common import position_for_batch_size, restore_progress, saved_world
+    from attngan_fast.train.checkpoint import rng_state
+    from attngan_fast.train.runtime import Runtime
+
+    ckpt = {"config": {"gan": {"batch_size": 4}}, "position": 5, "rng": [rng_state(), rng_state()],
+            "scaler": torch.amp.GradScaler("cpu", enabled=False).state_dict(), "epoch": 1, "step": 30}
+    assert saved_world(ckpt) == 2 and saved_world({**ckpt, "rng": rng_state()}) == 1
+    assert position_for_batch_size(ckpt, "gan", 8, world=1) == 5
+    assert position_for_batch_size(ckpt, "gan", 16, world=1) == 2
+    assert position_for_batch_size(ckpt, "gan", 2, world=4) == 5
+    assert position_for_batch_size(ckpt, "gan", 4, world=2) == 5  # unchanged: the same run
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    assert restore_progress(ckpt, scaler, Runtime(torch.device("cpu"), rank=3, world=4)) == (1, 5, 30)
