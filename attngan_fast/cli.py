@@ -244,6 +244,7 @@ def _stopped(result: dict) -> int:
 def _generate(args) -> int:
     from tqdm import tqdm
 
+    from .atomic import write_text_atomic
     from .generate import iter_generate, write_generation
     from .paths import check_folder
     from .train.gan import load_generator
@@ -265,21 +266,53 @@ def _generate(args) -> int:
         sources += [f"--captions {args.captions_file} line {n}" for n, line in enumerate(lines, 1) if line.strip()]
     if not captions:
         raise CliError("give at least one caption (as arguments or with --captions FILE)")
+    out = Path(args.out)
+    earlier = _earlier_generation(out, args.overwrite)
     device = pick_device(args.device or "auto")
     netG, text_encoder, vocab, _ = load_generator(args.checkpoint, device)
-    images, files, dropped = 0, 0, {}
+    for name in earlier:  # only now: a failed set-up leaves the earlier generation as it was
+        (out / name).unlink(missing_ok=True)
+    manifest = {"checkpoint": str(args.checkpoint), "seed": args.seed, "n_per_caption": args.n_per_caption,
+                "batch_size": args.batch_size, "words_num": args.words_num, "captions": captions,
+                "complete": False, "files": []}
+    images, dropped = 0, {}
     total = len(captions) * args.n_per_caption
     bar = tqdm(total=total, desc="generating", unit="image", disable=args.quiet or total <= args.batch_size)
     for first, chunk in iter_generate(netG, text_encoder, vocab, captions, words_num=args.words_num,
                                       n_per_caption=args.n_per_caption, seed=args.seed, batch_size=args.batch_size,
                                       device=device, progress=bar, names=sources):
-        files += len(write_generation(chunk, args.out, n_per_caption=args.n_per_caption, first=first))
+        manifest["files"] += [p.name for p in write_generation(chunk, out, n_per_caption=args.n_per_caption,
+                                                               first=first)]
+        write_text_atomic(out / GENERATION_MANIFEST, json.dumps(manifest, indent=1))  # an interrupted set says so
         images += len(chunk.captions)
         dropped.update(chunk.dropped)
     bar.close()
-    print(json.dumps({"captions": len(captions), "images": images, "files": files, "out": str(args.out),
+    write_text_atomic(out / GENERATION_MANIFEST, json.dumps({**manifest, "complete": True}, indent=1))
+    print(json.dumps({"captions": len(captions), "images": images, "files": len(manifest["files"]), "out": str(out),
                       "dropped_words": dropped}, indent=2))
     return 0
+
+
+GENERATION_MANIFEST = "generation.json"
+
+
+def _earlier_generation(out: Path, overwrite: bool) -> list[str]:
+    """The files of an earlier generation in ``out`` (its manifest's list, and the manifest), to remove
+    with ``overwrite``; without it, a folder that holds one is refused: two generations' images would
+    mix, with nothing to tell them apart."""
+    manifest = out / GENERATION_MANIFEST
+    if not manifest.is_file():
+        return []
+    if not overwrite:
+        raise CliError(f"--out {out} holds an earlier generation ({GENERATION_MANIFEST}): give another --out, or "
+                       "--overwrite to replace its images")
+    try:
+        listed = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        raise CliError(f"--overwrite: {manifest} is not a generation's manifest; remove the folder's images "
+                       "yourself") from None
+    # Only plain names in this folder: a manifest edited to name other paths removes nothing else.
+    return [name for name in listed if isinstance(name, str) and Path(name).name == name] + [GENERATION_MANIFEST]
 
 
 def _evaluate(args) -> int:
@@ -457,7 +490,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="cut captions longer than N words to a seeded random ordered subset, as in training "
                           "(default: every word is kept, as the release's example generation does)")
     gen.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    gen.add_argument("--out", required=True, help="folder for the images")
+    gen.add_argument("--out", required=True, help="folder for the images; it gets a generation.json that lists them "
+                                                  "and the settings (a folder that has one is refused)")
+    gen.add_argument("--overwrite", action="store_true",
+                     help="replace the earlier generation in --out (the files its generation.json lists)")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(func=_generate)
 

@@ -77,6 +77,28 @@ def test_generate_into_an_existing_file_and_from_a_text_file(trained, tmp_path, 
                        f"{notes} is not a readable checkpoint")
 
 
+def test_a_second_generation_into_the_same_folder_is_refused_or_replaces_the_first(trained, tmp_path, capsys):
+    """--out gets a generation.json listing its images: a second generation there would mix two sets,
+    so it is refused; --overwrite removes exactly the listed files (a user's file stays)."""
+    out = tmp_path / "o"
+    base = ["generate", "--checkpoint", str(trained[1]), "--out", str(out), "--quiet"]
+    assert cli(base + ["--n-per-caption", "2", "a red bird", "a blue bird"]) == 0
+    capsys.readouterr()
+    first = json.loads((out / "generation.json").read_text())
+    assert first["complete"] and first["captions"] == ["a red bird", "a blue bird"] and first["seed"] == 0
+    assert sorted(first["files"] + ["generation.json"]) == sorted(p.name for p in out.iterdir())
+    (out / "my_notes.txt").write_text("mine")
+    before = sorted(p.name for p in out.iterdir())
+    one_line_error(capsys, base + ["--seed", "5", "a green bird"],
+                   f"--out {out} holds an earlier generation (generation.json): give another --out, or --overwrite")
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert cli(base + ["--seed", "5", "--overwrite", "a green bird"]) == 0
+    second = json.loads((out / "generation.json").read_text())
+    assert second["complete"] and second["captions"] == ["a green bird"] and second["seed"] == 5
+    assert sorted(second["files"] + ["generation.json", "my_notes.txt"]) == sorted(p.name for p in out.iterdir())
+    assert all(name.startswith("c000_a_green_bird") for name in second["files"])
+
+
 def test_evaluate_refuses_zero_images_and_warns_below_the_protocol(trained, synthetic_root, tmp_path, capsys):
     base = ["evaluate", "--checkpoint", str(trained[1]), "--damsm", str(trained[0]), "--data", str(synthetic_root),
             "--quiet", "--out", str(tmp_path / "r.json")]
