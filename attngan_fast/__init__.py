@@ -16,7 +16,10 @@ __version__ = "0.1.0"
 class _CheckoutKernels(_MetaPathFinder):
     """Finds ``attngan_fast.kernels`` in a source checkout that is not installed (``PYTHONPATH=.``, as
     on a machine that cannot reach PyPI): the repository's top-level ``kernels/`` folder, under the
-    same one name an install gives it. Last on ``sys.meta_path``, so an installed copy always wins."""
+    same one name an install gives it. First on ``sys.meta_path``: the kernels always come from the
+    checkout this package came from, never from another copy installed in the environment."""
+
+    attngan_fast_checkout = True  # how a second import of this module (a reload) sees it is there
 
     def __init__(self, folder: _Path):
         self.folder = folder
@@ -37,5 +40,6 @@ def _checkout_kernels() -> _Path | None:
     return folder if (folder / "__init__.py").is_file() else None
 
 
-if (_folder := _checkout_kernels()) is not None and not any(isinstance(f, _CheckoutKernels) for f in _sys.meta_path):
-    _sys.meta_path.append(_CheckoutKernels(_folder))
+if (_folder := _checkout_kernels()) is not None and not any(getattr(f, "attngan_fast_checkout", False)
+                                                             for f in _sys.meta_path):
+    _sys.meta_path.insert(0, _CheckoutKernels(_folder))

@@ -15,11 +15,13 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import os
 import platform
 import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -87,12 +89,13 @@ def _read_lines(path: str, flag: str) -> list[str]:
     """The lines of a UTF-8 text file (a byte-order mark allowed); one line naming the file and the
     line when it is not UTF-8."""
     raw = Path(path).read_bytes()
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
     try:
-        return raw.decode("utf-8-sig").splitlines()
+        return raw[bom:].decode("utf-8").splitlines()
     except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise CliError(f"{flag} {path} line {line} is not UTF-8 text (byte 0x{raw[err.start]:02x}): save it as "
-                       "UTF-8") from None
+        at = bom + err.start
+        line = raw[:at].count(b"\n") + 1
+        raise CliError(f"{flag} {path} line {line} is not UTF-8 text (byte 0x{raw[at]:02x}): save it as UTF-8") from None
 
 
 def _plain_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -229,6 +232,10 @@ def _train_gan(args) -> int:
         return 3
     _result(json.dumps(result, indent=2))
     return _stopped(result)
+
+
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def _stopped(result: dict) -> int:
@@ -574,6 +581,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command != "serve" and isinstance(value, str) and not Path(value).exists():  # serve says more
             print(f"attngan-fast: error: --{flag.replace('_', '-')} {value} does not exist", file=sys.stderr)
             return 2
+    # SIGTERM (kill, docker stop) ends a command as Ctrl-C does, through Python's exit: temporary folders
+    # go (atexit) instead of staying in /tmp. Training loops take it over to save first.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if in_main_thread else None
     with warnings.catch_warnings():
         warnings.showwarning = _plain_warning
         try:
@@ -586,6 +597,9 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("attngan-fast: interrupted", file=sys.stderr)
             return 130
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # python -m attngan_fast.cli, torchrun -m attngan_fast.cli

@@ -272,9 +272,10 @@ _WHY = {"gan.batch_size": " (the mismatched-caption term pairs image i with capt
 
 
 _OPEN_UNIT = {"data.test_fraction"}  # strictly between 0 and 1
-# Rates and probabilities: a decay above 1 grows without bound (NaN within a few dozen steps), a
-# dropout of 1 drops everything; Adam's betas must lie in [0, 1).
-_UNIT = {"gan.ema_decay": (0.0, 1.0, True), "damsm.lr_decay": (0.0, 1.0, True),
+# Rates and probabilities: a decay above 1 grows without bound (NaN within a few dozen steps), an EMA
+# decay of 1 never moves from the initial weights, a dropout of 1 drops everything; Adam's betas lie
+# in [0, 1).
+_UNIT = {"gan.ema_decay": (0.0, 1.0, False), "damsm.lr_decay": (0.0, 1.0, True),
          "text_encoder.dropout": (0.0, 1.0, False)}  # path: (low, high, high allowed); low is allowed
 
 

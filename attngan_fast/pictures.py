@@ -136,7 +136,7 @@ def save_png(image: Image.Image, path: str | Path) -> Path:
     """``image`` as a PNG at ``path``, atomically: a write killed halfway leaves no truncated picture that
     a resumed run would take for a finished one."""
     path = Path(path)
-    with atomic_path(path, durable=False) as tmp:
+    with atomic_path(path, durable=False, clean=False) as tmp:
         image.save(tmp, format="PNG")
     return path
 

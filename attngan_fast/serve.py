@@ -88,20 +88,30 @@ class BodyLimit:
         length = dict(scope["headers"]).get(b"content-length", b"0")
         if not length.isdigit() or int(length) > self.limit:
             return await self._refuse(send)
-        seen = 0
+        seen, started, refused = 0, False, False
+
+        async def guarded_send(message):
+            nonlocal started
+            if refused:  # the app's answer to the aborted read (FastAPI's 400) after our 413
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
 
         async def bounded_receive():
-            nonlocal seen
+            nonlocal seen, refused
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.limit:
+            if seen > self.limit and not refused:
+                if not started:
+                    await self._refuse(send)
+                refused = True
                 raise _TooLarge
             return message
 
         try:
-            await self.app(scope, bounded_receive, send)
-        except _TooLarge:
-            await self._refuse(send)
+            await self.app(scope, bounded_receive, guarded_send)
+        except _TooLarge:  # the app let the aborted read through: the 413 is sent already
+            pass
 
     async def _refuse(self, send):
         body = f"a request to this page may hold at most {self.limit} bytes".encode()
@@ -134,7 +144,7 @@ def build_page(studio: Studio, *, note: str = ""):
             count = gr.Slider(1, studio.max_images, value=min(2, studio.max_images), step=1, label="Images",
                               elem_id="count")
             go = gr.Button("Generate", variant="primary", elem_id="generate")
-        status = gr.Markdown(elem_id="status")
+        status = gr.Markdown(elem_id="status", latex_delimiters=[])  # a typed $$x$$ stays text too
         grid = gr.Image(label="Every stage, then the five most attended words per attention stage (one row per image)",
                         type="pil", format="png", interactive=False, elem_id="grid", buttons=BUTTONS)
         maps = gr.Gallery(label="Word maps: the most attended words over the image of their stage", columns=TOP_WORDS,
@@ -148,7 +158,7 @@ def build_page(studio: Studio, *, note: str = ""):
             word = gr.Textbox(label="Word to change", elem_id="word", scale=1)
             replacement = gr.Textbox(label="New word", elem_id="replacement", scale=1)
             compare = gr.Button("Compare", elem_id="compare", scale=1)
-        compare_status = gr.Markdown(elem_id="compare-status")
+        compare_status = gr.Markdown(elem_id="compare-status", latex_delimiters=[])
         with gr.Row():
             left = gr.Image(label="the caption", type="pil", format="png", interactive=False, elem_id="left",
                             buttons=BUTTONS)
@@ -247,17 +257,21 @@ def _body_limit():
 def check_address(host: str, port: int | None) -> None:
     """ServeError naming the flag when the page could not listen on ``host``:``port`` (``port`` None:
     only whether ``host`` is an address of this machine)."""
-    try:
-        family, kind, _, _, address = socket.getaddrinfo(host, port or 0, type=socket.SOCK_STREAM)[0]
+    try:  # "[::1]" as Gradio takes it
+        found = socket.getaddrinfo(host.strip("[]"), port or 0, type=socket.SOCK_STREAM)
     except socket.gaierror as err:
         raise ServeError(f"--host {host} is not an address this machine can resolve ({err.strerror})") from None
-    with socket.socket(family, kind) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server sets it
-        try:
-            probe.bind(address)
-        except OSError as err:
-            if err.errno == errno.EADDRINUSE:
-                raise ServeError(f"--port {port}: {host}:{port} is taken by another program; give another --port") from None
-            if err.errno in (errno.EACCES, errno.EPERM):
-                raise ServeError(f"--port {port}: not allowed to listen on {host}:{port} ({err.strerror})") from None
-            raise ServeError(f"--host {host} is not an address of this machine ({err.strerror})") from None
+    for family, kind, _, _, address in dict.fromkeys(found):  # every address the server would listen on
+        with socket.socket(family, kind) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server sets them
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as err:
+                if err.errno == errno.EADDRINUSE:
+                    raise ServeError(f"--port {port}: {host}:{port} is taken by another program; give another "
+                                     "--port") from None
+                if err.errno in (errno.EACCES, errno.EPERM):
+                    raise ServeError(f"--port {port}: not allowed to listen on {host}:{port} ({err.strerror})") from None
+                raise ServeError(f"--host {host} is not an address of this machine ({err.strerror})") from None

@@ -8,9 +8,8 @@ import os
 import pickle
 import subprocess
 import sys
-from pathlib import Path
-
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,6 +66,9 @@ def test_generate_into_an_existing_file_and_from_a_text_file(trained, tmp_path, 
                    f"{tmp_path} is a folder, not a checkpoint file")
     captions = tmp_path / "captions.txt"
     captions.write_bytes("a red bird\n".encode() + b"a bird in caf\xe9 colours\n")  # latin-1, not UTF-8
+    one_line_error(capsys, ["generate", "--checkpoint", str(trained[1]), "--out", str(tmp_path / "o"),
+                            "--captions", str(captions)], f"--captions {captions} line 2 is not UTF-8 text (byte 0xe9)")
+    captions.write_bytes(b"\xef\xbb\xbfab\n\xe9")  # a byte-order mark first: the byte and line are still right
     one_line_error(capsys, ["generate", "--checkpoint", str(trained[1]), "--out", str(tmp_path / "o"),
                             "--captions", str(captions)], f"--captions {captions} line 2 is not UTF-8 text (byte 0xe9)")
     assert not (tmp_path / "o").exists()

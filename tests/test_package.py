@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -151,6 +152,23 @@ def test_a_checkout_runs_without_being_installed(tmp_path):
     out = subprocess.run([sys.executable, "-S", "-m", "attngan_fast", "info"], capture_output=True, text=True,
                          cwd=tmp_path, env=env)
     assert out.returncode == 0 and json.loads(out.stdout)["torch"] == torch.__version__, out.stderr[-2000:]
+
+    # A second checkout on PYTHONPATH, beside this environment's install: its package takes its own
+    # kernels, never the installed copy's, and registers its finder once.
+    other = tmp_path / "other-checkout"
+    for name in ("attngan_fast", "kernels"):
+        shutil.copytree(ROOT / name, other / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", other)
+    probe = ("import importlib, json, sys; import attngan_fast; from attngan_fast import kernels; "
+             "importlib.reload(attngan_fast); "
+             "print(json.dumps([attngan_fast.__file__, kernels.__file__, "
+             "sum(getattr(f, 'attngan_fast_checkout', False) for f in sys.meta_path)]))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(other)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    package, kernels_file, finders = json.loads(out.stdout)
+    assert Path(package).is_relative_to(other) and Path(kernels_file) == other / "kernels" / "__init__.py"
+    assert finders == 1
 
 
 def test_the_kernels_folder_refuses_a_second_import_name():

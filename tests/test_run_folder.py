@@ -7,6 +7,8 @@ import json
 import os
 import signal
 import stat
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -244,7 +246,7 @@ def test_a_signal_saves_where_the_run_is_and_the_resume_is_exact(synthetic_root,
     assert resumed["step"] == 6 and resumed["param_checksum"] == whole["param_checksum"]
 
 
-def test_a_second_signal_stops_at_once(synthetic_root, tmp_path, monkeypatch):
+def test_a_second_ctrl_c_stops_at_once_and_a_second_sigterm_changes_nothing(synthetic_root, tmp_path, monkeypatch):
     from attngan_fast.train import runtime
 
     original = runtime.Deadline.passed
@@ -256,9 +258,26 @@ def test_a_second_signal_stops_at_once(synthetic_root, tmp_path, monkeypatch):
         return original(self, step)
 
     monkeypatch.setattr(runtime.Deadline, "passed", passed)
+    before = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
         damsm.train_damsm(tiny_config(synthetic_root, tmp_path / "run", "damsm.max_steps=6"), progress=False)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
+    twice = runtime.Runtime(torch.device("cpu"))
+    with runtime.stopping_on_signals(twice):
+        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)  # a scheduler and torchrun both send one: still a clean stop
+    assert twice.stop == "SIGTERM"
+
+
+def test_loader_workers_ignore_the_stop_signals():
+    """torchrun signals the whole process group: a worker that died of it would end the run unsaved."""
+    from attngan_fast.train.runtime import STOP_SIGNALS, ignore_interrupts_in_workers
+
+    probe = ("import signal; from attngan_fast.train.runtime import ignore_interrupts_in_workers as f; f(0); "
+             "print([signal.getsignal(s) is signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM)])")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[True, True]" and set(STOP_SIGNALS) == {signal.SIGINT, signal.SIGTERM}
+    assert callable(ignore_interrupts_in_workers)
 
 
 def test_failed_runs_leave_no_empty_output_folders(synthetic_root, damsm_run, tmp_path, capsys):
@@ -294,7 +313,7 @@ def test_a_resume_on_another_number_of_processes_continues_after_every_sample_se
     from attngan_fast.train.checkpoint import rng_state
     from attngan_fast.train.runtime import Runtime
 
-    ckpt = {"config": {"gan": {"batch_size": 4}}, "position": 5, "rng": [rng_state(), rng_state()],
+    ckpt = {"config": {"gan": {"batch_size": 4}, "runtime": {"seed": 7}}, "position": 5, "rng": [rng_state(), rng_state()],
             "scaler": torch.amp.GradScaler("cpu", enabled=False).state_dict(), "epoch": 1, "step": 30}
     assert saved_world(ckpt) == 2 and saved_world({**ckpt, "rng": rng_state()}) == 1
     assert position_for_batch_size(ckpt, "gan", 8, world=1) == 5
@@ -302,4 +321,8 @@ def test_a_resume_on_another_number_of_processes_continues_after_every_sample_se
     assert position_for_batch_size(ckpt, "gan", 2, world=4) == 5
     assert position_for_batch_size(ckpt, "gan", 4, world=2) == 5  # unchanged: the same run
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    assert restore_progress(ckpt, scaler, Runtime(torch.device("cpu"), rank=3, world=4)) == (1, 5, 30)
+    draws = []
+    for rank in (1, 3):  # ranks 1 and 3 of 4 would share saved rank 1's stream if it were reused
+        assert restore_progress(ckpt, scaler, Runtime(torch.device("cpu"), rank=rank, world=4)) == (1, 5, 30)
+        draws.append(torch.rand(4))
+    assert not torch.equal(draws[0], draws[1])

@@ -181,6 +181,22 @@ def test_a_request_body_past_the_limit_is_refused_before_it_is_read():
     chunked = client.post("/", content=iter([b"x" * 60, b"x" * 60]))  # no Content-Length: counted as it comes
     assert chunked.status_code == 413
 
+    # Gradio's routes are FastAPI's, whose body parsing turns any error of the read into its own 400:
+    # the 413 must still be what the client gets.
+    from fastapi import FastAPI
+
+    api = FastAPI(middleware=[Middleware(BodyLimit, limit=100)])
+
+    @api.post("/join")
+    def join(body: dict):
+        return {"keys": len(body)}
+
+    client = TestClient(api)
+    assert client.post("/join", json={"a": 1}).json() == {"keys": 1}
+    chunked = client.post("/join", content=iter([b'{"a": "' + b"x" * 60, b"x" * 60 + b'"}']),
+                          headers={"content-type": "application/json"})
+    assert chunked.status_code == 413 and "at most 100 bytes" in chunked.text
+
 
 def test_the_page_keeps_its_images_in_a_private_folder_that_goes_with_it(tmp_path):
     pytest.importorskip("gradio")
@@ -191,6 +207,16 @@ def test_the_page_keeps_its_images_in_a_private_folder_that_goes_with_it(tmp_pat
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
     folder, mode, used = out.stdout.split()
     assert mode == "0o700" and used == "True" and not os.path.exists(folder)  # removed at exit
+
+    # Stopped by SIGTERM (kill, docker stop) as the command line handles it: removed too.
+    waiting = ("import os, signal, time; from attngan_fast.cli import _terminated; from attngan_fast.serve import "
+               "import_gradio; import_gradio(); signal.signal(signal.SIGTERM, _terminated); "
+               "print(os.environ['GRADIO_TEMP_DIR'], flush=True); time.sleep(120)")
+    process = subprocess.Popen([sys.executable, "-c", waiting], stdout=subprocess.PIPE, text=True, env=env)
+    folder = process.stdout.readline().strip()
+    assert os.path.isdir(folder)
+    process.terminate()
+    assert process.wait(timeout=60) == 128 + 15 and not os.path.exists(folder)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gradio") is None, reason="gradio is not installed (.[app])")

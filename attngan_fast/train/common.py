@@ -18,7 +18,7 @@ from ..data.on_device import OnDeviceDataset
 from ..data.prepare import CaptionCache, load_captions
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, set_rng_state
 from .run_folder import claim_run_folder
-from .runtime import Runtime, ignore_interrupts_in_workers
+from .runtime import Runtime, ignore_interrupts_in_workers, seed_everything
 
 
 def adam(params, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
@@ -157,9 +157,11 @@ def position_for_batch_size(ckpt: dict, section: str, batch_size: int, world: in
 
 def restore_progress(ckpt: dict, scaler, rt: Runtime) -> tuple[int, int, int]:
     """Restores what both loops save beside their models and optimizers (the gradient scaler and this
-    rank's RNG states; with more processes than saved ones, rank r takes rank r mod saved's: such a
-    continuation is a new run's, never the exact one) and returns (epoch, position in the epoch, step)."""
+    rank's RNG states; on another number of processes each rank seeds a stream of its own, so such a
+    continuation is never the uninterrupted run) and returns (epoch, position in the epoch, step)."""
     scaler.load_state_dict(ckpt["scaler"])
-    states = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
-    set_rng_state(states[rt.rank % len(states)])
+    if saved_world(ckpt) == rt.world:
+        set_rng_state(ckpt["rng"][rt.rank] if rt.distributed else ckpt["rng"])
+    else:  # another number of processes: fresh streams, one per rank (as a new run seeds them), moved on by step
+        seed_everything(ckpt["config"]["runtime"]["seed"] + 1_000_003 * ckpt["step"], rt.rank)
     return ckpt["epoch"], ckpt["position"], ckpt["step"]

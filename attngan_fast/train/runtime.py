@@ -87,12 +87,11 @@ def stopping_on_signals(rt: Runtime) -> Iterator[None]:
         return
 
     def ask_to_stop(signum, frame):
-        if rt.stop is not None:
+        # Only a flag: printing here could re-enter a write to stderr that the signal interrupted. A
+        # repeated SIGTERM is ignored (schedulers and torchrun may both send one); Ctrl-C twice stops.
+        if rt.stop is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        rt.stop = signal.Signals(signum).name
-        if rt.is_main:
-            print(f"attngan-fast: {rt.stop}: saving at the next step, then stopping (again to stop at once, "
-                  "without saving)", file=sys.stderr, flush=True)
+        rt.stop = rt.stop or signal.Signals(signum).name
 
     previous = {sig: signal.signal(sig, ask_to_stop) for sig in STOP_SIGNALS}
     try:
@@ -103,9 +102,11 @@ def stopping_on_signals(rt: Runtime) -> Iterator[None]:
 
 
 def ignore_interrupts_in_workers(worker_id: int) -> None:
-    """A loader worker's start: Ctrl-C reaches every process of the terminal's group, and a worker it
-    killed would end the run before the main process could save; the main process handles it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """A loader worker's start: Ctrl-C reaches every process of the terminal's group and torchrun sends
+    SIGTERM to the whole group, and a worker either killed would end the run before the main process
+    could save; the main process handles both (its loader then ends the workers)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def check_cuda_graphs(settings: RuntimeConfig, device: torch.device) -> None:
@@ -226,8 +227,14 @@ class Deadline:
     def __init__(self, max_minutes: float | None, rt: Runtime, every: int):
         self.at = None if max_minutes is None else time.monotonic() + max_minutes * 60
         self.rt, self.every = rt, every
+        self.said = False
 
     def passed(self, step: int) -> bool:
+        if self.rt.stop is not None and not self.said and self.rt.is_main:
+            self.said = True
+            print(f"attngan-fast: {self.rt.stop}: saving and stopping" + (
+                f" within {self.every} steps (the processes agree on the step)" if self.rt.distributed else "")
+                  + "; Ctrl-C again stops at once, without saving", file=sys.stderr, flush=True)
         if self.rt.distributed and step % self.every:
             return False
         due = self.rt.stop is not None or (self.at is not None and time.monotonic() > self.at)
