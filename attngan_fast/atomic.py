@@ -10,21 +10,37 @@ from glob import escape as glob_escape
 from pathlib import Path
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: once, at import, before any thread
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | Path):
-    """Yields a temporary path in the target's folder; on success it replaces ``path``. Temporary files
-    of this target that a killed write left behind (``.NAME.*.tmp``) are removed first: one writer per
-    target (rank 0; a second run into the folder is refused, see ``train.run_folder``)."""
+def atomic_path(path: str | Path, *, durable: bool = True, clean: bool = True):
+    """Yields a temporary path in the target's folder; on success it replaces ``path``. With ``clean``,
+    temporary files of this target that a killed write left behind (``.NAME.*.tmp``) are removed first
+    (a scan of the folder: pictures, thousands to a folder, skip it; a run folder's leftovers go when a
+    run takes it over, ``train.run_folder``): one writer per target (rank 0; a second run into the
+    folder is refused). ``durable``: flushed to disk before the rename (checkpoints, caches); without it
+    a killed process still never leaves a half-written file, only a power cut might (pictures)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):  # left by a write that was killed
-        stale.unlink(missing_ok=True)
+    if clean:
+        for stale in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):  # left by a write that was killed
+            stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+        if durable:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        # mkstemp makes it 0600: the file keeps the mode of the one it replaces, or gets a plain write's
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

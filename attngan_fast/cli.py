@@ -15,11 +15,15 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import os
 import platform
+import signal
 import sys
+import threading
 import warnings
+from pathlib import Path
 
 # torch's CPU threads are an OpenMP team whose threads spin while they wait for one another (GNU
 # OpenMP's default: ~300,000 turns). On a machine busy with other work a spinning thread can burn the
@@ -70,6 +74,28 @@ def _at_least(flag: str, value: int, least: int = 1) -> int:
     if value < least:
         raise CliError(f"{flag} must be at least {least}, got {value}")
     return value
+
+
+MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
+
+
+def _seed(flag: str, value: int) -> int:
+    if not 0 <= value <= MAX_SEED:
+        raise CliError(f"{flag} must be between 0 and 2^63 - 1, got {value}")
+    return value
+
+
+def _read_lines(path: str, flag: str) -> list[str]:
+    """The lines of a UTF-8 text file (a byte-order mark allowed); one line naming the file and the
+    line when it is not UTF-8."""
+    raw = Path(path).read_bytes()
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return raw[bom:].decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        at = bom + err.start
+        line = raw[:at].count(b"\n") + 1
+        raise CliError(f"{flag} {path} line {line} is not UTF-8 text (byte 0x{raw[at]:02x}): save it as UTF-8") from None
 
 
 def _plain_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -184,10 +210,10 @@ def _pretrain_damsm(args) -> int:
     except TrainingDiverged as err:
         print(f"attngan-fast: {err}", file=sys.stderr)
         return 3
-    if result.get("checkpoint") is not None and "retrieval_top1" in result:
+    if result.get("checkpoint") is not None and "retrieval_top1" in result and "stopped_by" not in result:
         _result(f"done: {summarize(result)}")
     _result(json.dumps(result, indent=2))
-    return 0
+    return _stopped(result)
 
 
 def _train_gan(args) -> int:
@@ -205,14 +231,27 @@ def _train_gan(args) -> int:
         print(f"attngan-fast: {err}", file=sys.stderr)
         return 3
     _result(json.dumps(result, indent=2))
-    return 0
+    return _stopped(result)
+
+
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _stopped(result: dict) -> int:
+    """0, or for a run a signal stopped (saved first) the shell's code for that signal, and how to go on."""
+    if "stopped_by" not in result:
+        return 0
+    where = result.get("checkpoint")
+    print(f"attngan-fast: stopped by {result['stopped_by']} at step {result['step']}"
+          + (f"; saved {where}: continue with --resume {where}" if where else ""), file=sys.stderr)
+    return 128 + int(getattr(signal, result["stopped_by"]))
 
 
 def _generate(args) -> int:
-    from pathlib import Path
-
     from tqdm import tqdm
 
+    from .atomic import write_text_atomic
     from .generate import iter_generate, write_generation
     from .paths import check_folder
     from .train.gan import load_generator
@@ -220,6 +259,7 @@ def _generate(args) -> int:
 
     _at_least("--n-per-caption", args.n_per_caption)
     _at_least("--batch-size", args.batch_size)
+    _seed("--seed", args.seed)
     if args.words_num is not None:
         _at_least("--words-num", args.words_num)
     check_folder(args.out, "--out")
@@ -228,26 +268,58 @@ def _generate(args) -> int:
     if args.captions_file:
         if not Path(args.captions_file).is_file():
             raise CliError(f"--captions {args.captions_file}: no such file (one caption per line)")
-        lines = Path(args.captions_file).read_text().splitlines()
+        lines = _read_lines(args.captions_file, "--captions")
         captions += [line.strip() for line in lines if line.strip()]
         sources += [f"--captions {args.captions_file} line {n}" for n, line in enumerate(lines, 1) if line.strip()]
     if not captions:
         raise CliError("give at least one caption (as arguments or with --captions FILE)")
+    out = Path(args.out)
+    earlier = _earlier_generation(out, args.overwrite)
     device = pick_device(args.device or "auto")
     netG, text_encoder, vocab, _ = load_generator(args.checkpoint, device)
-    images, files, dropped = 0, 0, {}
+    for name in earlier:  # only now: a failed set-up leaves the earlier generation as it was
+        (out / name).unlink(missing_ok=True)
+    manifest = {"checkpoint": str(args.checkpoint), "seed": args.seed, "n_per_caption": args.n_per_caption,
+                "batch_size": args.batch_size, "words_num": args.words_num, "captions": captions,
+                "complete": False, "files": []}
+    images, dropped = 0, {}
     total = len(captions) * args.n_per_caption
     bar = tqdm(total=total, desc="generating", unit="image", disable=args.quiet or total <= args.batch_size)
     for first, chunk in iter_generate(netG, text_encoder, vocab, captions, words_num=args.words_num,
                                       n_per_caption=args.n_per_caption, seed=args.seed, batch_size=args.batch_size,
                                       device=device, progress=bar, names=sources):
-        files += len(write_generation(chunk, args.out, n_per_caption=args.n_per_caption, first=first))
+        manifest["files"] += [p.name for p in write_generation(chunk, out, n_per_caption=args.n_per_caption,
+                                                               first=first)]
+        write_text_atomic(out / GENERATION_MANIFEST, json.dumps(manifest, indent=1))  # an interrupted set says so
         images += len(chunk.captions)
         dropped.update(chunk.dropped)
     bar.close()
-    print(json.dumps({"captions": len(captions), "images": images, "files": files, "out": str(args.out),
+    write_text_atomic(out / GENERATION_MANIFEST, json.dumps({**manifest, "complete": True}, indent=1))
+    print(json.dumps({"captions": len(captions), "images": images, "files": len(manifest["files"]), "out": str(out),
                       "dropped_words": dropped}, indent=2))
     return 0
+
+
+GENERATION_MANIFEST = "generation.json"
+
+
+def _earlier_generation(out: Path, overwrite: bool) -> list[str]:
+    """The files of an earlier generation in ``out`` (its manifest's list, and the manifest), to remove
+    with ``overwrite``; without it, a folder that holds one is refused: two generations' images would
+    mix, with nothing to tell them apart."""
+    manifest = out / GENERATION_MANIFEST
+    if not manifest.is_file():
+        return []
+    if not overwrite:
+        raise CliError(f"--out {out} holds an earlier generation ({GENERATION_MANIFEST}): give another --out, or "
+                       "--overwrite to replace its images")
+    try:
+        listed = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        raise CliError(f"--overwrite: {manifest} is not a generation's manifest; remove the folder's images "
+                       "yourself") from None
+    # Only plain names in this folder: a manifest edited to name other paths removes nothing else.
+    return [name for name in listed if isinstance(name, str) and Path(name).name == name] + [GENERATION_MANIFEST]
 
 
 def _evaluate(args) -> int:
@@ -255,7 +327,7 @@ def _evaluate(args) -> int:
     from .train.runtime import pick_device
 
     _at_least("--batch-size", args.batch_size)
-
+    _seed("--seed", args.seed)
     report = evaluate_generator(args.checkpoint, args.damsm, args.data, args.out, n_images=args.n_images,
                                 inception_weights=args.inception_weights, eval_damsm=args.eval_damsm, seed=args.seed,
                                 batch_size=args.batch_size, device=pick_device(args.device or "auto"),
@@ -425,7 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="cut captions longer than N words to a seeded random ordered subset, as in training "
                           "(default: every word is kept, as the release's example generation does)")
     gen.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    gen.add_argument("--out", required=True, help="folder for the images")
+    gen.add_argument("--out", required=True, help="folder for the images; it gets a generation.json that lists them "
+                                                  "and the settings (a folder that has one is refused)")
+    gen.add_argument("--overwrite", action="store_true",
+                     help="replace the earlier generation in --out (the files its generation.json lists)")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(func=_generate)
 
@@ -453,7 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
                          description="A local web page (Gradio, the optional extra: pip install -e \".[app]\") to type "
                                      "a caption or pick a test caption, choose the seed and the number of images, and "
                                      "see every stage's image with the most attended words and their maps; and to "
-                                     "change one word and see both side by side. Binds 127.0.0.1 unless --host.")
+                                     "change one word and see both side by side. Binds 127.0.0.1 unless --host. A "
+                                     "request takes a caption of at most 300 characters and 40 words, a seed from 0 "
+                                     "to 2147483647 and 1 to --max-images images; one runs at a time, 16 may wait, "
+                                     "and a request body holds at most 64 KiB.")
     srv.add_argument("--checkpoint", help=f"generator checkpoint (default: the demo's, "
                                           f"{DEFAULT_OUT}/attngan/latest.pt)")
     srv.add_argument("--data", help="dataset root for the test captions (default: the one the generator was "
@@ -486,8 +564,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if getattr(args, "captions_per_image", 0) is None:
         args.captions_per_image = 5 if args.layout == "coco" else 10
-    from pathlib import Path
-
     from .config import ConfigError
     from .data.layouts import DataError
     from .demo import DemoError
@@ -505,6 +581,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command != "serve" and isinstance(value, str) and not Path(value).exists():  # serve says more
             print(f"attngan-fast: error: --{flag.replace('_', '-')} {value} does not exist", file=sys.stderr)
             return 2
+    # SIGTERM (kill, docker stop) ends a command as Ctrl-C does, through Python's exit: temporary folders
+    # go (atexit) instead of staying in /tmp. Training loops take it over to save first.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if in_main_thread else None
     with warnings.catch_warnings():
         warnings.showwarning = _plain_warning
         try:
@@ -517,6 +597,9 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("attngan-fast: interrupted", file=sys.stderr)
             return 130
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # python -m attngan_fast.cli, torchrun -m attngan_fast.cli

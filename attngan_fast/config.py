@@ -10,6 +10,7 @@ An unknown key or a value of the wrong type is a ``ConfigError`` that names the 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -271,11 +272,31 @@ _WHY = {"gan.batch_size": " (the mismatched-caption term pairs image i with capt
 
 
 _OPEN_UNIT = {"data.test_fraction"}  # strictly between 0 and 1
+# Rates and probabilities: a decay above 1 grows without bound (NaN within a few dozen steps), an EMA
+# decay of 1 never moves from the initial weights, a dropout of 1 drops everything; Adam's betas lie
+# in [0, 1).
+_UNIT = {"gan.ema_decay": (0.0, 1.0, False), "damsm.lr_decay": (0.0, 1.0, True),
+         "text_encoder.dropout": (0.0, 1.0, False)}  # path: (low, high, high allowed); low is allowed
 
 
 def _check_range(value, path: str):
+    if path.endswith(".betas") and not all(0 <= b < 1 for b in value):  # NaN fails too
+        raise ConfigError(f"{path} must be two numbers in [0, 1) (Adam's), got {list(value)}")
     if value is None or isinstance(value, (bool, str, tuple)):
         return value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{path} must be a finite number, got {value}")
+    if path in _UNIT:
+        low, high, high_allowed = _UNIT[path]
+        if not (low <= value <= high if high_allowed else low <= value < high):
+            raise ConfigError(f"{path} must be in [{low:g}, {high:g}{']' if high_allowed else ')'}, got {value}")
+    if path == "damsm.gamma1":
+        from .kernels._checks import MAX_GAMMA1  # the DAMSM ops' own bound: refused here, before any work
+
+        if value > MAX_GAMMA1:
+            raise ConfigError(f"{path} must be at most {MAX_GAMMA1:g}, got {value}")
+    if path == "gan.base_size" and value & (value - 1):
+        raise ConfigError(f"{path} must be a power of two (8, 16, 32, 64, ...), got {value}")
     if path in _OPEN_UNIT and not 0 < value < 1:  # NaN fails too
         raise ConfigError(f"{path} must be between 0 and 1 (exclusive), got {value}")
     why = _WHY.get(path, "")
@@ -332,6 +353,18 @@ def _read_with_base(path: Path, seen: tuple[str, ...] = ()) -> dict:
     return _merge(_read_with_base(PRESET_DIR / f"{base}.yaml", seen + (base,)), data)
 
 
+def _section_at(parts: list[str]):
+    """The dataclass of the config section ``parts`` names (["gan"]), or None when it names a value or
+    nothing known (an unknown key is reported when the config is built)."""
+    cls = Config
+    for part in parts:
+        hints = typing.get_type_hints(cls)
+        if part not in hints or not dataclasses.is_dataclass(hints[part]):
+            return None
+        cls = hints[part]
+    return cls
+
+
 def parse_override(text: str) -> dict:
     """``"damsm.lr=0.001"`` -> ``{"damsm": {"lr": 0.001}}`` (the value is parsed as YAML)."""
     if "=" not in text:
@@ -340,6 +373,11 @@ def parse_override(text: str) -> dict:
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise ConfigError(f"--set takes section.key=value, got {text!r}")
+    section = _section_at(parts)
+    if section is not None:  # a value for a whole section would replace every setting in it
+        names = [f.name for f in dataclasses.fields(section)]
+        raise ConfigError(f"--set {key.strip()}: {key.strip()} is a section of settings ({', '.join(names)}): "
+                          f"set one of them, e.g. --set {key.strip()}.{names[0]}=...")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as err:

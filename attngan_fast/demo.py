@@ -132,7 +132,12 @@ def run_phase(label: str, folder: Path, budget_steps: int, cap_minutes: float, d
     _write_json(folder / MARKER, {"status": "started", "depends_on": depends_on, "budget_steps": budget_steps,
                                   "cap_minutes": cap_minutes, "from_step": plan.steps or 0})
     started = time.time()
-    steps = train(folder / "latest.pt" if plan.action == "resume" else None, cap_minutes)["step"]
+    result = train(folder / "latest.pt" if plan.action == "resume" else None, cap_minutes)
+    if "stopped_by" in result:  # saved where it was: the phase stays "started", and a re-run resumes it
+        _say(f"{label}: stopped by {result['stopped_by']} at step {result['step']:,} (saved); run the demo again "
+             "to go on")
+        raise KeyboardInterrupt
+    steps = result["step"]
     minutes = (time.time() - started) / 60
     cut = steps < budget_steps
     _write_json(folder / MARKER, {"status": "complete", "depends_on": depends_on, "budget_steps": budget_steps,

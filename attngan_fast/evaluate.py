@@ -37,6 +37,7 @@ from .data.layouts import check_negatives
 from .data.prepare import load_captions
 from .generate import iter_generate_ids
 from .pictures import to_pil
+from .inception_metrics import UnsafeWeightsError, vetted_weights
 from .paths import check_file
 from .protocol import (R_PRECISION_GROUP, cut_captions, damsm_sha256, default_eval_words_num, draw_pairs,
                        file_sha256, r_precision, translate_ids)
@@ -44,11 +45,16 @@ from .train.damsm import encode_captions, load_damsm
 from .train.gan import load_generator
 
 TORCH_FIDELITY_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
+# torch.hub names a weights file after the first 8 hex digits of its SHA-256: the published file's.
+PUBLISHED_SHA256_PREFIX = "6726825d"
+PUBLISHED_NAME = "torch-fidelity's TF-Inception (ImageNet, 2015-12-05; its SHA-256 starts with 6726825d)"
+UNVERIFIED_NAME = ("weights that load into torch-fidelity's Inception but are not its published file (their SHA-256 "
+                   "does not start with 6726825d): IS and FID are comparable with nothing published")
 CUB_IS_NOTE = ("CUB Inception Scores from this ImageNet (TF) Inception are not comparable with the paper's 4.36, "
                "which used an Inception fine-tuned on CUB")
 FID_NAME = "TF-Inception FID"
 FID_NOTE = ("torch-fidelity's port of the TF Inception (pool3 features): comparable with the TF-FID numbers of later "
-            "papers, not with pytorch-fid's")
+            "papers; pytorch-fid's, from the same weights but its own resize, may differ slightly")
 R_PRECISION_NOTE = ("comparable with the paper's 67.82 % (CUB) / 85.47 % (COCO) only when the judge is the released "
                     "DAMSM (import-original --image-encoder) and the word cap is the release's (25 birds / 20 COCO)")
 
@@ -84,16 +90,28 @@ def check_inception_weights(path) -> None:
                               "as a local file)")
     try:
         fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
-                                       feature_extractor_weights_path=str(path))
+                                       feature_extractor_weights_path=vetted_weights(path))
     except Exception as err:  # noqa: BLE001 - torch.load's and load_state_dict's errors alike
         lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
-        if "UnpicklingError" in type(err).__name__ or any(m in str(err) for m in ("MARK", "invalid load key", "zip")):
-            lines = ["not a file written by torch.save"]
+        if isinstance(err, UnsafeWeightsError):
+            lines = ["not a torch.save file of tensors; it is only ever read with weights_only=True"]
         detail = next((line for line in lines if line.startswith(("Missing key", "Unexpected key", "size mismatch"))),
                       lines[0])
         detail = detail if len(detail) <= 120 else detail[:117] + "..."
         raise EvaluationError(f"--inception-weights {path} is not torch-fidelity's Inception weights ({detail}); "
                               f"give a local copy of {TORCH_FIDELITY_WEIGHTS}") from None
+    identity = inception_weights_identity(path)
+    if not identity["published"]:
+        warnings.warn(f"--inception-weights {path}: {UNVERIFIED_NAME}", stacklevel=3)
+
+
+def inception_weights_identity(path) -> dict:
+    """What the report says of a weights file: its path, SHA-256, whether it is the published file (by
+    the SHA-256 prefix its name carries) and a name that says so."""
+    digest = file_sha256(path)
+    published = digest.startswith(PUBLISHED_SHA256_PREFIX)
+    return {"path": str(path), "sha256": digest, "published": published,
+            "name": PUBLISHED_NAME if published else UNVERIFIED_NAME}
 
 
 def _versions() -> dict:
@@ -113,7 +131,7 @@ def fidelity_metrics(generated_dir: Path, real_dir: Path, weights: str | Path, d
 
     metrics = torch_fidelity.calculate_metrics(
         input1=str(generated_dir), input2=str(real_dir), isc=True, fid=True, cuda=device.type == "cuda",
-        feature_extractor_weights_path=str(weights), save_cpu_ram=True, verbose=False, cache=False,
+        feature_extractor_weights_path=vetted_weights(weights), save_cpu_ram=True, verbose=False, cache=False,
         samples_find_deep=False, samples_find_ext="png",
     )
     return {"inception_score": {"mean": float(metrics["inception_score_mean"]), "std": float(metrics["inception_score_std"])},
@@ -214,6 +232,9 @@ def evaluate_generator(checkpoint: str | Path, damsm: str | Path, data_root: str
     report = {
         "checkpoint": str(checkpoint), "damsm": str(damsm), "judge_damsm": str(eval_damsm or damsm),
         "data_root": str(data_root), "layout": layout, "n_images": n_images, "image_size": int(size), "seed": seed,
+        # With the released mask an image depends on the other captions of its batch: the batch size is
+        # then part of what makes the numbers (docs/training.md, "Generating").
+        "batch_size": batch_size, "legacy_mask": bool(netG.legacy_mask), "device": str(device),
         "judge": judge_identity,
         "protocol": {
             "pairs": f"{n_images} (test image, caption) pairs drawn at random (seed {seed}) from all {n_test} test images "
@@ -252,9 +273,7 @@ def evaluate_generator(checkpoint: str | Path, damsm: str | Path, data_root: str
         for i in tqdm(range(n_test), desc="real test images", disable=not progress):
             to_pil(test[i]["images"][-1]).save(real_dir / f"{i:06d}.png")
         report.update(fidelity_metrics(gen_dir, real_dir, inception_weights, device))
-        report["inception_weights"] = {"path": str(inception_weights), "sha256": file_sha256(inception_weights),
-                                       "name": "torch-fidelity TF-Inception (ImageNet; "
-                                               "pt_inception-2015-12-05 port)"}
+        report["inception_weights"] = inception_weights_identity(inception_weights)
         if layout == "cub":
             report["inception_score_note"] = CUB_IS_NOTE
         report["fid_name"] = FID_NAME

@@ -14,9 +14,12 @@ or another weights file gets statistics of its own.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import json
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -66,12 +69,39 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
+class UnsafeWeightsError(ValueError):
+    """A weights file that is not tensors and plain data (a pickle that asks for code, or no torch.save file)."""
+
+
+def vetted_weights(path: str | Path) -> str:
+    """A path torch-fidelity may load: torch-fidelity reads its weights file with ``torch.load(...,
+    weights_only=False)``, which runs whatever code a pickle names. The user's file is read here with
+    ``weights_only=True`` (tensors and plain data only) and torch-fidelity gets a copy written by us, in
+    a private temporary folder that goes with the process."""
+    stat = Path(path).stat()
+    return _vetted_copy(str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _vetted_copy(path: str, mtime_ns: int, size: int) -> str:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - the restricted unpickler's and torch.load's errors alike
+        raise UnsafeWeightsError(f"{path} is not a file of tensors (torch.load with weights_only=True refuses it: "
+                                 f"{str(err).splitlines()[0][:120]})") from None
+    folder = tempfile.mkdtemp(prefix="attngan-fast-inception-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    copy = Path(folder) / "weights.pth"
+    torch.save(state, copy)
+    return str(copy)
+
+
 @functools.lru_cache(maxsize=2)
 def _extractor(weights: str, device: str):
     from torch_fidelity.utils import create_feature_extractor
 
     return create_feature_extractor(FEATURE_EXTRACTOR, [FID_LAYER, IS_LAYER], cuda=device.startswith("cuda"),
-                                    feature_extractor_weights_path=weights, verbose=False)
+                                    feature_extractor_weights_path=vetted_weights(weights), verbose=False)
 
 
 def inception_features(images, weights: str | Path, device: torch.device, batch_size: int = 64) -> dict:

@@ -26,17 +26,22 @@ def retrieval_top1(image_vecs: torch.Tensor, caption_vecs: torch.Tensor, true_ca
         raise ValueError("retrieval needs at least one image")
     img = F.normalize(image_vecs.double(), dim=1)
     cap = F.normalize(caption_vecs.double(), dim=1)
+    # One number of distractors for every image, the fewest any image has (at most n_candidates - 1),
+    # so that every image faces the same chance whatever the chunking.
+    keys, per_key = torch.unique(caption_keys, return_counts=True)
+    at = torch.searchsorted(keys, image_keys).clamp(max=len(keys) - 1)
+    own = torch.where(keys[at] == image_keys, per_key[at], 0)  # captions sharing each image's key
+    k = min(n_candidates - 1, int((caption_keys.numel() - own).min()))
+    if k < 1:
+        raise ValueError("no caption of another class is available as a distractor")
+    # The (rows, M) float64 draw at most 2^25 numbers (256 MB) at a time: COCO has 200,000 captions.
+    # Rows are drawn in order from one generator, so the draw does not depend on the chunk.
+    chunk = max(1, min(chunk, (1 << 25) // max(1, caption_keys.numel())))
     gen = torch.Generator().manual_seed(seed)
     hits = torch.zeros(n_images, dtype=torch.bool)
-    used = n_candidates
     for start in range(0, n_images, chunk):
         rows = torch.arange(start, min(start + chunk, n_images))
         eligible = caption_keys[None, :] != image_keys[rows][:, None]  # (n, M)
-        available = int(eligible.sum(1).min())
-        k = min(n_candidates - 1, available)
-        if k < 1:
-            raise ValueError("no caption of another class is available as a distractor")
-        used = min(used, k + 1)
         noise = torch.rand(eligible.shape, generator=gen, dtype=torch.float64)
         distractors = noise.masked_fill(~eligible, -1.0).topk(k, dim=1).indices  # k random eligible captions
         sims_true = (img[rows] * cap[true_caption[rows]]).sum(1)
@@ -51,8 +56,8 @@ def retrieval_top1(image_vecs: torch.Tensor, caption_vecs: torch.Tensor, true_ca
         "folds": fold_hits,
         "fold_size": [len(idx) for idx in fold_index],
         "n": n_images,
-        "candidates": used,
-        "chance": 1.0 / used,
+        "candidates": k + 1,
+        "chance": 1.0 / (k + 1),
     }
     if group_size is not None:
         count = n_images // group_size

@@ -11,10 +11,14 @@ class NotAFolderError(ValueError):
 
 
 def check_folder(path: str | Path, what: str = "the output folder") -> Path:
-    """``path`` as a Path, unless it names an existing file."""
+    """``path`` as a Path, unless it names an existing file or lies under one (no folder can be made
+    there)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NotAFolderError(f"{what} {path} is a file, not a folder: give another --out")
+    above = next((p for p in path.absolute().parents if p.exists()), None)
+    if not path.exists() and above is not None and not above.is_dir():
+        raise NotAFolderError(f"{what} {path} cannot be made: {above} is a file, not a folder")
     return path
 
 

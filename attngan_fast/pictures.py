@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from .atomic import atomic_path
+
 
 def _font(size: int):
     try:
@@ -131,9 +133,11 @@ def attention_grid(images: torch.Tensor, attn: torch.Tensor, words: list[list[st
 
 
 def save_png(image: Image.Image, path: str | Path) -> Path:
+    """``image`` as a PNG at ``path``, atomically: a write killed halfway leaves no truncated picture that
+    a resumed run would take for a finished one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    with atomic_path(path, durable=False, clean=False) as tmp:
+        image.save(tmp, format="PNG")
     return path
 
 

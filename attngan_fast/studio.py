@@ -108,7 +108,8 @@ class Studio:
         caption, word, replacement = (caption or "").strip(), (word or "").strip(), (replacement or "").strip()
         for value, what in ((word, "the word to change"), (replacement, "the new word")):
             if len(words_as_written(value)) != 1 or not re.fullmatch(r"\w+", value):
-                raise RequestError(f"{what} must be one word, got {value!r}")
+                shown = value if len(value) <= 40 else value[:40] + "…"  # the page echoes it: a bounded echo
+                raise RequestError(f"{what} must be one word, got {shown!r}")
         pattern = re.compile(rf"\b{re.escape(word)}\b", re.IGNORECASE)
         if not pattern.search(caption):
             raise RequestError(f"{word!r} is not a word of the caption")
@@ -123,12 +124,16 @@ class Studio:
 
 
 def _whole(value, what: str) -> int:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise RequestError(f"type {what} (a whole number)")
+    if isinstance(value, int):
+        return value
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise RequestError(f"{what} must be a whole number, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer past float's range
+        raise RequestError(f"{what} must be a whole number, got {str(value)[:40]!r}") from None
     if not number.is_integer():
-        raise RequestError(f"{what} must be a whole number, got {value!r}")
+        raise RequestError(f"{what} must be a whole number, got {str(value)[:40]!r}")
     return int(number)
 
 

@@ -18,6 +18,34 @@ try:
 except ImportError:  # pragma: no cover - Linux builds of torch ship Triton
     TRITON_AVAILABLE = False
 
+
+def _mend_interpreter_loop_bounds() -> bool:
+    """Triton 3.6's interpreter turns a scalar into a loop bound with ``int()`` of its one-element
+    array, which NumPy >= 2.4 refuses ("only 0-dimensional arrays can be converted to Python
+    scalars"): every kernel loop with a runtime bound then fails on CPU. Triton 3.8 squeezes the array
+    first; this gives an interpreter without that fix the same conversion. True when it mended one."""
+    import inspect
+
+    from triton.runtime import interpreter
+
+    patch_tensor = getattr(interpreter, "_patch_lang_tensor", None)
+    try:
+        unmended = patch_tensor is not None and "int(self.handle.data))" in inspect.getsource(patch_tensor)
+    except (OSError, TypeError):  # no source to read: leave it as it is
+        unmended = False
+    if not unmended:
+        return False
+
+    def patch_lang_tensor(tensor, scope):
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    interpreter._patch_lang_tensor = patch_lang_tensor
+    return True
+
+
+INTERPRETER_MENDED = TRITON_AVAILABLE and _mend_interpreter_loop_bounds()
+
 IMPLS = ("auto", "triton", "reference", "sdpa")
 # "sdpa" (PyTorch's scaled_dot_product_attention) is F_attn's alone; an op with no such form (the DAMSM
 # score: two softmaxes, over words and then over regions) runs it as "auto", so that one run-wide

@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,8 @@ def one_line_error(capsys, args, expected: str) -> str:
     (["--batch-size", "-3"], "--batch-size must be at least 1, got -3"),
     (["--device", "gpu"], "--device 'gpu' is not a device: use auto, cpu, cuda or cuda:N"),
     (["--device", "cuda:x"], "--device 'cuda:x' is not a device"),
+    (["--seed", "-1"], "--seed must be between 0 and 2^63 - 1, got -1"),
+    (["--seed", str(2**63)], f"--seed must be between 0 and 2^63 - 1, got {2**63}"),
 ])
 def test_generate_flag_errors(trained, tmp_path, capsys, flags, expected):
     one_line_error(capsys, ["generate", "--checkpoint", str(trained[1]), "--out", str(tmp_path / "o"), "a bird", *flags],
@@ -57,11 +60,45 @@ def test_generate_into_an_existing_file_and_from_a_text_file(trained, tmp_path, 
     one_line_error(capsys, ["generate", "--checkpoint", str(trained[1]), "--out", str(taken), "a bird"],
                    f"--out {taken} is a file, not a folder")
     assert taken.read_text() == "my notes"
+    one_line_error(capsys, ["generate", "--checkpoint", str(trained[1]), "--out", str(taken / "sub" / "o"), "a bird"],
+                   f"--out {taken / 'sub' / 'o'} cannot be made: {taken} is a file, not a folder")
+    one_line_error(capsys, ["generate", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o"), "a bird"],
+                   f"{tmp_path} is a folder, not a checkpoint file")
+    captions = tmp_path / "captions.txt"
+    captions.write_bytes("a red bird\n".encode() + b"a bird in caf\xe9 colours\n")  # latin-1, not UTF-8
+    one_line_error(capsys, ["generate", "--checkpoint", str(trained[1]), "--out", str(tmp_path / "o"),
+                            "--captions", str(captions)], f"--captions {captions} line 2 is not UTF-8 text (byte 0xe9)")
+    captions.write_bytes(b"\xef\xbb\xbfab\n\xe9")  # a byte-order mark first: the byte and line are still right
+    one_line_error(capsys, ["generate", "--checkpoint", str(trained[1]), "--out", str(tmp_path / "o"),
+                            "--captions", str(captions)], f"--captions {captions} line 2 is not UTF-8 text (byte 0xe9)")
+    assert not (tmp_path / "o").exists()
     for text in ("hello world\n", "every bird\n", "# notes\n"):  # KeyError, IndexError, UnpicklingError inside torch
         notes = tmp_path / "notes.txt"
         notes.write_text(text)
         one_line_error(capsys, ["generate", "--checkpoint", str(notes), "--out", str(tmp_path / "o"), "a bird"],
                        f"{notes} is not a readable checkpoint")
+
+
+def test_a_second_generation_into_the_same_folder_is_refused_or_replaces_the_first(trained, tmp_path, capsys):
+    """--out gets a generation.json listing its images: a second generation there would mix two sets,
+    so it is refused; --overwrite removes exactly the listed files (a user's file stays)."""
+    out = tmp_path / "o"
+    base = ["generate", "--checkpoint", str(trained[1]), "--out", str(out), "--quiet"]
+    assert cli(base + ["--n-per-caption", "2", "a red bird", "a blue bird"]) == 0
+    capsys.readouterr()
+    first = json.loads((out / "generation.json").read_text())
+    assert first["complete"] and first["captions"] == ["a red bird", "a blue bird"] and first["seed"] == 0
+    assert sorted(first["files"] + ["generation.json"]) == sorted(p.name for p in out.iterdir())
+    (out / "my_notes.txt").write_text("mine")
+    before = sorted(p.name for p in out.iterdir())
+    one_line_error(capsys, base + ["--seed", "5", "a green bird"],
+                   f"--out {out} holds an earlier generation (generation.json): give another --out, or --overwrite")
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert cli(base + ["--seed", "5", "--overwrite", "a green bird"]) == 0
+    second = json.loads((out / "generation.json").read_text())
+    assert second["complete"] and second["captions"] == ["a green bird"] and second["seed"] == 5
+    assert sorted(second["files"] + ["generation.json", "my_notes.txt"]) == sorted(p.name for p in out.iterdir())
+    assert all(name.startswith("c000_a_green_bird") for name in second["files"])
 
 
 def test_evaluate_refuses_zero_images_and_warns_below_the_protocol(trained, synthetic_root, tmp_path, capsys):
@@ -96,10 +133,47 @@ def test_evaluate_checks_the_inception_weights_before_generating(trained, synthe
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wrong.pth"]  # no image was generated, no report
 
 
-def test_a_right_weights_file_passes_the_check(fidelity_weights):
-    from attngan_fast.evaluate import check_inception_weights
+class _RunsCode:
+    """Pickled as a call of ``Path.touch`` on a marker file: what a malicious weights file would do."""
 
-    check_inception_weights(fidelity_weights)
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_weights_file_that_asks_to_run_code_runs_nothing(trained, synthetic_root, tmp_path, capsys):
+    """torch-fidelity itself unpickles its weights file with code allowed: every path that hands it one
+    (evaluate, the training hook) reads the user's file with weights_only=True first."""
+    marker = tmp_path / "RAN"
+    evil = tmp_path / "evil.pth"
+    torch.save({"Conv2d_1a_3x3.conv.weight": _RunsCode(marker)}, evil)
+    one_line_error(capsys, ["evaluate", "--checkpoint", str(trained[1]), "--damsm", str(trained[0]), "--data",
+                            str(synthetic_root), "--inception-weights", str(evil), "--out", str(tmp_path / "r.json")],
+                   f"--inception-weights {evil} is not torch-fidelity's Inception weights (not a torch.save file")
+    one_line_error(capsys, ["train", "--config", "synthetic", "--damsm", str(trained[0]), "--data", str(synthetic_root),
+                            "--quiet", "--out", str(tmp_path / "g"), "--set", "gan.eval_every=1",
+                            "--set", f"gan.eval_inception_weights={evil}"],
+                   f"gan.eval_inception_weights {evil} is not torch-fidelity's Inception weights")
+    assert not marker.exists() and not (tmp_path / "g").exists()
+
+
+def test_a_weights_file_that_loads_but_is_not_the_published_one_is_named_so(fidelity_weights, monkeypatch):
+    """The fixture's weights have the right architecture but random values: the check warns, and the
+    report names them as unverified; a file with the published SHA-256 prefix is named as the real one."""
+    from attngan_fast import evaluate
+
+    with pytest.warns(UserWarning, match="not its published file"):
+        evaluate.check_inception_weights(fidelity_weights)
+    identity = evaluate.inception_weights_identity(fidelity_weights)
+    assert not identity["published"] and identity["name"] == evaluate.UNVERIFIED_NAME
+    monkeypatch.setattr(evaluate, "PUBLISHED_SHA256_PREFIX", identity["sha256"][:8])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluate.check_inception_weights(fidelity_weights)
+    identity = evaluate.inception_weights_identity(fidelity_weights)
+    assert identity["published"] and identity["name"] == evaluate.PUBLISHED_NAME
 
 
 def test_training_config_errors_are_one_line(synthetic_root, tmp_path, capsys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import warnings
 from pathlib import Path
 
@@ -207,6 +208,31 @@ def test_resume_equals_uninterrupted(synthetic_root, damsm_checkpoint, tmp_path)
         resumed = gan.train_gan(tiny_gan_config(synthetic_root, damsm_checkpoint, tmp_path / "part", "gan.epochs=1"),
                                 resume=tmp_path / "part" / "latest.pt", progress=False)
     assert resumed["step"] == full["step"] == 9
+    for a, b in zip(_states(tmp_path / "full" / "latest.pt"), _states(tmp_path / "part" / "latest.pt")):
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+
+
+def test_a_signal_stops_the_gan_loop_with_a_checkpoint_that_resumes_exactly(synthetic_root, damsm_checkpoint,
+                                                                               tmp_path, monkeypatch):
+    """Ctrl-C at step 4: step 4 is saved mid-epoch and no end-of-run sample is drawn; resumed, the run
+    ends equal to the uninterrupted one."""
+    from test_run_folder import _signal_at_step
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        full = gan.train_gan(tiny_gan_config(synthetic_root, damsm_checkpoint, tmp_path / "full", "gan.epochs=1",
+                                             "gan.samples_every=100"), progress=False)
+        with monkeypatch.context() as patch:
+            _signal_at_step(patch, 4, signal.SIGINT)
+            cut = gan.train_gan(tiny_gan_config(synthetic_root, damsm_checkpoint, tmp_path / "part", "gan.epochs=1",
+                                                "gan.samples_every=100"), progress=False)
+        assert cut["stopped_by"] == "SIGINT"
+        assert cut["step"] == 4 and cut["samples"] is None and not (tmp_path / "part" / "samples").exists()
+        resumed = gan.train_gan(tiny_gan_config(synthetic_root, damsm_checkpoint, tmp_path / "part", "gan.epochs=1",
+                                                "gan.samples_every=100"), resume=tmp_path / "part" / "latest.pt",
+                                progress=False)
+    assert resumed["step"] == full["step"] == 9 and "stopped_by" not in resumed
     for a, b in zip(_states(tmp_path / "full" / "latest.pt"), _states(tmp_path / "part" / "latest.pt")):
         for k in a:
             assert torch.equal(a[k], b[k]), k

@@ -84,6 +84,21 @@ def test_r_precision_is_perfect_for_matching_vectors_and_chance_for_shuffled():
     assert chance["mean"] < 0.05, chance["mean"]  # about 1 in 100
 
 
+def test_every_image_faces_the_same_number_of_distractors_whatever_the_chunking():
+    """Classes of very different sizes: the images of the big class have only a few captions of other
+    classes. All images then face that fewest number, and the hits do not depend on how the images
+    are chunked (the draw of each row comes from one generator in order)."""
+    torch.manual_seed(0)
+    classes = torch.cat([torch.zeros(60, dtype=torch.long), torch.arange(1, 13)])  # 60 birds of class 0, 12 others
+    caption_vecs = torch.randn(len(classes), 16)
+    images = caption_vecs + 0.8 * torch.randn(len(classes), 16)
+    true = torch.arange(len(classes))
+    results = [retrieval_top1(images, caption_vecs, true, classes, classes, seed=3, chunk=chunk)
+               for chunk in (512, 7, 1)]
+    assert all(r["candidates"] == 13 and r["chance"] == 1 / 13 for r in results)  # class 0 sees 12 others
+    assert results[0]["folds"] == results[1]["folds"] == results[2]["folds"]
+
+
 @pytest.mark.slow
 def test_torch_fidelity_runs_from_a_local_weights_file(fidelity_weights, tmp_path):
     from attngan_fast.evaluate import fidelity_metrics

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -126,11 +127,48 @@ def test_the_wheel_installs_one_top_level_name_and_every_package(tmp_path):
     probe = ("import importlib.util, json; from attngan_fast import kernels; "
              "print(json.dumps([kernels.__file__, importlib.util.find_spec('kernels') is None, "
              "callable(kernels.word_attention)]))")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
-                         env={**os.environ, "PYTHONPATH": str(target)})
-    assert out.returncode == 0, out.stderr[-2000:]
-    path, no_top_level_kernels, callable_op = json.loads(out.stdout)
+    path, no_top_level_kernels, callable_op = _printed_json(probe, tmp_path, PYTHONPATH=str(target))
     assert Path(path).is_relative_to(target) and no_top_level_kernels and callable_op
+
+
+def _printed_json(probe: str, cwd: Path, *flags: str, **env: str):
+    """What ``python FLAGS -c probe`` prints as JSON, run in ``cwd`` with ``env`` added to ours."""
+    out = subprocess.run([sys.executable, *flags, "-c", probe], capture_output=True, text=True, cwd=cwd,
+                         env={**os.environ, **env})
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+def test_a_checkout_runs_without_being_installed(tmp_path):
+    """``PYTHONPATH=<checkout>`` alone (a machine that cannot reach PyPI to install): the kernels
+    import as attngan_fast.kernels from the top-level kernels/ folder, the ops run, and the command
+    line answers. ``-S`` keeps this environment's install (its .pth files) out of the way."""
+    site_packages = Path(torch.__file__).resolve().parents[1]
+    path_alone = os.pathsep.join([str(ROOT), str(site_packages)])
+    probe = ("import json, sys, torch; from attngan_fast import kernels; "
+             "q, c = torch.randn(2, 8, 3, 5), torch.randn(2, 8, 4); m = torch.tensor([[0, 0, 1, 1], [0, 0, 0, 0]]).bool(); "
+             "ctx = kernels.word_attention(q, c, m, impl='reference')[0]; "
+             "ref = kernels.word_attention_ref(q.double(), c.double(), m)[0]; "
+             "print(json.dumps([kernels.__file__, 'kernels' in sys.modules, (ctx.double() - ref).abs().max().item()]))")
+    path, second_name, error = _printed_json(probe, tmp_path, "-S", PYTHONPATH=path_alone)
+    assert Path(path) == ROOT / "kernels" / "__init__.py" and not second_name and error < 1e-5
+    out = subprocess.run([sys.executable, "-S", "-m", "attngan_fast", "info"], capture_output=True, text=True,
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": path_alone})
+    assert out.returncode == 0 and json.loads(out.stdout)["torch"] == torch.__version__, out.stderr[-2000:]
+
+    # A second checkout on PYTHONPATH, beside this environment's install: its package takes its own
+    # kernels, never the installed copy's, and registers its finder once.
+    other = tmp_path / "other-checkout"
+    for name in ("attngan_fast", "kernels"):
+        shutil.copytree(ROOT / name, other / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", other)
+    probe = ("import importlib, json, sys; import attngan_fast; from attngan_fast import kernels; "
+             "importlib.reload(attngan_fast); "
+             "print(json.dumps([attngan_fast.__file__, kernels.__file__, "
+             "sum(getattr(f, 'attngan_fast_checkout', False) for f in sys.meta_path)]))")
+    package, kernels_file, finders = _printed_json(probe, tmp_path, PYTHONPATH=str(other))
+    assert Path(package).is_relative_to(other) and Path(kernels_file) == other / "kernels" / "__init__.py"
+    assert finders == 1
 
 
 def test_the_kernels_folder_refuses_a_second_import_name():

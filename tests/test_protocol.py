@@ -170,6 +170,7 @@ def test_the_report_holds_every_protocol_field(trained, synthetic_root, fidelity
     assert r["groups_of_100"]["count"] == 2 and r["groups_of_100"]["std"] is not None
     assert abs(r["groups_of_100"]["mean"] - r["mean"]) < 1e-9 and "folds" in r["which_is_which"]
     assert "67.82" in r["comparable_with"] and report["inception_weights"] is None
+    assert report["batch_size"] == 32 and report["legacy_mask"] is False and report["device"] == "cpu"
     assert "4.36" in report["inception_note"]
 
     # A separate judge (other weights) and the IS/FID fields.
@@ -187,6 +188,7 @@ def test_the_report_holds_every_protocol_field(trained, synthetic_root, fidelity
     weights = report["inception_weights"]
     assert weights["path"] == str(fidelity_weights)
     assert weights["sha256"] == hashlib.sha256(fidelity_weights.read_bytes()).hexdigest()
+    assert weights["published"] is False and "not its published file" in weights["name"]  # random weights
     assert "4.36" in report["inception_score_note"] and report["fid_name"] == "TF-Inception FID"
     assert report["tf_inception_fid"] is not None and report["inception_score"]["mean"] >= 1.0 and "fid" not in report
 

@@ -4,7 +4,13 @@ checked against the checkpoint's config, killed saves leave no litter, failed ru
 from __future__ import annotations
 
 import json
+import os
+import signal
+import stat
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -153,6 +159,127 @@ def test_a_killed_save_leaves_no_temporary_file_after_the_next_save(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".cache.json.x.tmp", "latest.pt"]
 
 
+def test_a_resume_removes_what_killed_writes_left_and_files_get_the_umask(synthetic_root, tmp_path):
+    """A snapshot or picture write killed halfway leaves a checkpoint-sized temporary file whose target
+    the resumed run may never write again: the run that takes the folder over removes them. Saved
+    files have the mode a plain write would give them (mkstemp's is 0600)."""
+    out = tmp_path / "run"
+    damsm.train_damsm(tiny_config(synthetic_root, out, "damsm.max_steps=2"), progress=False)
+    killed = [out / ".damsm_epoch0002.pt.a1b2c3.tmp", out / ".attention_maps_step0000002.png.x.tmp"]
+    for path in killed:
+        path.write_bytes(b"half of it")
+    mine = out / ".notes.txt.tmp"  # not a write of ours: stays
+    mine.write_text("mine")
+    damsm.train_damsm(tiny_config(synthetic_root, out, "damsm.max_steps=3"), resume=out / "latest.pt", progress=False)
+    assert not any(path.exists() for path in killed) and mine.exists()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((out / "latest.pt").stat().st_mode) == 0o666 & ~umask
+
+
+def test_overwrite_moves_the_tensorboard_events_and_the_eval_curve_too(tmp_path):
+    from attngan_fast.train.run_folder import claim_run_folder
+
+    out = tmp_path / "run"
+    (out / "tensorboard").mkdir(parents=True)
+    (out / "tensorboard" / "events.out.tfevents.1").write_text("old events")
+    for name in ("log.jsonl", "eval_curve.png"):
+        (out / name).write_text("old")
+    _, first = claim_run_folder(out, resume=None, overwrite=True)
+    aside = Path(first["replaced"])
+    assert sorted(p.name for p in out.iterdir()) == [aside.name]
+    assert (aside / "tensorboard" / "events.out.tfevents.1").read_text() == "old events"
+    assert (aside / "eval_curve.png").exists()
+
+
+def test_a_snapshot_is_written_before_latest_so_a_kill_between_them_loses_nothing(synthetic_root, tmp_path,
+                                                                                    monkeypatch):
+    """Killed right after the epoch's snapshot, before latest.pt: the resume redoes that epoch from the
+    previous latest.pt and the snapshot exists (the other order would skip it for good)."""
+    order = []
+    real_save = damsm.save_atomic
+
+    def recording_save(payload, path):
+        order.append(Path(path).name)
+        return real_save(payload, path)
+
+    monkeypatch.setattr(damsm, "save_atomic", recording_save)
+    damsm.train_damsm(tiny_config(synthetic_root, tmp_path / "run", "damsm.epochs=1", "damsm.snapshot_every=1",
+                                  "damsm.snapshot_epochs=[]", "damsm.max_steps=null"), progress=False)
+    assert order[-2:] == ["damsm_epoch0001.pt", "latest.pt"], order
+
+
+def _signal_at_step(monkeypatch, at: int, sig=signal.SIGTERM):
+    """The loop's stop check raises ``sig`` in this process when it reaches step ``at`` (as Ctrl-C or a
+    scheduler's SIGTERM would arrive during that step)."""
+    from attngan_fast.train import runtime
+
+    original = runtime.Deadline.passed
+
+    def passed(self, step):
+        if step == at:
+            signal.raise_signal(sig)
+        return original(self, step)
+
+    monkeypatch.setattr(runtime.Deadline, "passed", passed)
+
+
+def test_a_signal_saves_where_the_run_is_and_the_resume_is_exact(synthetic_root, tmp_path, monkeypatch, capsys):
+    """SIGTERM (or Ctrl-C) in the middle of an epoch: the run saves that step and ends with the signal's
+    code, saying how to go on; resumed, it ends exactly where an uninterrupted run does. The handlers are
+    the previous ones afterwards."""
+    whole = damsm.train_damsm(tiny_config(synthetic_root, tmp_path / "whole", "damsm.max_steps=6"), progress=False)
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with monkeypatch.context() as patch:
+        _signal_at_step(patch, 3)
+        code = cli(_damsm_cli(synthetic_root, tmp_path / "cut", "--set", "damsm.max_steps=6"))
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    latest = tmp_path / "cut" / "latest.pt"
+    err = capsys.readouterr().err
+    assert code == 128 + signal.SIGTERM, err
+    assert f"stopped by SIGTERM at step 3; saved {latest}: continue with --resume {latest}" in err
+    ckpt = load_checkpoint(latest)
+    assert ckpt["step"] == 3 and ckpt["position"] == 3  # mid-epoch
+    assert _records(tmp_path / "cut" / "log.jsonl")[-1]["stopped_by"] == "SIGTERM"
+    resumed = damsm.train_damsm(tiny_config(synthetic_root, tmp_path / "cut", "damsm.max_steps=6"), resume=latest,
+                                progress=False)
+    assert resumed["step"] == 6 and resumed["param_checksum"] == whole["param_checksum"]
+
+
+def test_a_second_ctrl_c_stops_at_once_and_a_second_sigterm_changes_nothing(synthetic_root, tmp_path, monkeypatch):
+    from attngan_fast.train import runtime
+
+    original = runtime.Deadline.passed
+
+    def passed(self, step):
+        if step == 2:
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+        return original(self, step)
+
+    monkeypatch.setattr(runtime.Deadline, "passed", passed)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        damsm.train_damsm(tiny_config(synthetic_root, tmp_path / "run", "damsm.max_steps=6"), progress=False)
+    assert signal.getsignal(signal.SIGINT) is before
+    twice = runtime.Runtime(torch.device("cpu"))
+    with runtime.stopping_on_signals(twice):
+        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)  # a scheduler and torchrun both send one: still a clean stop
+    assert twice.stop == "SIGTERM"
+
+
+def test_loader_workers_ignore_the_stop_signals():
+    """torchrun signals the whole process group: a worker that died of it would end the run unsaved."""
+    from attngan_fast.train.runtime import STOP_SIGNALS, ignore_interrupts_in_workers
+
+    probe = ("import signal; from attngan_fast.train.runtime import ignore_interrupts_in_workers as f; f(0); "
+             "print([signal.getsignal(s) is signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM)])")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[True, True]" and set(STOP_SIGNALS) == {signal.SIGINT, signal.SIGTERM}
+    assert callable(ignore_interrupts_in_workers)
+
+
 def test_failed_runs_leave_no_empty_output_folders(synthetic_root, damsm_run, tmp_path, capsys):
     assert cli(_damsm_cli(tmp_path / "no-data", tmp_path / "a")) == 2
     assert cli(_damsm_cli(synthetic_root, tmp_path / "b", "--set", "damsm.batch_size=500")) == 2
@@ -175,3 +302,27 @@ def test_zero_steps_reports_no_checkpoint_that_does_not_exist(synthetic_root, tm
     assert result["checkpoint"] is None and result["step"] == 0
     assert not (tmp_path / "g" / "latest.pt").exists() and not (tmp_path / "d" / "latest.pt").exists()
     assert torch.isfinite(torch.tensor(result["param_checksum"]))
+
+
+def test_a_resume_on_another_number_of_processes_continues_after_every_sample_seen():
+    """Two processes of batch 4 saved at position 5 had seen 40 samples of the epoch (the permutation
+    dealt to the ranks in turn): one process of batch 8 goes on at its batch 5, of batch 16 at batch 2
+    (32 samples; fewer than one global batch are seen again); four processes of batch 2 at batch 5.
+    Ranks beyond the saved ones take a saved rank's RNG state instead of failing."""
+    from attngan_fast.train.common import position_for_batch_size, restore_progress, saved_world
+    from attngan_fast.train.checkpoint import rng_state
+    from attngan_fast.train.runtime import Runtime
+
+    ckpt = {"config": {"gan": {"batch_size": 4}, "runtime": {"seed": 7}}, "position": 5, "rng": [rng_state(), rng_state()],
+            "scaler": torch.amp.GradScaler("cpu", enabled=False).state_dict(), "epoch": 1, "step": 30}
+    assert saved_world(ckpt) == 2 and saved_world({**ckpt, "rng": rng_state()}) == 1
+    assert position_for_batch_size(ckpt, "gan", 8, world=1) == 5
+    assert position_for_batch_size(ckpt, "gan", 16, world=1) == 2
+    assert position_for_batch_size(ckpt, "gan", 2, world=4) == 5
+    assert position_for_batch_size(ckpt, "gan", 4, world=2) == 5  # unchanged: the same run
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    draws = []
+    for rank in (1, 3):  # ranks 1 and 3 of 4 would share saved rank 1's stream if it were reused
+        assert restore_progress(ckpt, scaler, Runtime(torch.device("cpu"), rank=rank, world=4)) == (1, 5, 30)
+        draws.append(torch.rand(4))
+    assert not torch.equal(draws[0], draws[1])

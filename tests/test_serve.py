@@ -7,17 +7,21 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 import torch
 
 from attngan_fast.cli import main as cli
+from attngan_fast.serve import MAX_REQUEST_BYTES
 from attngan_fast.studio import (CELL, MAX_CAPTION_CHARS, MAX_CAPTION_WORDS, TOP_WORDS, RequestError, Studio,
                                  held_out_captions)
 from attngan_fast.train.gan import load_generator
@@ -68,6 +72,10 @@ def test_changing_one_word_keeps_the_noise(studio):
     ((CAPTION, -1, 1), "the seed must be between 0 and"),
     ((CAPTION, 1.5, 1), "the seed must be a whole number"),
     ((CAPTION, "many", 1), "the seed must be a whole number"),
+    ((CAPTION, None, 1), "type the seed"),
+    ((CAPTION, 10**400, 1), "the seed must be between 0 and"),
+    ((CAPTION, "1" * 400, 1), "the seed must be a whole number"),
+    ((CAPTION, float("nan"), 1), "the seed must be a whole number"),
     (("zzz qqq",), "no word of the caption is in the model's vocabulary"),
 ])
 def test_what_a_request_may_ask_is_bounded_with_a_message(studio, args, message):
@@ -106,6 +114,109 @@ def test_serve_without_a_checkpoint_or_the_demo_says_what_to_do(tmp_path, capsys
     assert "--checkpoint G.pt does not exist" in capsys.readouterr().err
     assert cli(["serve", "--checkpoint", "G.pt", "--max-images", "0"]) == 2
     assert "--max-images must be between 1 and 64, got 0" in capsys.readouterr().err
+    assert cli(["serve", "--checkpoint", str(tmp_path)]) == 2
+    assert f"--checkpoint {tmp_path} is a folder, not a checkpoint file" in capsys.readouterr().err
+
+
+def test_serve_help_states_what_a_request_may_ask(capsys):
+    from attngan_fast.serve import MAX_REQUEST_BYTES, QUEUE_SIZE
+    from attngan_fast.studio import MAX_SEED
+
+    with pytest.raises(SystemExit):
+        cli(["serve", "--help"])
+    said = " ".join(capsys.readouterr().out.split())
+    for fact in (f"at most {MAX_CAPTION_CHARS} characters and {MAX_CAPTION_WORDS} words", f"from 0 to {MAX_SEED}",
+                 f"{QUEUE_SIZE} may wait", f"at most {MAX_REQUEST_BYTES // 1024} KiB"):
+        assert fact in said, fact
+
+
+def test_a_named_data_root_that_is_not_there_is_an_error(trained, tmp_path, capsys):
+    assert cli(["serve", "--checkpoint", str(trained[1]), "--data", str(tmp_path / "nowhere"), "--device", "cpu"]) == 2
+    assert f"--data {tmp_path / 'nowhere'} is not a folder" in capsys.readouterr().err
+
+
+def test_what_the_page_echoes_is_shown_as_typed():
+    """A caption or word is echoed into Markdown fields: an image link typed there must stay text (the
+    browser would fetch it), HTML too, and the echo is bounded."""
+    pytest.importorskip("gradio")
+    from attngan_fast.serve import _refusal, plain
+
+    typed = "red ![x](http://example.com/x.png) <img src=x onerror=alert(1)> [a](b) *b* `c` # d"
+    shown = plain(typed)
+    assert re.search(r"(?<!\\)[!\[\]`*<]", shown) is None  # every opener escaped (and < an entity)
+    assert re.sub(r"\\(.)", r"\1", shown.replace("&lt;", "<").replace("&amp;", "&")) == typed  # nothing lost
+    assert plain("a\n# b\n\n![c](d)") == "a \\# b \\!\\[c\\](d)"  # one line
+    assert len(plain("x" * 10_000)) == 401 and _refusal("a [b](c)").startswith("**Not generated:** a \\[b\\]")
+
+
+def test_both_buttons_share_one_queue_of_one_generation_at_a_time(studio):
+    pytest.importorskip("gradio")
+    from attngan_fast.serve import build_page
+
+    page = build_page(studio)
+    generating = [f for f in page.fns.values() if f.name in ("run", "run_compare")]
+    assert len(generating) == 3  # the button, Enter in the caption, and Compare
+    assert {f.concurrency_id for f in generating} == {"generator"}
+    assert {f.concurrency_limit for f in generating} == {1}
+
+
+def test_a_request_body_past_the_limit_is_refused_before_it_is_read():
+    pytest.importorskip("gradio")
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from attngan_fast.serve import BodyLimit
+
+    async def echo(request):
+        return PlainTextResponse(str(len(await request.body())))
+
+    app = Starlette(routes=[Route("/", echo, methods=["POST"])], middleware=[Middleware(BodyLimit, limit=100)])
+    client = TestClient(app)
+    assert client.post("/", content=b"x" * 100).text == "100"
+    refused = client.post("/", content=b"x" * 101)
+    assert refused.status_code == 413 and "at most 100 bytes" in refused.text
+    chunked = client.post("/", content=iter([b"x" * 60, b"x" * 60]))  # no Content-Length: counted as it comes
+    assert chunked.status_code == 413
+
+    # Gradio's routes are FastAPI's, whose body parsing turns any error of the read into its own 400:
+    # the 413 must still be what the client gets.
+    from fastapi import FastAPI
+
+    api = FastAPI(middleware=[Middleware(BodyLimit, limit=100)])
+
+    @api.post("/join")
+    def join(body: dict):
+        return {"keys": len(body)}
+
+    client = TestClient(api)
+    assert client.post("/join", json={"a": 1}).json() == {"keys": 1}
+    chunked = client.post("/join", content=iter([b'{"a": "' + b"x" * 60, b"x" * 60 + b'"}']),
+                          headers={"content-type": "application/json"})
+    assert chunked.status_code == 413 and "at most 100 bytes" in chunked.text
+
+
+def test_the_page_keeps_its_images_in_a_private_folder_that_goes_with_it(tmp_path):
+    pytest.importorskip("gradio")
+    probe = ("import os, stat; from attngan_fast.serve import import_gradio; import_gradio(); "
+             "from gradio.utils import get_upload_folder; folder = os.environ['GRADIO_TEMP_DIR']; "
+             "print(folder, oct(stat.S_IMODE(os.stat(folder).st_mode)), get_upload_folder() == folder)")
+    env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    folder, mode, used = out.stdout.split()
+    assert mode == "0o700" and used == "True" and not os.path.exists(folder)  # removed at exit
+
+    # Stopped by SIGTERM (kill, docker stop) as the command line handles it: removed too.
+    waiting = ("import os, signal, time; from attngan_fast.cli import _terminated; from attngan_fast.serve import "
+               "import_gradio; import_gradio(); signal.signal(signal.SIGTERM, _terminated); "
+               "print(os.environ['GRADIO_TEMP_DIR'], flush=True); time.sleep(120)")
+    process = subprocess.Popen([sys.executable, "-c", waiting], stdout=subprocess.PIPE, text=True, env=env)
+    folder = process.stdout.readline().strip()
+    assert os.path.isdir(folder)
+    process.terminate()
+    assert process.wait(timeout=60) == 128 + 15 and not os.path.exists(folder)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gradio") is None, reason="gradio is not installed (.[app])")
@@ -122,7 +233,10 @@ def test_a_port_already_taken_is_one_line(trained, synthetic_root, capsys, monke
         assert cli(["serve", "--checkpoint", str(trained[1]), "--data", str(synthetic_root), "--port", str(port),
                     "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith(f"attngan-fast: error: cannot listen on 127.0.0.1:{port}: ")
+    assert err == [f"attngan-fast: error: --port {port}: 127.0.0.1:{port} is taken by another program; "
+                   "give another --port"]
+    assert cli(["serve", "--checkpoint", str(trained[1]), "--host", "not-a-host.invalid", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.startswith("attngan-fast: error: --host not-a-host.invalid is not an address")
 
 
 # ------------------------------------------------------------------------------------ the page in a browser
@@ -291,12 +405,26 @@ def test_the_page_in_headless_chromium_shows_the_images_and_word_maps_offline(se
         assert driver.find_element("css selector", "#compare-status").text == f"{CAPTION} beside {changed} (seed 0)."
         assert changed in driver.find_element("css selector", "#right").text
 
+        # An image link typed as the new word is refused and echoed as the text it is, never fetched.
+        typed = "![y](http://example.org/r.png)"
+        driver.find_element("css selector", "#replacement textarea").clear()
+        driver.find_element("css selector", "#replacement textarea").send_keys(typed)
+        driver.find_element("css selector", "#compare").click()
+        wait.until(lambda d: "Not generated" in d.find_element("css selector", "#compare-status").text)
+        assert driver.find_element("css selector", "#compare-status").text == (
+            f"Not generated: the new word must be one word, got '{typed}'.")
+        assert driver.find_elements("css selector", "#compare-status img") == []
+
         requested = _requested_urls(driver)
     finally:
         driver.quit()
     beyond = [u for u in requested if u.split(":", 1)[0] in ("http", "https", "ws", "wss")
               and not u.split("//", 1)[1].startswith(url.split("//", 1)[1].rstrip("/"))]
     assert requested and not beyond, f"the page reached past its server: {beyond[:5]}"
+    too_big = urllib.request.Request(url + "gradio_api/queue/join", data=b"x" * (MAX_REQUEST_BYTES + 1), method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(too_big, timeout=30)
+    assert refused.value.code == 413
     assert network_log.read_text() == "", "the server tried to reach past this machine"
 
 

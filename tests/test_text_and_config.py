@@ -150,9 +150,10 @@ def test_floats_as_people_write_them_in_overrides_and_files(tmp_path, spelling, 
     # Python's float() takes, from --set and from a file alike.
     assert load_config("synthetic", [f"damsm.lr={spelling}"]).damsm.lr == value
     path = tmp_path / "mine.yaml"
-    path.write_text(f"damsm:\n  lr: {spelling}\n  betas: [{spelling}, 0.999]\ngan:\n  max_minutes: {spelling}\n")
+    beta = spelling if value < 1 else "0.5"  # Adam's betas lie in [0, 1)
+    path.write_text(f"damsm:\n  lr: {spelling}\n  betas: [{beta}, 0.999]\ngan:\n  max_minutes: {spelling}\n")
     cfg = load_config(path)
-    assert cfg.damsm.lr == value and cfg.damsm.betas == (value, 0.999) and cfg.gan.max_minutes == value
+    assert cfg.damsm.lr == value and cfg.damsm.betas == (min(value, 0.5), 0.999) and cfg.gan.max_minutes == value
     assert isinstance(cfg.damsm.lr, float)
 
 
@@ -176,6 +177,20 @@ def test_number_fields_still_refuse_words_and_strings_stay_strings():
     ("gan.stages=4", "gan.stages must be at most 3, got 4"),
     ("damsm.lr=0", "damsm.lr must be above 0, got 0.0"),
     ("damsm.max_steps=-1", "damsm.max_steps must be at least 0, got -1"),
+    ("gan.ema_decay=5", "gan.ema_decay must be in [0, 1), got 5.0"),
+    ("gan.ema_decay=1", "gan.ema_decay must be in [0, 1), got 1.0"),
+    ("damsm.lr_decay=7", "damsm.lr_decay must be in [0, 1], got 7.0"),
+    ("gan.betas=[2, 3]", "gan.betas must be two numbers in [0, 1) (Adam's), got [2.0, 3.0]"),
+    ("damsm.betas=[0.5, .nan]", "damsm.betas must be two numbers in [0, 1)"),
+    ("text_encoder.dropout=1.5", "text_encoder.dropout must be in [0, 1), got 1.5"),
+    ("text_encoder.dropout=1", "text_encoder.dropout must be in [0, 1), got 1.0"),
+    ("damsm.gamma1=inf", "damsm.gamma1 must be a finite number, got inf"),
+    ("damsm.gamma1=100", "damsm.gamma1 must be at most 80, got 100.0"),
+    ("gan.lambda_damsm=.inf", "gan.lambda_damsm must be a finite number, got inf"),
+    ("gan.lr_g=nan", "gan.lr_g must be a finite number, got nan"),
+    ("gan.base_size=12", "gan.base_size must be a power of two (8, 16, 32, 64, ...), got 12"),
+    ("damsm=null", "--set damsm: damsm is a section of settings ("),
+    ("gan=3", "--set gan: gan is a section of settings ("),
 ])
 def test_values_out_of_range_are_one_line_errors(override, message):
     with pytest.raises(ConfigError) as caught:

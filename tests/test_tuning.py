@@ -410,3 +410,38 @@ def test_a_default_that_does_not_fit_the_device_falls_back_to_the_next_that_does
         tuned.fitting((x, 289), {}, default, tiny)
     # Registers count too: 128 per thread on 8 warps is 32,768 per block.
     assert "registers" in _fit.why_it_does_not_fit(_FakeCompiled(0), 8, {"max_shared_mem": 1, "max_num_regs": 32767})
+
+
+@needs_interpreter
+def test_an_interpreter_that_turns_loop_bounds_into_ints_unsqueezed_is_mended(monkeypatch):
+    """Triton 3.6's interpreter converted a scalar loop bound with ``int()`` of its (1,)-shaped array,
+    which NumPy >= 2.4 refuses: the F_attn backward's chunk loop failed on CPU. Recreated here on the
+    installed Triton: the old conversion breaks that loop (on NumPy >= 2.4), the mend makes it run and
+    match float64, and a fixed interpreter is left alone."""
+    import numpy as np
+    from triton.runtime import interpreter
+
+    from attngan_fast.kernels import _runtime
+    from attngan_fast.kernels.attention import fused
+
+    def old_patch_lang_tensor(tensor, scope):  # the 3.6 form of the conversion, over the installed one
+        fixed_patch_lang_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data))
+
+    fixed_patch_lang_tensor = interpreter._patch_lang_tensor
+    assert not _runtime._mend_interpreter_loop_bounds()  # a fixed interpreter: nothing to mend
+    query, context, word_mask = _attention_inputs()
+    grad = torch.randn_like(query)
+
+    def backward():
+        return fused.word_attention_backward(grad, query, context, word_mask, False, "ieee")
+
+    monkeypatch.setattr(interpreter, "_patch_lang_tensor", old_patch_lang_tensor)
+    if tuple(int(x) for x in np.__version__.split(".")[:2]) >= (2, 4):
+        with pytest.raises(Exception, match="only 0-dimensional arrays"):
+            backward()
+    assert _runtime._mend_interpreter_loop_bounds()
+    d_query, d_context = backward()
+    ref_q, ref_k = word_attention_ref_backward(grad.double(), query.double(), context.double(), word_mask)
+    assert_rel(d_query, ref_q, 1e-5, "d_query")
+    assert_rel(d_context, ref_k, 1e-5, "d_context")

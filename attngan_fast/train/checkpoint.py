@@ -25,6 +25,8 @@ class CheckpointError(ValueError):
 
 def load_checkpoint(path: str | Path, expected_format: str | None = None) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file (a run's checkpoint is its latest.pt)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:

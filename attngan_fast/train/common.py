@@ -18,7 +18,7 @@ from ..data.on_device import OnDeviceDataset
 from ..data.prepare import CaptionCache, load_captions
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, set_rng_state
 from .run_folder import claim_run_folder
-from .runtime import Runtime
+from .runtime import Runtime, ignore_interrupts_in_workers, seed_everything
 
 
 def adam(params, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
@@ -61,7 +61,7 @@ def train_loader(dataset, batch_size: int, cfg: Config, rt: Runtime, device: tor
         workers, collate_fn = 0, dataset.collate  # device tensors are made in the main process
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, collate_fn=collate_fn,
                         num_workers=workers, pin_memory=device.type == "cuda" and not cfg.data.on_device,
-                        persistent_workers=workers > 0,
+                        persistent_workers=workers > 0, worker_init_fn=ignore_interrupts_in_workers,
                         generator=torch.Generator().manual_seed(cfg.runtime.seed + rt.rank))
     return sampler, loader, (len(dataset) // rt.world) // batch_size
 
@@ -111,6 +111,8 @@ def open_resume(path, expected_format: str, cache: CaptionCache, cfg: Config, sh
     if ckpt["vocab"] != cache.vocab.to_json():
         raise CheckpointError(f"{path} was trained with another vocabulary than {cfg.data.root}'s captions")
     changed = config_differences(ckpt["config"], cfg.to_dict())
+    if saved_world(ckpt) != rt.world:  # the data order and the RNG streams follow the number of processes
+        changed["processes"] = [saved_world(ckpt), rt.world]
     shape = [f"{k} {changed[k][0]} -> {changed[k][1]}" for k in shape_keys if k in changed]
     if shape:
         raise CheckpointError(f"cannot resume {path}: the model's shape differs from the checkpoint's: {', '.join(shape)}")
@@ -138,16 +140,28 @@ def resume_record(path, ckpt: dict, changed: dict) -> dict:
             "position": ckpt["position"], "changed": changed}
 
 
-def position_for_batch_size(ckpt: dict, section: str, batch_size: int) -> int:
-    """The checkpoint's position in its epoch (in batches of the batch size it was saved with), in
-    batches of ``batch_size``: a resume with another batch size continues after the samples seen."""
+def saved_world(ckpt: dict) -> int:
+    """How many processes trained the checkpoint (its RNG states are one per rank under torchrun)."""
+    return len(ckpt["rng"]) if isinstance(ckpt["rng"], list) else 1
+
+
+def position_for_batch_size(ckpt: dict, section: str, batch_size: int, world: int = 1) -> int:
+    """The checkpoint's position in its epoch (in batches of the batch size and on the number of
+    processes it was saved with), in batches of ``batch_size`` per process of ``world``: a resume with
+    another batch size or number of processes continues after the samples all processes saw (the
+    epoch's order is one permutation dealt out to the ranks in turn), rounded down: less than one
+    global batch is seen again."""
     old = ckpt["config"].get(section, {}).get("batch_size", batch_size)
-    return ckpt["position"] * old // batch_size
+    return ckpt["position"] * old * saved_world(ckpt) // (batch_size * world)
 
 
 def restore_progress(ckpt: dict, scaler, rt: Runtime) -> tuple[int, int, int]:
     """Restores what both loops save beside their models and optimizers (the gradient scaler and this
-    rank's RNG states) and returns (epoch, position in the epoch, step)."""
+    rank's RNG states; on another number of processes each rank seeds a stream of its own, so such a
+    continuation is never the uninterrupted run) and returns (epoch, position in the epoch, step)."""
     scaler.load_state_dict(ckpt["scaler"])
-    set_rng_state(ckpt["rng"][rt.rank] if isinstance(ckpt["rng"], list) else ckpt["rng"])
+    if saved_world(ckpt) == rt.world:
+        set_rng_state(ckpt["rng"][rt.rank] if rt.distributed else ckpt["rng"])
+    else:  # another number of processes: fresh streams, one per rank (as a new run seeds them), moved on by step
+        seed_everything(ckpt["config"]["runtime"]["seed"] + 1_000_003 * ckpt["step"], rt.rank)
     return ckpt["epoch"], ckpt["position"], ckpt["step"]

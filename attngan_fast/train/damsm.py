@@ -292,7 +292,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
         for group in optimizer.param_groups:  # a changed setting takes effect (the lr is set every epoch)
             group["betas"] = d.betas
         start_epoch, _, step = restore_progress(ckpt, scaler, rt)
-        position = position_for_batch_size(ckpt, "damsm", d.batch_size)
+        position = position_for_batch_size(ckpt, "damsm", d.batch_size, rt.world)
         history = list(ckpt.get("history", []))
         records.append(resume_record(resume, ckpt, changed))
 
@@ -331,9 +331,11 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
                 "epoch": epoch, "position": pos, "step": step, "rng": states,
                 "history": history, "metrics": extra,
             }
-            save_atomic(payload, latest)
+            # The snapshot first: a kill between the two saves resumes from the previous latest.pt and
+            # writes the snapshot again, where the other order would skip it for good.
             if pos == 0 and keeps_snapshot(d, epoch):
                 save_atomic(payload, out / f"damsm_epoch{epoch:04d}.pt")
+            save_atomic(payload, latest)
 
     # -- the epochs: training steps, then evaluation, pictures and a checkpoint per epoch --------------
     stopped = d.max_steps is not None and step >= d.max_steps
@@ -372,7 +374,8 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
         bar.close()
         with meter.paused():  # evaluation, pictures and the checkpoint are not training speed
             finished = not stopped or position >= steps_per_epoch
-            if rt.is_main and (stopped or (epoch + 1) % d.eval_every == 0 or epoch + 1 == d.epochs):
+            # A signal's stop saves and ends at once: no evaluation, no picture.
+            if rt.is_main and rt.stop is None and (stopped or (epoch + 1) % d.eval_every == 0 or epoch + 1 == d.epochs):
                 with rng_neutral():
                     done_epochs = epoch + (1 if finished else position / steps_per_epoch)
                     metrics = evaluate(text_encoder, image_encoder, test_set, cfg, device, cfg.runtime.eval_batches,
@@ -401,11 +404,11 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
     # -- the closing record -------------------------------------------------------------------------------
     meter.reading(step)
     speed = meter.summary()
-    log.write({"final": True, "step": step, **speed})
+    log.write({"final": True, "step": step, **speed, **({"stopped_by": rt.stop} if rt.stop else {})})
     log.close()
     checksum = sum(float(p.detach().double().sum()) for p in params)
     return {"checkpoint": str(latest) if latest.is_file() else None, "step": step, "param_checksum": checksum,
-            "speed": speed, **metrics}
+            "speed": speed, **metrics, **({"stopped_by": rt.stop} if rt.stop else {})}
 
 
 def summarize(metrics: dict) -> str:

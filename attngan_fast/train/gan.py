@@ -238,6 +238,13 @@ def _check(cfg: Config) -> None:
     if g.eval_inception_weights is not None and not Path(g.eval_inception_weights).is_file():
         raise ConfigError(f"gan.eval_inception_weights: torch-fidelity Inception weights file {g.eval_inception_weights} "
                           "does not exist")
+    if g.eval_inception_weights is not None and g.eval_every is not None:
+        from ..evaluate import EvaluationError, check_inception_weights
+
+        try:  # before any work: the hook would meet a wrong file only at its first evaluation
+            check_inception_weights(g.eval_inception_weights)
+        except EvaluationError as err:
+            raise ConfigError(str(err).replace("--inception-weights", "gan.eval_inception_weights", 1)) from None
 
 
 def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) -> dict:
@@ -276,6 +283,9 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
     if rt.distributed and g.sync_bn and device.type == "cuda":
         netG = nn.SyncBatchNorm.convert_sync_batchnorm(netG)
         netsD = nn.SyncBatchNorm.convert_sync_batchnorm(netsD)
+    elif rt.distributed and g.sync_bn and rt.is_main:
+        warnings.warn("gan.sync_bn takes effect on CUDA devices only (NCCL): on this CPU run each process "
+                      "normalizes over its own batch", stacklevel=2)
     netG.to(device)
     netsD.to(device)
     memory_format = torch.channels_last if cfg.runtime.channels_last else torch.contiguous_format
@@ -296,7 +306,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
             for group in opt.param_groups:
                 group["lr"], group["betas"] = lr, g.betas
         start_epoch, _, step = restore_progress(ckpt, scaler, rt)
-        position = position_for_batch_size(ckpt, "gan", g.batch_size)
+        position = position_for_batch_size(ckpt, "gan", g.batch_size, rt.world)
         records.append(resume_record(resume, ckpt, changed))
 
     # -- several processes, torch.compile, the step, the loader, the log ------------------------------
@@ -341,9 +351,9 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
                 "scaler": scaler.state_dict(), "epoch": epoch, "position": pos, "step": step,
                 "rng": states, "damsm": str(g.damsm),
             }
-            save_atomic(payload, latest)
-            if pos == 0 and epoch % g.snapshot_every == 0:
+            if pos == 0 and epoch % g.snapshot_every == 0:  # before latest.pt, as the DAMSM loop does
                 save_atomic(payload, out / f"netG_epoch{epoch:04d}.pt")
+            save_atomic(payload, latest)
 
     def samples() -> Path | None:
         path = out / "samples" / f"step{step:07d}.png"
@@ -412,7 +422,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
         with meter.paused():
             if finished:
                 position = 0
-                if g.eval_every is not None and (epoch + 1) % g.eval_every == 0:
+                if g.eval_every is not None and (epoch + 1) % g.eval_every == 0 and rt.stop is None:
                     evaluate_now(epoch + 1)
                 save(epoch + 1, 0)
             else:
@@ -422,13 +432,14 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
     # -- the closing record and the last sample grid ---------------------------------------------------
     meter.reading(step)
     speed = meter.summary()
-    log.write({"final": True, "step": step, **speed})
-    picture = samples()
+    stopped_by = {"stopped_by": rt.stop} if rt.stop else {}
+    log.write({"final": True, "step": step, **speed, **stopped_by})
+    picture = samples() if rt.stop is None else None  # a signal's stop saves and ends at once
     log.close()
     checksum = sum(float(p.detach().double().sum()) for p in netG.parameters())
     return {"checkpoint": str(latest) if latest.is_file() else None, "step": step,
             "samples": str(picture) if picture else None,
-            "param_checksum": checksum, "speed": speed, **watch.read()}
+            "param_checksum": checksum, "speed": speed, **watch.read(), **stopped_by}
 
 
 @torch.no_grad()

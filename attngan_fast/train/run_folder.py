@@ -21,9 +21,10 @@ from ..paths import check_folder
 # a run is there, the rest move with it.
 RUN_MARKS = ("latest.pt", "log.jsonl")
 RUN_MARK_PATTERNS = ("damsm_epoch*.pt", "netG_epoch*.pt")
-RUN_FILES = RUN_MARKS + ("phase.json",)
-RUN_PATTERNS = RUN_MARK_PATTERNS + ("attention_maps_step*.png", ".latest.pt.*.tmp")
-RUN_FOLDERS = ("samples",)
+RUN_FILES = RUN_MARKS + ("phase.json", "eval_curve.png")
+# ".NAME.*.tmp": what a killed atomic write of a checkpoint or picture left behind (atomic.atomic_path)
+RUN_PATTERNS = RUN_MARK_PATTERNS + ("attention_maps_step*.png", ".*.pt.*.tmp", ".*.png.*.tmp")
+RUN_FOLDERS = ("samples", "tensorboard")
 KINDS = {"attngan-fast/damsm/1": "a DAMSM run", "attngan-fast/gan/1": "an AttnGAN run"}
 
 
@@ -36,6 +37,18 @@ def run_files(out: Path) -> list[Path]:
     found = [out / name for name in RUN_FILES + RUN_FOLDERS if (out / name).exists()]
     for pattern in RUN_PATTERNS:
         found += sorted(out.glob(pattern))
+    return found
+
+
+KILLED_WRITES = (".*.pt.*.tmp", ".*.png.*.tmp", "samples/.*.png.*.tmp")
+
+
+def remove_killed_writes(out: Path) -> list[Path]:
+    """Removes the temporary files that atomic writes killed halfway left in a run folder this run now
+    owns (a whole checkpoint's size each; a finished write never leaves one); returns them."""
+    found = [path for pattern in KILLED_WRITES for path in out.glob(pattern) if path.is_file()]
+    for path in found:
+        path.unlink(missing_ok=True)
     return found
 
 
@@ -65,6 +78,7 @@ def claim_run_folder(out: Path, *, resume: str | Path | None, overwrite: bool) -
     found = describe_run(out) if out.is_dir() else None
     resume = None if resume is None else Path(resume)
     if found is None or (resume is not None and resume.resolve() == (out / "latest.pt").resolve()):
+        remove_killed_writes(out)
         return resume, {}
     what, short = found
     if not overwrite:

@@ -6,6 +6,9 @@ import contextlib
 import json
 import os
 import random
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,7 @@ class Runtime:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    stop: str | None = None  # the signal that asked the run to stop ("SIGINT", "SIGTERM"), if one did
 
     @property
     def is_main(self) -> bool:
@@ -64,9 +68,45 @@ def training_runtime(settings: RuntimeConfig) -> Iterator[Runtime]:
         rt = setup_runtime(settings.device)
         check_cuda_graphs(settings, rt.device)
         try:
-            yield rt
+            with stopping_on_signals(rt):
+                yield rt
         finally:
             teardown_runtime(rt)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def stopping_on_signals(rt: Runtime) -> Iterator[None]:
+    """Ctrl-C (SIGINT) or SIGTERM (torchrun, a job scheduler) asks the loop to stop: it saves where it is
+    at its next check (``Deadline.passed``) and ends, so nothing since the last checkpoint is lost; a
+    second signal stops at once. The handlers are the previous ones again on the way out."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+
+    def ask_to_stop(signum, frame):
+        # Only a flag: printing here could re-enter a write to stderr that the signal interrupted. A
+        # repeated SIGTERM is ignored (schedulers and torchrun may both send one); Ctrl-C twice stops.
+        if rt.stop is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        rt.stop = rt.stop or signal.Signals(signum).name
+
+    previous = {sig: signal.signal(sig, ask_to_stop) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def ignore_interrupts_in_workers(worker_id: int) -> None:
+    """A loader worker's start: Ctrl-C reaches every process of the terminal's group and torchrun sends
+    SIGTERM to the whole group, and a worker either killed would end the run before the main process
+    could save; the main process handles both (its loader then ends the workers)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def check_cuda_graphs(settings: RuntimeConfig, device: torch.device) -> None:
@@ -180,23 +220,29 @@ class LossWatch:
 
 
 class Deadline:
-    """``max_minutes`` of training (None: no limit). Every rank must stop at the same step or DDP hangs,
-    so under torchrun the ranks agree, through a collective every ``every`` steps; alone, each step
-    just reads the clock."""
+    """``max_minutes`` of training (None: no limit), or a stop a signal asked for (``Runtime.stop``).
+    Every rank must stop at the same step or DDP hangs, so under torchrun the ranks agree, through a
+    collective every ``every`` steps; alone, each step just reads the clock and the flag."""
 
     def __init__(self, max_minutes: float | None, rt: Runtime, every: int):
         self.at = None if max_minutes is None else time.monotonic() + max_minutes * 60
         self.rt, self.every = rt, every
+        self.said = False
 
     def passed(self, step: int) -> bool:
-        if self.at is None or (self.rt.distributed and step % self.every):
+        if self.rt.stop is not None and not self.said and self.rt.is_main:
+            self.said = True
+            print(f"attngan-fast: {self.rt.stop}: saving and stopping" + (
+                f" within {self.every} steps (the processes agree on the step)" if self.rt.distributed else "")
+                  + "; Ctrl-C again stops at once, without saving", file=sys.stderr, flush=True)
+        if self.rt.distributed and step % self.every:
             return False
-        late = time.monotonic() > self.at
+        due = self.rt.stop is not None or (self.at is not None and time.monotonic() > self.at)
         if self.rt.distributed:
-            flag = torch.tensor([float(late)], device=self.rt.device)  # NCCL reduces device tensors only
+            flag = torch.tensor([float(due)], device=self.rt.device)  # NCCL reduces device tensors only
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            late = bool(flag.item())
-        return late
+            due = bool(flag.item())
+        return due
 
 
 class JsonlLog:
