@@ -246,6 +246,16 @@ def test_a_signal_saves_where_the_run_is_and_the_resume_is_exact(synthetic_root,
     assert resumed["step"] == 6 and resumed["param_checksum"] == whole["param_checksum"]
 
 
+def test_a_signal_at_the_runs_last_step_changes_nothing(synthetic_root, tmp_path, monkeypatch, capsys):
+    """The run's planned end reached: no "stopped", no --resume line, exit 0, the closing evaluation made."""
+    cfg = tiny_config(synthetic_root, tmp_path, "damsm.epochs=1")
+    with monkeypatch.context() as patch:
+        _signal_at_step(patch, 96 * 3 // 4 // 8)  # the epoch's last step: 72 training images, batch 8
+        result = damsm.train_damsm(cfg, progress=False)
+    assert result["step"] == 9 and "stopped_by" not in result and "retrieval_top1" in result
+    assert "stopped_by" not in _records(tmp_path / "log.jsonl")[-1]
+
+
 def test_a_second_ctrl_c_stops_at_once_and_a_second_sigterm_changes_nothing(synthetic_root, tmp_path, monkeypatch):
     from attngan_fast.train import runtime
 

@@ -339,6 +339,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
 
     # -- the epochs: training steps, then evaluation, pictures and a checkpoint per epoch --------------
     stopped = d.max_steps is not None and step >= d.max_steps
+    cut_by_signal = None  # the signal that stopped the run before its planned end ("SIGINT", "SIGTERM")
     meter = StepMeter(device, step)
     for epoch in range(start_epoch, d.epochs if not stopped else start_epoch):
         lr = lr_at(cfg, epoch)
@@ -368,14 +369,18 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
                 bar.set_postfix(loss=f"{running['total']:.3f}", w=f"{running['w0'] + running['w1']:.3f}",
                                 s=f"{running['s0'] + running['s1']:.3f}")
                 log.write({"step": step, "epoch": epoch, "lr": lr, **watch.read(), **meter.reading(step)})
-            if (d.max_steps is not None and step >= d.max_steps) or deadline.passed(step):
+            if d.max_steps is not None and step >= d.max_steps:  # planned end: a late signal changes nothing
                 stopped = True
+                break
+            if deadline.passed(step):
+                last_step = position >= steps_per_epoch and epoch + 1 >= d.epochs  # the run's planned end
+                stopped, cut_by_signal = True, None if last_step else rt.stop
                 break
         bar.close()
         with meter.paused():  # evaluation, pictures and the checkpoint are not training speed
             finished = not stopped or position >= steps_per_epoch
             # A signal's stop saves and ends at once: no evaluation, no picture.
-            if rt.is_main and rt.stop is None and (stopped or (epoch + 1) % d.eval_every == 0 or epoch + 1 == d.epochs):
+            if rt.is_main and cut_by_signal is None and (stopped or (epoch + 1) % d.eval_every == 0 or epoch + 1 == d.epochs):
                 with rng_neutral():
                     done_epochs = epoch + (1 if finished else position / steps_per_epoch)
                     metrics = evaluate(text_encoder, image_encoder, test_set, cfg, device, cfg.runtime.eval_batches,
@@ -404,11 +409,12 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
     # -- the closing record -------------------------------------------------------------------------------
     meter.reading(step)
     speed = meter.summary()
-    log.write({"final": True, "step": step, **speed, **({"stopped_by": rt.stop} if rt.stop else {})})
+    stopped_by = {"stopped_by": cut_by_signal} if cut_by_signal else {}
+    log.write({"final": True, "step": step, **speed, **stopped_by})
     log.close()
     checksum = sum(float(p.detach().double().sum()) for p in params)
     return {"checkpoint": str(latest) if latest.is_file() else None, "step": step, "param_checksum": checksum,
-            "speed": speed, **metrics, **({"stopped_by": rt.stop} if rt.stop else {})}
+            "speed": speed, **metrics, **stopped_by}
 
 
 def summarize(metrics: dict) -> str:

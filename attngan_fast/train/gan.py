@@ -391,6 +391,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
 
     # -- the epochs: training steps (samples every samples_every), then evaluation and a checkpoint ---
     stopped = g.max_steps is not None and step >= g.max_steps
+    cut_by_signal = None  # the signal that stopped the run before its planned end ("SIGINT", "SIGTERM")
     meter = StepMeter(device, step)
     for epoch in range(start_epoch, g.epochs if not stopped else start_epoch):
         sampler.set_epoch(epoch, start=position * g.batch_size)
@@ -414,15 +415,19 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
             if step % g.samples_every == 0:
                 with meter.paused():
                     samples()
-            if (g.max_steps is not None and step >= g.max_steps) or deadline.passed(step):
+            if g.max_steps is not None and step >= g.max_steps:  # planned end: a late signal changes nothing
                 stopped = True
+                break
+            if deadline.passed(step):
+                last_step = position >= steps_per_epoch and epoch + 1 >= g.epochs  # the run's planned end
+                stopped, cut_by_signal = True, None if last_step else rt.stop
                 break
         bar.close()
         finished = position >= steps_per_epoch
         with meter.paused():
             if finished:
                 position = 0
-                if g.eval_every is not None and (epoch + 1) % g.eval_every == 0 and rt.stop is None:
+                if g.eval_every is not None and (epoch + 1) % g.eval_every == 0 and cut_by_signal is None:
                     evaluate_now(epoch + 1)
                 save(epoch + 1, 0)
             else:
@@ -432,9 +437,9 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
     # -- the closing record and the last sample grid ---------------------------------------------------
     meter.reading(step)
     speed = meter.summary()
-    stopped_by = {"stopped_by": rt.stop} if rt.stop else {}
+    stopped_by = {"stopped_by": cut_by_signal} if cut_by_signal else {}
     log.write({"final": True, "step": step, **speed, **stopped_by})
-    picture = samples() if rt.stop is None else None  # a signal's stop saves and ends at once
+    picture = samples() if cut_by_signal is None else None  # a signal's stop saves and ends at once
     log.close()
     checksum = sum(float(p.detach().double().sum()) for p in netG.parameters())
     return {"checkpoint": str(latest) if latest.is_file() else None, "step": step,
