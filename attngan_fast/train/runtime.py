@@ -81,7 +81,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 def stopping_on_signals(rt: Runtime) -> Iterator[None]:
     """Ctrl-C (SIGINT) or SIGTERM (torchrun, a job scheduler) asks the loop to stop: it saves where it is
     at its next check (``Deadline.passed``) and ends, so nothing since the last checkpoint is lost; a
-    second signal stops at once. The handlers are the previous ones again on the way out."""
+    second Ctrl-C stops at once. The handlers are the previous ones again on the way out."""
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         yield
         return
