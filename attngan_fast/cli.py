@@ -19,6 +19,7 @@ import codecs
 import json
 import os
 import platform
+import shlex
 import signal
 import sys
 import threading
@@ -213,7 +214,7 @@ def _pretrain_damsm(args) -> int:
     if result.get("checkpoint") is not None and "retrieval_top1" in result and "stopped_by" not in result:
         _result(f"done: {summarize(result)}")
     _result(json.dumps(result, indent=2))
-    return _stopped(result)
+    return _stopped(result, args.argv)
 
 
 def _train_gan(args) -> int:
@@ -231,20 +232,29 @@ def _train_gan(args) -> int:
         print(f"attngan-fast: {err}", file=sys.stderr)
         return 3
     _result(json.dumps(result, indent=2))
-    return _stopped(result)
+    return _stopped(result, args.argv)
 
 
 def _terminated(signum, frame):
     raise SystemExit(128 + signum)
 
 
-def _stopped(result: dict) -> int:
-    """0, or for a run a signal stopped (saved first) the shell's code for that signal, and how to go on."""
+def _stopped(result: dict, argv: list[str]) -> int:
+    """0, or for a run a signal stopped (saved first) the shell's code for that signal, and the command
+    that goes on: this one, resuming from the checkpoint (its other flags unchanged, so the settings and
+    the folder are this run's)."""
     if "stopped_by" not in result:
         return 0
     where = result.get("checkpoint")
+    again = []
+    for arg in argv:
+        if again and again[-1] == "--resume":
+            again.pop()  # and this value
+        elif arg != "--overwrite" and not arg.startswith("--resume="):
+            again.append(arg)
     print(f"attngan-fast: stopped by {result['stopped_by']} at step {result['step']}"
-          + (f"; saved {where}: continue with --resume {where}" if where else ""), file=sys.stderr)
+          + (f"; saved {where}; to go on: attngan-fast {shlex.join([*again, '--resume', str(where)])}" if where else ""),
+          file=sys.stderr)
     return 128 + int(getattr(signal, result["stopped_by"]))
 
 
@@ -559,6 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # a stopped run's message repeats it
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2

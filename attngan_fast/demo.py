@@ -272,6 +272,7 @@ def run_demo(out: str | Path = DEFAULT_OUT, *, damsm_steps: int = DAMSM_STEPS, g
     summary = {
         "out": str(out), "device": str(dev), "seconds": round(time.time() - started, 1),
         "budget": {"damsm_steps": damsm_steps, "gan_steps": gan_steps, "max_minutes": max_minutes},
+        "data": {"images": images, "size": size},
         "settings": {"damsm": damsm_speed, "gan": gan_speed},
         "phases": phases, "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "machine": {"cpus": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2),
@@ -363,6 +364,16 @@ def write_report(out: Path, s: dict, captions: list[str]) -> Path:
         figure_heading = "Changing one word changes the matching part (the paper's Figure 5)"
     root = out.resolve()
     q = lambda p: html.escape(str(p))  # noqa: E731
+    # Continuing means this run's data, steps and speed settings again, with the AttnGAN budget doubled.
+    budget, data = s["budget"], s.get("data", {"images": 2000, "size": 64})
+    more = 2 * budget["gan_steps"]
+    continue_demo = (f"attngan-fast demo --out {q(root)} --images {data['images']} --size {data['size']} "
+                     f"--damsm-steps {budget['damsm_steps']} --gan-steps {more}")
+    speed = "".join(f" --set {q(setting)}" for setting in s.get("settings", {}).get("gan", []))
+    continue_train = (f"attngan-fast train --config synthetic --data {q(root / 'data')} --damsm "
+                      f"{q(root / 'damsm' / 'latest.pt')} --out {q(root / 'attngan')} --resume "
+                      f"{q(root / 'attngan' / 'latest.pt')} --set gan.max_steps={more} --set gan.epochs={UNLIMITED_EPOCHS}"
+                      f"{speed}")
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>attngan-fast demo</title>
@@ -405,8 +416,8 @@ local address it prints (port 7860 on 127.0.0.1 unless that port is taken). The 
 <code>pip install -e ".[app]"</code>.</p>
 <pre>attngan-fast serve --checkpoint {q(root / 'attngan' / 'latest.pt')} --data {q(root / 'data')}
 attngan-fast generate --checkpoint {q(root / 'attngan' / 'latest.pt')} --out {q(root / 'my-samples')} "this bird has wings that are green and has a black belly"
-attngan-fast demo --out {q(root)} --gan-steps {2 * s['budget']['gan_steps']}
-attngan-fast train --config synthetic --data {q(root / 'data')} --damsm {q(root / 'damsm' / 'latest.pt')} --out {q(root / 'attngan')} --resume {q(root / 'attngan' / 'latest.pt')} --set gan.max_steps={2 * s['budget']['gan_steps']}</pre>
+{continue_demo}
+{continue_train}</pre>
 </body></html>
 """
     return write_text_atomic(out / "index.html", page)

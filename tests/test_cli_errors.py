@@ -176,6 +176,23 @@ def test_a_weights_file_that_loads_but_is_not_the_published_one_is_named_so(fide
     assert identity["published"] and identity["name"] == evaluate.PUBLISHED_NAME
 
 
+def test_impl_triton_where_the_kernels_cannot_run_is_one_line_before_any_work(synthetic_root, tmp_path, capsys,
+                                                                             monkeypatch):
+    """On a CPU without the interpreter (a user's machine: only the tests set TRITON_INTERPRET), the ops
+    would raise at the first step, after the run folder was made."""
+    from attngan_fast import kernels
+
+    monkeypatch.setattr(kernels, "interpreter_active", lambda: False)
+    damsm = tmp_path / "damsm.pt"
+    damsm.write_bytes(b"checked later than the impl")
+    base = ["--config", "synthetic", "--data", str(synthetic_root), "--quiet", "--out", str(tmp_path / "run"),
+            "--impl", "triton"]
+    for args in (["pretrain-damsm", *base], ["train", *base, "--damsm", str(damsm)]):
+        one_line_error(capsys, args, "runtime.impl=triton (--impl triton) runs the Triton kernels on a CUDA device; "
+                                     "this run is on the CPU: use --impl auto")
+    assert not (tmp_path / "run").exists()
+
+
 def test_training_config_errors_are_one_line(synthetic_root, tmp_path, capsys):
     for flag, expected in (("damsm.batch_size=0", "damsm.batch_size must be at least 1, got 0"),
                            ("damsm.batch_size=-4", "damsm.batch_size must be at least 1, got -4"),

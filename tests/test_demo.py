@@ -5,6 +5,7 @@ top of the page instead of the headline."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 
@@ -45,6 +46,11 @@ def test_demo_writes_every_promised_file_and_reuses_only_what_completed(tmp_path
     assert (phases["gan"]["action"], phases["gan"]["steps"]) == ("trained", 4) and summary["gan_steps"] == 4
     assert "DAMSM: trained 6 steps to step 6" in page and "AttnGAN: trained 4 steps to step 4" in page
     assert 0.0 <= summary["r_precision"] <= 1.0 and json.loads((out / "report.json").read_text())["r_precision"]
+    # The page's "Continue" commands repeat this run's data, steps and speed settings (the demo would
+    # refuse other data; a bare train --resume would change the settings).
+    root = html.escape(str(out.resolve()))
+    assert (f"attngan-fast demo --out {root} --images 96 --size 64 --damsm-steps 6 --gan-steps 8") in page
+    assert "--set gan.max_steps=8" in page and all(f"--set {html.escape(x)}" in page for x in summary["settings"]["gan"])
 
     # The same command again: everything completed, so everything is reused, and the page says so.
     summary, page, said = _run(capsys, out, "--damsm-steps", "6", "--gan-steps", "4")

@@ -237,7 +237,9 @@ def test_a_signal_saves_where_the_run_is_and_the_resume_is_exact(synthetic_root,
     latest = tmp_path / "cut" / "latest.pt"
     err = capsys.readouterr().err
     assert code == 128 + signal.SIGTERM, err
-    assert f"stopped by SIGTERM at step 3; saved {latest}: continue with --resume {latest}" in err
+    # The command that goes on is this one, resuming: the same folder, data and settings.
+    again = " ".join(_damsm_cli(synthetic_root, tmp_path / "cut", "--set", "damsm.max_steps=6"))
+    assert f"stopped by SIGTERM at step 3; saved {latest}; to go on: attngan-fast {again} --resume {latest}" in err
     ckpt = load_checkpoint(latest)
     assert ckpt["step"] == 3 and ckpt["position"] == 3  # mid-epoch
     assert _records(tmp_path / "cut" / "log.jsonl")[-1]["stopped_by"] == "SIGTERM"

@@ -67,6 +67,7 @@ def training_runtime(settings: RuntimeConfig) -> Iterator[Runtime]:
     with kernels.autotuning(settings.autotune):
         rt = setup_runtime(settings.device)
         check_cuda_graphs(settings, rt.device)
+        check_impl(settings, rt.device)
         try:
             with stopping_on_signals(rt):
                 yield rt
@@ -114,6 +115,22 @@ def check_cuda_graphs(settings: RuntimeConfig, device: torch.device) -> None:
         raise ConfigError(f"runtime.cuda_graphs needs a CUDA device; this run is on {device.type} (set it false)")
     if settings.cuda_graphs and not settings.compile:
         raise ConfigError("runtime.cuda_graphs captures the compiled parts: it needs runtime.compile true (--compile)")
+
+
+def check_impl(settings: RuntimeConfig, device: torch.device) -> None:
+    """runtime.impl=triton where the kernels cannot run is a one-line error before any work (the ops
+    would raise it at the first step, with the run folder made)."""
+    if settings.impl != "triton":
+        return
+    if not kernels.TRITON_AVAILABLE:
+        raise ConfigError("runtime.impl=triton (--impl triton) needs the triton package, which is not installed")
+    interpreted = kernels.interpreter_active()
+    if device.type == "cpu" and not interpreted:
+        raise ConfigError("runtime.impl=triton (--impl triton) runs the Triton kernels on a CUDA device; this run is "
+                          "on the CPU: use --impl auto (or TRITON_INTERPRET=1 for the interpreter, a slow check)")
+    if device.type == "cuda" and interpreted:
+        raise ConfigError("runtime.impl=triton (--impl triton) on a CUDA device, but TRITON_INTERPRET=1 is set: unset "
+                          "it to run the compiled kernels")
 
 
 def compile_mode(settings: RuntimeConfig) -> str | None:
