@@ -339,6 +339,7 @@ def _evaluate(args) -> int:
     _at_least("--batch-size", args.batch_size)
     _seed("--seed", args.seed)
     report = evaluate_generator(args.checkpoint, args.damsm, args.data, args.out, n_images=args.n_images,
+                                overwrite=args.overwrite,
                                 inception_weights=args.inception_weights, eval_damsm=args.eval_damsm, seed=args.seed,
                                 batch_size=args.batch_size, device=pick_device(args.device or "auto"),
                                 words_num=args.words_num, keep_images=not args.discard_images, progress=not args.quiet)
@@ -530,7 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=32)
     ev.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     ev.add_argument("--discard-images", action="store_true", help="delete the PNGs written for IS/FID afterwards")
-    ev.add_argument("--out", required=True, help="the JSON report to write")
+    ev.add_argument("--out", required=True, help="the JSON report to write (an existing one is refused)")
+    ev.add_argument("--overwrite", action="store_true", help="replace an earlier report at --out and its images")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=_evaluate)
 
