@@ -164,6 +164,9 @@ def _data_synth(args) -> int:
     _at_least("--size", args.size, 16)
     if not 0 < args.test_fraction < 1:
         raise CliError(f"--test-fraction must be between 0 and 1 (exclusive), got {args.test_fraction}")
+    if (Path(args.out) / "CUB_200_2011" / "images.txt").exists():  # a new draw over it would leave stale birds
+        raise CliError(f"--out {args.out} already holds a dataset (CUB_200_2011/images.txt): give another --out, or "
+                       "remove that folder first")
     summary = synthesize(args.out, images=args.images, size=args.size, seed=args.seed,
                          test_fraction=args.test_fraction, progress=not args.quiet)
     print(json.dumps(summary.__dict__, indent=2))
