@@ -611,7 +611,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"attngan-fast: error: {_own_message(err)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
-            print("attngan-fast: interrupted", file=sys.stderr)
+            saving = args.command in ("pretrain-damsm", "train")  # a second Ctrl-C: stopped before the save
+            print("attngan-fast: interrupted" + (" without saving: --resume OUT/latest.pt continues from the run's "
+                                                 "last checkpoint" if saving else ""), file=sys.stderr)
             return 130
         finally:
             if in_main_thread:
