@@ -164,6 +164,9 @@ def _data_synth(args) -> int:
     _at_least("--size", args.size, 16)
     if not 0 < args.test_fraction < 1:
         raise CliError(f"--test-fraction must be between 0 and 1 (exclusive), got {args.test_fraction}")
+    if (Path(args.out) / "CUB_200_2011" / "images.txt").exists():  # a new draw over it would leave stale birds
+        raise CliError(f"--out {args.out} already holds a dataset (CUB_200_2011/images.txt): give another --out, or "
+                       "remove that folder first")
     summary = synthesize(args.out, images=args.images, size=args.size, seed=args.seed,
                          test_fraction=args.test_fraction, progress=not args.quiet)
     print(json.dumps(summary.__dict__, indent=2))
@@ -339,6 +342,7 @@ def _evaluate(args) -> int:
     _at_least("--batch-size", args.batch_size)
     _seed("--seed", args.seed)
     report = evaluate_generator(args.checkpoint, args.damsm, args.data, args.out, n_images=args.n_images,
+                                overwrite=args.overwrite,
                                 inception_weights=args.inception_weights, eval_damsm=args.eval_damsm, seed=args.seed,
                                 batch_size=args.batch_size, device=pick_device(args.device or "auto"),
                                 words_num=args.words_num, keep_images=not args.discard_images, progress=not args.quiet)
@@ -530,7 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=32)
     ev.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     ev.add_argument("--discard-images", action="store_true", help="delete the PNGs written for IS/FID afterwards")
-    ev.add_argument("--out", required=True, help="the JSON report to write")
+    ev.add_argument("--out", required=True, help="the JSON report to write (an existing one is refused)")
+    ev.add_argument("--overwrite", action="store_true", help="replace an earlier report at --out and its images")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=_evaluate)
 
@@ -606,7 +611,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"attngan-fast: error: {_own_message(err)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
-            print("attngan-fast: interrupted", file=sys.stderr)
+            saving = args.command in ("pretrain-damsm", "train")  # a second Ctrl-C: stopped before the save
+            print("attngan-fast: interrupted" + (" without saving: --resume OUT/latest.pt continues from the run's "
+                                                 "last checkpoint" if saving else ""), file=sys.stderr)
             return 130
         finally:
             if in_main_thread:

@@ -263,7 +263,7 @@ def run_demo(out: str | Path = DEFAULT_OUT, *, damsm_steps: int = DAMSM_STEPS, g
     n_eval = 300 if images >= 300 else max(30, images // 2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a small --images is below the protocol's size: the page says the size
-        report = evaluate_generator(gan_ckpt, damsm_ckpt, data, out / "report.json", n_images=n_eval,
+        report = evaluate_generator(gan_ckpt, damsm_ckpt, data, out / "report.json", n_images=n_eval, overwrite=True,
                                     inception_weights=inception_weights, device=dev, progress=progress,
                                     keep_images=False)
     timings["evaluate"] = time.time() - t

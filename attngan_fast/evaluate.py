@@ -63,21 +63,32 @@ class EvaluationError(ValueError):
     """An evaluation request that cannot be carried out (no images, a wrong weights file)."""
 
 
-def check_request(n_images: int, folds: int, inception_weights, out=None, words_num: int | None = None) -> None:
-    """Refuse what would fail (or waste the generation of every image) before anything is generated;
-    warn when the protocol's folds would hold too few images to mean anything."""
+def check_request(n_images: int, folds: int, inception_weights, out=None, words_num: int | None = None,
+                  overwrite: bool = False) -> None:
+    """Refuse what would fail (or waste the generation of every image, or replace an earlier report)
+    before anything is generated; warn when the protocol's folds would hold too few images to mean
+    anything."""
     if n_images < 1:
         raise EvaluationError(f"--n-images must be at least 1, got {n_images}")
     if words_num is not None and words_num < 1:
         raise EvaluationError(f"--words-num must be at least 1 (or left out for the protocol's cap), got {words_num}")
     if out is not None:
         check_file(out, "--out")
+        if Path(out).exists() and not overwrite:
+            raise EvaluationError(f"--out {out} holds an earlier report: give another --out, or --overwrite to replace "
+                                  f"it and its images ({images_folder(out)})")
     if inception_weights is not None:
         check_inception_weights(inception_weights)
     if n_images < 10 * folds:
         warnings.warn(f"--n-images {n_images} is too few for the R-precision protocol ({folds} folds need at least "
                       f"{10 * folds} images, 10 per fold; the paper's figures use 30,000): the numbers will be noisy",
                       stacklevel=3)
+
+
+def images_folder(report) -> Path:
+    """Where an evaluation keeps its PNGs: beside the report, ``<report stem>_images/``."""
+    report = Path(report)
+    return report.parent / (report.stem + "_images")
 
 
 def check_inception_weights(path) -> None:
@@ -171,14 +182,14 @@ def evaluate_generator(checkpoint: str | Path, damsm: str | Path, data_root: str
                        n_images: int = 30000, inception_weights: str | Path | None = None,
                        eval_damsm: str | Path | None = None, seed: int = 0, batch_size: int = 32, device="cpu",
                        folds: int = 10, words_num: int | None = None, keep_images: bool = True,
-                       progress: bool = True) -> dict:
+                       overwrite: bool = False, progress: bool = True) -> dict:
     """Generate ``n_images`` images for drawn test pairs, score them and write the JSON report ``out``.
     ``words_num``: the evaluation word cap (None: 25 for CUB layouts, 20 for COCO)."""
     start_time = time.time()
-    check_request(n_images, folds, inception_weights, out, words_num)
+    check_request(n_images, folds, inception_weights, out, words_num, overwrite)
     device = torch.device(device)
     out = Path(out)
-    work = out.parent / (out.stem + "_images")
+    work = images_folder(out)
     netG, text_encoder, g_vocab, cfg = load_generator(checkpoint, device)
     if cfg.preset == "synthetic" and not Path(data_root).exists():
         raise EvaluationError(f"--data {data_root} does not exist; the synthetic birds are drawn, not downloaded: "

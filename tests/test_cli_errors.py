@@ -114,7 +114,7 @@ def test_evaluate_refuses_zero_images_and_warns_below_the_protocol(trained, synt
     assert json.loads((tmp_path / "r.json").read_text())["n_images"] == 5
     # More images than (test image, caption) pairs: every pair is generated several times, and said so.
     pairs = json.loads((tmp_path / "r.json").read_text())["r_precision"]
-    assert cli(base + ["--n-images", "300"]) == 0
+    assert cli(base + ["--n-images", "300", "--overwrite"]) == 0
     repeat = [line for line in capsys.readouterr().err.splitlines() if "is more than the" in line]
     assert len(repeat) == 1 and "(test image, caption) pairs" in repeat[0], (repeat, pairs)
 

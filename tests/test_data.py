@@ -195,6 +195,10 @@ def test_synthetic_layout_classes_and_part_masks(synthetic_root):
 def test_cli_synth_and_prepare(tmp_path, capsys):
     assert cli(["data", "synth", "--out", str(tmp_path / "s"), "--images", "10", "--size", "32", "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 10
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert cli(["data", "synth", "--out", str(tmp_path / "s"), "--images", "4", "--size", "32", "--quiet"]) == 2
+    assert "already holds a dataset (CUB_200_2011/images.txt)" in capsys.readouterr().err  # no stale birds mixed in
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     assert cli(["data", "prepare", "--root", str(tmp_path / "s"), "--quiet"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["captions"]["train"] + report["captions"]["test"] == 100

@@ -131,7 +131,7 @@ def test_evaluate_writes_the_report(trained, synthetic_root, fidelity_weights, t
     assert report["n_images"] == 30 and report["tf_inception_fid"] is None and report["seed"] == 0
     assert 0 <= report["r_precision"]["mean"] <= 1 and report["r_precision"]["candidates"] >= 2
     assert set(report["versions"]) >= {"torch", "torch_fidelity", "attngan_fast"} and "r_precision" in report["protocol"]
-    assert cli(args + ["--inception-weights", str(fidelity_weights), "--eval-damsm", str(trained[0])]) == 0
+    assert cli(args + ["--inception-weights", str(fidelity_weights), "--eval-damsm", str(trained[0]), "--overwrite"]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["tf_inception_fid"] is not None and report["inception_score"]["mean"] >= 1.0
     assert report["judge_damsm"] == str(trained[0]) and report["inception_weights"]["path"] == str(fidelity_weights)

@@ -121,7 +121,7 @@ def test_coco_layout_evaluation_draws_captions_other_than_the_first(tmp_path, sp
     assert len(set(pairs)) == 5 and any(c != 0 for _, c in pairs) and pairs != [(i, 0) for i in range(5)]
     assert report["protocol"]["word_cap"] == 20 and report["layout"] == "coco"
     evaluate_module.evaluate_generator(gan_path, damsm_path, root, tmp_path / "r.json", n_images=30, seed=0,
-                                       keep_images=False, progress=False)
+                                       keep_images=False, overwrite=True, progress=False)
     assert sorted(spied["pairs"]) == [(i, c) for i in range(6) for c in range(5)], "every pair once"
 
 
@@ -172,6 +172,13 @@ def test_the_report_holds_every_protocol_field(trained, synthetic_root, fidelity
     assert "67.82" in r["comparable_with"] and report["inception_weights"] is None
     assert report["batch_size"] == 32 and report["legacy_mask"] is False and report["device"] == "cpu"
     assert "4.36" in report["inception_note"]
+
+    # An earlier report is never replaced unasked: one line, the report as it was.
+    before = out.read_bytes()
+    assert cli(args + ["--n-images", "10"]) == 2
+    assert f"--out {out} holds an earlier report: give another --out, or --overwrite" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    args.append("--overwrite")
 
     # A separate judge (other weights) and the IS/FID fields.
     other = torch.load(trained[0], weights_only=True)

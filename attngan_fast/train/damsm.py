@@ -382,10 +382,11 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
             # A signal's stop saves and ends at once: no evaluation, no picture.
             if rt.is_main and cut_by_signal is None and (stopped or (epoch + 1) % d.eval_every == 0 or epoch + 1 == d.epochs):
                 with rng_neutral():
-                    done_epochs = epoch + (1 if finished else position / steps_per_epoch)
+                    # Two decimals: "epoch 6.67", not "6.66667", in the log and the messages.
+                    done_epochs = round(epoch + (1 if finished else position / steps_per_epoch), 2)
                     metrics = evaluate(text_encoder, image_encoder, test_set, cfg, device, cfg.runtime.eval_batches,
                                        seed=cfg.runtime.seed)
-                    metrics.update(epoch=round(done_epochs, 3), step=step, lr=lr)
+                    metrics.update(epoch=done_epochs, step=step, lr=lr)
                     history.append(metrics)
                     log.write({"eval": True, **metrics})
                     if (finished and (epoch + 1) % d.pictures_every == 0) or epoch + 1 == d.epochs or stopped:
