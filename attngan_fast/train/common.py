@@ -18,7 +18,7 @@ from ..data.on_device import OnDeviceDataset
 from ..data.prepare import CaptionCache, load_captions
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, set_rng_state
 from .run_folder import claim_run_folder
-from .runtime import Runtime, ignore_interrupts_in_workers, seed_everything
+from .runtime import Runtime, leave_the_process_group, seed_everything
 
 
 def adam(params, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
@@ -61,7 +61,7 @@ def train_loader(dataset, batch_size: int, cfg: Config, rt: Runtime, device: tor
         workers, collate_fn = 0, dataset.collate  # device tensors are made in the main process
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, collate_fn=collate_fn,
                         num_workers=workers, pin_memory=device.type == "cuda" and not cfg.data.on_device,
-                        persistent_workers=workers > 0, worker_init_fn=ignore_interrupts_in_workers,
+                        persistent_workers=workers > 0, worker_init_fn=leave_the_process_group,
                         generator=torch.Generator().manual_seed(cfg.runtime.seed + rt.rank))
     return sampler, loader, (len(dataset) // rt.world) // batch_size
 

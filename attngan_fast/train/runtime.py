@@ -102,12 +102,14 @@ def stopping_on_signals(rt: Runtime) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def ignore_interrupts_in_workers(worker_id: int) -> None:
-    """A loader worker's start: Ctrl-C reaches every process of the terminal's group and torchrun sends
-    SIGTERM to the whole group, and a worker either killed would end the run before the main process
-    could save; the main process handles both (its loader then ends the workers)."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+def leave_the_process_group(worker_id: int) -> None:
+    """A loader worker's start: a process group of its own. Ctrl-C reaches every process of the
+    terminal's foreground group and torchrun signals a rank's whole group, and a worker either killed
+    would end the run before the main process could save. Out of the group the signals reach the main
+    process alone, while the worker keeps the default handlers, so that the loader (and Python's exit)
+    can still end it with SIGTERM; it also ends when the main process dies (the loader's watchdog)."""
+    if hasattr(os, "setpgid"):
+        os.setpgid(0, 0)
 
 
 def check_cuda_graphs(settings: RuntimeConfig, device: torch.device) -> None:
