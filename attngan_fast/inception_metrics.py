@@ -14,12 +14,9 @@ or another weights file gets statistics of its own.
 
 from __future__ import annotations
 
-import atexit
 import functools
 import hashlib
 import json
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -29,6 +26,7 @@ from tqdm import tqdm
 
 from .atomic import atomic_path
 from .data.layouts import hash_image_stats
+from .paths import private_temp_folder
 from .protocol import file_sha256
 
 FEATURE_EXTRACTOR = "inception-v3-compat"  # torch-fidelity's port of the TF Inception
@@ -89,9 +87,7 @@ def _vetted_copy(path: str, mtime_ns: int, size: int) -> str:
     except Exception as err:  # noqa: BLE001 - the restricted unpickler's and torch.load's errors alike
         raise UnsafeWeightsError(f"{path} is not a file of tensors (torch.load with weights_only=True refuses it: "
                                  f"{str(err).splitlines()[0][:120]})") from None
-    folder = tempfile.mkdtemp(prefix="attngan-fast-inception-")
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    copy = Path(folder) / "weights.pth"
+    copy = private_temp_folder("attngan-fast-inception-") / "weights.pth"
     torch.save(state, copy)
     return str(copy)
 

@@ -3,6 +3,9 @@ there (it would fail midway, after minutes of training), and a report file must 
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from pathlib import Path
 
 
@@ -28,3 +31,11 @@ def check_file(path: str | Path, what: str = "the output file") -> Path:
     if path.is_dir():
         raise NotAFolderError(f"{what} {path} is a folder, not a file: give a file name, e.g. {path / 'report.json'}")
     return path
+
+
+def private_temp_folder(prefix: str) -> Path:
+    """A new temporary folder only this user can read (mkdtemp: 0700), removed when the process exits
+    (also on SIGTERM, which the command line turns into an exit)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder

@@ -13,15 +13,13 @@ Gradio is an optional extra: ``pip install -e ".[app]"``.
 
 from __future__ import annotations
 
-import atexit
 import errno
 import os
 import re
-import shutil
 import socket
-import tempfile
 from pathlib import Path
 
+from .paths import private_temp_folder
 from .studio import (MAX_CAPTION_CHARS, MAX_CAPTION_WORDS, MAX_SEED, TOP_WORDS, RequestError, Studio,
                      held_out_captions)
 
@@ -48,9 +46,7 @@ def import_gradio():
     if "GRADIO_TEMP_DIR" not in os.environ:
         # Gradio keeps every image it serves in a temporary folder (read when it is imported); by default a
         # shared, world-readable /tmp/gradio that nothing empties. Ours is private and goes with the process.
-        folder = tempfile.mkdtemp(prefix="attngan-fast-serve-")
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        os.environ["GRADIO_TEMP_DIR"] = folder
+        os.environ["GRADIO_TEMP_DIR"] = str(private_temp_folder("attngan-fast-serve-"))
     try:
         import gradio
     except ImportError:
