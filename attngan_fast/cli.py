@@ -242,23 +242,44 @@ def _terminated(signum, frame):
     raise SystemExit(128 + signum)
 
 
-def _stopped(result: dict, argv: list[str]) -> int:
-    """0, or for a run a signal stopped (saved first) the shell's code for that signal, and the command
-    that goes on: this one, resuming from the checkpoint (its other flags unchanged, so the settings and
-    the folder are this run's)."""
-    if "stopped_by" not in result:
-        return 0
-    where = result.get("checkpoint")
+def _resume_command(argv: list[str], checkpoint) -> str:
+    """The command that goes on from ``checkpoint``: this one (its other flags unchanged, so the
+    settings and the folder are this run's), resuming."""
     again = []
     for arg in argv:
         if again and again[-1] == "--resume":
             again.pop()  # and this value
         elif arg != "--overwrite" and not arg.startswith("--resume="):
             again.append(arg)
+    return "attngan-fast " + shlex.join([*again, "--resume", str(checkpoint)])
+
+
+def _stopped(result: dict, argv: list[str]) -> int:
+    """0, or for a run a signal stopped (saved first) the shell's code for that signal, and the command
+    that goes on."""
+    if "stopped_by" not in result:
+        return 0
+    where = result.get("checkpoint")
     print(f"attngan-fast: stopped by {result['stopped_by']} at step {result['step']}"
-          + (f"; saved {where}; to go on: attngan-fast {shlex.join([*again, '--resume', str(where)])}" if where else ""),
-          file=sys.stderr)
+          + (f"; saved {where}; to go on: {_resume_command(argv, where)}" if where else ""), file=sys.stderr)
     return 128 + int(getattr(signal, result["stopped_by"]))
+
+
+def _no_space_message(err: Exception, args) -> str:
+    """A full disk in one line: what could not be written and, for a run with a complete checkpoint,
+    the command that goes on from it once there is room."""
+    from .atomic import NoSpaceError
+
+    while not (isinstance(err, OSError) and err.filename) and (err.__cause__ or err.__context__):
+        err = err.__cause__ or err.__context__
+    if isinstance(err, NoSpaceError):
+        text = str(err)
+    else:
+        text = "no space left on the device" + (f" to write {err.filename}" if getattr(err, "filename", None) else "")
+    latest = Path(err.filename).parent / "latest.pt" if getattr(err, "filename", None) else None
+    if args.command in ("pretrain-damsm", "train") and latest is not None and latest.is_file():
+        text += f"; the run's last complete checkpoint is {latest}: free some space, then {_resume_command(args.argv, latest)}"
+    return text
 
 
 def _generate(args) -> int:
@@ -587,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     from .generate import CaptionError
     from .models.encoders import InceptionWeightsError
     from .paths import NotAFolderError
+    from .atomic import out_of_space
     from .safe_pickle import UnsafePickleError
     from .train.checkpoint import CheckpointError
     from .train.run_folder import RunExistsError
@@ -609,6 +631,11 @@ def main(argv: list[str] | None = None) -> int:
                 DeviceError, EvaluationError, DemoError, InceptionWeightsError, NotAFolderError,
                 FileNotFoundError) as err:
             print(f"attngan-fast: error: {_own_message(err)}", file=sys.stderr)
+            return 2
+        except Exception as err:
+            if not out_of_space(err):
+                raise
+            print(f"attngan-fast: error: {_no_space_message(err, args)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             saving = args.command in ("pretrain-damsm", "train")  # a second Ctrl-C: stopped before the save
