@@ -26,6 +26,8 @@ import threading
 import warnings
 from pathlib import Path
 
+from . import strict_json
+
 # torch's CPU threads are an OpenMP team whose threads spin while they wait for one another (GNU
 # OpenMP's default: ~300,000 turns). On a machine busy with other work a spinning thread can burn the
 # time slice its partner needs to finish: the demo's training steps on this project's shared 2-core
@@ -216,7 +218,7 @@ def _pretrain_damsm(args) -> int:
         return 3
     if result.get("checkpoint") is not None and "retrieval_top1" in result and "stopped_by" not in result:
         _result(f"done: {summarize(result)}")
-    _result(json.dumps(result, indent=2))
+    _result(strict_json.dumps(result, indent=2))
     return _stopped(result, args.argv)
 
 
@@ -234,7 +236,7 @@ def _train_gan(args) -> int:
     except TrainingDiverged as err:
         print(f"attngan-fast: {err}", file=sys.stderr)
         return 3
-    _result(json.dumps(result, indent=2))
+    _result(strict_json.dumps(result, indent=2))
     return _stopped(result, args.argv)
 
 
@@ -375,7 +377,7 @@ def _evaluate(args) -> int:
              "judge": {k: report["judge"][k] for k in ("path", "role", "weights_sha256")},
              "word_cap": report["protocol"]["word_cap"],
              **{k: report[k] for k in ("inception_score", "tf_inception_fid", "n_images", "seconds")}}
-    print(json.dumps(shown, indent=2))
+    print(strict_json.dumps(shown, indent=2))
     return 0
 
 
@@ -388,7 +390,7 @@ def _import_original(args) -> int:
                                   out_damsm=args.out_damsm, variant=args.variant)
     except ReleaseImportError as err:
         raise CliError(str(err)) from None
-    print(json.dumps(summary, indent=2))
+    print(strict_json.dumps(summary, indent=2))
     return 0
 
 
@@ -398,7 +400,7 @@ def _demo(args) -> int:
     summary = run_demo(args.out, damsm_steps=args.damsm_steps, gan_steps=args.gan_steps, max_minutes=args.max_minutes,
                        images=args.images, size=args.size, inception_weights=args.inception_weights,
                        device=args.device, progress=not args.quiet)
-    print(json.dumps(summary, indent=2))
+    print(strict_json.dumps(summary, indent=2))
     return 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import signal
@@ -19,6 +18,7 @@ import torch.distributed as dist
 
 from attngan_fast import kernels
 from ..config import ConfigError, RuntimeConfig
+from .. import strict_json
 
 
 @dataclass
@@ -279,7 +279,7 @@ class JsonlLog:
     def write(self, record: dict) -> None:
         if self.enabled:
             with open(self.path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+                fh.write(strict_json.dumps(record) + "\n")
             if self.board is not None:
                 self.board.row(record)
 
