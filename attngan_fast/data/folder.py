@@ -19,6 +19,7 @@ bad split or class value.
 
 from __future__ import annotations
 
+import ast
 import csv
 import hashlib
 import json
@@ -106,13 +107,19 @@ def _as_captions(value) -> list[str] | None:
 
 
 def _csv_text(cell: str):
-    """A CSV ``text`` cell: one caption, or a JSON list of captions."""
+    """A CSV ``text`` cell: one caption, or a list of captions written as JSON or as Python writes a
+    list (pandas' ``to_csv`` of a list column: ``['a bird', 'a small bird']``)."""
     stripped = cell.strip()
     if stripped.startswith("[") and stripped.endswith("]"):
         try:
             return json.loads(stripped)
         except json.JSONDecodeError:
+            pass
+        try:
+            value = ast.literal_eval(stripped)  # literals only: no code runs
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
             return cell
+        return value if _as_captions(value) is not None else cell
     return cell
 
 
@@ -248,6 +255,8 @@ def image_problems(images: list[tuple[str, Path]], progress: bool, draft: bool =
                 if draft and img.format == "JPEG":
                     img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
                 img.convert("RGB")  # decodes every pixel: a truncated file fails here, not in training
+        except Image.DecompressionBombError as err:  # PIL's guard against a header that asks for gigapixels
+            problems.append(f"{where}: the image is too large to decode safely ({err}); resize it")
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
             problems.append(f"{where}: the image cannot be decoded ({err})")
     return problems
