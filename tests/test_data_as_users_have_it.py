@@ -201,3 +201,29 @@ def test_a_test_split_that_cannot_be_scored_logs_null_not_a_zero_loss(tmp_path, 
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]  # strict: no NaN
     validation = [r for r in records if "val_total" in r]
     assert validation and all(r["val_total"] is None and r["retrieval_top1"] is None for r in validation)
+
+
+def _squares(root, names):
+    rows = []
+    for i, name in enumerate(names):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (30 * i, 90, 160)).save(root / name)
+        rows.append(json.dumps({"file_name": name, "text": f"a square of colour number {i}"}))
+    return rows
+
+
+def test_one_root_metadata_over_train_and_test_folders_takes_the_split_from_them(tmp_path):
+    names = [f"train/{i}.jpg" for i in range(5)] + [f"test/{i}.jpg" for i in range(3)]
+    (tmp_path / "metadata.jsonl").write_text("\n".join(_squares(tmp_path, names)) + "\n")
+    cache = prepare(tmp_path, "folder", 1, progress=False)
+    assert cache.keys == {"train": names[:5], "test": names[5:]}
+    assert "train/ or test/" in cache.report["split_rule"]
+
+
+def test_a_third_split_folder_is_refused_not_left_unread(tmp_path):
+    for split, n in (("train", 4), ("validation", 2), ("test", 2)):
+        (tmp_path / split).mkdir()
+        rows = _squares(tmp_path / split, [f"{i}.jpg" for i in range(n)])
+        (tmp_path / split / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"two splits, train and test; validation/ would not be read: move its"):
+        prepare(tmp_path, "folder", 1, progress=False)

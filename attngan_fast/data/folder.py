@@ -78,6 +78,9 @@ def metadata_files(root: Path) -> list[Path]:
         return [top]
     per_split = {split: _metadata_in(root / split) for split in SPLITS if (root / split).is_dir()}
     others = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name not in SPLITS and _metadata_in(d))
+    if others and all(per_split.get(split) for split in SPLITS):  # Hugging Face's train/validation/test
+        raise DataError(f"{root}: this layout has two splits, {' and '.join(SPLITS)}; {', '.join(others)}/ would not "
+                        f"be read: move its images and rows into {SPLITS[0]}/ (or {SPLITS[1]}/), or out of {root}")
     if others:
         raise DataError(f"{root}: split folders must be named {' and '.join(SPLITS)}; found metadata in "
                         f"{', '.join(others)}/ (e.g. rename validation/ to test/)")
@@ -273,6 +276,10 @@ def assign_splits(rows: list[Row], test_fraction: float) -> tuple[dict[str, list
     else the held-out rule (and at least one test image: the lowest score, when none falls below)."""
     if rows and rows[0].split is not None:
         return {s: [r for r in rows if r.split == s] for s in SPLITS}, "the metadata's split column"
+    folders = {r.file_name.split("/", 1)[0] for r in rows}
+    if folders == set(SPLITS):  # one metadata file over imagefolder's train/ and test/ folders
+        return ({s: [r for r in rows if r.file_name.startswith(f"{s}/")] for s in SPLITS},
+                f"the folder each file name starts with ({SPLITS[0]}/ or {SPLITS[1]}/)")
     scores = {r.file_name: held_out_score(r.file_name) for r in rows}
     test = {r.file_name for r in rows if scores[r.file_name] < test_fraction}
     if not test and len(rows) > 1:
