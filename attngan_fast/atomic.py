@@ -4,6 +4,7 @@ target. A crash or a full disk never leaves a half-written checkpoint or cache b
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from glob import escape as glob_escape
@@ -17,11 +18,37 @@ def _read_umask() -> int:
 
 
 _UMASK = _read_umask()
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+class NoSpaceError(OSError):
+    """A write that ran out of disk space (or quota). ``filename`` is the file that was being written;
+    an atomic write leaves its previous contents as they were."""
+
+    def __init__(self, message: str, filename: str | Path):
+        super().__init__(message)
+        self.errno, self.filename = errno.ENOSPC, str(filename)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def out_of_space(err: BaseException | None) -> bool:
+    """Whether ``err``, or an error it was raised from, is a full disk. torch.save reports one as a
+    RuntimeError ("unexpected pos 576 vs 534") whose context is the file's OSError."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.errno in _NO_SPACE:
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, *, durable: bool = True, clean: bool = True):
-    """Yields a temporary path in the target's folder; on success it replaces ``path``. With ``clean``,
+    """Yields a temporary path in the target's folder; on success it replaces ``path``, and a full disk
+    raises ``NoSpaceError`` (the target unchanged, the temporary file removed). With ``clean``,
     temporary files of this target that a killed write left behind (``.NAME.*.tmp``) are removed first
     (a scan of the folder: pictures, thousands to a folder, skip it; a run folder's leftovers go when a
     run takes it over, ``train.run_folder``): one writer per target (rank 0; a second run into the
@@ -42,6 +69,11 @@ def atomic_path(path: str | Path, *, durable: bool = True, clean: bool = True):
         # mkstemp makes it 0600: the file keeps the mode of the one it replaces, or gets a plain write's
         os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_UMASK)
         os.replace(tmp, path)
+    except Exception as err:
+        if not out_of_space(err):
+            raise
+        kept = f"; the previous {path.name} is unchanged" if path.exists() else ""
+        raise NoSpaceError(f"no space left on the device of {path.parent} to write {path.name}{kept}", path) from err
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -26,6 +26,8 @@ import threading
 import warnings
 from pathlib import Path
 
+from . import strict_json
+
 # torch's CPU threads are an OpenMP team whose threads spin while they wait for one another (GNU
 # OpenMP's default: ~300,000 turns). On a machine busy with other work a spinning thread can burn the
 # time slice its partner needs to finish: the demo's training steps on this project's shared 2-core
@@ -216,7 +218,7 @@ def _pretrain_damsm(args) -> int:
         return 3
     if result.get("checkpoint") is not None and "retrieval_top1" in result and "stopped_by" not in result:
         _result(f"done: {summarize(result)}")
-    _result(json.dumps(result, indent=2))
+    _result(strict_json.dumps(result, indent=2))
     return _stopped(result, args.argv)
 
 
@@ -234,7 +236,7 @@ def _train_gan(args) -> int:
     except TrainingDiverged as err:
         print(f"attngan-fast: {err}", file=sys.stderr)
         return 3
-    _result(json.dumps(result, indent=2))
+    _result(strict_json.dumps(result, indent=2))
     return _stopped(result, args.argv)
 
 
@@ -242,23 +244,44 @@ def _terminated(signum, frame):
     raise SystemExit(128 + signum)
 
 
-def _stopped(result: dict, argv: list[str]) -> int:
-    """0, or for a run a signal stopped (saved first) the shell's code for that signal, and the command
-    that goes on: this one, resuming from the checkpoint (its other flags unchanged, so the settings and
-    the folder are this run's)."""
-    if "stopped_by" not in result:
-        return 0
-    where = result.get("checkpoint")
+def _resume_command(argv: list[str], checkpoint) -> str:
+    """The command that goes on from ``checkpoint``: this one (its other flags unchanged, so the
+    settings and the folder are this run's), resuming."""
     again = []
     for arg in argv:
         if again and again[-1] == "--resume":
             again.pop()  # and this value
         elif arg != "--overwrite" and not arg.startswith("--resume="):
             again.append(arg)
+    return "attngan-fast " + shlex.join([*again, "--resume", str(checkpoint)])
+
+
+def _stopped(result: dict, argv: list[str]) -> int:
+    """0, or for a run a signal stopped (saved first) the shell's code for that signal, and the command
+    that goes on."""
+    if "stopped_by" not in result:
+        return 0
+    where = result.get("checkpoint")
     print(f"attngan-fast: stopped by {result['stopped_by']} at step {result['step']}"
-          + (f"; saved {where}; to go on: attngan-fast {shlex.join([*again, '--resume', str(where)])}" if where else ""),
-          file=sys.stderr)
+          + (f"; saved {where}; to go on: {_resume_command(argv, where)}" if where else ""), file=sys.stderr)
     return 128 + int(getattr(signal, result["stopped_by"]))
+
+
+def _no_space_message(err: Exception, args) -> str:
+    """A full disk in one line: what could not be written and, for a run with a complete checkpoint,
+    the command that goes on from it once there is room."""
+    from .atomic import NoSpaceError
+
+    while not (isinstance(err, OSError) and err.filename) and (err.__cause__ or err.__context__):
+        err = err.__cause__ or err.__context__
+    if isinstance(err, NoSpaceError):
+        text = str(err)
+    else:
+        text = "no space left on the device" + (f" to write {err.filename}" if getattr(err, "filename", None) else "")
+    latest = Path(err.filename).parent / "latest.pt" if getattr(err, "filename", None) else None
+    if args.command in ("pretrain-damsm", "train") and latest is not None and latest.is_file():
+        text += f"; the run's last complete checkpoint is {latest}: free some space, then {_resume_command(args.argv, latest)}"
+    return text
 
 
 def _generate(args) -> int:
@@ -354,7 +377,7 @@ def _evaluate(args) -> int:
              "judge": {k: report["judge"][k] for k in ("path", "role", "weights_sha256")},
              "word_cap": report["protocol"]["word_cap"],
              **{k: report[k] for k in ("inception_score", "tf_inception_fid", "n_images", "seconds")}}
-    print(json.dumps(shown, indent=2))
+    print(strict_json.dumps(shown, indent=2))
     return 0
 
 
@@ -367,7 +390,7 @@ def _import_original(args) -> int:
                                   out_damsm=args.out_damsm, variant=args.variant)
     except ReleaseImportError as err:
         raise CliError(str(err)) from None
-    print(json.dumps(summary, indent=2))
+    print(strict_json.dumps(summary, indent=2))
     return 0
 
 
@@ -377,7 +400,7 @@ def _demo(args) -> int:
     summary = run_demo(args.out, damsm_steps=args.damsm_steps, gan_steps=args.gan_steps, max_minutes=args.max_minutes,
                        images=args.images, size=args.size, inception_weights=args.inception_weights,
                        device=args.device, progress=not args.quiet)
-    print(json.dumps(summary, indent=2))
+    print(strict_json.dumps(summary, indent=2))
     return 0
 
 
@@ -587,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
     from .generate import CaptionError
     from .models.encoders import InceptionWeightsError
     from .paths import NotAFolderError
+    from .atomic import out_of_space
     from .safe_pickle import UnsafePickleError
     from .train.checkpoint import CheckpointError
     from .train.run_folder import RunExistsError
@@ -609,6 +633,11 @@ def main(argv: list[str] | None = None) -> int:
                 DeviceError, EvaluationError, DemoError, InceptionWeightsError, NotAFolderError,
                 FileNotFoundError) as err:
             print(f"attngan-fast: error: {_own_message(err)}", file=sys.stderr)
+            return 2
+        except Exception as err:
+            if not out_of_space(err):
+                raise
+            print(f"attngan-fast: error: {_no_space_message(err, args)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             saving = args.command in ("pretrain-damsm", "train")  # a second Ctrl-C: stopped before the save

@@ -34,7 +34,10 @@ class DataConfig:
     captions_per_image: int = 10  # folder layout: an upper bound (an image's first N captions are used)
     test_fraction: float = 0.1  # folder layout without a split column: the share of images held out for testing
     words_num: int = 18  # captions longer than this keep a random ordered subset of their words
-    image_size: int = 299  # final (largest) image side the encoders / last GAN stage see
+    # The side of the images the DAMSM is pretrained on. The GAN trains at gan.base_size * 2 **
+    # (gan.stages - 1) whatever this says; its DAMSM loss gives the image encoder those images (the
+    # Inception-v3 encoder resizes every input to 299 itself).
+    image_size: int = 299
     workers: int = 2
     # Decode and crop the training images once and keep them on the training device (uint8); each
     # batch's crop, flip and stage pyramid are tensor ops there, and the loader needs no workers.

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import write_text_atomic
+from . import strict_json
 from .paths import check_folder
 from .config import load_config  # plain Python and YAML: the CLI reads this module's defaults without torch
 
@@ -64,7 +65,7 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2))
+    write_text_atomic(path, strict_json.dumps(data, indent=2))
 
 
 def _checkpoint_step(path: Path) -> int | None:

@@ -21,7 +21,6 @@ generator and the judge read the same word ids; noise seeded. Written as PNG, th
 
 from __future__ import annotations
 
-import json
 import platform
 import shutil
 import time
@@ -32,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from . import __version__
+from . import strict_json
 from .data.dataset import TextImageDataset
 from .data.layouts import check_negatives
 from .data.prepare import load_captions
@@ -293,5 +293,5 @@ def evaluate_generator(checkpoint: str | Path, damsm: str | Path, data_root: str
         shutil.rmtree(work)
     report["seconds"] = round(time.time() - start_time, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
+    out.write_text(strict_json.dumps(report, indent=2))
     return report

@@ -246,14 +246,14 @@ def eval_curves(log_path: str | Path, out_path: str | Path) -> Path | None:
     rows = []
     for line in Path(log_path).read_text().splitlines():
         row = json.loads(line)
-        if row.get("eval") and "r_precision" in row:
+        if row.get("eval") and row.get("r_precision") is not None:  # null: not computed (strict_json)
             rows.append(row)
     if not rows:
         return None
     xs = [float(r["epoch"]) for r in rows]
     panels = [("R-precision %", xs, [100 * r["r_precision"] for r in rows])]
     for key, label in (("inception_score", "IS"), ("fid", "FID")):
-        having = [r for r in rows if key in r]
+        having = [r for r in rows if r.get(key) is not None]
         if having:
             panels.append((label, [float(r["epoch"]) for r in having], [r[key] for r in having]))
     title = (f"evaluation hook: EMA generator, {rows[-1].get('r_precision_images', '?')} fixed test pairs, "

@@ -35,7 +35,15 @@ def load_release_state(path: str | Path, what: str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} file {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's note on a pickle protocol it did not expect: refused or not
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001
+        # A truncated file, a text file, a pickle that carries code (refused by weights_only; torch's own
+        # message would suggest weights_only=False, which an untrusted file must never get).
+        raise ReleaseImportError(f"{path} is not a readable torch.save file of tensors (expected the release's "
+                                 f"{what}; a file that carries code is refused)") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -59,7 +67,8 @@ def fill_module(module: torch.nn.Module, state: dict, path: str | Path, what: st
         problems.append(f"{len(mis_shaped)} mis-shaped tensors (e.g. {'; '.join(mis_shaped[:3])})")
     if problems:
         raise ReleaseImportError(f"{path} does not fit the {what}: " + "; ".join(problems)
-                           + " — is --preset right for this file?")
+                           + " — are --preset (bird or coco) and --variant (attngan or attndcgan) right for "
+                             "this file?")
     merged = {k: state.get(k, own[k]) for k in own}
     module.load_state_dict(merged, strict=True)
 

@@ -103,7 +103,9 @@ def check_gamma(name: str, value: float, upper: float = math.inf) -> float:
         value = float(value)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}") from None
-    if not (math.isfinite(value) and 0.0 < value <= upper):
+    # Comparisons only (NaN fails them): under torch.compile a gamma that changed between calls is a
+    # symbolic float, which math.isfinite does not take; a comparison becomes a guard.
+    if not (0.0 < value <= upper and value < math.inf):
         bound = f"(0, {upper:g}]" if math.isfinite(upper) else "(0, inf)"
         raise ValueError(f"{name} must be finite and in {bound}, got {value}")
     return value

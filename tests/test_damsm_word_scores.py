@@ -262,6 +262,22 @@ def test_compile_fullgraph_matches_eager(impl):
         assert_rel(b, a, 1e-5, f"compiled {what}")
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+def test_compile_fullgraph_takes_a_gamma_that_changes_between_calls(impl):
+    """A second call with another γ1 makes it a symbolic float (dynamo's automatic dynamic): the
+    argument check must not leave the graph (math.isfinite took no symbolic float), and the result is
+    the eager one at each γ1."""
+    torch._dynamo.reset()
+    words, cap_lens, regions = make_inputs(3, 2, 16, 5, 9)
+
+    def score(w, r, gamma1):
+        return damsm_word_scores(w, cap_lens, r, gamma1=gamma1, gamma2=5.0, impl=impl)
+
+    compiled = torch.compile(score, backend="aot_eager", fullgraph=True)
+    for gamma1 in (4.0, 80.0, 7.5):
+        assert_rel(compiled(words, regions, gamma1), score(words, regions, gamma1), 1e-5, f"γ1 {gamma1}")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("impl", IMPLS)
 def test_autocast_bf16_eager_and_compiled_agree(impl):

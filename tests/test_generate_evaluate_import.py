@@ -208,7 +208,34 @@ def test_import_with_the_wrong_preset_is_a_clear_cli_error(tmp_path, capsys):
     files = _release_files(tmp_path)
     code = cli(["import-original", "--netG", str(files["netG"]), "--text-encoder", str(files["text_encoder"]),
                 "--captions", str(files["captions"]), "--preset", "coco", "--out", str(tmp_path / "x.pt")])
-    assert code == 2 and "is --preset right for this file?" in capsys.readouterr().err
+    assert code == 2 and "are --preset (bird or coco) and --variant (attngan or attndcgan) right" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["truncated", "text", "code"])
+def test_an_unreadable_or_unsafe_release_file_is_one_line(tmp_path, capsys, damage):
+    """A truncated .pth, a text file, a pickle that carries code: one line (torch's own message would
+    suggest weights_only=False), and the code never runs."""
+    import pickle
+
+    files = _release_files(tmp_path)
+    marker = tmp_path / "ran"
+    if damage == "truncated":
+        data = files["netG"].read_bytes()
+        files["netG"].write_bytes(data[: len(data) // 2])
+    elif damage == "text":
+        files["netG"].write_text("not a checkpoint\n")
+    else:
+        class Payload:
+            def __reduce__(self):
+                return (open, (str(marker), "w"))
+
+        files["netG"].write_bytes(pickle.dumps({"h_net1.fc.0.weight": Payload()}))
+    code = cli(["import-original", "--netG", str(files["netG"]), "--text-encoder", str(files["text_encoder"]),
+                "--captions", str(files["captions"]), "--preset", "bird", "--out", str(tmp_path / "x.pt")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "weights_only" not in err, err
+    assert err.startswith(f"attngan-fast: error: {files['netG']} is not a readable torch.save file of tensors")
+    assert not marker.exists() and not (tmp_path / "x.pt").exists()
 
 
 def test_cli_checkpoint_errors_are_clear(trained, tmp_path, capsys):

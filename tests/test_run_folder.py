@@ -3,6 +3,7 @@ checked against the checkpoint's config, killed saves leave no litter, failed ru
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -16,10 +17,10 @@ import pytest
 import torch
 
 import attngan_fast.train.damsm as damsm
-from attngan_fast.atomic import atomic_path
+from attngan_fast.atomic import NoSpaceError, atomic_path
 from attngan_fast.cli import main as cli
 from attngan_fast.train import gan
-from attngan_fast.train.checkpoint import CheckpointError, load_checkpoint
+from attngan_fast.train.checkpoint import CheckpointError, load_checkpoint, save_atomic
 from test_damsm_training import tiny_config
 from test_gan import tiny_gan_config
 
@@ -349,3 +350,66 @@ def test_a_resume_on_another_number_of_processes_continues_after_every_sample_se
         assert restore_progress(ckpt, scaler, Runtime(torch.device("cpu"), rank=rank, world=4)) == (1, 5, 30)
         draws.append(torch.rand(4))
     assert not torch.equal(draws[0], draws[1])
+
+
+def _disk_full(*_args, **_kwargs):
+    """What torch.save does on a full disk: the file's OSError, reported as torch's RuntimeError."""
+    try:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    except OSError:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598") from None
+
+
+def test_a_full_disk_keeps_the_previous_file_and_leaves_no_temporary_one(tmp_path, monkeypatch):
+    target = tmp_path / "latest.pt"
+    save_atomic({"step": 1}, target)
+    monkeypatch.setattr(torch, "save", _disk_full)
+    with pytest.raises(NoSpaceError, match=f"no space left on the device of {tmp_path} to write latest.pt; the "
+                                           "previous latest.pt is unchanged"):
+        save_atomic({"step": 2}, target)
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]
+    assert torch.load(target, weights_only=True) == {"step": 1}
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # any other failure stays what it was
+        with atomic_path(tmp_path / "other.pt"):
+            raise RuntimeError("unexpected pos")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/proc/filesystems").read_text().count("tmpfs"),
+                    reason="mounts a tiny tmpfs (needs root)")
+def test_a_really_full_disk_is_named_as_such(tmp_path):
+    """torch.save into a 256 KiB tmpfs: NoSpaceError (torch's own message is "unexpected pos")."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("mount -t tmpfs was refused here")
+    try:
+        save_atomic({"w": torch.zeros(1000)}, folder / "latest.pt")
+        with pytest.raises(NoSpaceError, match="the previous latest.pt is unchanged"):
+            save_atomic({"w": torch.zeros(1 << 20)}, folder / "latest.pt")
+        assert [p.name for p in folder.iterdir()] == ["latest.pt"]
+        assert torch.load(folder / "latest.pt", weights_only=True)["w"].numel() == 1000
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_during_a_run_is_one_line_with_the_command_that_goes_on(synthetic_root, tmp_path, monkeypatch,
+                                                                             capsys):
+    """The second save of a run finds the disk full: exit 2, one line naming the file, the last complete
+    checkpoint and the command that resumes from it; latest.pt is the first save's."""
+    real_save, calls = torch.save, []
+
+    def save_once_then_full(*args, **kwargs):
+        calls.append(1)
+        return real_save(*args, **kwargs) if len(calls) == 1 else _disk_full()
+
+    monkeypatch.setattr(torch, "save", save_once_then_full)
+    args = _damsm_cli(synthetic_root, tmp_path / "run", "--set", "damsm.epochs=2", "--set", "damsm.max_steps=null",
+                      "--set", "damsm.snapshot_every=100")
+    assert cli(args) == 2
+    err = capsys.readouterr().err.strip()
+    latest = tmp_path / "run" / "latest.pt"
+    assert "\n" not in err and "Traceback" not in err, err
+    assert err.startswith(f"attngan-fast: error: no space left on the device of {tmp_path / 'run'} to write "
+                          "latest.pt; the previous latest.pt is unchanged; the run's last complete checkpoint is "
+                          f"{latest}: free some space, then attngan-fast {' '.join(args)} --resume {latest}"), err
+    assert load_checkpoint(latest)["epoch"] == 1

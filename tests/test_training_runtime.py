@@ -133,3 +133,38 @@ def test_cuda_graphs_are_refused_in_one_line_on_cpu_and_without_compile(syntheti
     cfg.runtime.cuda_graphs = False
     check_cuda_graphs(cfg.runtime, torch.device("cpu"))
     assert compile_mode(cfg.runtime) is None
+
+
+@pytest.mark.parametrize("op", ["damsm", "attention"])
+def test_a_training_runs_compiled_backward_under_amp_matches_eager(op):
+    """The loops' AMP recipe (forward under bf16 autocast, backward outside it) compiled inside
+    training_runtime gives eager's gradients; PyTorch's default assumption (the backward under the
+    forward's autocast) re-autocasts the compiled reference's backward matmuls to bf16 (~3e-3)."""
+    from attngan_fast import kernels
+    from attngan_fast.config import RuntimeConfig
+    from attngan_fast.kernels import testing
+    from attngan_fast.train.runtime import training_runtime
+    from numerics import assert_rel, loss_and_grads
+
+    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    if op == "damsm":
+        words, cap_lens, regions = testing.damsm_inputs(4, 4, 32, 8, 25, generator=gen)
+        leaves = (words, regions)
+
+        def loss(w, r):
+            scores = kernels.damsm_word_scores(w, cap_lens, r, impl="reference")
+            return torch.nn.functional.cross_entropy(10 * scores, torch.arange(4)) + (scores ** 2).mean()
+    else:
+        query, context, mask = testing.attention_inputs(2, 16, 6, 6, 7, layout="nchw", generator=gen)
+        leaves = (query, context)
+
+        def loss(q, c):
+            ctx = kernels.word_attention(q, c, mask, impl="reference")[0]
+            return (ctx ** 2).mean() + torch.exp(0.1 * ctx).mean()
+
+    eager = loss_and_grads(loss, *leaves, autocast=True)
+    torch._dynamo.reset()
+    with training_runtime(RuntimeConfig(device="cpu")):
+        compiled = loss_and_grads(torch.compile(loss, backend="aot_eager", fullgraph=True), *leaves, autocast=True)
+    for what, a, b in zip(("loss", "grad 0", "grad 1"), eager, compiled):
+        assert_rel(b, a, 1e-5, f"{op} compiled {what}")

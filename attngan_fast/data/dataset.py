@@ -14,20 +14,47 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
 from ..text import truncate
-from .layouts import DataError, check_negatives, image_path, read_cub_boxes
+from .layouts import DataError, check_cub_boxes, check_negatives, image_path, read_cub_boxes
 from .prepare import CaptionCache, load_captions
 
 
-def load_rgb(path: Path) -> Image.Image:
+# EXIF orientations that turn the stored image by 90 degrees (its width and height swap when shown).
+TURNED = {5, 6, 7, 8}
+
+
+def upright(layout: str) -> bool:
+    """Whether images of ``layout`` are read as a viewer shows them (the EXIF orientation applied): a
+    folder of one's own photos was captioned looking at them so. CUB and COCO are read as stored, as
+    the release read them (its captions and scores were made from those pixels)."""
+    return layout == "folder"
+
+
+def shown_size(img: Image.Image, exif: bool) -> tuple[int, int]:
+    """(width, height) of ``img`` as ``load_rgb(..., exif)`` returns it, from the header alone."""
+    if exif and img.getexif().get(0x0112) in TURNED:
+        return img.height, img.width
+    return img.size
+
+
+def load_rgb(path: Path, exif: bool = False) -> Image.Image:
+    """The image as 8-bit RGB; ``exif``: turned as its EXIF orientation says. 16-bit greyscale
+    (PNG) is scaled to 8 bits (a plain convert would clip everything above 255 to white)."""
     try:
         with Image.open(path) as img:
+            if exif:
+                img = ImageOps.exif_transpose(img)
+            if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
+                wide = np.asarray(img, dtype=np.float64)
+                img = Image.fromarray(np.clip(np.rint(wide / 257), 0, 255).astype(np.uint8))
             return img.convert("RGB")
     except FileNotFoundError:
         raise DataError(f"missing image: expected {path}") from None
+    except Image.DecompressionBombError as err:
+        raise DataError(f"image {path} is too large to decode safely ({err})") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise DataError(f"corrupt or unreadable image {path}: {err}") from None
 
@@ -114,6 +141,8 @@ class TextImageDataset(Dataset):
         self.sizes = stage_sizes(image_size, branches)
         self.train = train
         self.boxes = read_cub_boxes(root) if layout == "cub" else None
+        if self.boxes is not None and any(key not in self.boxes for key in self.keys):
+            check_cub_boxes(root, {split: self.keys, "train" if split == "test" else "test": []})
         if not self.keys:
             raise DataError(f"the {split} split of {root} lists no images")
         if split == "train":  # data prepare warned about a test split already
@@ -128,7 +157,7 @@ class TextImageDataset(Dataset):
 
     def load_image(self, index: int) -> Image.Image:
         key = self.keys[index]
-        img = load_rgb(image_path(self.root, self.layout, key))
+        img = load_rgb(image_path(self.root, self.layout, key), exif=upright(self.layout))
         if self.boxes is not None:
             if key not in self.boxes:
                 raise DataError(f"no bounding box for {key!r} in {self.root / 'CUB_200_2011' / 'bounding_boxes.txt'}")

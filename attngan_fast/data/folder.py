@@ -19,6 +19,7 @@ bad split or class value.
 
 from __future__ import annotations
 
+import ast
 import csv
 import hashlib
 import json
@@ -77,6 +78,9 @@ def metadata_files(root: Path) -> list[Path]:
         return [top]
     per_split = {split: _metadata_in(root / split) for split in SPLITS if (root / split).is_dir()}
     others = sorted(d.name for d in root.iterdir() if d.is_dir() and d.name not in SPLITS and _metadata_in(d))
+    if others and all(per_split.get(split) for split in SPLITS):  # Hugging Face's train/validation/test
+        raise DataError(f"{root}: this layout has two splits, {' and '.join(SPLITS)}; {', '.join(others)}/ would not "
+                        f"be read: move its images and rows into {SPLITS[0]}/ (or {SPLITS[1]}/), or out of {root}")
     if others:
         raise DataError(f"{root}: split folders must be named {' and '.join(SPLITS)}; found metadata in "
                         f"{', '.join(others)}/ (e.g. rename validation/ to test/)")
@@ -106,13 +110,19 @@ def _as_captions(value) -> list[str] | None:
 
 
 def _csv_text(cell: str):
-    """A CSV ``text`` cell: one caption, or a JSON list of captions."""
+    """A CSV ``text`` cell: one caption, or a list of captions written as JSON or as Python writes a
+    list (pandas' ``to_csv`` of a list column: ``['a bird', 'a small bird']``)."""
     stripped = cell.strip()
     if stripped.startswith("[") and stripped.endswith("]"):
         try:
             return json.loads(stripped)
         except json.JSONDecodeError:
+            pass
+        try:
+            value = ast.literal_eval(stripped)  # literals only: no code runs
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
             return cell
+        return value if _as_captions(value) is not None else cell
     return cell
 
 
@@ -248,6 +258,8 @@ def image_problems(images: list[tuple[str, Path]], progress: bool, draft: bool =
                 if draft and img.format == "JPEG":
                     img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
                 img.convert("RGB")  # decodes every pixel: a truncated file fails here, not in training
+        except Image.DecompressionBombError as err:  # PIL's guard against a header that asks for gigapixels
+            problems.append(f"{where}: the image is too large to decode safely ({err}); resize it")
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
             problems.append(f"{where}: the image cannot be decoded ({err})")
     return problems
@@ -264,6 +276,10 @@ def assign_splits(rows: list[Row], test_fraction: float) -> tuple[dict[str, list
     else the held-out rule (and at least one test image: the lowest score, when none falls below)."""
     if rows and rows[0].split is not None:
         return {s: [r for r in rows if r.split == s] for s in SPLITS}, "the metadata's split column"
+    folders = {r.file_name.split("/", 1)[0] for r in rows}
+    if folders == set(SPLITS):  # one metadata file over imagefolder's train/ and test/ folders
+        return ({s: [r for r in rows if r.file_name.startswith(f"{s}/")] for s in SPLITS},
+                f"the folder each file name starts with ({SPLITS[0]}/ or {SPLITS[1]}/)")
     scores = {r.file_name: held_out_score(r.file_name) for r in rows}
     test = {r.file_name for r in rows if scores[r.file_name] < test_fraction}
     if not test and len(rows) > 1:

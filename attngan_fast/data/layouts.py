@@ -11,6 +11,7 @@ folder: <root>/**/<file_name> (JPEG or PNG), <root>/metadata.jsonl or metadata.c
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,12 +59,19 @@ def check_layout(root: str | Path, layout: str) -> Path:
                         "{train,test}/filenames.pickle: AttnGAN's preprocessed captions); COCO's annotations/"
                         "captions_*.json are not read: for captions of your own, use the folder layout "
                         "(metadata.jsonl, docs/your-own-data.md)")
-    _require(root / "text", "caption folder (one <key>.txt per image)")
+    if not (root / "text").exists() and not (root / "captions.pickle").is_file():  # the release reads either
+        renamed = [name for name in ("text_c10", "captions") if (root / name).is_dir()]
+        raise DataError(f"missing caption folder (one <key>.txt per image) or the release's captions.pickle: "
+                        f"expected {root / 'text'}" + (f"; {root / renamed[0]} looks like it: rename it to text"
+                                                       if renamed else ""))
     if layout == "cub":
         _require(root / "CUB_200_2011" / "images", "CUB image folder")
     elif not any((root / name).is_dir() for name in COCO_IMAGE_FOLDERS):
+        found = [name for name in ("train2017", "val2017") if (root / name).is_dir()]
         raise DataError(f"missing COCO image folder: expected {root / 'images'} (every image), or COCO's own "
-                        f"{root / 'train2014'} and {root / 'val2014'} as downloaded")
+                        f"{root / 'train2014'} and {root / 'val2014'} as downloaded"
+                        + (f" ({' and '.join(found)} are COCO 2017's: AttnGAN's split lists name the 2014 images; "
+                           "put the images they list in images/)" if found else ""))
     for split in SPLITS:
         _require(root / split / "filenames.pickle", f"{split} split list")
     return root
@@ -171,7 +179,7 @@ def read_cub_boxes(root: str | Path) -> dict[str, tuple[float, float, float, flo
     images = _require(base / "images.txt", "CUB image list")
     boxes = _require(base / "bounding_boxes.txt", "CUB bounding boxes")
     id_to_key = {}
-    for lineno, line in enumerate(images.read_text().splitlines(), 1):
+    for lineno, line in enumerate(images.read_text(encoding="utf-8-sig").splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split()
@@ -179,11 +187,27 @@ def read_cub_boxes(root: str | Path) -> dict[str, tuple[float, float, float, flo
             raise DataError(f"{images}:{lineno}: expected '<id> <path>.jpg', got {line!r}")
         id_to_key[parts[0]] = parts[1][:-4] if parts[1].endswith(".jpg") else parts[1]
     out = {}
-    for lineno, line in enumerate(boxes.read_text().splitlines(), 1):
+    for lineno, line in enumerate(boxes.read_text(encoding="utf-8-sig").splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split()
-        if len(parts) != 5 or parts[0] not in id_to_key:
-            raise DataError(f"{boxes}:{lineno}: expected '<id> x y width height' for an id of images.txt, got {line!r}")
-        out[id_to_key[parts[0]]] = tuple(float(v) for v in parts[1:])
+        try:
+            box = tuple(float(v) for v in parts[1:])
+        except ValueError:
+            box = ()
+        if len(parts) != 5 or parts[0] not in id_to_key or len(box) != 4 or not all(map(math.isfinite, box)):
+            raise DataError(f"{boxes}:{lineno}: expected '<id> x y width height' (numbers) for an id of images.txt, "
+                            f"got {line!r}")
+        out[id_to_key[parts[0]]] = box
     return out
+
+
+def check_cub_boxes(root: str | Path, keys: dict[str, list[str]]) -> None:
+    """Every image of both splits has its box (the CUB crop needs it; a missing one would otherwise stop
+    a run when the loader reaches that image)."""
+    boxes = read_cub_boxes(root)
+    missing = [key for split in SPLITS for key in keys[split] if key not in boxes]
+    if missing:
+        raise DataError(f"{len(missing)} listed image(s) have no bounding box in "
+                        f"{Path(root) / 'CUB_200_2011' / 'bounding_boxes.txt'} (by their images.txt id): "
+                        + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))

@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from .dataset import TextImageDataset, collate, crop_box, draw_crop, resized_size
+from .dataset import TextImageDataset, collate, crop_box, draw_crop, resized_size, shown_size, upright
 from .layouts import DataError, image_path
 
 # Of the device's free memory, the most the images may take: the models, activations and the
@@ -48,7 +48,7 @@ def stored_sizes(dataset: TextImageDataset) -> list[tuple[int, int]]:
         path = image_path(dataset.root, dataset.layout, key)
         try:
             with Image.open(path) as img:
-                size = img.size
+                size = shown_size(img, upright(dataset.layout))  # as load_image will turn it
         except OSError as err:
             raise DataError(f"corrupt or unreadable image {path}: {err}") from None
         corners = crop_box(size, dataset.boxes[key]) if dataset.boxes is not None and key in dataset.boxes else None

@@ -26,8 +26,8 @@ from ..atomic import write_text_atomic
 from ..safe_pickle import as_text, load_plain_pickle
 from ..text import END_TOKEN, Vocabulary, tokenize
 from .folder import MAX_PROBLEM_LINES, folder_digest, image_problems, read_folder
-from .layouts import (SPLITS, DataError, caption_path, check_layout, check_negatives, image_path, read_caption_lines,
-                      read_split)
+from .layouts import (SPLITS, DataError, caption_path, check_cub_boxes, check_layout, check_negatives, image_path,
+                      read_caption_lines, read_split)
 
 CACHE_NAME = "attngan_fast_captions.json"
 CACHE_FORMAT = 2  # 2: keyed on the caption files' content
@@ -192,6 +192,8 @@ def prepare(root: str | Path, layout: str, captions_per_image: int, *, progress:
     keys = {split: s.keys for split, s in splits.items()}
     for split, index in splits.items():
         check_negatives(root, split, index.keys, index.class_ids)
+    if layout == "cub":
+        check_cub_boxes(root, keys)
     _check_release_images(root, layout, keys, progress)
     release = root / "captions.pickle"
     skipped = 0

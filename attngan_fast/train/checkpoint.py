@@ -14,8 +14,10 @@ from ..atomic import atomic_path
 
 
 def save_atomic(obj, path: str | Path) -> Path:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # Through a file object: a full disk then reaches atomic_path as the file's OSError (as the context
+    # of torch's RuntimeError), where a path would give torch's bare "unexpected pos" message.
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
     return Path(path)
 
 

@@ -176,7 +176,9 @@ def evaluate(text_encoder, image_encoder, dataset: TextImageDataset, cfg: Config
         image_keys = torch.arange(len(image_index))
     if len(set(image_keys.tolist())) < 2:
         # One class among the evaluated images (a small runtime.eval_batches over a split in class order):
-        # no caption may serve as a distractor, so there is no retrieval score this time.
+        # no caption may serve as a distractor, so there is no retrieval score this time, and the losses,
+        # with every negative masked, say nothing either (they are 0).
+        metrics.update({k: math.nan for k in metrics})
         metrics.update(retrieval_top1=math.nan, retrieval_top1_std=math.nan, retrieval_candidates=0,
                        retrieval_images=len(image_index))
     else:
@@ -398,8 +400,8 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
                     if progress:
                         retrieval = (f"{metrics['retrieval_top1']:.1%} (1 of {metrics['retrieval_candidates']})"
                                      if metrics["retrieval_candidates"] else "n/a (the evaluated images are of one class)")
-                        tqdm.write(f"epoch {done_epochs:g}: val loss {metrics['val_total']:.3f}, retrieval top-1 "
-                                   f"{retrieval}")
+                        loss = "n/a" if math.isnan(metrics["val_total"]) else f"{metrics['val_total']:.3f}"
+                        tqdm.write(f"epoch {done_epochs:g}: val loss {loss}, retrieval top-1 {retrieval}")
             if finished:
                 position = 0
                 save(epoch + 1, 0, metrics)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import signal
@@ -15,10 +14,12 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+import torch._functorch.config  # not imported by torch itself until something compiles
 import torch.distributed as dist
 
 from attngan_fast import kernels
 from ..config import ConfigError, RuntimeConfig
+from .. import strict_json
 
 
 @dataclass
@@ -62,9 +63,13 @@ def pick_device(name: str) -> torch.device:
 
 @contextlib.contextmanager
 def training_runtime(settings: RuntimeConfig) -> Iterator[Runtime]:
-    """The process set-up of one training run (device, ``torchrun`` group, the kernels' autotuning),
-    undone on the way out, an error included."""
-    with kernels.autotuning(settings.autotune):
+    """The process set-up of one training run (device, ``torchrun`` group, the kernels' autotuning,
+    how compiled code differentiates under AMP), undone on the way out, an error included."""
+    # The loops run the forward under autocast and the backward outside it (PyTorch's AMP recipe), which
+    # is what "off" tells torch.compile; its default assumes the backward runs under the forward's
+    # autocast too and re-autocasts the compiled backward's matmuls to 16 bits (pytorch#153044: CPU bf16
+    # gradients ~3e-3 from eager's instead of 1e-7).
+    with kernels.autotuning(settings.autotune), torch._functorch.config.patch(backward_pass_autocast="off"):
         rt = setup_runtime(settings.device)
         check_cuda_graphs(settings, rt.device)
         check_impl(settings, rt.device)
@@ -279,7 +284,7 @@ class JsonlLog:
     def write(self, record: dict) -> None:
         if self.enabled:
             with open(self.path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
+                fh.write(strict_json.dumps(record) + "\n")
             if self.board is not None:
                 self.board.row(record)
 
