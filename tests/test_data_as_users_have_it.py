@@ -227,3 +227,22 @@ def test_a_third_split_folder_is_refused_not_left_unread(tmp_path):
         (tmp_path / split / "metadata.jsonl").write_text("\n".join(rows) + "\n")
     with pytest.raises(DataError, match=r"two splits, train and test; validation/ would not be read: move its"):
         prepare(tmp_path, "folder", 1, progress=False)
+
+
+def test_a_name_in_another_unicode_form_is_pointed_out(tmp_path):
+    """macOS archives write "é" as "e" and a combining accent (NFD): the name in the error looks right."""
+    import unicodedata
+
+    names = [f"pinson été {i}.jpg" for i in range(4)]
+    rows = _squares(tmp_path, names)
+    (tmp_path / names[0]).rename(tmp_path / unicodedata.normalize("NFD", names[0]))
+    (tmp_path / "metadata.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match="the same name in another Unicode form"):
+        prepare(tmp_path, "folder", 1, progress=False)
+
+
+def test_cub_without_class_info_says_every_image_is_its_own_class(tmp_path):
+    root = make_cub(tmp_path / "cub", n_train=4, n_test=2, classes=False)
+    with pytest.warns(UserWarning, match="has no {train,test}/class_info.pickle: every image is its own class"):
+        cache = prepare(root, "cub", 10, progress=False)
+    assert cache.class_ids == {"train": None, "test": None}

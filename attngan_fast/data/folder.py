@@ -23,6 +23,7 @@ import ast
 import csv
 import hashlib
 import json
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -248,7 +249,7 @@ def image_problems(images: list[tuple[str, Path]], progress: bool, draft: bool =
     problems = []
     for where, path in tqdm(images, desc="checking images", unit="image", disable=not progress):
         if not path.is_file():
-            problems.append(f"{where}: missing image: expected {path}")
+            problems.append(f"{where}: missing image: expected {path}{_other_unicode_form(path)}")
             continue
         try:
             with Image.open(path) as img:
@@ -263,6 +264,17 @@ def image_problems(images: list[tuple[str, Path]], progress: bool, draft: bool =
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
             problems.append(f"{where}: the image cannot be decoded ({err})")
     return problems
+
+
+def _other_unicode_form(path: Path) -> str:
+    """A hint when the folder holds the file under the same name in another Unicode normal form (a zip
+    made on macOS writes "é" as "e" + accent: the name looks the same and is not)."""
+    if not path.parent.is_dir():
+        return ""
+    want = unicodedata.normalize("NFC", path.name)
+    same = [p.name for p in path.parent.iterdir() if p.name != path.name and unicodedata.normalize("NFC", p.name) == want]
+    return (f" ({same[0]!r} is there, the same name in another Unicode form, as macOS archives write names: "
+            "rename the file or the metadata to match)") if same else ""
 
 
 def held_out_score(file_name: str) -> float:
