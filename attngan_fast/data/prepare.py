@@ -31,7 +31,7 @@ from .layouts import (SPLITS, DataError, caption_path, check_cub_boxes, check_la
                       read_caption_lines, read_split)
 
 CACHE_NAME = "attngan_fast_captions.json"
-CACHE_FORMAT = 2  # 2: keyed on the caption files' content
+CACHE_FORMAT = 3  # 2: keyed on the caption files' content; 3: folder splits from train/ test/ file names
 DEFAULT_TEST_FRACTION = 0.1  # the folder layout's held-out share without a split column (data.test_fraction)
 
 
