@@ -22,27 +22,32 @@ _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
 
 class NoSpaceError(OSError):
-    """A write that ran out of disk space (or quota). ``filename`` is the file that was being written;
-    an atomic write leaves its previous contents as they were."""
+    """A write that ran out of disk space or quota (``errno`` says which). ``filename`` is the file that
+    was being written; an atomic write leaves its previous contents as they were."""
 
-    def __init__(self, message: str, filename: str | Path):
-        super().__init__(message)
-        self.errno, self.filename = errno.ENOSPC, str(filename)
+    def __init__(self, message: str, filename: str | Path | None = None, code: int = errno.ENOSPC):
+        super().__init__(message)  # one argument: str() is the message, and the error pickles
+        self.errno, self.filename = code, None if filename is None else str(filename)
 
     def __str__(self) -> str:
         return self.args[0]
 
 
-def out_of_space(err: BaseException | None) -> bool:
-    """Whether ``err``, or an error it was raised from, is a full disk. torch.save reports one as a
-    RuntimeError ("unexpected pos 576 vs 534") whose context is the file's OSError."""
+def no_space_error(err: BaseException | None) -> OSError | None:
+    """The full disk (ENOSPC, or EDQUOT: a quota) in ``err`` or the errors it was raised from, or None.
+    torch.save reports one as a RuntimeError ("unexpected pos 576 vs 534") whose context is the file's
+    OSError."""
     seen = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, OSError) and err.errno in _NO_SPACE:
-            return True
+            return err
         seen.add(id(err))
         err = err.__cause__ or err.__context__
-    return False
+    return None
+
+
+def no_space_words(code: int | None) -> str:
+    return "the disk quota is exceeded" if code == errno.EDQUOT else "no space left on the device"
 
 
 @contextlib.contextmanager
@@ -70,10 +75,12 @@ def atomic_path(path: str | Path, *, durable: bool = True, clean: bool = True):
         os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except Exception as err:
-        if not out_of_space(err):
+        full = no_space_error(err)
+        if full is None:
             raise
         kept = f"; the previous {path.name} is unchanged" if path.exists() else ""
-        raise NoSpaceError(f"no space left on the device of {path.parent} to write {path.name}{kept}", path) from err
+        raise NoSpaceError(f"{no_space_words(full.errno)} ({path.parent}) to write {path.name}{kept}", path,
+                           full.errno) from err
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

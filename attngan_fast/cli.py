@@ -211,6 +211,7 @@ def _pretrain_damsm(args) -> int:
     from .train.runtime import TrainingDiverged
 
     cfg = _load_config(args, "damsm.out_dir")
+    args.run_folder = cfg.damsm.out_dir  # a full disk's message names its latest.pt
     try:
         result = train_damsm(cfg, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet)
     except TrainingDiverged as err:
@@ -227,6 +228,7 @@ def _train_gan(args) -> int:
     from .train.runtime import TrainingDiverged
 
     cfg = _load_config(args, "gan.out_dir")
+    args.run_folder = cfg.gan.out_dir
     if args.damsm is not None:
         cfg.gan.damsm = args.damsm
     if args.legacy_mask:
@@ -267,19 +269,18 @@ def _stopped(result: dict, argv: list[str]) -> int:
     return 128 + int(getattr(signal, result["stopped_by"]))
 
 
-def _no_space_message(err: Exception, args) -> str:
-    """A full disk in one line: what could not be written and, for a run with a complete checkpoint,
-    the command that goes on from it once there is room."""
-    from .atomic import NoSpaceError
+def _no_space_message(full: OSError, args) -> str:
+    """A full disk in one line: what could not be written (when the error knows) and, for a run with a
+    complete checkpoint, the command that goes on from it once there is room."""
+    from .atomic import NoSpaceError, no_space_words
 
-    while not (isinstance(err, OSError) and err.filename) and (err.__cause__ or err.__context__):
-        err = err.__cause__ or err.__context__
-    if isinstance(err, NoSpaceError):
-        text = str(err)
-    else:
-        text = "no space left on the device" + (f" to write {err.filename}" if getattr(err, "filename", None) else "")
-    latest = Path(err.filename).parent / "latest.pt" if getattr(err, "filename", None) else None
-    if args.command in ("pretrain-damsm", "train") and latest is not None and latest.is_file():
+    if isinstance(full, NoSpaceError):
+        text = str(full)
+    else:  # a plain write (a log line, a picture): the OS names the file only when opening it failed
+        text = no_space_words(full.errno) + (f" to write {full.filename}" if full.filename else "")
+    run = getattr(args, "run_folder", None)  # set by the training commands once their config is read
+    latest = Path(run) / "latest.pt" if run else None
+    if latest is not None and latest.is_file():
         text += f"; the run's last complete checkpoint is {latest}: free some space, then {_resume_command(args.argv, latest)}"
     return text
 
@@ -610,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     from .generate import CaptionError
     from .models.encoders import InceptionWeightsError
     from .paths import NotAFolderError
-    from .atomic import out_of_space
+    from .atomic import no_space_error
     from .safe_pickle import UnsafePickleError
     from .train.checkpoint import CheckpointError
     from .train.run_folder import RunExistsError
@@ -635,9 +636,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"attngan-fast: error: {_own_message(err)}", file=sys.stderr)
             return 2
         except Exception as err:
-            if not out_of_space(err):
+            full = no_space_error(err)
+            if full is None:
                 raise
-            print(f"attngan-fast: error: {_no_space_message(err, args)}", file=sys.stderr)
+            print(f"attngan-fast: error: {_no_space_message(full, args)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             saving = args.command in ("pretrain-damsm", "train")  # a second Ctrl-C: stopped before the save

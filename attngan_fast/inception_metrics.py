@@ -28,6 +28,7 @@ from .atomic import atomic_path
 from .data.layouts import hash_image_stats
 from .paths import private_temp_folder
 from .protocol import file_sha256
+from .train.checkpoint import save_atomic
 
 FEATURE_EXTRACTOR = "inception-v3-compat"  # torch-fidelity's port of the TF Inception
 FID_LAYER, IS_LAYER = "2048", "logits_unbiased"
@@ -88,7 +89,7 @@ def _vetted_copy(path: str, mtime_ns: int, size: int) -> str:
         raise UnsafeWeightsError(f"{path} is not a file of tensors (torch.load with weights_only=True refuses it: "
                                  f"{str(err).splitlines()[0][:120]})") from None
     copy = private_temp_folder("attngan-fast-inception-") / "weights.pth"
-    torch.save(state, copy)
+    save_atomic(state, copy)  # a full temporary folder is then one line, not torch's "unexpected pos"
     return str(copy)
 
 

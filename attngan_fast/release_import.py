@@ -39,6 +39,8 @@ def load_release_state(path: str | Path, what: str) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's note on a pickle protocol it did not expect: refused or not
             state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as err:  # permissions, a disk error: not the file's content
+        raise ReleaseImportError(f"{path} cannot be read: {err.strerror or err}") from None
     except Exception:  # noqa: BLE001
         # A truncated file, a text file, a pickle that carries code (refused by weights_only; torch's own
         # message would suggest weights_only=False, which an untrusted file must never get).

@@ -10,6 +10,7 @@ import math
 import pickle
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,6 +71,32 @@ def test_a_folder_of_photos_is_read_upright_as_a_viewer_shows_it(tmp_path):
     assert (pil - batch).abs().max() < 0.05
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_every_orientation_is_turned_as_pillow_shows_it_and_bad_exif_never_stops_a_load(tmp_path, fmt):
+    from PIL import ImageOps
+
+    from attngan_fast.data.dataset import shown_size
+
+    arr = np.arange(6 * 4 * 3, dtype=np.uint8).reshape(4, 6, 3) * 3  # no symmetry: every turn differs
+    for value in range(1, 9):
+        path = tmp_path / f"o{value}.{fmt.lower()}"
+        exif = Image.Exif()
+        exif[0x0112] = value
+        Image.fromarray(arr).save(path, format=fmt, exif=exif.tobytes(), **({"quality": 100} if fmt == "JPEG" else {}))
+        with Image.open(path) as img:
+            expected = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+            size = shown_size(img, exif=True)
+        got = np.asarray(load_rgb(path, exif=True))
+        assert got.shape == expected.shape and size == (got.shape[1], got.shape[0]), value
+        assert np.array_equal(got, expected), value
+    # A JPEG whose EXIF block Pillow's exif_transpose cannot rebuild (one byte of another tag changed by
+    # a fuzzer): turned by its orientation all the same, with no error.
+    broken = Path(__file__).parent / "data" / "exif_pillow_cannot_rebuild.jpg"
+    with Image.open(broken) as img, pytest.raises(TypeError):
+        ImageOps.exif_transpose(img)
+    assert load_rgb(broken, exif=True).size == (20, 40) and load_rgb(broken).size == (40, 20)
+
+
 def test_the_release_layouts_are_read_as_stored_as_the_release_read_them(tmp_path):
     root = make_coco(tmp_path / "coco", n_train=4, n_test=2)
     first = sorted((root / "images").iterdir())[0]
@@ -116,9 +143,14 @@ def test_a_pandas_list_column_is_a_list_of_captions(tmp_path):
         writer.writerow(["file_name", "text", "class"])
         for i in range(6):
             Image.fromarray(np.full((16, 16, 3), 40 * i, dtype=np.uint8)).save(root / f"{i}.png")
-            writer.writerow([f"{i}.png", str([f"a grey square number {i}", "it's a plain square"]), f"c{i % 2}"])
+            captions = [f"a grey square number {i}", "it's a plain square"]
+            if i % 2:  # a column from Arrow or parquet holds NumPy arrays: no commas between the strings
+                cell = "[" + " ".join(repr(c) for c in captions) + "]"
+            else:
+                cell = str(captions)
+            writer.writerow([f"{i}.png", cell, f"c{i % 2}"])
     cache = prepare(root, "folder", 5, progress=False, test_fraction=0.3)
-    assert cache.report["captions_per_image"]["max"] == 2
+    assert cache.report["captions_per_image"] == {"min": 2, "mean": 2.0, "max": 2}
     words = [cache.vocab.words[t] for t in cache.caption("train", 0, 1)]
     assert words[:2] == ["it", "s"] or words[0] == "its", words
 
@@ -227,3 +259,22 @@ def test_a_third_split_folder_is_refused_not_left_unread(tmp_path):
         (tmp_path / split / "metadata.jsonl").write_text("\n".join(rows) + "\n")
     with pytest.raises(DataError, match=r"two splits, train and test; validation/ would not be read: move its"):
         prepare(tmp_path, "folder", 1, progress=False)
+
+
+def test_a_name_in_another_unicode_form_is_pointed_out(tmp_path):
+    """macOS archives write "é" as "e" and a combining accent (NFD): the name in the error looks right."""
+    import unicodedata
+
+    names = [f"pinson été {i}.jpg" for i in range(4)]
+    rows = _squares(tmp_path, names)
+    (tmp_path / names[0]).rename(tmp_path / unicodedata.normalize("NFD", names[0]))
+    (tmp_path / "metadata.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match="the same name in another Unicode form"):
+        prepare(tmp_path, "folder", 1, progress=False)
+
+
+def test_cub_without_class_info_says_every_image_is_its_own_class(tmp_path):
+    root = make_cub(tmp_path / "cub", n_train=4, n_test=2, classes=False)
+    with pytest.warns(UserWarning, match="has no {train,test}/class_info.pickle: every image is its own class"):
+        cache = prepare(root, "cub", 10, progress=False)
+    assert cache.class_ids == {"train": None, "test": None}

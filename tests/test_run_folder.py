@@ -364,7 +364,7 @@ def test_a_full_disk_keeps_the_previous_file_and_leaves_no_temporary_one(tmp_pat
     target = tmp_path / "latest.pt"
     save_atomic({"step": 1}, target)
     monkeypatch.setattr(torch, "save", _disk_full)
-    with pytest.raises(NoSpaceError, match=f"no space left on the device of {tmp_path} to write latest.pt; the "
+    with pytest.raises(NoSpaceError, match=f"no space left on the device \\({tmp_path}\\) to write latest.pt; the "
                                            "previous latest.pt is unchanged"):
         save_atomic({"step": 2}, target)
     assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]
@@ -409,7 +409,34 @@ def test_a_full_disk_during_a_run_is_one_line_with_the_command_that_goes_on(synt
     err = capsys.readouterr().err.strip()
     latest = tmp_path / "run" / "latest.pt"
     assert "\n" not in err and "Traceback" not in err, err
-    assert err.startswith(f"attngan-fast: error: no space left on the device of {tmp_path / 'run'} to write "
+    assert err.startswith(f"attngan-fast: error: no space left on the device ({tmp_path / 'run'}) to write "
                           "latest.pt; the previous latest.pt is unchanged; the run's last complete checkpoint is "
                           f"{latest}: free some space, then attngan-fast {' '.join(args)} --resume {latest}"), err
     assert load_checkpoint(latest)["epoch"] == 1
+
+
+def test_a_full_disk_on_a_plain_write_or_a_quota_still_says_how_to_go_on(synthetic_root, tmp_path, monkeypatch,
+                                                                        capsys):
+    """A log line that finds the disk full (an OSError without a file name) and a quota: the run's
+    latest.pt and the command still come; a quota is called one. The error pickles (it may cross a
+    process boundary)."""
+    import pickle
+
+    from attngan_fast.train import runtime
+
+    real_write = runtime.JsonlLog.write
+
+    def write_then_full(self, record):
+        if (self.path.parent / "latest.pt").is_file():  # the first line after the first checkpoint
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+        return real_write(self, record)
+
+    monkeypatch.setattr(runtime.JsonlLog, "write", write_then_full)
+    args = _damsm_cli(synthetic_root, tmp_path / "run", "--set", "damsm.epochs=2", "--set", "damsm.max_steps=null")
+    assert cli(args) == 2
+    latest = tmp_path / "run" / "latest.pt"
+    err = capsys.readouterr().err.strip()
+    assert err == (f"attngan-fast: error: the disk quota is exceeded; the run's last complete checkpoint is {latest}: "
+                   f"free some space, then attngan-fast {' '.join(args)} --resume {latest}"), err
+    copy = pickle.loads(pickle.dumps(NoSpaceError("no space left on the device (x) to write y", "y")))
+    assert str(copy) == "no space left on the device (x) to write y" and copy.errno == errno.ENOSPC

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
 from ..text import truncate
@@ -22,8 +22,11 @@ from .layouts import DataError, check_cub_boxes, check_negatives, image_path, re
 from .prepare import CaptionCache, load_captions
 
 
-# EXIF orientations that turn the stored image by 90 degrees (its width and height swap when shown).
-TURNED = {5, 6, 7, 8}
+# EXIF orientation -> the transpose that shows the image upright (2-8; 1 and anything else: as stored).
+UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_90}
+TURNED = {5, 6, 7, 8}  # the orientations that swap width and height
 
 
 def upright(layout: str) -> bool:
@@ -33,9 +36,28 @@ def upright(layout: str) -> bool:
     return layout == "folder"
 
 
+def orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag of an opened image, read from its header (1 when absent or unreadable:
+    a malformed EXIF block never stops a load). A PNG's EXIF counts only when it comes before the
+    pixels (Pillow would otherwise decode the whole image to look for it)."""
+    try:
+        if img.format == "PNG":
+            raw = img.info.get("exif")
+            if raw is None:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+        else:
+            exif = img.getexif()
+        value = exif.get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - any malformed EXIF: the image as stored
+        return 1
+    return value if value in UPRIGHT else 1
+
+
 def shown_size(img: Image.Image, exif: bool) -> tuple[int, int]:
     """(width, height) of ``img`` as ``load_rgb(..., exif)`` returns it, from the header alone."""
-    if exif and img.getexif().get(0x0112) in TURNED:
+    if exif and orientation(img) in TURNED:
         return img.height, img.width
     return img.size
 
@@ -45,8 +67,9 @@ def load_rgb(path: Path, exif: bool = False) -> Image.Image:
     (PNG) is scaled to 8 bits (a plain convert would clip everything above 255 to white)."""
     try:
         with Image.open(path) as img:
-            if exif:
-                img = ImageOps.exif_transpose(img)
+            turn = UPRIGHT.get(orientation(img)) if exif else None
+            if turn is not None:
+                img = img.transpose(turn)  # only the pixels: the EXIF block is not rewritten
             if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
                 wide = np.asarray(img, dtype=np.float64)
                 img = Image.fromarray(np.clip(np.rint(wide / 257), 0, 255).astype(np.uint8))
@@ -158,9 +181,7 @@ class TextImageDataset(Dataset):
     def load_image(self, index: int) -> Image.Image:
         key = self.keys[index]
         img = load_rgb(image_path(self.root, self.layout, key), exif=upright(self.layout))
-        if self.boxes is not None:
-            if key not in self.boxes:
-                raise DataError(f"no bounding box for {key!r} in {self.root / 'CUB_200_2011' / 'bounding_boxes.txt'}")
+        if self.boxes is not None:  # every key has one: checked when the dataset was made
             img = crop_to_box(img, self.boxes[key])
         return img
 

@@ -22,7 +22,10 @@ from __future__ import annotations
 import ast
 import csv
 import hashlib
+import io
 import json
+import tokenize as python_tokens  # the module; ..text.tokenize is the captions
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -110,20 +113,36 @@ def _as_captions(value) -> list[str] | None:
 
 
 def _csv_text(cell: str):
-    """A CSV ``text`` cell: one caption, or a list of captions written as JSON or as Python writes a
-    list (pandas' ``to_csv`` of a list column: ``['a bird', 'a small bird']``)."""
+    """A CSV ``text`` cell: one caption, or a list of captions written as JSON, as Python writes a list
+    (pandas' ``to_csv`` of a list column: ``['a bird', 'a small bird']``) or as NumPy writes an array of
+    strings (a column from Arrow or parquet: ``['a bird' 'a small bird']``, no commas)."""
     stripped = cell.strip()
-    if stripped.startswith("[") and stripped.endswith("]"):
-        try:
-            return json.loads(stripped)
-        except json.JSONDecodeError:
-            pass
-        try:
-            value = ast.literal_eval(stripped)  # literals only: no code runs
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            return cell
-        return value if _as_captions(value) is not None else cell
-    return cell
+    if not (stripped.startswith("[") and stripped.endswith("]")):
+        return cell
+    try:
+        return json.loads(stripped)
+    except json.JSONDecodeError:
+        pass
+    listed = _string_literals(stripped)
+    return listed if listed is not None else cell
+
+
+def _string_literals(text: str) -> list[str] | None:
+    """The strings of ``[s1, s2, ...]`` or ``[s1 s2 ...]`` (each a Python string literal), else None.
+    Read token by token: literal_eval of the whole would join NumPy's comma-less strings into one."""
+    try:
+        tokens = [t for t in python_tokens.generate_tokens(io.StringIO(text).readline)
+                  if t.type not in (python_tokens.NL, python_tokens.NEWLINE, python_tokens.ENDMARKER)]
+        inner = tokens[1:-1]
+        if tokens[0].string != "[" or tokens[-1].string != "]":
+            return None
+        strings = [ast.literal_eval(t.string) for t in inner if t.type == python_tokens.STRING]
+    except (python_tokens.TokenError, SyntaxError, ValueError, IndexError):
+        return None
+    others = [t.string for t in inner if t.type != python_tokens.STRING]
+    if not strings or any(o != "," for o in others) or not all(isinstance(x, str) for x in strings):
+        return None
+    return strings
 
 
 def _raw_records(path: Path) -> list[tuple[int, dict | str]]:
@@ -245,10 +264,10 @@ def image_problems(images: list[tuple[str, Path]], progress: bool, draft: bool =
     """``images``: (how a problem names it, path). One line per image that is missing, not a JPEG or
     PNG, or cannot be decoded to its last pixel; ``draft`` decodes JPEGs at 1/8 scale (the whole
     compressed stream is still read, so a truncated file fails; for datasets of 100k images)."""
-    problems = []
+    problems, names_in = [], {}
     for where, path in tqdm(images, desc="checking images", unit="image", disable=not progress):
         if not path.is_file():
-            problems.append(f"{where}: missing image: expected {path}")
+            problems.append(f"{where}: missing image: expected {path}{_other_unicode_form(path, names_in)}")
             continue
         try:
             with Image.open(path) as img:
@@ -263,6 +282,19 @@ def image_problems(images: list[tuple[str, Path]], progress: bool, draft: bool =
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
             problems.append(f"{where}: the image cannot be decoded ({err})")
     return problems
+
+
+def _other_unicode_form(path: Path, names_in: dict) -> str:
+    """A hint when the folder holds the file under the same name in another Unicode normal form (a zip
+    made on macOS writes "é" as "e" + accent: the name looks the same and is not). ``names_in`` caches
+    each folder's names by their NFC form, so a folder is listed once however many of its files miss."""
+    folder = path.parent
+    if folder not in names_in:
+        names_in[folder] = ({unicodedata.normalize("NFC", p.name): p.name for p in folder.iterdir()}
+                            if folder.is_dir() else {})
+    there = names_in[folder].get(unicodedata.normalize("NFC", path.name))
+    return (f" ({there!r} is there, the same name in another Unicode form, as macOS archives write names: "
+            "rename the file or the metadata to match)") if there and there != path.name else ""
 
 
 def held_out_score(file_name: str) -> float:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from .layouts import (SPLITS, DataError, caption_path, check_cub_boxes, check_la
                       read_caption_lines, read_split)
 
 CACHE_NAME = "attngan_fast_captions.json"
-CACHE_FORMAT = 2  # 2: keyed on the caption files' content
+CACHE_FORMAT = 3  # 2: keyed on the caption files' content; 3: folder splits from train/ test/ file names
 DEFAULT_TEST_FRACTION = 0.1  # the folder layout's held-out share without a split column (data.test_fraction)
 
 
@@ -194,6 +195,10 @@ def prepare(root: str | Path, layout: str, captions_per_image: int, *, progress:
         check_negatives(root, split, index.keys, index.class_ids)
     if layout == "cub":
         check_cub_boxes(root, keys)
+        if any(index.class_ids is None for index in splits.values()):
+            warnings.warn(f"{root} has no {{train,test}}/class_info.pickle: every image is its own class (the DAMSM "
+                          "then pushes apart captions of the same species, and R-precision may draw them as "
+                          "distractors); the release's birds metadata has these files", stacklevel=2)
     _check_release_images(root, layout, keys, progress)
     release = root / "captions.pickle"
     skipped = 0
