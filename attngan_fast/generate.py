@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .pictures import generation_grid, save_png, to_pil
-from .text import Vocabulary, truncate, words_as_written
+from .text import END_TOKEN, Vocabulary, tokenize, truncate, words_as_written
 from .train.runtime import autocast
 
 
@@ -53,17 +53,27 @@ LEGACY_BATCH_WARNING = (
 
 def encode_captions(captions: list[str], vocab: Vocabulary, words_num: int | None = None, seed: int = 0,
                     names: list[str] | None = None):
-    """(word ids per caption, {caption: dropped unknown words, non-ASCII ones as written}). Every known word is kept unless
-    ``words_num`` caps the length (a seeded random ordered subset of a longer caption). Raises
+    """(word ids per caption, {caption: dropped unknown words, as written}). Each word is read as training
+    read its captions (the tokenizer keeps ASCII letters and digits: 'très' is 'trs'), and every known
+    word is kept unless ``words_num`` caps the length (a seeded random ordered subset of a longer
+    caption). A warning names the words read otherwise than written and the words dropped. Raises
     CaptionError for a caption with no known word, naming it by ``names`` (where each was written, e.g.
     a file's line) or by its number."""
     if words_num is not None and words_num < 1:
         raise CaptionError(f"words_num must be at least 1 (or None to keep every word), got {words_num}")
-    ids, dropped = [], {}
+    ids, dropped, read_as = [], {}, {}
     for n, caption in enumerate(captions):
         if not isinstance(caption, str) or not caption.strip():
             raise CaptionError(f"caption {n + 1} is empty")
-        known, unknown = vocab.encode(words_as_written(caption))
+        known, unknown = [], []
+        for word in words_as_written(caption):
+            token = "".join(tokenize(word))  # as the captions the model was trained on were read
+            if token and token in vocab.index and token != END_TOKEN:
+                known.append(vocab.index[token])
+                if token != word:
+                    read_as[word] = token
+            else:
+                unknown.append(word)
         if unknown:
             dropped[caption] = unknown
         if not known and names:
@@ -71,6 +81,9 @@ def encode_captions(captions: list[str], vocab: Vocabulary, words_num: int | Non
         if not known:
             raise CaptionError(f"no word of caption {n + 1} ({caption!r}) is in the model's vocabulary")
         ids.append(known if words_num is None else truncate(known, words_num, random.Random(seed * 1_000_003 + n)))
+    if read_as:
+        listed = ", ".join(f"{w!r} as {t!r}" for w, t in read_as.items())
+        warnings.warn(f"read as training read its captions (ASCII letters and digits only): {listed}", stacklevel=2)
     if dropped:
         listed = "; ".join(f"{c!r}: {', '.join(w)}" for c, w in dropped.items())
         warnings.warn(f"words not in the vocabulary were dropped: {listed}", stacklevel=2)

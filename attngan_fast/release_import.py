@@ -97,6 +97,20 @@ def release_vocabulary(path: str | Path) -> Vocabulary:
     return Vocabulary(words)
 
 
+# The sizes of the release's two vocabularies (its text encoders' embedding rows). A generator of one
+# dataset with the other's text encoder and captions has every shape right: the size is the tell.
+RELEASE_VOCABULARY_SIZE = {"bird": 5450, "coco": 27297}
+
+
+def check_vocabulary_matches(preset: str, size: int, captions: str | Path) -> None:
+    """Warns when a vocabulary has the size of the other dataset's released one."""
+    other = next((name for name, n in RELEASE_VOCABULARY_SIZE.items() if n == size and name != preset), None)
+    if other is not None:
+        warnings.warn(f"{captions} has {size:,} words, the size of the release's {other} vocabulary, but --preset is "
+                      f"{preset} (whose released vocabulary has {RELEASE_VOCABULARY_SIZE.get(preset, 0):,}): are the "
+                      f"text encoder and captions.pickle the {preset} ones?", stacklevel=3)
+
+
 def import_original(*, netG: str | Path, text_encoder: str | Path, captions: str | Path, preset: str,
                     out: str | Path, image_encoder: str | Path | None = None, out_damsm: str | Path | None = None,
                     variant: str = "attngan") -> dict:
@@ -107,6 +121,7 @@ def import_original(*, netG: str | Path, text_encoder: str | Path, captions: str
     cfg = load_config(preset, [f"gan.variant={variant}", "gan.legacy_mask=true"]
                       + ([] if r_num is None else [f"gan.r_num={r_num}"]))
     vocab = release_vocabulary(captions)
+    check_vocabulary_matches(preset, len(vocab), captions)
     te = cfg.text_encoder
     text = TextEncoder(len(vocab), te.embedding_dim, te.hidden_dim, te.dropout)
     fill_module(text, load_release_state(text_encoder, "text encoder"), text_encoder,

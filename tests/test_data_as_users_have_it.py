@@ -278,3 +278,14 @@ def test_cub_without_class_info_says_every_image_is_its_own_class(tmp_path):
     with pytest.warns(UserWarning, match="has no {train,test}/class_info.pickle: every image is its own class"):
         cache = prepare(root, "cub", 10, progress=False)
     assert cache.class_ids == {"train": None, "test": None}
+
+
+def test_the_tokenizer_warning_names_every_metadata_file_it_read(tmp_path):
+    for split, n in (("train", 4), ("test", 2)):
+        (tmp_path / split).mkdir()
+        rows = _squares(tmp_path / split, [f"{i}.jpg" for i in range(n)])
+        if split == "test":
+            rows[0] = rows[0].replace("colour", "couleur très")
+        (tmp_path / split / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    with pytest.warns(UserWarning, match=r"1 word of train/metadata.jsonl and test/metadata.jsonl's captions has "):
+        prepare(tmp_path, "folder", 1, progress=False)

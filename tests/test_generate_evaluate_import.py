@@ -275,3 +275,16 @@ def test_the_demo_checks_the_inception_weights_before_training(tmp_path):
     with pytest.raises(EvaluationError, match="--inception-weights .*missing.pth does not exist"):
         run_demo(tmp_path / "demo", inception_weights=str(tmp_path / "missing.pth"), device="cpu", progress=False)
     assert not (tmp_path / "demo").exists()  # nothing was trained
+
+
+def test_a_bird_generator_with_cocos_text_encoder_and_captions_is_named(tmp_path):
+    """Every shape fits (both datasets' encoders have the same), so the vocabulary's size is the tell:
+    27,297 words is the release's COCO vocabulary, not the birds' 5,450."""
+    files = _release_files(tmp_path, n_words=27297)
+    state = torch.load(files["text_encoder"], weights_only=True)
+    state["encoder.weight"] = torch.randn(27297, state["encoder.weight"].shape[1]) * 0.05
+    torch.save(state, files["text_encoder"])
+    with pytest.warns(UserWarning, match="27,297 words, the size of the release's coco vocabulary, but --preset is "
+                                         "bird .*are the text encoder and captions.pickle the bird ones"):
+        import_original(netG=files["netG"], text_encoder=files["text_encoder"], captions=files["captions"],
+                        preset="bird", out=tmp_path / "out.pt")

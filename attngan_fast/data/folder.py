@@ -421,7 +421,8 @@ def read_folder(root: str | Path, captions_per_image: int, test_fraction: float,
     }
     if stats["changed"]:
         n = stats["changed"]
-        warnings.warn(f"{n} word{'s' if n > 1 else ''} of {metadata.name}'s captions {'have' if n > 1 else 'has'} "
+        named = " and ".join(f.relative_to(root).as_posix() for f in files)  # train/ and test/ each have one
+        warnings.warn(f"{n} word{'s' if n > 1 else ''} of {named}'s captions {'have' if n > 1 else 'has'} "
                       f"characters outside ASCII, which the tokenizer drops ({', '.join(stats['examples'])})",
                       stacklevel=3)
     return FolderIndex(

@@ -350,7 +350,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
         sampler.set_epoch(epoch, start=position * d.batch_size)
         text_model.train()
         image_model.train()
-        bar = tqdm(total=steps_per_epoch, initial=position, desc=f"damsm epoch {epoch}", leave=False,
+        bar = tqdm(total=steps_per_epoch, initial=position, desc=f"damsm epoch {epoch + 1}", leave=False,
                    disable=not (progress and rt.is_main))
         for batch in loader:
             losses, _ = damsm_losses(text_model, image_model, batch, cfg, device)

@@ -398,7 +398,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
         g_model.train()
         for s in d_steps:
             s.train()
-        bar = tqdm(total=steps_per_epoch, initial=position, desc=f"attngan epoch {epoch}", leave=False,
+        bar = tqdm(total=steps_per_epoch, initial=position, desc=f"attngan epoch {epoch + 1}", leave=False,
                    disable=not (progress and rt.is_main))
         for batch in loader:
             losses = step_fn(batch)
