@@ -26,6 +26,7 @@ from tqdm import tqdm
 from ..atomic import write_text_atomic
 from ..safe_pickle import as_text, load_plain_pickle
 from ..text import END_TOKEN, Vocabulary, tokenize
+from . import coco_json
 from .folder import MAX_PROBLEM_LINES, folder_digest, image_problems, read_folder
 from .layouts import (SPLITS, DataError, caption_path, check_cub_boxes, check_layout, check_negatives, image_path,
                       read_caption_lines, read_split)
@@ -70,11 +71,15 @@ def caption_offsets(counts: list[int]) -> list[int]:
 
 
 def captions_digest(root: Path, keys: dict[str, list[str]], source: str) -> str:
-    """SHA-256 of what the captions were read from: ``captions.pickle``, or every image's caption file
-    (missing ones count as missing) in split order."""
+    """SHA-256 of what the captions were read from: ``captions.pickle``, COCO's two caption files, or
+    every image's caption file (missing ones count as missing) in split order."""
     h = hashlib.sha256(source.encode())
     if source == "captions.pickle":
         h.update((root / "captions.pickle").read_bytes())
+        return h.hexdigest()
+    if source == "annotations":
+        for path in coco_json.caption_files(root).values():
+            h.update(path.read_bytes())
         return h.hexdigest()
     for split in SPLITS:
         for key in keys[split]:
@@ -106,14 +111,28 @@ def _from_release_pickle(path: Path, keys: dict[str, list[str]], cpi: int):
     return Vocabulary(words), captions
 
 
-def _from_text(root: Path, keys: dict[str, list[str]], cpi: int, progress: bool):
+def _from_text(root: Path, keys: dict[str, list[str]], cpi: int, progress: bool, source: str = "text"):
+    """Tokenized captions of every image, the first ``cpi`` with words, from the caption files (``text``)
+    or from COCO's caption JSON (``annotations``); the vocabulary; lines without words skipped."""
+    if source == "annotations":
+        def lines_of(split, key):
+            return coco_json.caption_lines(root, split, key)
+
+        def named(split, key):
+            return f"image {key} in {coco_json.caption_files(root)[split]}"
+    else:
+        def lines_of(split, key):
+            return read_caption_lines(root, key)
+
+        def named(split, key):
+            return str(root / "text" / (key + ".txt"))
     tokens: dict[str, list[list[str]]] = {}
     skipped = 0
     for split in SPLITS:
         tokens[split] = []
         for key in tqdm(keys[split], desc=f"tokenizing {split}", disable=not progress, leave=False):
             usable = []
-            for line in read_caption_lines(root, key):
+            for line in lines_of(split, key):
                 toks = tokenize(line)
                 if toks:
                     usable.append(toks)
@@ -123,7 +142,7 @@ def _from_text(root: Path, keys: dict[str, list[str]], cpi: int, progress: bool)
                     break
             if len(usable) < cpi:
                 raise DataError(
-                    f"{root / 'text' / (key + '.txt')} has {len(usable)} captions with words, "
+                    f"{named(split, key)} has {len(usable)} captions with words, "
                     f"{cpi} are needed (data.captions_per_image)"
                 )
             tokens[split].extend(usable)
@@ -206,8 +225,8 @@ def prepare(root: str | Path, layout: str, captions_per_image: int, *, progress:
         vocab, captions = _from_release_pickle(release, keys, captions_per_image)
         source = "captions.pickle"
     else:
-        vocab, captions, skipped = _from_text(root, keys, captions_per_image, progress)
-        source = "text"
+        source = "text" if (root / "text").exists() or layout != "coco" else "annotations"
+        vocab, captions, skipped = _from_text(root, keys, captions_per_image, progress, source)
     lengths = [len(c) for split in SPLITS for c in captions[split]]
     report = {
         "root": str(root),
