@@ -296,6 +296,51 @@ def test_coco_as_downloaded_reads_its_own_caption_json(tmp_path, capsys):
     assert "zebra" in again.vocab.index and "rebuilding it" in capsys.readouterr().err
 
 
+def test_a_current_coco_json_cache_is_used_without_parsing_and_the_release_files_win(tmp_path, monkeypatch):
+    """A second load parses nothing (the digest covers the keys); AttnGAN's text/ added later is read
+    instead; captions.pickle with COCO's files but without the release's lists is refused (its captions
+    would go to COCO's images by position)."""
+    import pickle as pickle_module
+    import shutil
+
+    from attngan_fast.data import coco_json
+
+    root = make_coco_download(tmp_path / "coco")
+    built = prepare(root, "coco", 5, progress=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(coco_json, "_parse", lambda *a: pytest.fail("a current cache parsed COCO's files again"))
+        again = load_captions(root, "coco", 5, progress=False)
+    assert again.keys == built.keys and again.captions == built.captions
+    with open(root / "captions.pickle", "wb") as fh:
+        pickle_module.dump([[], [], {0: "<end>"}, {"<end>": 0}], fh, protocol=2)
+    with pytest.raises(DataError, match="pairs with the release's .*filenames.pickle, which .* lacks"):
+        prepare(root, "coco", 5, progress=False)
+    (root / "captions.pickle").unlink()
+    coco = make_coco(tmp_path / "release", n_train=3, n_test=2)  # the release's text/ and lists, same root
+    for name in ("text", "train", "test"):
+        shutil.copytree(coco / name, root / name)
+    for image in (coco / "images").iterdir():  # its keys name train2014 images
+        shutil.copy(image, root / "train2014" / image.name)
+    from_text = load_captions(root, "coco", 5, progress=False)
+    assert from_text.source == "text" and from_text.keys["train"] == [f"COCO_train2014_{i:012d}" for i in range(3)]
+
+
+@pytest.mark.parametrize("damage, match", [
+    ({"image_id": 777}, "annotation 0 names image_id 777, which the file's images do not list"),
+    ({"caption": None}, "annotation 0 has no caption text"),
+])
+def test_a_coco_annotation_that_does_not_fit_is_named(tmp_path, damage, match):
+    import json as json_module
+
+    root = make_coco_download(tmp_path / "coco")
+    path = root / "annotations" / "captions_val2014.json"
+    data = json_module.loads(path.read_text())
+    data["annotations"][0].update(damage)
+    path.write_text(json_module.dumps(data))
+    with pytest.raises(DataError, match=match):
+        prepare(root, "coco", 5, progress=False)
+
+
 def test_coco_with_other_annotation_files_says_what_is_read(tmp_path):
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations" / "captions_train2017.json").write_text('{"images": [], "annotations": []}')

@@ -2,17 +2,22 @@
 ``annotations/captions_train2014.json`` (the training split) and ``annotations/captions_val2014.json``
 (the test split), the 2014 train/val split that AttnGAN's COCO lists follow, with the images in
 ``train2014/`` and ``val2014/``. A root that also holds AttnGAN's preprocessed ``text/`` and split
-lists is read from those instead (the release's exact lists)."""
+lists is read from those instead (the release's exact lists).
+
+Each file is read once per ``data prepare`` and parsed from the same bytes its SHA-256 is taken of, so
+the caption cache never pairs one version's digest with another's captions; a cache that is current
+is used without parsing them again."""
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import json
 from pathlib import Path
 
-from .layouts import DataError, SPLITS
+from .layouts import SPLITS, DataError
 
 CAPTION_FILES = {"train": "captions_train2014.json", "test": "captions_val2014.json"}
+SOURCE = "annotations"  # the caption cache's name for this source
 
 
 def caption_files(root: str | Path) -> dict[str, Path] | None:
@@ -21,37 +26,51 @@ def caption_files(root: str | Path) -> dict[str, Path] | None:
     return files if all(path.is_file() for path in files.values()) else None
 
 
-def read_captions(path: Path) -> tuple[list[str], dict[str, list[str]]]:
-    """(image keys in the file's image order, key -> its captions in the file's order); a key is the
-    image's file name without ``.jpg`` (``COCO_val2014_000000000042``), as in AttnGAN's lists."""
-    stat = path.stat()
-    return _read(str(path), stat.st_mtime_ns, stat.st_size)
+def reads_from_json(root: str | Path) -> bool:
+    """Whether a coco root is read from COCO's caption files: they are there and AttnGAN's ``text/`` is not."""
+    return not (Path(root) / "text").exists() and caption_files(root) is not None
 
 
-@functools.lru_cache(maxsize=4)
-def _read(path: str, mtime_ns: int, size: int) -> tuple[list[str], dict[str, list[str]]]:
+def digest(root: str | Path, contents: dict[str, bytes] | None = None) -> str:
+    """SHA-256 of both caption files (``contents``: their bytes, when already read)."""
+    h = hashlib.sha256(SOURCE.encode())
+    files = caption_files(root)
+    if files is None:
+        return "missing"
+    for split in SPLITS:
+        h.update(contents[split] if contents else files[split].read_bytes())
+    return h.hexdigest()
+
+
+def read_root(root: str | Path) -> tuple[dict[str, tuple[list[str], dict[str, list[str]]]], str]:
+    """({split: (image keys in the file's image order, key -> its captions in the file's order)}, the
+    files' digest). A key is the image's file name without ``.jpg`` (``COCO_val2014_000000000042``), as
+    in AttnGAN's lists."""
+    files = caption_files(root)
+    if files is None:
+        raise DataError(f"{Path(root) / 'annotations'} lacks COCO's {' or '.join(CAPTION_FILES.values())}")
+    contents = {split: files[split].read_bytes() for split in SPLITS}
+    return {split: _parse(files[split], contents[split]) for split in SPLITS}, digest(root, contents)
+
+
+def _parse(path: Path, raw: bytes) -> tuple[list[str], dict[str, list[str]]]:
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(raw.decode("utf-8-sig"))
         names = {image["id"]: Path(image["file_name"]).stem for image in data["images"]}
-        captions: dict[str, list[str]] = {name: [] for name in names.values()}
-        for note in data["annotations"]:
-            captions[names[note["image_id"]]].append(str(note["caption"]))
+        notes = data["annotations"]
+        iter(notes)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DataError(f"{path} is not COCO's caption JSON ({err})") from None
     except (KeyError, TypeError, AttributeError) as err:
         raise DataError(f"{path} is not COCO's caption JSON (expected images with id and file_name, and "
-                        f"annotations with image_id and caption; {type(err).__name__}: {err})") from None
+                        f"annotations; {type(err).__name__}: {err})") from None
+    captions: dict[str, list[str]] = {name: [] for name in names.values()}
+    for n, note in enumerate(notes):
+        caption = note.get("caption") if isinstance(note, dict) else None
+        image = note.get("image_id") if isinstance(note, dict) else None
+        if not isinstance(caption, str):
+            raise DataError(f"{path}: annotation {n} has no caption text (got {caption!r})")
+        if image not in names:
+            raise DataError(f"{path}: annotation {n} names image_id {image!r}, which the file's images do not list")
+        captions[names[image]].append(caption)
     return list(captions), captions
-
-
-def split_keys(root: str | Path, split: str) -> list[str]:
-    files = caption_files(root)
-    if files is None or split not in SPLITS:
-        raise DataError(f"{root}/annotations lacks COCO's {CAPTION_FILES.get(split, split)}")
-    return read_captions(files[split])[0]
-
-
-def caption_lines(root: str | Path, split: str, key: str) -> list[str]:
-    """The captions of image ``key`` of ``split``, stripped, blank ones left out."""
-    captions = read_captions(caption_files(root)[split])[1]
-    return [line.strip() for line in captions.get(key, []) if line.strip()]

@@ -54,9 +54,9 @@ def check_layout(root: str | Path, layout: str) -> Path:
     if not (root / "text").exists() and any((root / name).is_file() for name in ("metadata.jsonl", "metadata.csv")):
         raise DataError(f"{root} holds a metadata file, not the {layout.upper()} layout: it is a folder dataset "
                         "(--layout folder for data prepare, --set data.layout=folder for training)")
-    from .coco_json import CAPTION_FILES, caption_files  # coco_json reads this module's errors: not above
+    from .coco_json import CAPTION_FILES, reads_from_json  # coco_json reads this module's errors: not above
 
-    from_json = layout == "coco" and not (root / "text").exists() and caption_files(root) is not None
+    from_json = layout == "coco" and reads_from_json(root)
     if not (root / "text").exists() and (root / "annotations").is_dir() and not from_json:
         found = sorted(p.name for p in (root / "annotations").glob("captions_*.json"))
         raise DataError(f"missing captions: expected AttnGAN's {root / 'text'} (one <key>.txt per image, with "
@@ -87,11 +87,11 @@ def read_split(root: str | Path, split: str) -> SplitIndex:
     """Keys of a split from ``filenames.pickle`` and class ids from ``class_info.pickle`` when present;
     for a COCO as downloaded (no split lists), the images of COCO's own caption file of the split."""
     root = Path(root)
-    if not (root / split / "filenames.pickle").exists() and not (root / "text").exists():
-        from .coco_json import caption_files, split_keys
+    if not (root / split / "filenames.pickle").exists():
+        from .coco_json import read_root, reads_from_json
 
-        if caption_files(root) is not None:
-            return SplitIndex(split_keys(root, split), None)
+        if reads_from_json(root):
+            return SplitIndex(read_root(root)[0][split][0], None)
     path = _require(root / split / "filenames.pickle", f"{split} split list")
     keys = load_plain_pickle(path)
     if not isinstance(keys, (list, tuple)) or not all(isinstance(k, (str, bytes)) for k in keys):
