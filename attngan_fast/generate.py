@@ -83,7 +83,7 @@ def encode_captions(captions: list[str], vocab: Vocabulary, words_num: int | Non
         ids.append(known if words_num is None else truncate(known, words_num, random.Random(seed * 1_000_003 + n)))
     if read_as:
         listed = ", ".join(f"{w!r} as {t!r}" for w, t in read_as.items())
-        warnings.warn(f"read as training read its captions (ASCII letters and digits only): {listed}", stacklevel=2)
+        warnings.warn(f"read as training read its captions (non-ASCII characters left out): {listed}", stacklevel=2)
     if dropped:
         listed = "; ".join(f"{c!r}: {', '.join(w)}" for c, w in dropped.items())
         warnings.warn(f"words not in the vocabulary were dropped: {listed}", stacklevel=2)

@@ -30,8 +30,13 @@ attngan-fast pretrain-damsm --config bird --data "$DATA" --out "$RUNS/damsm-bird
   --set damsm.epochs=200 $(resume "$RUNS/damsm-bird") "$@"
 attngan-fast train --config attngan2 --data "$DATA" --out "$RUNS/attngan2-bird" \
   --damsm "$RUNS/damsm-bird/damsm_epoch0200.pt" $(resume "$RUNS/attngan2-bird") "$@"
+report="$RUNS/attngan2-bird-report.json"
+if [ -e "$report" ]; then  # written once, complete (atomically): a run of the script after it changes nothing
+  echo "report: $report (made before: remove it to evaluate again)"
+  exit 0
+fi
 fidelity=()
 [ -n "$FIDELITY" ] && [ -e "$FIDELITY" ] && fidelity=(--inception-weights "$FIDELITY")
 attngan-fast evaluate --checkpoint "$RUNS/attngan2-bird/latest.pt" --damsm "$RUNS/damsm-bird/damsm_epoch0200.pt" \
-  --data "$DATA" --n-images 30000 "${fidelity[@]}" --discard-images --out "$RUNS/attngan2-bird-report.json"
-echo "report: $RUNS/attngan2-bird-report.json"
+  --data "$DATA" --n-images 30000 ${fidelity[@]+"${fidelity[@]}"} --discard-images --out "$report"
+echo "report: $report"

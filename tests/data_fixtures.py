@@ -68,6 +68,33 @@ def make_coco(root: Path, n_train: int = 5, n_test: int = 3, captions: int = 5, 
     return root
 
 
+def make_coco_download(root: Path, n_train: int = 5, n_test: int = 3, seed: int = 2) -> Path:
+    """COCO 2014 as downloaded: train2014/ and val2014/ JPEGs and annotations/captions_{train,val}2014.json
+    (images listed out of id order, 5 to 7 captions each, one of only punctuation, captions of one image
+    interleaved with another's as COCO's annotations are)."""
+    import json
+
+    rng = np.random.default_rng(seed)
+    for split, folder, n in (("train", "train2014", n_train), ("val", "val2014", n_test)):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        images, notes = [], []
+        for i in range(n):
+            image_id = 1000 - 7 * i if split == "train" else 42 + i
+            name = f"COCO_{folder}_{image_id:012d}.jpg"
+            arr = rng.integers(0, 255, size=(40 + 4 * i, 56, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / folder / name)
+            images.append({"id": image_id, "file_name": name, "height": 40 + 4 * i, "width": 56})
+            captions = [_caption(rng) for _ in range(5 + i % 3)]
+            if i == 1:
+                captions.insert(1, " ... ")
+            notes += [{"id": len(notes) + 10 * k, "image_id": image_id, "caption": c} for k, c in enumerate(captions)]
+        rng.shuffle(notes)  # COCO's annotations are not grouped by image
+        (root / "annotations").mkdir(exist_ok=True)
+        (root / "annotations" / f"captions_{folder}.json").write_text(
+            json.dumps({"info": {}, "images": images, "annotations": notes}))
+    return root
+
+
 FOLDER_COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 60), "yellow": (230, 210, 20)}
 
 

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from attngan_fast.cli import main as cli
-from attngan_fast.generate import encode_captions
-from attngan_fast.text import Vocabulary
+from attngan_fast.generate import CaptionError, encode_captions
+from attngan_fast.text import Vocabulary, words_as_written
 from host_sync import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -228,7 +230,7 @@ def test_words_are_read_as_training_read_its_captions_and_the_rest_dropped_by_na
     assert vocab.decode(ids[0]) == ["a", "trs", "red", "bird", "wings"]
     assert dropped == {"a très red bird with 红 wings": ["with", "红"]}
     assert [str(w.message) for w in seen] == [
-        "read as training read its captions (ASCII letters and digits only): 'très' as 'trs'",
+        "read as training read its captions (non-ASCII characters left out): 'très' as 'trs'",
         "words not in the vocabulary were dropped: 'a très red bird with 红 wings': with, 红"]
     from attngan_fast.text import tokenize  # what data prepare and the loaders read captions with
 
@@ -414,3 +416,21 @@ def test_the_presets_damsm_that_is_not_there_says_what_makes_it(tmp_path, capsys
     assert cli(["train", "--config", "synthetic", "--data", str(tmp_path), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert "does not exist (--damsm, or gan.damsm in the config: `attngan-fast pretrain-damsm --config synthetic`" in err
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=60))
+def test_an_ascii_caption_gets_the_ids_it_always_got(caption):
+    """Reading words as training read them changes nothing for ASCII text: the ids and the dropped
+    words are those of looking each word up as written."""
+    vocab = Vocabulary.build([["a", "bird", "red", "with", "3rd", "don", "t", "crowned", "wings", "_"]])
+    expected, unknown = vocab.encode(words_as_written(caption))
+    if not expected:
+        with pytest.raises(CaptionError):
+            encode_captions([caption], vocab)
+        return
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        ids, dropped = encode_captions([caption], vocab)
+    assert ids == [expected] and dropped.get(caption, []) == unknown
+    assert not any("read as training" in str(w.message) for w in seen)

@@ -19,7 +19,7 @@ from attngan_fast.data.layouts import DataError
 from attngan_fast.data.prepare import CACHE_NAME, load_captions, prepare
 from attngan_fast.data.synthetic import COLOURS, PART_ID, synthesize
 from attngan_fast.text import tokenize
-from data_fixtures import make_coco, make_cub
+from data_fixtures import make_coco, make_coco_download, make_cub
 
 
 def test_prepare_cub_counts_and_cache(tmp_path):
@@ -264,12 +264,98 @@ def test_coco_as_downloaded_reads_train2014_and_val2014(tmp_path):
     assert dataset[(0, 0)]["images"][-1].shape == (3, 32, 32)
 
 
-def test_coco_with_only_its_annotation_json_says_what_is_read(tmp_path):
+def test_coco_as_downloaded_reads_its_own_caption_json(tmp_path, capsys):
+    """annotations/captions_{train,val}2014.json with train2014/ and val2014/: the 2014 split (val2014
+    is the test split, as in AttnGAN's lists), each image's first five captions with words in the file's
+    order, keys as AttnGAN names them; the cache follows an edit of the JSON."""
+    import json as json_module
+
+    root = make_coco_download(tmp_path / "coco")
+    cache = prepare(root, "coco", 5, progress=False)
+    assert cache.source == "annotations"
+    assert cache.keys["train"][0] == "COCO_train2014_000000001000" and len(cache.keys["test"]) == 3
+    skipped = 0
+    for split, name in (("train", "captions_train2014.json"), ("test", "captions_val2014.json")):
+        data = json_module.loads((root / "annotations" / name).read_text())
+        for i, image in enumerate(data["images"]):
+            worded = []
+            for note in (n for n in data["annotations"] if n["image_id"] == image["id"]):
+                if len(worded) < 5:
+                    skipped += not tokenize(note["caption"])
+                    worded += [tokenize(note["caption"])] if tokenize(note["caption"]) else []
+            assert [cache.vocab.decode(cache.caption(split, i, c)) for c in range(5)] == worded
+    assert cache.report["lines_without_words_skipped"] == skipped >= 1
+    dataset = TextImageDataset(root, "coco", "test", captions_per_image=5, words_num=18, image_size=32)
+    assert dataset[0]["images"][-1].shape == (3, 32, 32)
+    assert cli(["data", "prepare", "--root", str(root), "--layout", "coco", "--quiet"]) == 0
+    capsys.readouterr()
+    data = json_module.loads((root / "annotations" / "captions_val2014.json").read_text())
+    data["annotations"][0]["caption"] = "a zebra stands next to a giraffe"
+    (root / "annotations" / "captions_val2014.json").write_text(json_module.dumps(data))
+    again = load_captions(root, "coco", 5, progress=False)
+    assert "zebra" in again.vocab.index and "rebuilding it" in capsys.readouterr().err
+
+
+def test_a_current_coco_json_cache_is_used_without_parsing_and_the_release_files_win(tmp_path, monkeypatch):
+    """A second load parses nothing (the digest covers the keys); AttnGAN's text/ added later is read
+    instead; captions.pickle with COCO's files but without the release's lists is refused (its captions
+    would go to COCO's images by position)."""
+    import pickle as pickle_module
+    import shutil
+
+    from attngan_fast.data import coco_json
+
+    root = make_coco_download(tmp_path / "coco")
+    built = prepare(root, "coco", 5, progress=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(coco_json, "_parse", lambda *a: pytest.fail("a current cache parsed COCO's files again"))
+        again = load_captions(root, "coco", 5, progress=False)
+    assert again.keys == built.keys and again.captions == built.captions
+    with open(root / "captions.pickle", "wb") as fh:
+        pickle_module.dump([[], [], {0: "<end>"}, {"<end>": 0}], fh, protocol=2)
+    with pytest.raises(DataError, match="pairs with the release's .*filenames.pickle, which .* lacks"):
+        prepare(root, "coco", 5, progress=False)
+    (root / "captions.pickle").unlink()
+    coco = make_coco(tmp_path / "release", n_train=3, n_test=2)  # the release's text/ and lists, same root
+    for name in ("text", "train", "test"):
+        shutil.copytree(coco / name, root / name)
+    for image in (coco / "images").iterdir():  # its keys name train2014 images
+        shutil.copy(image, root / "train2014" / image.name)
+    from_text = load_captions(root, "coco", 5, progress=False)
+    assert from_text.source == "text" and from_text.keys["train"] == [f"COCO_train2014_{i:012d}" for i in range(3)]
+
+
+@pytest.mark.parametrize("damage, match", [
+    ({"image_id": 777}, "annotation 0 names image_id 777, which the file's images do not list"),
+    ({"caption": None}, "annotation 0 has no caption text"),
+])
+def test_a_coco_annotation_that_does_not_fit_is_named(tmp_path, damage, match):
+    import json as json_module
+
+    root = make_coco_download(tmp_path / "coco")
+    path = root / "annotations" / "captions_val2014.json"
+    data = json_module.loads(path.read_text())
+    data["annotations"][0].update(damage)
+    path.write_text(json_module.dumps(data))
+    with pytest.raises(DataError, match=match):
+        prepare(root, "coco", 5, progress=False)
+
+
+def test_coco_with_other_annotation_files_says_what_is_read(tmp_path):
     (tmp_path / "annotations").mkdir()
-    (tmp_path / "annotations" / "captions_train2014.json").write_text('{"images": [], "annotations": []}')
-    (tmp_path / "train2014").mkdir()
-    with pytest.raises(DataError, match=r"captions_\*.json are not read: for captions of your own, use the folder"):
+    (tmp_path / "annotations" / "captions_train2017.json").write_text('{"images": [], "annotations": []}')
+    (tmp_path / "train2017").mkdir()
+    with pytest.raises(DataError, match=r"or COCO 2014's captions_train2014.json and captions_val2014.json in .*"
+                                        r"found: captions_train2017.json\); for other captions \(COCO 2017's among "
+                                        r"them\) use the folder layout"):
         prepare(tmp_path, "coco", 5, progress=False)
+
+
+def test_a_broken_coco_caption_json_is_one_line(tmp_path):
+    root = make_coco_download(tmp_path / "coco")
+    (root / "annotations" / "captions_train2014.json").write_text('{"images": [{"id": 1}], "annotations": []}')
+    with pytest.raises(DataError, match=r"captions_train2014.json is not COCO's caption JSON \(expected images "):
+        prepare(root, "coco", 5, progress=False)
 
 
 @pytest.mark.parametrize("layout", ["cub", "coco"])

@@ -289,3 +289,11 @@ def test_the_tokenizer_warning_names_every_metadata_file_it_read(tmp_path):
         (tmp_path / split / "metadata.jsonl").write_text("\n".join(rows) + "\n")
     with pytest.warns(UserWarning, match=r"1 word of train/metadata.jsonl and test/metadata.jsonl's captions has "):
         prepare(tmp_path, "folder", 1, progress=False)
+
+
+def test_train_and_test_folders_with_images_outside_them_warn_that_the_hash_rule_decides(tmp_path):
+    names = [f"train/{i}.jpg" for i in range(5)] + [f"test/{i}.jpg" for i in range(3)] + ["extra/x.jpg"]
+    (tmp_path / "metadata.jsonl").write_text("\n".join(_squares(tmp_path, names)) + "\n")
+    with pytest.warns(UserWarning, match=r"but 1 do not \(e.g. extra/x.jpg\): the split is the held-out rule"):
+        cache = prepare(tmp_path, "folder", 1, progress=False)
+    assert "held out by file name" in cache.report["split_rule"]

@@ -187,3 +187,40 @@ def test_the_paper_row_script_names_the_files_it_misses(tmp_path):
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0
     assert f"missing {tmp_path / 'birds'}/CUB_200_2011/images.txt" in out.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_paper_row_script_resumes_each_step_when_run_again(tmp_path):
+    """Run twice with a stand-in attngan-fast that records its calls and writes what each command
+    writes: the second run resumes both trainings and leaves the finished report alone."""
+    (tmp_path / "birds" / "CUB_200_2011").mkdir(parents=True)
+    for name in ("CUB_200_2011/images.txt", "train/filenames.pickle", "test/filenames.pickle"):
+        (tmp_path / "birds" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "birds" / name).write_text("")
+    (tmp_path / "inception.pth").write_text("")
+    calls = tmp_path / "calls.txt"
+    stub = tmp_path / "bin" / "attngan-fast"
+    stub.parent.mkdir()
+    stub.write_text(f"""#!/usr/bin/env bash
+echo "$*" >> {calls}
+out=""; prev=""
+for a in "$@"; do [ "$prev" = --out ] && out=$a; prev=$a; done
+case $1 in
+  pretrain-damsm) mkdir -p "$out" && touch "$out/latest.pt" "$out/damsm_epoch0200.pt" ;;
+  train) mkdir -p "$out" && touch "$out/latest.pt" ;;
+  evaluate) echo '{{}}' > "$out" ;;
+esac
+""")
+    stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}", "DATA": str(tmp_path / "birds"),
+           "INCEPTION": str(tmp_path / "inception.pth"), "FIDELITY": "", "RUNS": str(tmp_path / "runs")}
+    script = ROOT / "scripts" / "cub_paper_row.sh"
+    for _ in range(2):
+        out = subprocess.run(["bash", str(script), "--amp", "bf16"], capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr
+    lines = calls.read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["data", "pretrain-damsm", "train", "evaluate",
+                                                   "data", "pretrain-damsm", "train"]
+    runs = tmp_path / "runs"
+    assert "--resume" not in lines[1] and f"--resume {runs}/damsm-bird/latest.pt --amp bf16" in lines[5]
+    assert f"--resume {runs}/attngan2-bird/latest.pt --amp bf16" in lines[6]
+    assert "--inception-weights" not in lines[3] and "made before" in out.stdout

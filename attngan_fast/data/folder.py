@@ -312,6 +312,11 @@ def assign_splits(rows: list[Row], test_fraction: float) -> tuple[dict[str, list
     if folders == set(SPLITS):  # one metadata file over imagefolder's train/ and test/ folders
         return ({s: [r for r in rows if r.file_name.startswith(f"{s}/")] for s in SPLITS},
                 f"the folder each file name starts with ({SPLITS[0]}/ or {SPLITS[1]}/)")
+    if set(SPLITS) <= folders:
+        outside = [r.file_name for r in rows if r.file_name.split("/", 1)[0] not in SPLITS]
+        warnings.warn(f"the file names start with {SPLITS[0]}/ and {SPLITS[1]}/ but {len(outside)} do not (e.g. "
+                      f"{outside[0]}): the split is the held-out rule, not the folders; put every image under one of "
+                      "them, or give the metadata a split column", stacklevel=3)
     scores = {r.file_name: held_out_score(r.file_name) for r in rows}
     test = {r.file_name for r in rows if scores[r.file_name] < test_fraction}
     if not test and len(rows) > 1:

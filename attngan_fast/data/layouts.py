@@ -4,7 +4,7 @@
 CUB:  <root>/CUB_200_2011/images/<key>.jpg, CUB_200_2011/images.txt, CUB_200_2011/bounding_boxes.txt,
       <root>/text/<key>.txt (10 captions), <root>/{train,test}/filenames.pickle, optional class_info.pickle
 COCO: <root>/images/<key>.jpg (or the download's train2014/ and val2014/), <root>/text/<key>.txt (5 captions),
-      <root>/{train,test}/filenames.pickle
+      <root>/{train,test}/filenames.pickle; or, as downloaded, <root>/annotations/captions_{train,val}2014.json
 folder: <root>/**/<file_name> (JPEG or PNG), <root>/metadata.jsonl or metadata.csv (key = file_name)
 """
 
@@ -54,12 +54,17 @@ def check_layout(root: str | Path, layout: str) -> Path:
     if not (root / "text").exists() and any((root / name).is_file() for name in ("metadata.jsonl", "metadata.csv")):
         raise DataError(f"{root} holds a metadata file, not the {layout.upper()} layout: it is a folder dataset "
                         "(--layout folder for data prepare, --set data.layout=folder for training)")
-    if not (root / "text").exists() and (root / "annotations").is_dir():
-        raise DataError(f"missing caption folder: expected {root / 'text'} (one <key>.txt per image, with "
-                        "{train,test}/filenames.pickle: AttnGAN's preprocessed captions); COCO's annotations/"
-                        "captions_*.json are not read: for captions of your own, use the folder layout "
-                        "(metadata.jsonl, docs/your-own-data.md)")
-    if not (root / "text").exists() and not (root / "captions.pickle").is_file():  # the release reads either
+    from .coco_json import CAPTION_FILES, reads_from_json  # coco_json reads this module's errors: not above
+
+    from_json = layout == "coco" and reads_from_json(root)
+    if not (root / "text").exists() and (root / "annotations").is_dir() and not from_json:
+        found = sorted(p.name for p in (root / "annotations").glob("captions_*.json"))
+        raise DataError(f"missing captions: expected AttnGAN's {root / 'text'} (one <key>.txt per image, with "
+                        f"{{train,test}}/filenames.pickle), or COCO 2014's {' and '.join(CAPTION_FILES.values())} "
+                        f"in {root / 'annotations'} (--layout coco; found: {', '.join(found) or 'neither'}); for "
+                        "other captions (COCO 2017's among them) use the folder layout (metadata.jsonl, "
+                        "docs/your-own-data.md)")
+    if not from_json and not (root / "text").exists() and not (root / "captions.pickle").is_file():
         renamed = [name for name in ("text_c10", "captions") if (root / name).is_dir()]
         raise DataError(f"missing caption folder (one <key>.txt per image) or the release's captions.pickle: "
                         f"expected {root / 'text'}" + (f"; {root / renamed[0]} looks like it: rename it to text"
@@ -73,13 +78,20 @@ def check_layout(root: str | Path, layout: str) -> Path:
                         + (f" ({' and '.join(found)} are COCO 2017's: AttnGAN's split lists name the 2014 images; "
                            "put the images they list in images/)" if found else ""))
     for split in SPLITS:
-        _require(root / split / "filenames.pickle", f"{split} split list")
+        if not from_json:
+            _require(root / split / "filenames.pickle", f"{split} split list")
     return root
 
 
 def read_split(root: str | Path, split: str) -> SplitIndex:
-    """Keys of a split from ``filenames.pickle`` and class ids from ``class_info.pickle`` when present."""
+    """Keys of a split from ``filenames.pickle`` and class ids from ``class_info.pickle`` when present;
+    for a COCO as downloaded (no split lists), the images of COCO's own caption file of the split."""
     root = Path(root)
+    if not (root / split / "filenames.pickle").exists():
+        from .coco_json import read_root, reads_from_json
+
+        if reads_from_json(root):
+            return SplitIndex(read_root(root)[0][split][0], None)
     path = _require(root / split / "filenames.pickle", f"{split} split list")
     keys = load_plain_pickle(path)
     if not isinstance(keys, (list, tuple)) or not all(isinstance(k, (str, bytes)) for k in keys):

@@ -26,9 +26,10 @@ from tqdm import tqdm
 from ..atomic import write_text_atomic
 from ..safe_pickle import as_text, load_plain_pickle
 from ..text import END_TOKEN, Vocabulary, tokenize
+from . import coco_json
 from .folder import MAX_PROBLEM_LINES, folder_digest, image_problems, read_folder
 from .layouts import (SPLITS, DataError, caption_path, check_cub_boxes, check_layout, check_negatives, image_path,
-                      read_caption_lines, read_split)
+                      read_caption_lines, read_split, SplitIndex)
 
 CACHE_NAME = "attngan_fast_captions.json"
 CACHE_FORMAT = 3  # 2: keyed on the caption files' content; 3: folder splits from train/ test/ file names
@@ -70,12 +71,14 @@ def caption_offsets(counts: list[int]) -> list[int]:
 
 
 def captions_digest(root: Path, keys: dict[str, list[str]], source: str) -> str:
-    """SHA-256 of what the captions were read from: ``captions.pickle``, or every image's caption file
-    (missing ones count as missing) in split order."""
+    """SHA-256 of what the captions were read from: ``captions.pickle``, COCO's two caption files, or
+    every image's caption file (missing ones count as missing) in split order."""
     h = hashlib.sha256(source.encode())
     if source == "captions.pickle":
         h.update((root / "captions.pickle").read_bytes())
         return h.hexdigest()
+    if source == coco_json.SOURCE:
+        return coco_json.digest(root)
     for split in SPLITS:
         for key in keys[split]:
             path = caption_path(root, key)
@@ -106,14 +109,31 @@ def _from_release_pickle(path: Path, keys: dict[str, list[str]], cpi: int):
     return Vocabulary(words), captions
 
 
-def _from_text(root: Path, keys: dict[str, list[str]], cpi: int, progress: bool):
+def _from_text(root: Path, keys: dict[str, list[str]], cpi: int, progress: bool, coco: dict | None = None):
+    """Tokenized captions of every image, the first ``cpi`` with words, from the caption files, or from
+    COCO's caption JSON when ``coco`` holds it parsed ({split: (keys, key -> captions)}); the vocabulary;
+    lines without words skipped."""
+    if coco is not None:
+        files = coco_json.caption_files(root)
+
+        def lines_of(split, key):
+            return [line.strip() for line in coco[split][1].get(key, []) if line.strip()]
+
+        def named(split, key):
+            return f"image {key} in {files[split]}"
+    else:
+        def lines_of(split, key):
+            return read_caption_lines(root, key)
+
+        def named(split, key):
+            return str(root / "text" / (key + ".txt"))
     tokens: dict[str, list[list[str]]] = {}
     skipped = 0
     for split in SPLITS:
         tokens[split] = []
         for key in tqdm(keys[split], desc=f"tokenizing {split}", disable=not progress, leave=False):
             usable = []
-            for line in read_caption_lines(root, key):
+            for line in lines_of(split, key):
                 toks = tokenize(line)
                 if toks:
                     usable.append(toks)
@@ -123,7 +143,7 @@ def _from_text(root: Path, keys: dict[str, list[str]], cpi: int, progress: bool)
                     break
             if len(usable) < cpi:
                 raise DataError(
-                    f"{root / 'text' / (key + '.txt')} has {len(usable)} captions with words, "
+                    f"{named(split, key)} has {len(usable)} captions with words, "
                     f"{cpi} are needed (data.captions_per_image)"
                 )
             tokens[split].extend(usable)
@@ -189,7 +209,14 @@ def prepare(root: str | Path, layout: str, captions_per_image: int, *, progress:
     root = check_layout(root, layout)
     if layout == "folder":
         return _prepare_folder(root, captions_per_image, test_fraction, progress)
-    splits = {split: read_split(root, split) for split in SPLITS}
+    release = root / "captions.pickle"
+    coco, coco_digest = coco_json.read_root(root) if layout == "coco" and coco_json.reads_from_json(root) else (None, None)
+    if coco is not None and use_release_pickle and release.exists():
+        raise DataError(f"{release} pairs with the release's {{train,test}}/filenames.pickle, which {root} lacks: its "
+                        "captions would go to COCO's images by position; add the lists, or remove captions.pickle "
+                        "(or data prepare --ignore-release-pickle) to read COCO's caption files")
+    splits = ({split: SplitIndex(coco[split][0], None) for split in SPLITS} if coco is not None
+              else {split: read_split(root, split) for split in SPLITS})
     keys = {split: s.keys for split, s in splits.items()}
     for split, index in splits.items():
         check_negatives(root, split, index.keys, index.class_ids)
@@ -200,14 +227,13 @@ def prepare(root: str | Path, layout: str, captions_per_image: int, *, progress:
                           "then pushes apart captions of the same species, and R-precision may draw them as "
                           "distractors); the release's birds metadata has these files", stacklevel=2)
     _check_release_images(root, layout, keys, progress)
-    release = root / "captions.pickle"
     skipped = 0
-    if use_release_pickle and release.exists():
+    if coco is None and use_release_pickle and release.exists():
         vocab, captions = _from_release_pickle(release, keys, captions_per_image)
         source = "captions.pickle"
     else:
-        vocab, captions, skipped = _from_text(root, keys, captions_per_image, progress)
-        source = "text"
+        source = "text" if coco is None else coco_json.SOURCE
+        vocab, captions, skipped = _from_text(root, keys, captions_per_image, progress, coco)
     lengths = [len(c) for split in SPLITS for c in captions[split]]
     report = {
         "root": str(root),
@@ -225,7 +251,7 @@ def prepare(root: str | Path, layout: str, captions_per_image: int, *, progress:
     write_text_atomic(root / CACHE_NAME, json.dumps({
         "format": CACHE_FORMAT, "layout": layout, "captions_per_image": captions_per_image, "source": source,
         "vocab": vocab.to_json(), "keys": keys, "captions": captions, "report": report,
-        "digest": captions_digest(root, keys, source),
+        "digest": coco_digest or captions_digest(root, keys, source),  # COCO's: of the bytes just parsed
     }))
     return cache
 
@@ -238,12 +264,23 @@ def load_captions(root: str | Path, layout: str, captions_per_image: int, *, pro
     path = root / CACHE_NAME
     if layout == "folder":
         return _load_folder(root, _read_cache(path), captions_per_image, test_fraction, progress)
-    if path.exists():
-        data = _read_cache(path)
+    data = _read_cache(path) if path.exists() else None
+    if layout == "coco" and coco_json.reads_from_json(root):
+        # The digest covers the keys too: a current cache is used without parsing COCO's files again.
+        if (isinstance(data, dict) and data.get("format") == CACHE_FORMAT and data.get("layout") == layout
+                and data.get("captions_per_image") == captions_per_image and data.get("source") == coco_json.SOURCE):
+            if data.get("digest") == coco_json.digest(root):
+                return CaptionCache(layout, captions_per_image, Vocabulary(data["vocab"]), data["keys"],
+                                    {split: None for split in SPLITS}, data["captions"], coco_json.SOURCE,
+                                    data.get("report", {}))
+            print(f"attngan-fast: the captions under {root} changed since {path.name} was made: rebuilding it",
+                  file=sys.stderr)
+        return prepare(root, layout, captions_per_image, progress=progress)
+    if data is not None:
         splits = {split: read_split(root, split) for split in SPLITS}
         current = (
             isinstance(data, dict) and data.get("format") == CACHE_FORMAT and data.get("layout") == layout
-            and data.get("captions_per_image") == captions_per_image
+            and data.get("captions_per_image") == captions_per_image and data.get("source") != coco_json.SOURCE
             and all(data["keys"].get(split) == splits[split].keys for split in SPLITS)
         )
         if current:
