@@ -68,19 +68,20 @@ def make_coco(root: Path, n_train: int = 5, n_test: int = 3, captions: int = 5, 
     return root
 
 
-def make_coco_download(root: Path, n_train: int = 5, n_test: int = 3, seed: int = 2) -> Path:
-    """COCO 2014 as downloaded: train2014/ and val2014/ JPEGs and annotations/captions_{train,val}2014.json
+def make_coco_download(root: Path, n_train: int = 5, n_test: int = 3, seed: int = 2, year: int = 2014) -> Path:
+    """COCO as downloaded: train<year>/ and val<year>/ JPEGs and annotations/captions_{train,val}<year>.json
     (images listed out of id order, 5 to 7 captions each, one of only punctuation, captions of one image
-    interleaved with another's as COCO's annotations are)."""
+    interleaved with another's as COCO's annotations are; 2014's file names carry their folder, 2017's
+    are the bare id)."""
     import json
 
     rng = np.random.default_rng(seed)
-    for split, folder, n in (("train", "train2014", n_train), ("val", "val2014", n_test)):
+    for split, folder, n in (("train", f"train{year}", n_train), ("val", f"val{year}", n_test)):
         (root / folder).mkdir(parents=True, exist_ok=True)
         images, notes = [], []
         for i in range(n):
             image_id = 1000 - 7 * i if split == "train" else 42 + i
-            name = f"COCO_{folder}_{image_id:012d}.jpg"
+            name = f"COCO_{folder}_{image_id:012d}.jpg" if year == 2014 else f"{image_id:012d}.jpg"
             arr = rng.integers(0, 255, size=(40 + 4 * i, 56, 3), dtype=np.uint8)
             Image.fromarray(arr).save(root / folder / name)
             images.append({"id": image_id, "file_name": name, "height": 40 + 4 * i, "width": 56})

@@ -341,13 +341,23 @@ def test_a_coco_annotation_that_does_not_fit_is_named(tmp_path, damage, match):
         prepare(root, "coco", 5, progress=False)
 
 
+def test_coco_2017_as_downloaded_is_read_with_its_folder_in_the_key(tmp_path):
+    """2017's file names are bare ids, so the key names the folder; 2014's files win when both are there."""
+    root = make_coco_download(tmp_path / "coco", year=2017)
+    cache = prepare(root, "coco", 5, progress=False)
+    assert cache.keys["test"] == ["val2017/000000000042", "val2017/000000000043", "val2017/000000000044"]
+    dataset = TextImageDataset(root, "coco", "test", captions_per_image=5, words_num=18, image_size=32)
+    assert dataset[0]["images"][-1].shape == (3, 32, 32)
+    make_coco_download(root, year=2014)
+    assert load_captions(root, "coco", 5, progress=False).keys["test"][0] == "COCO_val2014_000000000042"
+
+
 def test_coco_with_other_annotation_files_says_what_is_read(tmp_path):
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations" / "captions_train2017.json").write_text('{"images": [], "annotations": []}')
     (tmp_path / "train2017").mkdir()
-    with pytest.raises(DataError, match=r"or COCO 2014's captions_train2014.json and captions_val2014.json in .*"
-                                        r"found: captions_train2017.json\); for other captions \(COCO 2017's among "
-                                        r"them\) use the folder layout"):
+    with pytest.raises(DataError, match=r"or COCO's captions_train2014.json and captions_val2014.json \(or 2017's\) "
+                                        r"in .*found: captions_train2017.json\); for other captions use the folder"):
         prepare(tmp_path, "coco", 5, progress=False)
 
 

@@ -55,15 +55,15 @@ def check_layout(root: str | Path, layout: str) -> Path:
         raise DataError(f"{root} holds a metadata file, not the {layout.upper()} layout: it is a folder dataset "
                         "(--layout folder for data prepare, --set data.layout=folder for training)")
     from .coco_json import CAPTION_FILES, reads_from_json  # coco_json reads this module's errors: not above
+    from .coco_json import year as coco_year
 
     from_json = layout == "coco" and reads_from_json(root)
     if not (root / "text").exists() and (root / "annotations").is_dir() and not from_json:
         found = sorted(p.name for p in (root / "annotations").glob("captions_*.json"))
         raise DataError(f"missing captions: expected AttnGAN's {root / 'text'} (one <key>.txt per image, with "
-                        f"{{train,test}}/filenames.pickle), or COCO 2014's {' and '.join(CAPTION_FILES.values())} "
-                        f"in {root / 'annotations'} (--layout coco; found: {', '.join(found) or 'neither'}); for "
-                        "other captions (COCO 2017's among them) use the folder layout (metadata.jsonl, "
-                        "docs/your-own-data.md)")
+                        f"{{train,test}}/filenames.pickle), or COCO's {' and '.join(CAPTION_FILES.values())} "
+                        f"(or 2017's) in {root / 'annotations'} (--layout coco; found: {', '.join(found) or 'neither'}); "
+                        "for other captions use the folder layout (metadata.jsonl, docs/your-own-data.md)")
     if not from_json and not (root / "text").exists() and not (root / "captions.pickle").is_file():
         renamed = [name for name in ("text_c10", "captions") if (root / name).is_dir()]
         raise DataError(f"missing caption folder (one <key>.txt per image) or the release's captions.pickle: "
@@ -71,6 +71,9 @@ def check_layout(root: str | Path, layout: str) -> Path:
                                                        if renamed else ""))
     if layout == "cub":
         _require(root / "CUB_200_2011" / "images", "CUB image folder")
+    elif from_json and coco_year(root) == 2017:
+        for name in ("train2017", "val2017"):
+            _require(root / name, "COCO 2017 image folder")
     elif not any((root / name).is_dir() for name in COCO_IMAGE_FOLDERS):
         found = [name for name in ("train2017", "val2017") if (root / name).is_dir()]
         raise DataError(f"missing COCO image folder: expected {root / 'images'} (every image), or COCO's own "
@@ -142,6 +145,8 @@ def image_path(root: str | Path, layout: str, key: str) -> Path:
         return root / key  # the metadata's file_name, extension included
     if layout == "cub":
         return root / "CUB_200_2011" / "images" / f"{key}.jpg"
+    if "/" in key:  # COCO 2017 as downloaded: the key names its folder (coco_json)
+        return root / f"{key}.jpg"
     return _coco_image_folder(root, key) / f"{key}.jpg"
 
 
