@@ -254,7 +254,8 @@ def evaluate_generator(checkpoint: str | Path, damsm: str | Path, data_root: str
             "word_cap_rule": f"a caption longer than {words_num} words keeps a seeded random ordered subset of "
                              f"{words_num}, cut once: the generator and the judge read the same word ids, and "
                              "distractor captions are cut by the same rule",
-            "r_precision": f"1 true + {r['candidates'] - 1} captions of other classes, DAMSM global-vector cosine, "
+            "r_precision": f"1 true + {r['candidates'] - 1} captions of other "
+                           f"{'classes' if test.class_ids is not None else 'images'}, DAMSM global-vector cosine, "
                            f"R=1; mean ± std over {len(r['folds'])} folds of {'-'.join(map(str, fold_sizes))} images, "
                            f"and over groups of {R_PRECISION_GROUP} images",
             "folds": len(r["folds"]), "fold_size": fold_sizes[0] if len(fold_sizes) == 1 else fold_sizes,

@@ -429,6 +429,10 @@ def run(parts, sizes: str, device: torch.device, measure, out: Path, report: dic
                 row = thunk()
             except BudgetExceeded:
                 fired.append(True)
+            except KeyboardInterrupt:  # Ctrl-C: the rows so far are kept, the rest listed
+                report["interrupted"] = True
+                report["not_reached"] = [f"{row_id} (interrupted)"] + [i for _, i, _ in rows[n + 1:]]
+                break
             except Exception as err:  # a row that breaks must not take the later rows with it
                 row = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
             if fired or time.time() > deadline:
@@ -497,9 +501,10 @@ def main(argv: list[str] | None = None) -> int:
     stem = save(report, args.out)
     failed = [r["id"] for r in report["rows"] if r.get("status") == "FAIL"]
     print(f"wrote {stem}.json and .md in {report['seconds']} s; {len(report['rows'])} rows"
+          + (" (interrupted)" if report.get("interrupted") else "")
           + (f"; not reached: {len(report['not_reached'])} (listed there)" if report["not_reached"] else "")
           + (f"; FAILED checks: {failed}" if failed else ""))
-    return 1 if failed else 0
+    return 1 if failed else 130 if report.get("interrupted") else 0
 
 
 if __name__ == "__main__":

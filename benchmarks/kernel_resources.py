@@ -217,7 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     default_inputs = list(INPUTS) if args.defaults else list(DEFAULT_INPUTS)
     inputs = args.inputs or default_inputs
     started = time.perf_counter()
-    rows = survey(args.arch, args.defaults, inputs, args.workers, args.only, max_shared=args.max_shared)
+    try:
+        rows = survey(args.arch, args.defaults, inputs, args.workers, args.only, max_shared=args.max_shared)
+    except KeyboardInterrupt:
+        print("benchmarks.kernel_resources: interrupted, nothing written (every candidate for three GPUs takes "
+              "minutes; --defaults, --arch 90 and --only damsm narrow the survey)", file=sys.stderr)
+        return 130
     result = dict(
         command="python -m benchmarks.kernel_resources " + " ".join(argv if argv is not None else sys.argv[1:]),
         environment=dict(torch=torch.__version__, triton=triton.__version__, python=platform.python_version(),

@@ -99,6 +99,26 @@ def test_the_budget_stops_the_run_cleanly_and_lists_what_was_not_reached(tmp_pat
     assert "## Not reached" in (tmp_path / (results_stem(report) + ".md")).read_text()
 
 
+def test_ctrl_c_keeps_the_rows_measured_and_lists_the_rest(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during a row (here the third): the two before it are in the files, the rest are listed as
+    not reached, and the exit status is 130."""
+    calls = []
+    real_kernel_row = gpu.kernel_row
+
+    def interrupted_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_kernel_row(*args, **kwargs)
+
+    monkeypatch.setattr(gpu, "kernel_row", interrupted_third)
+    assert gpu.main([*FAST, "--only", "damsm", "--out", str(tmp_path)]) == 130
+    report = _report(tmp_path)
+    assert report["interrupted"] and len(report["rows"]) == 2
+    assert report["not_reached"][0].endswith("(interrupted)") and len(report["not_reached"]) > 1
+    assert "(interrupted)" in capsys.readouterr().out
+
+
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     for argv, needle in ((["--budget", "0"], "--budget must be a positive"), (["--only", "nothing"], "invalid choice"),
                          (["--out", str(tmp_path / "f")], "--out must be a folder"),

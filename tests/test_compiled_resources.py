@@ -202,3 +202,15 @@ def test_the_report_names_what_was_compiled(default_launches):
 def test_every_launch_pins_its_floating_point_contraction(default_launches):
     # Triton 3.9 warns once per process when a kernel compiles with FP fusion left to its default.
     assert "TRITON_DEFAULT_FP_FUSION" not in default_launches["stderr"], default_launches["stderr"][-2000:]
+
+
+def test_ctrl_c_during_the_survey_is_one_line_and_writes_nothing(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "TRITON_DEFAULT_FP_FUSION")}
+    code = ("import sys, benchmarks.kernel_resources as k\n"
+            "def interrupted(*a, **kw):\n    raise KeyboardInterrupt\n"
+            "k.survey = interrupted\n"
+            f"sys.exit(k.main(['--defaults', '--arch', '90', '--out', {str(tmp_path)!r}]))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert run.returncode == 130, run.stderr
+    assert run.stderr.strip().startswith("benchmarks.kernel_resources: interrupted, nothing written")
+    assert "Traceback" not in run.stderr and not list(tmp_path.iterdir())

@@ -357,8 +357,18 @@ def test_coco_with_other_annotation_files_says_what_is_read(tmp_path):
     (tmp_path / "annotations" / "captions_train2017.json").write_text('{"images": [], "annotations": []}')
     (tmp_path / "train2017").mkdir()
     with pytest.raises(DataError, match=r"or COCO's captions_train2014.json and captions_val2014.json \(or 2017's\) "
-                                        r"in .*found: captions_train2017.json\); for other captions use the folder"):
+                                        r"in .*; found annotations/captions_train2017.json \(both files of one year"):
         prepare(tmp_path, "coco", 5, progress=False)
+
+
+def test_coco_caption_files_in_the_wrong_place_or_under_another_layout_say_so(tmp_path):
+    root = make_coco_download(tmp_path / "coco", year=2017)
+    with pytest.raises(DataError, match="holds COCO's caption files, not the CUB layout: --layout coco"):
+        prepare(root, "cub", 10, progress=False)
+    for path in (root / "annotations").iterdir():
+        path.rename(root / path.name)
+    with pytest.raises(DataError, match=r"captions_train2017.json, captions_val2017.json must be in annotations/"):
+        prepare(root, "coco", 5, progress=False)
 
 
 def test_a_broken_coco_caption_json_is_one_line(tmp_path):

@@ -58,12 +58,19 @@ def check_layout(root: str | Path, layout: str) -> Path:
     from .coco_json import year as coco_year
 
     from_json = layout == "coco" and reads_from_json(root)
-    if not (root / "text").exists() and (root / "annotations").is_dir() and not from_json:
-        found = sorted(p.name for p in (root / "annotations").glob("captions_*.json"))
-        raise DataError(f"missing captions: expected AttnGAN's {root / 'text'} (one <key>.txt per image, with "
-                        f"{{train,test}}/filenames.pickle), or COCO's {' and '.join(CAPTION_FILES.values())} "
-                        f"(or 2017's) in {root / 'annotations'} (--layout coco; found: {', '.join(found) or 'neither'}); "
-                        "for other captions use the folder layout (metadata.jsonl, docs/your-own-data.md)")
+    if layout != "coco" and not (root / "text").exists() and reads_from_json(root):
+        raise DataError(f"{root} holds COCO's caption files, not the {layout.upper()} layout: --layout coco for data "
+                        "prepare, --set data.layout=coco for training")
+    if not (root / "text").exists() and not from_json:
+        found = sorted(p.relative_to(root).as_posix() for p in [*root.glob("captions_*.json"),
+                                                                *root.glob("annotations/captions_*.json")])
+        at_root = [name for name in found if "/" not in name]
+        if found and not (root / "captions.pickle").is_file():
+            raise DataError(f"missing captions: expected AttnGAN's {root / 'text'} (one <key>.txt per image, with "
+                            f"{{train,test}}/filenames.pickle), or COCO's {' and '.join(CAPTION_FILES.values())} "
+                            f"(or 2017's) in {root / 'annotations'}; found {', '.join(found)}"
+                            + (f" ({', '.join(at_root)} must be in annotations/, as COCO's download has them)"
+                               if at_root else " (both files of one year are needed)"))
     if not from_json and not (root / "text").exists() and not (root / "captions.pickle").is_file():
         renamed = [name for name in ("text_c10", "captions") if (root / name).is_dir()]
         raise DataError(f"missing caption folder (one <key>.txt per image) or the release's captions.pickle: "
