@@ -281,7 +281,8 @@ def _no_space_message(full: OSError, args) -> str:
     run = getattr(args, "run_folder", None)  # set by the training commands once their config is read
     latest = Path(run) / "latest.pt" if run else None
     if latest is not None and latest.is_file():
-        text += f"; the run's last complete checkpoint is {latest}: free some space, then {_resume_command(args.argv, latest)}"
+        text += (f"; the run's last complete checkpoint is {latest}: free some space, then "
+                 f"{_resume_command(args.argv, latest)}")
     return text
 
 

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from . import __version__
 from . import strict_json
+from .atomic import write_text_atomic
 from .data.dataset import TextImageDataset
 from .data.layouts import check_negatives
 from .data.prepare import load_captions
@@ -293,6 +294,5 @@ def evaluate_generator(checkpoint: str | Path, damsm: str | Path, data_root: str
     if not keep_images:
         shutil.rmtree(work)
     report["seconds"] = round(time.time() - start_time, 1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(strict_json.dumps(report, indent=2))
+    write_text_atomic(out, strict_json.dumps(report, indent=2))  # a killed write leaves no half report
     return report

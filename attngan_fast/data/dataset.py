@@ -164,8 +164,8 @@ class TextImageDataset(Dataset):
         self.sizes = stage_sizes(image_size, branches)
         self.train = train
         self.boxes = read_cub_boxes(root) if layout == "cub" else None
-        if self.boxes is not None and any(key not in self.boxes for key in self.keys):
-            check_cub_boxes(root, {split: self.keys, "train" if split == "test" else "test": []})
+        if self.boxes is not None:
+            check_cub_boxes(root, self.keys, self.boxes)
         if not self.keys:
             raise DataError(f"the {split} split of {root} lists no images")
         if split == "train":  # data prepare warned about a test split already

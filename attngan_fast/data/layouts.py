@@ -94,14 +94,9 @@ def check_layout(root: str | Path, layout: str) -> Path:
 
 
 def read_split(root: str | Path, split: str) -> SplitIndex:
-    """Keys of a split from ``filenames.pickle`` and class ids from ``class_info.pickle`` when present;
-    for a COCO as downloaded (no split lists), the images of COCO's own caption file of the split."""
+    """Keys of a split from ``filenames.pickle`` and class ids from ``class_info.pickle`` when present
+    (a COCO as downloaded has no lists: ``prepare`` takes its keys from ``coco_json``)."""
     root = Path(root)
-    if not (root / split / "filenames.pickle").exists():
-        from .coco_json import read_root, reads_from_json
-
-        if reads_from_json(root):
-            return SplitIndex(read_root(root)[0][split][0], None)
     path = _require(root / split / "filenames.pickle", f"{split} split list")
     keys = load_plain_pickle(path)
     if not isinstance(keys, (list, tuple)) or not all(isinstance(k, (str, bytes)) for k in keys):
@@ -226,11 +221,11 @@ def read_cub_boxes(root: str | Path) -> dict[str, tuple[float, float, float, flo
     return out
 
 
-def check_cub_boxes(root: str | Path, keys: dict[str, list[str]]) -> None:
-    """Every image of both splits has its box (the CUB crop needs it; a missing one would otherwise stop
-    a run when the loader reaches that image)."""
-    boxes = read_cub_boxes(root)
-    missing = [key for split in SPLITS for key in keys[split] if key not in boxes]
+def check_cub_boxes(root: str | Path, keys, boxes: dict | None = None) -> None:
+    """Every image of ``keys`` has its box in ``boxes`` (default: the root's; the CUB crop needs it, and a
+    missing one would otherwise stop a run when the loader reaches that image)."""
+    boxes = read_cub_boxes(root) if boxes is None else boxes
+    missing = [key for key in keys if key not in boxes]
     if missing:
         raise DataError(f"{len(missing)} listed image(s) have no bounding box in "
                         f"{Path(root) / 'CUB_200_2011' / 'bounding_boxes.txt'} (by their images.txt id): "

@@ -221,7 +221,7 @@ def prepare(root: str | Path, layout: str, captions_per_image: int, *, progress:
     for split, index in splits.items():
         check_negatives(root, split, index.keys, index.class_ids)
     if layout == "cub":
-        check_cub_boxes(root, keys)
+        check_cub_boxes(root, keys["train"] + keys["test"])
         if any(index.class_ids is None for index in splits.values()):
             warnings.warn(f"{root} has no {{train,test}}/class_info.pickle: every image is its own class (the DAMSM "
                           "then pushes apart captions of the same species, and R-precision may draw them as "
