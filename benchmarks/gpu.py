@@ -5,6 +5,7 @@
     python -m benchmarks.gpu --only checks attention      # some parts
     python -m benchmarks.gpu --device cpu --sizes small --budget 120   # the whole path on CPU, toy sizes
     python -m benchmarks.gpu --device cpu --sizes model --only budget auto   # what the CPU measures at the bird sizes
+    python -m benchmarks.gpu --only loop --loop-variants off,bf16,bf16-compile --loop-rounds 2   # the real loop
 
 Parts, in this order: ``checks`` (every kernel's default launch compiled at the model's sizes against
 float64, forward and gradients, every dtype and precision: the checks of ``pytest -m gpu``),
@@ -25,11 +26,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,11 +49,12 @@ from benchmarks.cases import (CASES, INTERPRETER_AT_MODEL_SIZES, PROVIDERS, Atte
                               not_applicable)
 from benchmarks.environment import environment  # noqa: E402
 from benchmarks.report import save  # noqa: E402
+from benchmarks.train_loop import VARIANTS as LOOP_VARIANTS, Loop  # noqa: E402
 from benchmarks.work import attention_provider_work, provider_work  # noqa: E402
 
 PARTS = ("checks", "damsm", "attention", "work", "budget", "train", "tuned", "auto", "loader", "loop")
 WORK = Path(tempfile.gettempdir()) / "attngan-fast-benchmarks"  # the loader's and the loop's data, not results
-LOOP_SECONDS = 1800.0  # the loop part's limit when the run has no --budget
+LOOP_SECONDS = 1800.0  # the limit of one run of the loop part when the run has no --budget
 
 def timer(device: torch.device, quick: bool):
     """fn -> median milliseconds."""
@@ -236,22 +236,28 @@ def loader_row(device: torch.device, data: Path | None) -> dict:
     return {"op": "loader", "case": f"{root.name} {size}px", **rates}
 
 
-def loop_row(device: torch.device, seconds: float) -> dict:
-    """The real training loop (``benchmarks.train_loop``) in a process of its own, within ``seconds``."""
-    try:
-        import nltk  # noqa: F401
-    except ImportError as err:
-        return {"op": "train_loop", "not_applicable": f"nltk is not importable ({err})"}
-    args = ["--out", str(WORK / "loop"), "--work", str(WORK / "loop-work"), "--timeout", str(int(seconds))]
-    if device.type != "cuda":
-        args += ["--device", "cpu", "--tiny", "--variants", "off"]
-    done = subprocess.run([sys.executable, "-m", "benchmarks.train_loop", *args], capture_output=True, text=True)
-    found = sorted((WORK / "loop").glob("*-train-loop.json"))
-    if done.returncode or not found:
-        return {"op": "train_loop", "error": (done.stdout + done.stderr)[-500:]}
-    report = json.loads(found[-1].read_text())
-    return {"op": "train_loop", "case": f"{report['config']} B={report['batch_size']} {report['image_size']}px",
-            "variants": report["variants"]}
+def loop_rows(loop, variants: list[str], rounds: int, report: dict) -> list[tuple[str, str, object]]:
+    """The loop part (``benchmarks.train_loop``): its setup, then every variant once per round, in turn."""
+    from benchmarks import train_loop
+
+    def timeout() -> float:  # the budget's timer stops a run too; this bounds one without a budget
+        return max(1.0, min(report["left_s"], LOOP_SECONDS))
+
+    def run(variant: str):
+        def thunk():
+            setup = next(r for r in report["rows"] if r["id"] == "loop setup")
+            failed = [r for r in report["rows"] if r.get("variant") == variant and "error" in r]
+            row = {"op": "train_loop", "variant": variant}
+            if "error" in setup or "not_applicable" in setup or failed:
+                return {**row, "not_applicable": "its first run failed" if failed else "the loop's setup did not run"}
+            try:
+                return train_loop.run_variant(loop, variant, timeout())
+            except Exception as err:  # (BudgetExceeded and Ctrl-C are no Exception) the variant's later rounds skip
+                return {**row, "error": f"{type(err).__name__}: {str(err)[-600:]}"}
+        return thunk
+
+    return [("loop", "loop setup", lambda: train_loop.prepare(loop, timeout()))] + [
+        ("loop", f"loop {variant} round {n}", run(variant)) for n in range(1, rounds + 1) for variant in variants]
 
 
 AUTO_PATHS = {"cpu": ("reference", "sdpa"), "cuda": ("reference", "sdpa", "triton")}
@@ -359,7 +365,7 @@ class BudgetExceeded(Exception):
 
 
 def plan(parts, sizes: str, device: torch.device, measure, report: dict, quick: bool = False,
-         data: Path | None = None) -> list[tuple[str, str, object]]:
+         data: Path | None = None, loop: tuple | None = None) -> list[tuple[str, str, object]]:
     """(part, row id, thunk) of every row the run will measure, in order."""
     rows = []
     # the fused rows' floors (on CPU they run through the interpreter: no floor is claimed)
@@ -400,13 +406,13 @@ def plan(parts, sizes: str, device: torch.device, measure, report: dict, quick: 
                      for case in auto_cases(sizes) for dtype in AUTO_DTYPES for backward in (False, True)]
         elif part == "loader":
             rows.append(("loader", "loader", lambda: loader_row(device, data)))
-        elif part == "loop":
-            rows.append(("loop", "loop", lambda: loop_row(device, max(60.0, min(report["left_s"], LOOP_SECONDS)))))
+        elif part == "loop" and loop is not None:
+            rows += loop_rows(*loop, report)
     return rows
 
 
 def run(parts, sizes: str, device: torch.device, measure, out: Path, report: dict, budget: float | None,
-        log=print, quick: bool = False, data: Path | None = None) -> None:
+        log=print, quick: bool = False, data: Path | None = None, loop: tuple | None = None) -> None:
     """Measures the planned rows into ``report`` (saved after each), within ``budget`` seconds."""
     started = time.time()
     deadline = started + budget if budget else float("inf")
@@ -422,7 +428,7 @@ def run(parts, sizes: str, device: torch.device, measure, out: Path, report: dic
     try:
         if any(p in parts for p in ("damsm", "attention", "tuned", "budget")) and report.get("ceilings") is None:
             report["ceilings"] = ceilings(device, measure)
-        rows = plan(parts, sizes, device, measure, report, quick, data)
+        rows = plan(parts, sizes, device, measure, report, quick, data, loop)
         for n, (part, row_id, thunk) in enumerate(rows):
             report["left_s"] = deadline - time.time()
             try:
@@ -462,6 +468,8 @@ def _row_line(row: dict) -> str:
                                                             for k, v in row["errors"].items())
     if "ms" in row:
         return f"{row['id']}: {row['ms']:.3f} ms"
+    if "steps_per_s" in row:
+        return f"{row['id']}: {row['steps_per_s']:.3g} steps/s"
     if row["part"] == "auto":
         return f"{row['id']}: " + ", ".join(f"{k[:-3]} {v:.2f} ms" for k, v in row.items() if k.endswith("_ms"))
     return f"{row['id']}: done"
@@ -477,9 +485,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, metavar="SECONDS", help="stop cleanly after this many seconds")
     parser.add_argument("--quick", action="store_true", help="fewer timing repetitions")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for the results files")
-    parser.add_argument("--data", type=Path, help="the loader part's data: a CUB-layout root (default: synthetic birds)")
+    parser.add_argument("--data", type=Path, help="the loader's and the loop's data: a CUB-layout root (default: synthetic birds)")
     parser.add_argument("--compile-backend", default="inductor",
                         help="torch.compile backend of the compiled rows (aot_eager for a quick CPU check of the path)")
+    loop_args = parser.add_argument_group("the loop part (benchmarks.train_loop; --data names its data too)")
+    loop_args.add_argument("--loop-variants", help=f"comma-separated, of {list(LOOP_VARIANTS)} (default: off,bf16-compile "
+                                              "on CUDA, off elsewhere)")
+    loop_args.add_argument("--loop-kind", choices=["gan", "damsm"], default="gan",
+                      help="time attngan-fast train (default) or pretrain-damsm")
+    loop_args.add_argument("--loop-config", help="the preset (default: bird; at --sizes small, synthetic shrunk)")
+    loop_args.add_argument("--loop-steps", type=int, help="steps per run (default: 300 on CUDA, 3 elsewhere)")
+    loop_args.add_argument("--loop-rounds", type=int, default=1, help="runs of every variant, interleaved")
+    loop_args.add_argument("--damsm", type=Path, help="a DAMSM checkpoint for the AttnGAN runs (default: a brief pretraining)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -490,14 +507,28 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--out must be a folder, {args.out} is a file")
     if args.data and not (args.data / "CUB_200_2011" / "images.txt").is_file():
         parser.error(f"--data must be a CUB-layout root (with CUB_200_2011/images.txt), got {args.data}")
+    variants = [v.strip() for v in (args.loop_variants or ("off,bf16-compile" if device.type == "cuda" else "off"))
+                .split(",") if v.strip()]
+    if not variants or set(variants) - set(LOOP_VARIANTS):
+        parser.error(f"--loop-variants: unknown {sorted(set(variants) - set(LOOP_VARIANTS)) or 'none given'}; "
+                     f"choose from {list(LOOP_VARIANTS)}")
+    steps = args.loop_steps or (300 if device.type == "cuda" else 3)
+    if steps < 2 or args.loop_rounds < 1:
+        parser.error(f"--loop-steps must be at least 2 (the first log interval is not timed), got {steps}; "
+                     f"--loop-rounds at least 1, got {args.loop_rounds}")
+    if args.damsm and not args.damsm.is_file():
+        parser.error(f"--damsm: {args.damsm} is not a file")
     sizes = args.sizes or ("model" if device.type == "cuda" else "small")
+    small = sizes == "small" and not args.loop_config
+    loop = Loop(args.loop_kind, args.loop_config or ("synthetic" if small else "bird"), args.device, steps,
+                WORK / "loop", args.data, args.damsm, small), variants, args.loop_rounds
     parts = [p for p in PARTS if p in (args.only or PARTS)]
     report = {"date": datetime.date.today().isoformat(), "environment": environment(device), "sizes": sizes,
               "command": "python -m benchmarks.gpu " + " ".join(sys.argv[1:] if argv is None else argv),
               "parts": parts, "only": bool(args.only), "ceilings": None, "rows": [], "not_reached": []}
     with compile_backend(args.compile_backend):
         run(parts, sizes, device, timer(device, args.quick), args.out, report, args.budget, quick=args.quick,
-            data=args.data)
+            data=args.data, loop=loop)
     stem = save(report, args.out)
     failed = [r["id"] for r in report["rows"] if r.get("status") == "FAIL"]
     print(f"wrote {stem}.json and .md in {report['seconds']} s; {len(report['rows'])} rows"

@@ -70,8 +70,9 @@ def test_every_part_runs_end_to_end_and_writes_its_rows(tmp_path, capsys):
     auto = [r for r in rows if r["part"] == "auto"]
     assert len(auto) == 8 and all(r["reference_ms"] > 0 and r["sdpa_ms"] > 0 for r in auto)
     assert {g["layout"] for g in per_step(auto)} == {"nchw", "channels_last"}
-    (loop,) = [r for r in rows if r["part"] == "loop"]
-    assert [v["variant"] for v in loop["variants"]] == ["off"] and loop["variants"][0]["steps_per_s"] > 0
+    setup, loop = [r for r in rows if r["part"] == "loop"]
+    assert setup["id"] == "loop setup" and (loop["id"], loop["variant"]) == ("loop off round 1", "off")
+    assert loop["steps_per_s"] > 0 and loop["case"] == "synthetic B=8 32px"
     (loader,) = [r for r in rows if r["part"] == "loader"]
     assert loader["pil_images_per_s_per_core"] > 0 and loader["on_device_images_per_s"] > 0
     tuned = [r for r in rows if r["part"] == "tuned"]

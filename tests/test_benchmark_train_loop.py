@@ -1,46 +1,56 @@
-"""The training-loop benchmark runs end to end on CPU at toy sizes (what a GPU session runs at the bird
-preset), reading speed from the loop's own log."""
+"""The loop part of ``python -m benchmarks.gpu`` runs the real training loop end to end on CPU at toy
+sizes (what a GPU session runs at the bird preset), reading speed from the loop's own log."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
 
-from benchmarks import train_loop
+from benchmarks import gpu, train_loop
+from benchmarks.report import loop_variants
 
-@pytest.mark.slow
-def test_train_loop_benchmark_writes_speed_and_ratios(tmp_path, capsys):
-    args = ["--device", "cpu", "--tiny", "--variants", "off,bf16", "--rounds", "2", "--work", str(tmp_path / "work"),
-            "--out", str(tmp_path / "out")]
-    assert train_loop.main(args) == 0
-    (json_path,) = (tmp_path / "out").glob("*-train-loop.json")
-    report = json.loads(json_path.read_text())
-    assert [v["variant"] for v in report["variants"]] == ["off", "bf16"]
-    for v in report["variants"]:
-        assert v["steps_per_s"] > 0 and v["timed_steps"] == 2 and v["images_per_s"] == v["steps_per_s"] * 8
-        assert len(v["rounds_steps_per_s"]) == 2 and min(v["rounds_steps_per_s"]) <= v["steps_per_s"]
-    assert report["variants"][0]["speed_vs_off"] == 1.0 and "speed_vs_off" in report["variants"][1]
-    assert "| bf16 |" in json_path.with_suffix(".md").read_text()
+# the runs' captions are tokenized with nltk
+needs_nltk = pytest.mark.skipif(importlib.util.find_spec("nltk") is None, reason="nltk is not installed")
+
+
+def _loop(tmp_path, monkeypatch, *args) -> list[dict]:
+    monkeypatch.setattr(gpu, "WORK", tmp_path / "work")
+    assert gpu.main(["--device", "cpu", "--only", "loop", "--out", str(tmp_path / "out"), *args]) == 0
+    (path,) = (tmp_path / "out").glob("*-loop.json")
+    assert "## The real training loop" in path.with_suffix(".md").read_text()
+    return json.loads(path.read_text())["rows"]
 
 
 @pytest.mark.slow
-def test_the_damsm_loop_is_timed_on_the_users_data(tmp_path, capsys):
-    """--kind damsm times pretrain-damsm per variant (here the on-device loader against the PIL one) on
-    a CUB-layout root the user names; no AttnGAN and no brief DAMSM pretraining are run."""
+@needs_nltk
+def test_variants_are_timed_in_interleaved_rounds_with_ratios(tmp_path, monkeypatch, capsys):
+    rows = _loop(tmp_path, monkeypatch, "--loop-variants", "off,bf16", "--loop-rounds", "2")
+    assert [r["id"] for r in rows] == ["loop setup", "loop off round 1", "loop bf16 round 1", "loop off round 2",
+                                       "loop bf16 round 2"]
+    for r in rows[1:]:
+        assert r["steps_per_s"] > 0 and r["timed_steps"] == 2 and r["images_per_s"] == r["steps_per_s"] * 8
+    off, bf16 = loop_variants(rows[1:])
+    assert off["rounds"] == 2 and off["speed_vs_off"] == "1.00x" and "speed_vs_off" in bf16
+    assert min(r["steps_per_s"] for r in rows[1::2]) <= off["steps_per_s"] <= max(r["steps_per_s"] for r in rows[1::2])
+
+
+@pytest.mark.slow
+@needs_nltk
+def test_the_damsm_loop_is_timed_on_the_users_data(tmp_path, monkeypatch, capsys):
+    """--loop-kind damsm times pretrain-damsm per variant (here the on-device loader against the PIL
+    one) on a CUB-layout root the user names; no AttnGAN and no brief DAMSM pretraining are run."""
     from attngan_fast.data.synthetic import synthesize
 
     synthesize(tmp_path / "birds", images=16, size=32, seed=0, progress=False)
-    args = ["--device", "cpu", "--tiny", "--kind", "damsm", "--data", str(tmp_path / "birds"), "--variants",
-            "off,on-device", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
-    assert train_loop.main(args) == 0
-    (json_path,) = (tmp_path / "out").glob("*-damsm-loop.json")
-    report = json.loads(json_path.read_text())
-    assert report["kind"] == "damsm" and report["batch_size"] == 8
-    assert all(v["steps_per_s"] > 0 and v["timed_steps"] == 2 for v in report["variants"])
-    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["damsm-off.log", "damsm-on-device.log",
-                                                                     "damsm-synthetic-off", "damsm-synthetic-on-device"]
-    assert "# DAMSM pretraining loop" in json_path.with_suffix(".md").read_text()
+    rows = _loop(tmp_path, monkeypatch, "--loop-kind", "damsm", "--data", str(tmp_path / "birds"),
+                 "--loop-variants", "off,on-device")
+    assert rows[0]["damsm"] is None and rows[0]["data"] == str(tmp_path / "birds")
+    assert all(r["kind"] == "damsm" and r["case"].startswith("synthetic B=8") and r["timed_steps"] == 2
+               for r in rows[1:])
+    assert sorted(p.name for p in (tmp_path / "work" / "loop").iterdir()) == [
+        "damsm-off.log", "damsm-on-device.log", "damsm-synthetic-off", "damsm-synthetic-on-device"]
 
 
 def test_a_run_without_a_final_record_is_an_error(tmp_path):
@@ -52,36 +62,46 @@ def test_a_run_without_a_final_record_is_an_error(tmp_path):
     assert train_loop.final_record(log)["steps_per_s"] == 3.0
 
 
+def test_a_failed_setup_or_first_run_is_not_repeated(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def fails(loop, variant, timeout):
+        calls.append(variant)
+        raise RuntimeError("`attngan-fast train` exited with 1")
+
+    monkeypatch.setattr(train_loop, "run_variant", fails)
+    monkeypatch.setattr(train_loop, "prepare", lambda loop, timeout: {"op": "loop_setup"})
+    rows = _loop(tmp_path, monkeypatch, "--loop-variants", "off,bf16", "--loop-rounds", "2")
+    assert calls == ["off", "bf16"] and [r.get("not_applicable") for r in rows[3:]] == ["its first run failed"] * 2
+    assert loop_variants(rows[1:])[0]["error"].startswith("RuntimeError")
+
+
 @pytest.mark.parametrize("args, message", [
-    (["--steps", "0"], "--steps must be at least 1"),
-    (["--steps", "50", "--log-every", "50"], "--log-every (50) must be below --steps (50)"),
-    (["--variants", "fp8"], "--variants: unknown ['fp8']"),
-    (["--size", "8"], "--size must be at least 16"),
-    (["--rounds", "0"], "--rounds must be at least 1"),
-    (["--data", "/no/such/folder"], "--data: /no/such/folder does not exist"),
+    (["--loop-steps", "1"], "--loop-steps must be at least 2"),
+    (["--loop-variants", "fp8"], "--loop-variants: unknown ['fp8']"),
+    (["--loop-rounds", "0"], "--loop-rounds at least 1"),
+    (["--damsm", "/no/such/file.pt"], "--damsm: /no/such/file.pt is not a file"),
 ])
 def test_bad_arguments_are_named(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        train_loop.main(["--device", "cpu", *args])
+        gpu.main(["--device", "cpu", "--only", "loop", *args])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_the_bird_preset_runs_unchanged(tmp_path, capsys):
-    """What a GPU session runs (python -m benchmarks.gpu's loop part), with nothing shrunk but the step counts:
-    synthetic birds at 256 px, the bird preset's DAMSM (Inception-v3 image encoder, batch 48) and its
-    AttnGAN2 (3 stages to 256 px, batch 20, three discriminators). About a minute on 2 cores."""
-    args = ["--device", "cpu", "--config", "bird", "--steps", "2", "--log-every", "1", "--images", "60",
-            "--size", "256", "--damsm-steps", "1", "--variants", "off", "--work", str(tmp_path / "work"),
-            "--out", str(tmp_path / "out")]
-    assert train_loop.main(args) == 0
-    assert "backbone is RANDOM" in (tmp_path / "work" / "damsm.log").read_text()  # no weights here: loudly said
-    (json_path,) = (tmp_path / "out").glob("*-train-loop.json")
-    report = json.loads(json_path.read_text())
-    assert (report["config"], report["batch_size"], report["image_size"]) == ("bird", 20, 256)
-    (row,) = report["variants"]
-    assert row["steps_per_s"] > 0 and row["timed_steps"] == 1, row
+@needs_nltk
+def test_the_bird_preset_runs_unchanged(tmp_path, monkeypatch, capsys):
+    """What a GPU session runs, with nothing shrunk but the step counts: synthetic birds at 256 px, the
+    bird preset's DAMSM (Inception-v3 image encoder, batch 48) and its AttnGAN2 (3 stages to 256 px,
+    batch 20, three discriminators). About a minute on 2 cores."""
+    from attngan_fast.data.synthetic import synthesize
+
+    synthesize(tmp_path / "birds", images=60, size=256, seed=0, progress=False)
+    rows = _loop(tmp_path, monkeypatch, "--sizes", "model", "--loop-steps", "2", "--data", str(tmp_path / "birds"))
+    assert "backbone is RANDOM" in (tmp_path / "work" / "loop" / "damsm.log").read_text()  # no weights: loudly said
+    setup, run = rows
+    assert run["case"] == "bird B=20 256px" and run["steps_per_s"] > 0 and run["timed_steps"] == 1, run
     from attngan_fast.train import gan
 
-    netG, _, _, cfg = gan.load_generator(tmp_path / "work" / "gan-bird-off" / "latest.pt")
+    _, _, _, cfg = gan.load_generator(tmp_path / "work" / "loop" / "gan-bird-off" / "latest.pt")
     assert cfg.gan.stages == 3 and cfg.gan.gf_dim == 32 and cfg.gan.r_num == 2
