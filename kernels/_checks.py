@@ -56,7 +56,7 @@ def check_features(name: str, x, ranks: Sequence[int], layout: str) -> None:
 
 
 def check_same_device(**tensors: torch.Tensor | None) -> None:
-    items = [(k, v) for k, v in tensors.items() if v is not None]
+    items = [(k, v) for k, v in tensors.items() if isinstance(v, torch.Tensor)]  # the type checks name the rest
     first_name, first = items[0]
     for name, t in items[1:]:
         if t.device != first.device:
@@ -99,6 +99,10 @@ def check_cap_lens_values(cap_lens: torch.Tensor, max_len: int) -> None:
 
 
 def check_gamma(name: str, value: float, upper: float = math.inf) -> float:
+    # float() would take "4" and a tensor that needs a gradient (which the ops treat as a constant)
+    if isinstance(value, (str, bytes, bool)) or (isinstance(value, torch.Tensor) and value.requires_grad):
+        kind = "a tensor that requires grad (γ is a constant here)" if isinstance(value, torch.Tensor) else repr(value)
+        raise TypeError(f"{name} must be a number, got {kind}")
     try:
         value = float(value)
     except (TypeError, ValueError):

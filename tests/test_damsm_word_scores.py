@@ -354,8 +354,25 @@ def test_bad_options_name_the_argument():
         damsm_word_scores(words, cap_lens, regions, impl="cuda")
     with pytest.raises(ValueError, match="B_img == B_cap"):
         damsm_word_scores(words, cap_lens, torch.randn(3, 8, 9), return_attn=True)
-    with pytest.raises(ValueError, match="precision must be one of"):
-        damsm_word_scores(words, cap_lens, regions, impl="triton", precision="fp8")
+    for impl in IMPLS:  # checked whichever path runs, not ignored where it does not apply
+        with pytest.raises(ValueError, match="precision must be one of"):
+            damsm_word_scores(words, cap_lens, regions, impl=impl, precision="fp8")
+    # float() would take these; γ is a constant of the op, never a parameter it differentiates
+    for gamma, shown in (("4", "'4'"), (True, "True"), (torch.tensor(4.0, requires_grad=True), "requires grad")):
+        with pytest.raises(TypeError, match=f"gamma1 must be a number, got .*{shown}"):
+            damsm_word_scores(words, cap_lens, regions, gamma1=gamma)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_the_attention_is_not_differentiable_on_any_path(impl):
+    """return_attn's maps are for pictures: a loss on them raises on every path (the Triton op once
+    marked them differentiable, and their gradient was silently zero); the scores' gradient flows."""
+    words, cap_lens, regions = _good()
+    words.requires_grad_()
+    scores, attn = damsm_word_scores(words, cap_lens, regions, return_attn=True, impl=impl)
+    assert scores.requires_grad and not attn.requires_grad
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        torch.autograd.grad(attn.square().sum(), words)
 
 
 @needs_interpreter

@@ -474,12 +474,32 @@ def _good():
         (lambda q, k, m: (q.int(), k, m), TypeError, "query must be a floating tensor"),
         (lambda q, k, m: (q, k.to("meta"), m), ValueError, "context is on meta but query is on cpu"),
         (lambda q, k, m: (q, k, m.to("meta")), ValueError, "word_mask is on meta"),
+        (lambda q, k, m: (q, k, m.tolist()), TypeError, "word_mask must be a bool tensor .* got list"),
     ],
 )
 def test_bad_inputs_name_the_argument(mutate, error, match):
     query, context, word_mask = mutate(*_good())
     with pytest.raises(error, match=match):
         word_attention(query, context, word_mask)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_precision_is_checked_on_every_path(impl):
+    """A misspelt precision is an error whichever path runs, not ignored where it does not apply."""
+    with pytest.raises(ValueError, match="precision must be one of"):
+        word_attention(*_good(), impl=impl, precision="fp8")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_the_maps_are_not_differentiable_on_any_path(impl):
+    """The maps are for pictures: a loss on them raises on every path (the Triton op once marked them
+    differentiable, and their gradient was silently zero)."""
+    query, context, word_mask = _good()
+    query.requires_grad_()
+    ctx, attn = word_attention(query, context, word_mask, return_attn=True, impl=impl)
+    assert ctx.requires_grad and not attn.requires_grad
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        torch.autograd.grad(attn.square().sum(), query)
 
 
 def test_value_checks_can_be_turned_off_for_a_block():

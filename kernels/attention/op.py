@@ -103,6 +103,7 @@ def _word_attention_backward_fake(grad_ctx, query, context, word_mask, legacy_ma
 
 def _setup_context(ctx, inputs, output):
     query, context, word_mask, _return_attn, legacy_mask, precision = inputs
+    ctx.mark_non_differentiable(output[1])  # the maps: a backward through them raises, as on the reference path
     ctx.save_for_backward(query, context, word_mask)
     ctx.legacy_mask, ctx.precision = legacy_mask, precision
 
@@ -159,12 +160,13 @@ def word_attention(
     if word_mask is not None:
         _checks.check_word_mask(word_mask, batch, context.shape[2])
 
+    precision = resolve_precision(precision, query, context)  # checked on every path, used on Triton's
     path = which_path(impl, query, context)
     if path == "reference":
         return word_attention_ref(query, context, word_mask, bool(return_attn), bool(legacy_mask))
     if path == "sdpa":
         return word_attention_sdpa(query, context, word_mask, bool(return_attn), bool(legacy_mask))
     out, attn = _word_attention_op(
-        query, context, word_mask, bool(return_attn), bool(legacy_mask), resolve_precision(precision, query, context)
+        query, context, word_mask, bool(return_attn), bool(legacy_mask), precision
     )
     return out, (attn if return_attn else None)

@@ -94,6 +94,7 @@ def _damsm_backward_fake(grad_scores, words, cap_lens, regions, gamma1, gamma2, 
 
 def _setup_context(ctx, inputs, output):
     words, cap_lens, regions, gamma1, gamma2, _return_attn, precision = inputs
+    ctx.mark_non_differentiable(output[1])  # the maps: a backward through them raises, as on the reference path
     ctx.save_for_backward(words, cap_lens, regions)
     ctx.gamma1, ctx.gamma2, ctx.precision = gamma1, gamma2, precision
 
@@ -159,9 +160,10 @@ def damsm_word_scores(
     _checks.check_cap_lens_values(cap_lens, max_len)
     regions = regions.flatten(2)
 
+    precision = resolve_precision(precision, words, regions)  # checked on every path, used on Triton's
     if choose_impl(impl, _INTERPRETED, words, regions) == "reference":
         return damsm_word_scores_ref(words, cap_lens, regions, gamma1, gamma2, return_attn=return_attn)
     scores, attn = _damsm_op(
-        words, cap_lens, regions, gamma1, gamma2, bool(return_attn), resolve_precision(precision, words, regions)
+        words, cap_lens, regions, gamma1, gamma2, bool(return_attn), precision
     )
     return (scores, attn) if return_attn else scores
