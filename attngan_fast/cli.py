@@ -67,9 +67,14 @@ class CliError(Exception):
     """A problem the user can fix; printed without a traceback."""
 
 
+def _is_main_process() -> bool:
+    """Under torchrun every rank runs the command; rank 0 speaks for them."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _result(text: str) -> None:
-    """Print a command's result, once: under torchrun only rank 0 prints (every rank runs the command)."""
-    if os.environ.get("RANK", "0") == "0":
+    """Print a command's result, once."""
+    if _is_main_process():
         print(text)
 
 
@@ -79,6 +84,7 @@ def _at_least(flag: str, value: int, least: int = 1) -> int:
     return value
 
 
+MAX_PER_CAPTION = 100_000  # generate's noise for them all: ~80 MB at z_dim = c_dim = 100
 MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
 
 
@@ -255,18 +261,30 @@ def _resume_command(argv: list[str], checkpoint) -> str:
             again.pop()  # and this value
         elif arg != "--overwrite" and not arg.startswith("--resume="):
             again.append(arg)
-    return "attngan-fast " + shlex.join([*again, "--resume", str(checkpoint)])
+    head = "attngan-fast"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # as many processes again, or the run is not continued exactly
+        nodes = int(os.environ.get("GROUP_WORLD_SIZE", "1"))
+        head = (f"torchrun --nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', os.environ['WORLD_SIZE'])}"
+                + (f" --nnodes={nodes}" if nodes > 1 else "") + " -m attngan_fast")
+    return head + " " + shlex.join([*again, "--resume", str(checkpoint)])
 
 
 def _stopped(result: dict, argv: list[str]) -> int:
     """0, or for a run a signal stopped (saved first) the shell's code for that signal, and the command
     that goes on."""
-    if "stopped_by" not in result:
-        return 0
     where = result.get("checkpoint")
-    print(f"attngan-fast: stopped by {result['stopped_by']} at step {result['step']}"
-          + (f"; saved {where}; to go on: {_resume_command(argv, where)}" if where else ""), file=sys.stderr)
-    return 128 + int(getattr(signal, result["stopped_by"]))
+    if "stopped_by" in result:
+        cause, code = f"by {result['stopped_by']}", 128 + int(getattr(signal, result["stopped_by"]))
+    elif "stopped_at" in result:  # a limit of the config: the run ends normally, before its epochs are done
+        cause, code = f"at {result['stopped_at']}", 0
+    else:
+        return 0
+    raise_first = f"raise {result['stopped_at']}, then " if str(result.get("stopped_at")).endswith("max_steps") else ""
+    if _is_main_process():
+        print(f"attngan-fast: stopped {cause} at step {result['step']}"
+              + (f"; saved {where}; to go on: {raise_first}{_resume_command(argv, where)}" if where else ""),
+              file=sys.stderr)
+    return code
 
 
 def _no_space_message(full: OSError, args) -> str:
@@ -296,6 +314,8 @@ def _generate(args) -> int:
     from .train.runtime import pick_device
 
     _at_least("--n-per-caption", args.n_per_caption)
+    if args.n_per_caption > MAX_PER_CAPTION:  # every image's noise is drawn before the first is made
+        raise CliError(f"--n-per-caption must be at most {MAX_PER_CAPTION:,}, got {args.n_per_caption:,}")
     _at_least("--batch-size", args.batch_size)
     _seed("--seed", args.seed)
     if args.words_num is not None:
@@ -644,8 +664,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         except KeyboardInterrupt:
             saving = args.command in ("pretrain-damsm", "train")  # a second Ctrl-C: stopped before the save
-            print("attngan-fast: interrupted" + (" without saving: --resume OUT/latest.pt continues from the run's "
-                                                 "last checkpoint" if saving else ""), file=sys.stderr)
+            run = getattr(args, "run_folder", None)
+            latest = Path(run) / "latest.pt" if run else None
+            if _is_main_process():
+                print("attngan-fast: interrupted" + (" without saving" if saving else "") + (
+                    f"; the run's last checkpoint is {latest}: {_resume_command(args.argv, latest)}"
+                    if saving and latest is not None and latest.is_file() else ""), file=sys.stderr)
             return 130
         finally:
             if in_main_thread:

@@ -213,6 +213,14 @@ def _coerce(value, tp, path: str):
             raise ConfigError(f"{path} must be true or false, got {value!r}")
         return value
     if tp is int:
+        if isinstance(value, (str, float)) and not isinstance(value, bool):
+            # 1e3 (a string to PyYAML) and 1000.0 are integers too; 2.5 is not
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if number.is_integer():
+                return int(number)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{path} must be an integer, got {value!r}")
         return value
@@ -243,7 +251,7 @@ def _build(cls, data, path: str = ""):
         raise ConfigError(f"{path or 'config'} must be a mapping of keys to values, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)  # a YAML key may be a number
     if unknown:
         where = f" in {path}" if path else ""
         raise ConfigError(f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(repr(k) for k in unknown)}"
@@ -260,17 +268,18 @@ def _build(cls, data, path: str = ""):
 _LOW = {
     "data.captions_per_image": 1, "data.words_num": 1, "data.image_size": 8, "data.workers": 0,
     "text_encoder.embedding_dim": 1, "text_encoder.hidden_dim": 2, "image_encoder.compact_width": 1,
-    "damsm.batch_size": 1, "damsm.epochs": 0, "damsm.max_steps": 0, "damsm.snapshot_every": 1,
+    "damsm.batch_size": 2, "damsm.epochs": 0, "damsm.max_steps": 0, "damsm.snapshot_every": 1,
     "damsm.pictures_every": 1, "damsm.eval_every": 1,
     "gan.stages": 1, "gan.base_size": 8, "gan.gf_dim": 1, "gan.df_dim": 1, "gan.z_dim": 1, "gan.c_dim": 1,
     "gan.r_num": 0, "gan.words_num": 1, "gan.batch_size": 2, "gan.epochs": 0, "gan.samples_every": 1,
     "gan.snapshot_every": 1, "gan.max_steps": 0, "gan.lambda_damsm": 0,
-    "runtime.log_every": 1, "runtime.eval_batches": 1,
+    "runtime.log_every": 1, "runtime.eval_batches": 1, "runtime.seed": 0,
 }
-_HIGH = {"gan.stages": 3}
+_HIGH = {"gan.stages": 3, "runtime.seed": 2**32 - 1}
 _POSITIVE = {"damsm.gamma1", "damsm.gamma2", "damsm.gamma3", "damsm.lr", "damsm.lr_decay", "damsm.min_lr_divisor",
              "damsm.rnn_grad_clip", "damsm.max_minutes", "gan.lr_g", "gan.lr_d", "gan.max_minutes"}
 _WHY = {"gan.batch_size": " (the mismatched-caption term pairs image i with caption i+1)",
+        "damsm.batch_size": " (the matching losses score each image against the batch's other captions)",
         "text_encoder.hidden_dim": " (the two LSTM directions share it)"}
 
 
@@ -312,11 +321,15 @@ def _check_range(value, path: str):
     return value
 
 
-def _merge(base: dict, update: dict) -> dict:
+def _merge(base: dict, update: dict, path: str = "") -> dict:
     out = dict(base)
     for key, value in update.items():
+        where = f"{path}.{key}" if path else str(key)
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = _merge(out[key], value, where)
+        elif isinstance(value, dict) and out.get(key) is not None:
+            # a section that is not a mapping must not be replaced unseen by one setting of it
+            raise ConfigError(f"{where} must be a mapping of keys to values, got {out[key]!r}")
         else:
             out[key] = value
     return out
@@ -326,15 +339,21 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's message in one line (it spans several: the context and a caret drawing)."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    return problem + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
+
+
 def _read_yaml(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        # PyYAML's message spans several lines (the context and a caret drawing): one line is kept.
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"{path} is not valid YAML: {problem}{where}") from None
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(err)}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}): "
+                          "save it as UTF-8") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -384,7 +403,7 @@ def parse_override(text: str) -> dict:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as err:
-        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {err}") from None
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {_yaml_problem(err)}") from None
     out: dict = value
     for part in reversed(parts):
         out = {part: out}
@@ -398,7 +417,8 @@ def load_config(source: str | Path | None = None, overrides: list[str] | tuple[s
         path = Path(source)
         if path.suffix in (".yaml", ".yml") or path.exists():
             if not path.is_file():
-                raise ConfigError(f"config file {path} does not exist")
+                raise ConfigError(f"config file {path} " + ("is a folder, not a YAML file" if path.is_dir() else
+                                                            "does not exist"))
             data = _read_with_base(path)
         elif str(source) in preset_names():
             data = _read_with_base(PRESET_DIR / f"{source}.yaml", (str(source),))

@@ -78,6 +78,10 @@ def check_request(n_images: int, folds: int, inception_weights, out=None, words_
         if Path(out).exists() and not overwrite:
             raise EvaluationError(f"--out {out} holds an earlier report: give another --out, or --overwrite to replace "
                                   f"it and its images ({images_folder(out)})")
+        others = not_our_images(images_folder(out))
+        if others:  # the evaluation replaces its own PNGs there, and must not take anything else with them
+            raise EvaluationError(f"{images_folder(out)}, where this evaluation keeps its images, holds files that are "
+                                  f"not an evaluation's (e.g. {others[0]}): move them, or give another --out")
     if inception_weights is not None:
         check_inception_weights(inception_weights)
     if n_images < 10 * folds:
@@ -92,14 +96,23 @@ def images_folder(report) -> Path:
     return report.parent / (report.stem + "_images")
 
 
+def not_our_images(folder: Path) -> list[Path]:
+    """What ``folder`` holds besides an evaluation's own files (generated/*.png, real/*.png)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if not (
+        p.relative_to(folder).parts[0] in ("generated", "real") and (p.is_dir() or (p.suffix == ".png" and
+                                                                                     p.parent != folder))))
+
+
 def check_inception_weights(path) -> None:
     """The file must load into torch-fidelity's Inception (it is what IS and FID are computed with)."""
     import torch_fidelity.feature_extractor_inceptionv3 as fe
 
     path = Path(path)
     if not path.is_file():
-        raise EvaluationError(f"--inception-weights {path} does not exist (torch-fidelity's {TORCH_FIDELITY_WEIGHTS}, "
-                              "as a local file)")
+        raise EvaluationError(f"--inception-weights {path} " + ("is a folder" if path.is_dir() else "does not exist")
+                              + f": give torch-fidelity's {TORCH_FIDELITY_WEIGHTS} as a local file")
     try:
         fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
                                        feature_extractor_weights_path=vetted_weights(path))

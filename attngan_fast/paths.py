@@ -30,6 +30,9 @@ def check_file(path: str | Path, what: str = "the output file") -> Path:
     path = Path(path)
     if path.is_dir():
         raise NotAFolderError(f"{what} {path} is a folder, not a file: give a file name, e.g. {path / 'report.json'}")
+    above = next((p for p in path.absolute().parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise NotAFolderError(f"{what} {path} cannot be made: {above} is a file, not a folder")
     return path
 
 

@@ -177,7 +177,12 @@ def build_page(studio: Studio, *, note: str = ""):
             except RequestError as err:
                 return (_refusal(str(err)), gr.update(value=None, label="the caption"),
                         gr.update(value=None, label="one word changed"))
-            return (f"*{plain(before.caption)}* beside *{plain(after.caption)}* (seed {int(seed_value)}).",
+            # the words the model reads, as run() shows them: an unknown word of the caption is named, not implied
+            said = f"*{plain(' '.join(before.words))}* beside *{plain(' '.join(after.words))}* (seed {int(seed_value)})"
+            dropped = list(dict.fromkeys(before.dropped + after.dropped))
+            if dropped:
+                said += f"; not in the vocabulary, left out: {plain(', '.join(dropped))}"
+            return (said + ".",
                     gr.update(value=before.grid, label=before.caption), gr.update(value=after.grid, label=after.caption))
 
         pick.change(lambda chosen: chosen or gr.update(), inputs=pick, outputs=caption, queue=False)

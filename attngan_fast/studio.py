@@ -120,7 +120,13 @@ class Studio:
         caption, seed, n_images = self.check(caption, seed, n_images)
         changed = self.change_word(caption, word, replacement)
         self.check(changed, seed, n_images)
-        return self.generate(caption, seed, n_images), self.generate(changed, seed, n_images)
+        before, after = self.generate(caption, seed, n_images), self.generate(changed, seed, n_images)
+        new = replacement.strip().lower()
+        # a new word the model cannot read: the pair would show a word dropped (or nothing changed), not changed
+        if before.words == after.words or any(w.lower() == new for w in after.dropped):
+            raise RequestError(f"{replacement.strip()!r} is not in the vocabulary: the model would read both "
+                               "captions alike")
+        return before, after
 
 
 def _whole(value, what: str) -> int:

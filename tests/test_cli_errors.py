@@ -41,6 +41,7 @@ def one_line_error(capsys, args, expected: str) -> str:
     (["--device", "cuda:x"], "--device 'cuda:x' is not a device"),
     (["--seed", "-1"], "--seed must be between 0 and 2^63 - 1, got -1"),
     (["--seed", str(2**63)], f"--seed must be between 0 and 2^63 - 1, got {2**63}"),
+    (["--n-per-caption", "1000000000"], "--n-per-caption must be at most 100,000, got 1,000,000,000"),
 ])
 def test_generate_flag_errors(trained, tmp_path, capsys, flags, expected):
     one_line_error(capsys, ["generate", "--checkpoint", str(trained[1]), "--out", str(tmp_path / "o"), "a bird", *flags],
@@ -121,6 +122,30 @@ def test_evaluate_refuses_zero_images_and_warns_below_the_protocol(trained, synt
     assert len(repeat) == 1 and "(test image, caption) pairs" in repeat[0], (repeat, pairs)
 
 
+def test_evaluate_never_takes_files_that_are_not_its_own(trained, synthetic_root, tmp_path, capsys):
+    """A probe saw an evaluation delete a user's file kept in its images folder. Now: refused before any
+    work, and the folder untouched; its own PNGs alone are replaced. An --out under a file is one line."""
+    base = ["evaluate", "--checkpoint", str(trained[1]), "--damsm", str(trained[0]), "--data", str(synthetic_root),
+            "--quiet", "--n-images", "2"]
+    mine = tmp_path / "r_images" / "generated" / "mine.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("precious")
+    one_line_error(capsys, base + ["--out", str(tmp_path / "r.json")],
+                   f"{tmp_path / 'r_images'}, where this evaluation keeps its images, holds files that are not an "
+                   f"evaluation's (e.g. {mine})")
+    assert mine.read_text() == "precious"
+    mine.unlink()
+    (mine.parent / "0.png").write_bytes(b"an earlier evaluation's image")  # its own: replaced
+    assert cli(base + ["--out", str(tmp_path / "r.json")]) == 0
+    assert not (mine.parent / "0.png").exists() and len(list(mine.parent.glob("*.png"))) == 2
+    capsys.readouterr()
+    (tmp_path / "afile").write_text("x")
+    one_line_error(capsys, base + ["--out", str(tmp_path / "afile" / "r.json")],
+                   f"--out {tmp_path / 'afile' / 'r.json'} cannot be made: {tmp_path / 'afile'} is a file, not a folder")
+    one_line_error(capsys, base + ["--out", str(tmp_path / "s.json"), "--inception-weights", str(tmp_path)],
+                   f"--inception-weights {tmp_path} is a folder: give torch-fidelity's")
+
+
 def test_evaluate_checks_the_inception_weights_before_generating(trained, synthetic_root, tmp_path, capsys):
     wrong = tmp_path / "wrong.pth"
     torch.save({"conv.weight": torch.zeros(3, 3)}, wrong)
@@ -196,8 +221,8 @@ def test_impl_triton_where_the_kernels_cannot_run_is_one_line_before_any_work(sy
 
 
 def test_training_config_errors_are_one_line(synthetic_root, tmp_path, capsys):
-    for flag, expected in (("damsm.batch_size=0", "damsm.batch_size must be at least 1, got 0"),
-                           ("damsm.batch_size=-4", "damsm.batch_size must be at least 1, got -4"),
+    for flag, expected in (("damsm.batch_size=1", "damsm.batch_size must be at least 2, got 1"),
+                           ("damsm.batch_size=-4", "damsm.batch_size must be at least 2, got -4"),
                            ("data.words_num=0", "data.words_num must be at least 1, got 0")):
         one_line_error(capsys, ["pretrain-damsm", "--config", "synthetic", "--data", str(synthetic_root), "--quiet",
                                 "--out", str(tmp_path / "d"), "--set", flag], expected)
@@ -287,6 +312,9 @@ def test_under_torchrun_only_rank_zero_prints_the_result(synthetic_root, tmp_pat
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count('"checkpoint"') == 1 and out.stdout.count("done: ") == 1, out.stdout
+    # max_steps stopped it before its epochs: said once, with a command that runs as many processes again
+    assert out.stderr.count("stopped at damsm.max_steps at step 2") == 1, out.stderr[-3000:]
+    assert "to go on: raise damsm.max_steps, then torchrun --nproc_per_node=2 -m attngan_fast pretrain-damsm" in out.stderr
 
 
 def test_an_output_folder_that_is_a_file_is_refused_before_any_work(trained, synthetic_root, tmp_path, capsys):

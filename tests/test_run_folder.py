@@ -69,8 +69,27 @@ def test_the_library_refuses_too_and_a_gan_folder_is_named_as_such(synthetic_roo
 
 def test_a_log_without_a_checkpoint_is_a_run_too(synthetic_root, tmp_path):
     (tmp_path / "log.jsonl").write_text('{"step": 1}\n')  # killed before its first checkpoint
-    with pytest.raises(ValueError, match="holds the log of a run that saved no checkpoint"):
+    with pytest.raises(ValueError, match="holds the log of a run that saved no checkpoint") as caught:
         damsm.train_damsm(tiny_config(synthetic_root, tmp_path, "damsm.max_steps=1"), progress=False)
+    assert "--resume" not in str(caught.value) and "--overwrite" in str(caught.value)  # nothing to resume from
+
+
+def test_a_limit_stop_says_so_and_how_to_go_on(synthetic_root, tmp_path, capsys):
+    """damsm.max_steps below the planned epochs: exit 0, but the run says where it stopped and how to go
+    on; resumed as it was, it says there is nothing to train. --overwrite with a --resume of the same
+    run is a contradiction, refused."""
+    out = tmp_path / "run"
+    assert cli(_damsm_cli(synthetic_root, out, "--set", "damsm.max_steps=3")) == 0
+    latest = out / "latest.pt"
+    again = " ".join(_damsm_cli(synthetic_root, out, "--set", "damsm.max_steps=3"))
+    err = capsys.readouterr().err
+    assert (f"stopped at damsm.max_steps at step 3; saved {latest}; to go on: raise damsm.max_steps, then "
+            f"attngan-fast {again} --resume {latest}") in err, err
+    assert _records(out / "log.jsonl")[-1]["stopped_at"] == "damsm.max_steps"
+    assert cli(_damsm_cli(synthetic_root, out, "--set", "damsm.max_steps=3", "--resume", str(latest))) == 0
+    assert "has already trained to damsm.max_steps = 3 (step 3): nothing to train" in capsys.readouterr().err
+    assert cli(_damsm_cli(synthetic_root, out, "--resume", str(latest), "--overwrite")) == 2
+    assert "which --overwrite would move aside: give one of them" in capsys.readouterr().err
 
 
 def test_overwrite_moves_the_earlier_run_aside_and_says_so(synthetic_root, tmp_path, capsys):
@@ -247,6 +266,16 @@ def test_a_signal_saves_where_the_run_is_and_the_resume_is_exact(synthetic_root,
     resumed = damsm.train_damsm(tiny_config(synthetic_root, tmp_path / "cut", "damsm.max_steps=6"), resume=latest,
                                 progress=False)
     assert resumed["step"] == 6 and resumed["param_checksum"] == whole["param_checksum"]
+
+
+def test_a_signal_after_an_evaluation_reports_the_step_it_stopped_at(synthetic_root, tmp_path, monkeypatch):
+    """The result's step is where the run stopped, not the last evaluation's (a probe saw step 36 printed
+    for a checkpoint at step 37)."""
+    cfg = tiny_config(synthetic_root, tmp_path, "damsm.epochs=3")
+    with monkeypatch.context() as patch:
+        _signal_at_step(patch, 96 * 3 // 4 // 8 + 2)  # two steps into the second epoch, after its evaluation
+        result = damsm.train_damsm(cfg, progress=False)
+    assert result["stopped_by"] == "SIGTERM" and result["step"] == 11 == load_checkpoint(tmp_path / "latest.pt")["step"]
 
 
 def test_a_signal_at_the_runs_last_step_changes_nothing(synthetic_root, tmp_path, monkeypatch, capsys):

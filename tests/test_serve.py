@@ -96,6 +96,20 @@ def test_a_word_change_that_cannot_be_made_is_said(studio, word, new, message):
         studio.compare(CAPTION, word, new, 0, 1)
 
 
+def test_a_word_change_the_model_cannot_read_is_refused_and_unknown_words_are_named(studio):
+    """A probe found Compare showing 'this bird has xyzzy wings' as if the model had read 'xyzzy', and two
+    identical pictures for a replacement outside the vocabulary."""
+    pytest.importorskip("gradio")
+    from attngan_fast.serve import build_page
+
+    with pytest.raises(RequestError, match="'zorgle' is not in the vocabulary"):
+        studio.compare(CAPTION, "blue", "zorgle", 0, 1)
+    (run_compare,) = {f.fn for f in build_page(studio).fns.values() if f.name == "run_compare"}
+    said = run_compare(CAPTION + " xyzzy", "blue", "green", 0, 1)[0]
+    assert said == f"*{CAPTION}* beside *{CAPTION.replace('blue', 'green')}* (seed 0); not in the vocabulary, left " \
+                   "out: xyzzy.", said
+
+
 def test_test_captions_come_from_the_generators_data(trained, synthetic_root, tmp_path):
     _, _, _, cfg = load_generator(trained[1])
     captions, note = held_out_captions(cfg, synthetic_root)

@@ -160,15 +160,20 @@ def test_floats_as_people_write_them_in_overrides_and_files(tmp_path, spelling, 
 def test_number_fields_still_refuse_words_and_strings_stay_strings():
     with pytest.raises(ConfigError, match=r"damsm.lr must be a number, got 'fast'"):
         load_config("synthetic", ["damsm.lr=fast"])
-    with pytest.raises(ConfigError, match=r"damsm.batch_size must be an integer, got '1e3'"):
-        load_config("synthetic", ["damsm.batch_size=1e3"])
+    # An integer field takes a whole number however it is spelt (PyYAML reads 1e3 as a string), no fraction.
+    assert load_config("synthetic", ["damsm.max_steps=1e3", "gan.max_steps=2000.0"]).gan.max_steps == 2000
+    assert load_config("synthetic", ["damsm.max_steps=1e3"]).damsm.max_steps == 1000
+    with pytest.raises(ConfigError, match=r"damsm.batch_size must be an integer, got '2.5e0'"):
+        load_config("synthetic", ["damsm.batch_size=2.5e0"])
     # A path that looks like a number stays the string it is.
     assert load_config("synthetic", ["data.root=1e-3"]).data.root == "1e-3"
 
 
 @pytest.mark.parametrize("override, message", [
-    ("damsm.batch_size=0", "damsm.batch_size must be at least 1, got 0"),
-    ("damsm.batch_size=-4", "damsm.batch_size must be at least 1, got -4"),
+    ("damsm.batch_size=1", "damsm.batch_size must be at least 2, got 1 (the matching losses score each image"),
+    ("damsm.batch_size=-4", "damsm.batch_size must be at least 2, got -4"),
+    ("runtime.seed=99999999999999999999999", "runtime.seed must be at most 4294967295"),
+    ("runtime.seed=-1", "runtime.seed must be at least 0, got -1"),
     ("gan.batch_size=1", "gan.batch_size must be at least 2, got 1"),
     ("data.words_num=0", "data.words_num must be at least 1, got 0"),
     ("data.captions_per_image=0", "data.captions_per_image must be at least 1, got 0"),
@@ -196,3 +201,27 @@ def test_values_out_of_range_are_one_line_errors(override, message):
     with pytest.raises(ConfigError) as caught:
         load_config("synthetic", [override])
     assert str(caught.value).startswith(message) and "\n" not in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    (b"damsm: {1: 2, foo: 3}\n", "unknown config keys 1, 'foo' in damsm"),  # keys of two types: sorted as text
+    (b"damsm:\n  out_dir: caf\xe9\n", "is not UTF-8 text (byte 0xe9 at offset 21)"),
+    (b"damsm: 7\n", "damsm must be a mapping of keys to values, got 7"),
+])
+def test_bad_files_are_one_line_errors_also_under_overrides(tmp_path, text, message):
+    """A probe's findings: a number as a key and a Latin-1 file were tracebacks; a section that is not a
+    mapping was replaced, unseen, by the --set (or --out) that touched it."""
+    path = tmp_path / "mine.yaml"
+    path.write_bytes(text)
+    for overrides in ([], ["damsm.max_steps=2"]):
+        with pytest.raises(ConfigError) as caught:
+            load_config(path, overrides)
+        assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_folder_or_a_broken_set_value_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder, not a YAML file"):
+        load_config(tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        load_config("synthetic", ["damsm.lr=[1"])
+    assert "cannot parse value '[1'" in str(caught.value) and "\n" not in str(caught.value)

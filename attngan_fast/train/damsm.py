@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -341,7 +342,12 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
 
     # -- the epochs: training steps, then evaluation, pictures and a checkpoint per epoch --------------
     stopped = d.max_steps is not None and step >= d.max_steps
+    if resume is not None and rt.is_main and (stopped or start_epoch >= d.epochs):
+        limit = f"damsm.max_steps = {d.max_steps}" if stopped else f"damsm.epochs = {d.epochs}"
+        print(f"attngan-fast: {resume} has already trained to {limit} (step {step}): nothing to train; raise "
+              "it to go on", file=sys.stderr)
     cut_by_signal = None  # the signal that stopped the run before its planned end ("SIGINT", "SIGTERM")
+    cut_at = None  # the limit that did ("damsm.max_steps", "damsm.max_minutes")
     meter = StepMeter(device, step)
     for epoch in range(start_epoch, d.epochs if not stopped else start_epoch):
         lr = lr_at(cfg, epoch)
@@ -371,12 +377,13 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
                 bar.set_postfix(loss=f"{running['total']:.3f}", w=f"{running['w0'] + running['w1']:.3f}",
                                 s=f"{running['s0'] + running['s1']:.3f}")
                 log.write({"step": step, "epoch": epoch, "lr": lr, **watch.read(), **meter.reading(step)})
+            last_step = position >= steps_per_epoch and epoch + 1 >= d.epochs  # the run's planned end
             if d.max_steps is not None and step >= d.max_steps:  # planned end: a late signal changes nothing
-                stopped = True
+                stopped, cut_at = True, None if last_step else "damsm.max_steps"
                 break
             if deadline.passed(step):
-                last_step = position >= steps_per_epoch and epoch + 1 >= d.epochs  # the run's planned end
                 stopped, cut_by_signal = True, None if last_step else rt.stop
+                cut_at = None if last_step or rt.stop else "damsm.max_minutes"
                 break
         bar.close()
         with meter.paused():  # evaluation, pictures and the checkpoint are not training speed
@@ -412,12 +419,13 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
     # -- the closing record -------------------------------------------------------------------------------
     meter.reading(step)
     speed = meter.summary()
-    stopped_by = {"stopped_by": cut_by_signal} if cut_by_signal else {}
+    stopped_by = {"stopped_by": cut_by_signal} if cut_by_signal else {"stopped_at": cut_at} if cut_at else {}
     log.write({"final": True, "step": step, **speed, **stopped_by})
     log.close()
     checksum = sum(float(p.detach().double().sum()) for p in params)
-    return {"checkpoint": str(latest) if latest.is_file() else None, "step": step, "param_checksum": checksum,
-            "speed": speed, **metrics, **stopped_by}
+    # the last evaluation's step and epoch are older than the run's end when a stop came after it
+    return {**metrics, "checkpoint": str(latest) if latest.is_file() else None, "step": step,
+            "param_checksum": checksum, "speed": speed, **stopped_by}
 
 
 def summarize(metrics: dict) -> str:

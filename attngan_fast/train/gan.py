@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import sys
 import warnings
 from pathlib import Path
 
@@ -391,7 +392,12 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
 
     # -- the epochs: training steps (samples every samples_every), then evaluation and a checkpoint ---
     stopped = g.max_steps is not None and step >= g.max_steps
+    if resume is not None and rt.is_main and (stopped or start_epoch >= g.epochs):
+        limit = f"gan.max_steps = {g.max_steps}" if stopped else f"gan.epochs = {g.epochs}"
+        print(f"attngan-fast: {resume} has already trained to {limit} (step {step}): nothing to train; raise "
+              "it to go on", file=sys.stderr)
     cut_by_signal = None  # the signal that stopped the run before its planned end ("SIGINT", "SIGTERM")
+    cut_at = None  # the limit that did ("gan.max_steps", "gan.max_minutes")
     meter = StepMeter(device, step)
     for epoch in range(start_epoch, g.epochs if not stopped else start_epoch):
         sampler.set_epoch(epoch, start=position * g.batch_size)
@@ -415,12 +421,13 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
             if step % g.samples_every == 0:
                 with meter.paused():
                     samples()
+            last_step = position >= steps_per_epoch and epoch + 1 >= g.epochs  # the run's planned end
             if g.max_steps is not None and step >= g.max_steps:  # planned end: a late signal changes nothing
-                stopped = True
+                stopped, cut_at = True, None if last_step else "gan.max_steps"
                 break
             if deadline.passed(step):
-                last_step = position >= steps_per_epoch and epoch + 1 >= g.epochs  # the run's planned end
                 stopped, cut_by_signal = True, None if last_step else rt.stop
+                cut_at = None if last_step or rt.stop else "gan.max_minutes"
                 break
         bar.close()
         finished = position >= steps_per_epoch
@@ -437,7 +444,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
     # -- the closing record and the last sample grid ---------------------------------------------------
     meter.reading(step)
     speed = meter.summary()
-    stopped_by = {"stopped_by": cut_by_signal} if cut_by_signal else {}
+    stopped_by = {"stopped_by": cut_by_signal} if cut_by_signal else {"stopped_at": cut_at} if cut_at else {}
     log.write({"final": True, "step": step, **speed, **stopped_by})
     picture = samples() if cut_by_signal is None else None  # a signal's stop saves and ends at once
     log.close()

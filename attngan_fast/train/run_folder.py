@@ -77,7 +77,11 @@ def claim_run_folder(out: Path, *, resume: str | Path | None, overwrite: bool) -
     out = check_folder(out)
     found = describe_run(out) if out.is_dir() else None
     resume = None if resume is None else Path(resume)
-    if found is None or (resume is not None and resume.resolve() == (out / "latest.pt").resolve()):
+    continues = resume is not None and resume.resolve() == (out / "latest.pt").resolve()
+    if continues and overwrite:
+        raise RunExistsError(f"--resume {resume} continues the run in {out}, which --overwrite would move aside: "
+                             "give one of them")
+    if found is None or continues:
         remove_killed_writes(out)
         return resume, {}
     what, short = found
@@ -85,6 +89,9 @@ def claim_run_folder(out: Path, *, resume: str | Path | None, overwrite: bool) -
         if resume is not None:
             raise RunExistsError(f"{out} already holds {what}; resuming {resume} there would replace it: give "
                                  "another --out, or --overwrite to move the earlier run aside first")
+        if not (out / "latest.pt").is_file():  # nothing to continue from
+            raise RunExistsError(f"{out} already holds {what}: start over with --overwrite (which moves it into "
+                                 f"{out / 'replaced-<time>'}), or give another --out")
         raise RunExistsError(f"{out} already holds {what}: continue it with --resume {out / 'latest.pt'}, or start "
                              f"over with --overwrite (which moves it into {out / 'replaced-<time>'})")
     aside = out / time.strftime("replaced-%Y%m%d-%H%M%S")
