@@ -84,6 +84,10 @@ def check_request(n_images: int, folds: int, inception_weights, out=None, words_
                                   f"not an evaluation's (e.g. {others[0]}): move them, or give another --out")
     if inception_weights is not None:
         check_inception_weights(inception_weights)
+
+
+def warn_if_few(n_images: int, folds: int) -> None:
+    """Once the request and the data have passed their checks (so a refusal is its one line alone)."""
     if n_images < 10 * folds:
         warnings.warn(f"--n-images {n_images} is too few for the R-precision protocol ({folds} folds need at least "
                       f"{10 * folds} images, 10 per fold; the paper's figures use 30,000): the numbers will be noisy",
@@ -211,10 +215,17 @@ def evaluate_generator(checkpoint: str | Path, damsm: str | Path, data_root: str
     judge, judge_identity = _judge(damsm, eval_damsm, device)
     layout, cpi = cfg.data.layout, cfg.data.captions_per_image
     words_num = default_eval_words_num(layout) if words_num is None else words_num
-    cache = load_captions(data_root, layout, cpi, progress=progress, test_fraction=cfg.data.test_fraction)
-    test = TextImageDataset(data_root, layout, "test", captions_per_image=cpi, words_num=words_num,
-                            image_size=netG.sizes[-1], train=False, cache=cache)
+    # Held until the data pass their checks: a test split that cannot be evaluated is refused below in the
+    # very words its warning would say first.
+    with warnings.catch_warnings(record=True) as held:
+        warnings.simplefilter("always")
+        cache = load_captions(data_root, layout, cpi, progress=progress, test_fraction=cfg.data.test_fraction)
+        test = TextImageDataset(data_root, layout, "test", captions_per_image=cpi, words_num=words_num,
+                                image_size=netG.sizes[-1], train=False, cache=cache)
     check_negatives(data_root, "test", test.keys, test.class_ids, evaluation=True)
+    for w in held:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    warn_if_few(n_images, folds)
     n_test, counts = len(test), test.caption_counts
     # Every test caption cut once, in the generator's ids (the same ids when it was trained on these
     # captions; an imported generator may have another vocabulary): the generator reads these very ids

@@ -108,6 +108,9 @@ def test_evaluate_refuses_zero_images_and_warns_below_the_protocol(trained, synt
     base = ["evaluate", "--checkpoint", str(trained[1]), "--damsm", str(trained[0]), "--data", str(synthetic_root),
             "--quiet", "--out", str(tmp_path / "r.json")]
     one_line_error(capsys, base + ["--n-images", "0"], "--n-images must be at least 1, got 0")
+    # A refusal of the data is its one line, not after the warning about too few images
+    missing = [*base[:6], str(tmp_path / "no-birds"), *base[7:], "--n-images", "5"]
+    one_line_error(capsys, missing, f"--data {tmp_path / 'no-birds'} does not exist")
     assert cli(base + ["--n-images", "5"]) == 0
     err = capsys.readouterr().err
     warning = [line for line in err.splitlines() if "too few" in line]
