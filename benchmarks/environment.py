@@ -35,6 +35,8 @@ def environment(device: torch.device | str) -> dict:
         info["triton"] = triton.__version__
     except ImportError:
         info["triton"] = None
+    if device.type == "cpu":  # what CPU timings depend on
+        info.update(threads=torch.get_num_threads(), load_1min=round(os.getloadavg()[0], 2))
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(sms=props.multi_processor_count, memory_gb=round(props.total_memory / 2**30, 1),

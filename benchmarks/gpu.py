@@ -42,13 +42,14 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from attngan_fast import kernels  # noqa: E402
+from attngan_fast.config import ConfigError, load_config  # noqa: E402
 from attngan_fast.kernels.testing import DTYPES, Check, checks, compare_with_float64, tolerance  # noqa: E402
 from benchmarks.cases import (CASES, INTERPRETER_AT_MODEL_SIZES, PROVIDERS, AttentionCase,  # noqa: E402
                               NotApplicable, applies, attention_inputs, attention_provider, attention_work,
                               compile_backend, damsm_inputs, damsm_provider, damsm_work, forward_backward,
                               not_applicable)
-from benchmarks.environment import environment  # noqa: E402
-from benchmarks.report import save  # noqa: E402
+from benchmarks.environment import environment, results_stem  # noqa: E402
+from benchmarks.report import free_stem, save  # noqa: E402
 from benchmarks.train_loop import VARIANTS as LOOP_VARIANTS, Loop  # noqa: E402
 from benchmarks.work import attention_provider_work, provider_work  # noqa: E402
 
@@ -247,7 +248,7 @@ def loop_rows(loop, variants: list[str], rounds: int, report: dict) -> list[tupl
         def thunk():
             setup = next(r for r in report["rows"] if r["id"] == "loop setup")
             failed = [r for r in report["rows"] if r.get("variant") == variant and "error" in r]
-            row = {"op": "train_loop", "variant": variant}
+            row = {"op": "train_loop", "kind": loop.kind, "variant": variant}
             if "error" in setup or "not_applicable" in setup or failed:
                 return {**row, "not_applicable": "its first run failed" if failed else "the loop's setup did not run"}
             try:
@@ -493,12 +494,16 @@ def main(argv: list[str] | None = None) -> int:
                                               "on CUDA, off elsewhere)")
     loop_args.add_argument("--loop-kind", choices=["gan", "damsm"], default="gan",
                       help="time attngan-fast train (default) or pretrain-damsm")
-    loop_args.add_argument("--loop-config", help="the preset (default: bird; at --sizes small, synthetic shrunk)")
+    loop_args.add_argument("--loop-config", help="a preset or YAML file (default: bird, or synthetic at --sizes small, "
+                                                 "which shrinks it to toy sizes)")
     loop_args.add_argument("--loop-steps", type=int, help="steps per run (default: 300 on CUDA, 3 elsewhere)")
-    loop_args.add_argument("--loop-rounds", type=int, default=1, help="runs of every variant, interleaved")
+    loop_args.add_argument("--loop-rounds", type=int, default=1, help="runs of every variant, interleaved (default: 1)")
     loop_args.add_argument("--damsm", type=Path, help="a DAMSM checkpoint for the AttnGAN runs (default: a brief pretraining)")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device must be cuda, cuda:N or cpu, got {args.device!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA device here; --device cpu runs the path at toy sizes")
     if args.budget is not None and args.budget <= 0:
@@ -512,24 +517,31 @@ def main(argv: list[str] | None = None) -> int:
     if not variants or set(variants) - set(LOOP_VARIANTS):
         parser.error(f"--loop-variants: unknown {sorted(set(variants) - set(LOOP_VARIANTS)) or 'none given'}; "
                      f"choose from {list(LOOP_VARIANTS)}")
-    steps = args.loop_steps or (300 if device.type == "cuda" else 3)
-    if steps < 2 or args.loop_rounds < 1:
-        parser.error(f"--loop-steps must be at least 2 (the first log interval is not timed), got {steps}; "
-                     f"--loop-rounds at least 1, got {args.loop_rounds}")
+    steps = (300 if device.type == "cuda" else 3) if args.loop_steps is None else args.loop_steps
+    if steps < 2:
+        parser.error(f"--loop-steps must be at least 2 (the first log interval is not timed), got {steps}")
+    if args.loop_rounds < 1:
+        parser.error(f"--loop-rounds must be at least 1, got {args.loop_rounds}")
     if args.damsm and not args.damsm.is_file():
         parser.error(f"--damsm: {args.damsm} is not a file")
+    if args.loop_config:  # before minutes of synthetic data and a DAMSM
+        try:
+            load_config(args.loop_config)
+        except ConfigError as err:
+            parser.error(f"--loop-config: {err}")
     sizes = args.sizes or ("model" if device.type == "cuda" else "small")
-    small = sizes == "small" and not args.loop_config
+    small = sizes == "small"
     loop = Loop(args.loop_kind, args.loop_config or ("synthetic" if small else "bird"), args.device, steps,
                 WORK / "loop", args.data, args.damsm, small), variants, args.loop_rounds
     parts = [p for p in PARTS if p in (args.only or PARTS)]
     report = {"date": datetime.date.today().isoformat(), "environment": environment(device), "sizes": sizes,
               "command": "python -m benchmarks.gpu " + " ".join(sys.argv[1:] if argv is None else argv),
               "parts": parts, "only": bool(args.only), "ceilings": None, "rows": [], "not_reached": []}
+    report["stem"] = free_stem(args.out, results_stem(report))
     with compile_backend(args.compile_backend):
         run(parts, sizes, device, timer(device, args.quick), args.out, report, args.budget, quick=args.quick,
             data=args.data, loop=loop)
-    stem = save(report, args.out)
+    stem = save(report, args.out)  # (its name was chosen before the first row: free_stem)
     failed = [r["id"] for r in report["rows"] if r.get("status") == "FAIL"]
     print(f"wrote {stem}.json and .md in {report['seconds']} s; {len(report['rows'])} rows"
           + (" (interrupted)" if report.get("interrupted") else "")

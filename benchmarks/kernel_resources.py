@@ -211,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"--workers must be at least 1, got {args.workers}")
+    if args.max_shared is not None and args.max_shared < 1:
+        parser.error(f"--max-shared must be a positive number of bytes, got {args.max_shared}")
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out must be a folder, {args.out} is a file")  # before minutes of compiling
 

@@ -42,6 +42,7 @@ def loop_variants(rows: list[dict]) -> list[dict]:
             v["error"] = next((r.get("error") or r.get("not_applicable") for r in runs), "not run")
         else:
             v.update(steps_per_s=statistics.median(r["steps_per_s"] for r in done), rounds=len(done),
+                     range=f"{min(r['steps_per_s'] for r in done):.3g}–{max(r['steps_per_s'] for r in done):.3g}",
                      images_per_s=statistics.median(r["images_per_s"] for r in done),
                      peak_memory_mb=max((r.get("peak_memory_mb") or 0 for r in done), default=0) or None)
         out.append(v)
@@ -54,10 +55,20 @@ def loop_variants(rows: list[dict]) -> list[dict]:
     return out
 
 
+def free_stem(out: Path, stem: str) -> str:
+    """``stem``, or ``stem-2``, ``-3``, ... where an earlier run's files already have that name: a run
+    never overwrites another's results (the same parts on the same day, a run cut short after a full one)."""
+    n, free = 1, stem
+    while any((out / f"{free}{suffix}").exists() for suffix in (".json", ".md")):
+        n += 1
+        free = f"{stem}-{n}"
+    return free
+
+
 def save(report: dict, out: Path) -> Path:
     """The JSON (atomically) and the markdown tables."""
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / results_stem(report)
+    stem = out / report.get("stem", results_stem(report))
     tmp = stem.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=1, default=str))
     tmp.replace(stem.with_suffix(".json"))
@@ -75,14 +86,20 @@ def markdown(report: dict) -> str:
     env = report["environment"]
     lines = [f"# Benchmarks on {env['device']} ({report['date']})", "",
              f"torch {env['torch']}, triton {env['triton']}, python {env['python']}; sizes: {report['sizes']}. "
-             f"Command: `{report['command']}` ({report.get('seconds', '?')} s).", ""]
+             f"Command: `{report['command']}` ({report.get('seconds', '?')} s)."
+             + (f" CPU: {env['threads']} torch threads, 1-minute load average {env['load_1min']} at the start "
+                "(CPU times are medians of a few `perf_counter` calls: a loaded machine moves them)."
+                if "threads" in env else ""), ""]
     limits = report.get("ceilings")
     if limits:
         rates = " / ".join(f"{k[:-7]} {v}" for k, v in limits.items() if k.endswith("_tflops"))
         lines += [f"Ceilings measured in this run: copy {limits['copy_gbps']:.0f} GB/s (read + write), matrix rate "
                   f"{rates} TFLOP/s. Floor = max(useful FLOPs / rate, useful bytes / copy bandwidth).", ""]
     rows = report["rows"]
-    checks = [r for r in rows if r["part"] == "checks"]
+    skipped = [r for r in rows if r["part"] in ("checks", "tuned") and "not_applicable" in r]
+    if skipped:
+        lines += ["## Not run on this device", "", *[f"- {r['id']}: {r['not_applicable']}" for r in skipped], ""]
+    checks = [r for r in rows if r["part"] == "checks" and "not_applicable" not in r]
     if checks:
         failed = [r for r in checks if r.get("status") != "pass"]
         lines += ["## Compiled correctness against float64", "",
@@ -103,7 +120,8 @@ def markdown(report: dict) -> str:
                   "| case | variant | ms | steps/s | peak MB | speedup vs released fp32 eager |", "| --- | --- | --- | --- | --- | --- |"]
         for r in train:
             if "ms" not in r:
-                lines.append(f"| {r['case']} | {r['variant']} | {r.get('error', '')} | | | |")
+                why = r.get("error") or f"n/a: {r.get('not_applicable', '')}"
+                lines.append(f"| {r['case']} | {r['variant']} | {why} | | | |")
                 continue
             peak = r.get("peak_extra_mb")
             speedup = f"{base['ms'] / r['ms']:.2f}x" if base else "-"
@@ -124,16 +142,22 @@ def markdown(report: dict) -> str:
         lines += ["## Loaders", "", f"{loader['case']}: PIL {loader['pil_images_per_s_per_core']} images/s on one core, "
                   f"data.on_device {loader['on_device_images_per_s']} images/s ({loader['on_device_vs_pil']}x; decoding "
                   f"once took {loader['decode_once_s']} s; 1-minute load average {loader['load_1min']}).", ""]
+    setup = next((r for r in rows if r.get("id") == "loop setup"), None)
     loop = loop_variants([r for r in rows if r.get("op") == "train_loop"])
-    if loop:
-        lines += ["## The real training loop (`benchmarks.train_loop`)", "", f"{loop[0]['case']}: steps/s from the "
-                  "loop's own log (first interval left out), median over rounds; peak memory over the run.", "",
-                  "| variant | flags | steps/s | rounds | images/s | peak MB | speed vs off | memory vs off |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    if setup or loop:
+        kind = "`attngan-fast pretrain-damsm`" if any(r.get("kind") == "damsm" for r in rows) else "`attngan-fast train`"
+        case = next((v["case"] for v in loop if v["case"]), "")
+        lines += [f"## The real training loop: {kind} (`benchmarks.train_loop`)", "",
+                  f"{case}: steps/s from the loop's own log (first interval left out), median over rounds (and their "
+                  "range); peak memory over the run.", ""]
+        if setup and ("error" in setup or "not_applicable" in setup):
+            lines += [f"The setup did not run: {setup.get('error') or setup.get('not_applicable')}", ""]
+        lines += ["| variant | flags | steps/s | range | rounds | images/s | peak MB | speed vs off | memory vs off |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {v['variant']} | `{' '.join(v['flags'])}` | " + (
-            f"{v['steps_per_s']:.3g} | {v['rounds']} | {v['images_per_s']:.1f} | {v.get('peak_memory_mb') or '-'} | "
-            f"{v.get('speed_vs_off', '-')} | {v.get('memory_vs_off', '-')} |" if "steps_per_s" in v else
-            f"{v['error'][:100]} | | | | | |") for v in loop]
+            f"{v['steps_per_s']:.3g} | {v['range']} | {v['rounds']} | {v['images_per_s']:.1f} | "
+            f"{v.get('peak_memory_mb') or '-'} | {v.get('speed_vs_off', '-')} | {v.get('memory_vs_off', '-')} |"
+            if "steps_per_s" in v else f"{v['error'][:300]} | | | | | | |") for v in loop]
         lines.append("")
     if report.get("not_reached"):
         lines += ["## Not reached", "", *[f"- {i}" for i in report["not_reached"]], ""]

@@ -70,7 +70,7 @@ class Loop:
             self.data = self.work / f"birds-{self.images}-{self.size}"
         if self.damsm is None:  # one per preset, overrides and data: a reused one must fit the run
             key = hashlib.sha1(repr((self.config, self.sets, str(self.data.resolve()))).encode()).hexdigest()[:8]
-            self.damsm = self.work / f"damsm-{self.config}-{key}" / "latest.pt"
+            self.damsm = self.work / f"damsm-{Path(self.config).stem}-{key}" / "latest.pt"
         self.log_every = max(1, self.steps // 6)
 
     def common(self) -> list[str]:
@@ -84,9 +84,10 @@ def run_command(args: list[str], log_path: Path, timeout: float) -> float:
     with open(log_path, "w") as log:
         proc = subprocess.run([sys.executable, "-m", "attngan_fast", *args], stdout=log, stderr=subprocess.STDOUT,
                               timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"`attngan-fast {' '.join(args)}` exited with {proc.returncode}:\n"
-                           f"{log_path.read_text()[-2000:]}")
+    if proc.returncode != 0:  # the command's own last line says why (its errors are one line)
+        last = next((line for line in reversed(log_path.read_text().splitlines()) if line.strip()), "")
+        raise RuntimeError(f"attngan-fast {args[0]} exited with {proc.returncode}: {last.strip()[:400]} "
+                           f"(the whole output: {log_path})")
     return time.time() - start
 
 
@@ -108,10 +109,11 @@ def prepare(loop: Loop, timeout: float) -> dict:
     loop.work.mkdir(parents=True, exist_ok=True)
     if not (loop.data / "CUB_200_2011" / "images.txt").exists():
         run_command(["data", "synth", "--out", str(loop.data), "--images", str(loop.images), "--size",
-                     str(loop.size), "--quiet"], loop.work / "synth.log", timeout)
+                     str(loop.size), "--quiet"], loop.work / f"{loop.data.name}.log", timeout)
     if loop.kind == "gan" and not loop.damsm.exists():
         run_command(["pretrain-damsm", "--out", str(loop.damsm.parent), "--set", f"damsm.max_steps={loop.damsm_steps}",
-                     "--set", "runtime.eval_batches=1", *loop.common()], loop.work / "damsm.log", timeout)
+                     "--set", "runtime.eval_batches=1", *loop.common()], loop.work / f"{loop.damsm.parent.name}.log",
+                    timeout)
     return {"op": "loop_setup", "data": str(loop.data), "damsm": str(loop.damsm) if loop.kind == "gan" else None}
 
 
@@ -121,7 +123,8 @@ def run_variant(loop: Loop, variant: str, timeout: float) -> dict:
 
     cfg = load_config(loop.config, loop.sets)
     batch = cfg.gan.batch_size if loop.kind == "gan" else cfg.damsm.batch_size
-    run_dir = loop.work / f"{loop.kind}-{loop.config}-{variant}"
+    # the process in the name: two benchmarks may run at once; a config's file name, not its path
+    run_dir = loop.work / f"{loop.kind}-{Path(loop.config).stem}-{variant}-{os.getpid()}"
     args = (["train", "--damsm", str(loop.damsm), "--set", "gan.samples_every=1000000000", "--set",
              "gan.max_minutes=null"] if loop.kind == "gan" else ["pretrain-damsm", "--set", "damsm.max_minutes=null"])
     row = {"op": "train_loop", "kind": loop.kind, "variant": variant, "flags": VARIANTS[variant],
@@ -131,7 +134,7 @@ def run_variant(loop: Loop, variant: str, timeout: float) -> dict:
     row["wall_s"] = round(run_command([*args, *loop.common(), "--out", str(run_dir),
                                        "--set", f"{loop.kind}.max_steps={loop.steps}",
                                        "--set", f"runtime.log_every={loop.log_every}", *VARIANTS[variant]],
-                                      loop.work / f"{loop.kind}-{variant}.log", timeout), 1)
+                                      loop.work / f"{run_dir.name}.log", timeout), 1)
     final = final_record(run_dir / "log.jsonl")
     row.update({k: final[k] for k in ("steps_per_s", "timed_steps", "peak_memory_mb") if k in final})
     row["images_per_s"] = row["steps_per_s"] * batch

@@ -120,6 +120,21 @@ def test_ctrl_c_keeps_the_rows_measured_and_lists_the_rest(tmp_path, capsys, mon
     assert "(interrupted)" in capsys.readouterr().out
 
 
+def test_a_second_run_never_overwrites_the_first_and_skipped_rows_say_why(tmp_path, capsys):
+    """A probe saw a run cut short replace a complete file of the same day. And rows that cannot run on
+    this device are listed with their reason, not shown as failed checks."""
+    for _ in range(2):
+        assert gpu.main(["--device", "cpu", "--sizes", "model", "--only", "checks", "tuned", "--out", str(tmp_path)]) == 0
+    names = {p.name for p in tmp_path.iterdir()}
+    stem = min(names, key=len)[: -len(".md")]
+    assert names == {f"{stem}.json", f"{stem}.md", f"{stem}-2.json", f"{stem}-2.md"}, names
+    md = (tmp_path / f"{stem}.md").read_text()
+    assert "## Not run on this device" in md and "- tuned: the Triton interpreter would take hours" in md
+    assert "checks pass" not in md
+    env = json.loads((tmp_path / f"{stem}.json").read_text())["environment"]
+    assert env["threads"] >= 1 and env["load_1min"] >= 0 and "torch threads" in md
+
+
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     for argv, needle in ((["--budget", "0"], "--budget must be a positive"), (["--only", "nothing"], "invalid choice"),
                          (["--out", str(tmp_path / "f")], "--out must be a folder"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 
 import pytest
 
@@ -49,8 +50,10 @@ def test_the_damsm_loop_is_timed_on_the_users_data(tmp_path, monkeypatch, capsys
     assert rows[0]["damsm"] is None and rows[0]["data"] == str(tmp_path / "birds")
     assert all(r["kind"] == "damsm" and r["case"].startswith("synthetic B=8") and r["timed_steps"] == 2
                for r in rows[1:])
+    pid = os.getpid()  # each run's folder and log carry the process: two benchmarks may run at once
     assert sorted(p.name for p in (tmp_path / "work" / "loop").iterdir()) == [
-        "damsm-off.log", "damsm-on-device.log", "damsm-synthetic-off", "damsm-synthetic-on-device"]
+        f"damsm-synthetic-off-{pid}", f"damsm-synthetic-off-{pid}.log", f"damsm-synthetic-on-device-{pid}",
+        f"damsm-synthetic-on-device-{pid}.log"]
 
 
 def test_a_run_without_a_final_record_is_an_error(tmp_path):
@@ -76,10 +79,28 @@ def test_a_failed_setup_or_first_run_is_not_repeated(tmp_path, monkeypatch, caps
     assert loop_variants(rows[1:])[0]["error"].startswith("RuntimeError")
 
 
+def test_a_failed_command_is_named_by_its_own_last_line(tmp_path, monkeypatch, capsys):
+    """The reason (the CLI's one-line error) reaches the results, not the first 300 characters of the
+    command that failed; a setup that failed is said in the markdown."""
+    monkeypatch.setattr(gpu, "WORK", tmp_path / "work")
+    (tmp_path / "tiny").mkdir()  # a CUB-layout root with no images at all
+    (tmp_path / "tiny" / "CUB_200_2011").mkdir()
+    (tmp_path / "tiny" / "CUB_200_2011" / "images.txt").write_text("")
+    assert gpu.main(["--device", "cpu", "--only", "loop", "--loop-kind", "damsm", "--data", str(tmp_path / "tiny"),
+                     "--out", str(tmp_path / "out")]) == 0
+    (path,) = (tmp_path / "out").glob("*-loop.json")
+    off = json.loads(path.read_text())["rows"][1]
+    assert off["error"].startswith("RuntimeError: attngan-fast pretrain-damsm exited with 2: attngan-fast: error: ")
+    assert "(the whole output: " in off["error"] and "`attngan-fast pretrain-damsm`" in path.with_suffix(".md").read_text()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--loop-steps", "1"], "--loop-steps must be at least 2"),
+    (["--loop-steps", "0"], "--loop-steps must be at least 2 (the first log interval is not timed), got 0"),
+    (["--loop-config", "nosuch"], "--loop-config: unknown config 'nosuch'"),
+    (["--device", "tpu"], "--device must be cuda, cuda:N or cpu, got 'tpu'"),
     (["--loop-variants", "fp8"], "--loop-variants: unknown ['fp8']"),
-    (["--loop-rounds", "0"], "--loop-rounds at least 1"),
+    (["--loop-rounds", "0"], "--loop-rounds must be at least 1, got 0"),
     (["--damsm", "/no/such/file.pt"], "--damsm: /no/such/file.pt is not a file"),
 ])
 def test_bad_arguments_are_named(args, message, capsys):
@@ -98,10 +119,11 @@ def test_the_bird_preset_runs_unchanged(tmp_path, monkeypatch, capsys):
 
     synthesize(tmp_path / "birds", images=60, size=256, seed=0, progress=False)
     rows = _loop(tmp_path, monkeypatch, "--sizes", "model", "--loop-steps", "2", "--data", str(tmp_path / "birds"))
-    assert "backbone is RANDOM" in (tmp_path / "work" / "loop" / "damsm.log").read_text()  # no weights: loudly said
+    (damsm_log,) = (tmp_path / "work" / "loop").glob("damsm-bird-*.log")
+    assert "backbone is RANDOM" in damsm_log.read_text()  # no weights here: loudly said
     setup, run = rows
     assert run["case"] == "bird B=20 256px" and run["steps_per_s"] > 0 and run["timed_steps"] == 1, run
     from attngan_fast.train import gan
 
-    _, _, _, cfg = gan.load_generator(tmp_path / "work" / "loop" / "gan-bird-off" / "latest.pt")
+    _, _, _, cfg = gan.load_generator(tmp_path / "work" / "loop" / f"gan-bird-off-{os.getpid()}" / "latest.pt")
     assert cfg.gan.stages == 3 and cfg.gan.gf_dim == 32 and cfg.gan.r_num == 2

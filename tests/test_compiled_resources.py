@@ -214,3 +214,11 @@ def test_ctrl_c_during_the_survey_is_one_line_and_writes_nothing(tmp_path):
     assert run.returncode == 130, run.stderr
     assert run.stderr.strip().startswith("benchmarks.kernel_resources: interrupted, nothing written")
     assert "Traceback" not in run.stderr and not list(tmp_path.iterdir())
+
+
+def test_a_nonsense_shared_memory_size_is_refused_before_compiling(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "TRITON_DEFAULT_FP_FUSION")}
+    run = subprocess.run([sys.executable, "-m", "benchmarks.kernel_resources", "--max-shared", "-5", "--out",
+                          str(tmp_path)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert run.returncode == 2 and "--max-shared must be a positive number of bytes, got -5" in run.stderr
+    assert not list(tmp_path.iterdir())
