@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 import urllib.error
@@ -344,13 +343,14 @@ def server(trained, synthetic_root, tmp_path):
         out.close()
 
 
-def _browser():
+def _browser(profile):
+    """Headless Chromium with its profile in ``profile`` (the test's own folder: nothing left in /tmp)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-profile-')}"]:
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={profile}"]:
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
@@ -379,7 +379,7 @@ def test_the_page_in_headless_chromium_shows_the_images_and_word_maps_offline(se
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, network_log = server
-    driver = _browser()
+    driver = _browser(tmp_path / "chromium-profile")
     try:
         driver.get(url)
         wait = WebDriverWait(driver, 180)
