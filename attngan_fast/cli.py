@@ -84,7 +84,7 @@ def _at_least(flag: str, value: int, least: int = 1) -> int:
     return value
 
 
-MAX_PER_CAPTION = 100_000  # generate's noise for them all: ~80 MB at z_dim = c_dim = 100
+MAX_IMAGES = 100_000  # per generate command: every image's noise is drawn first (~80 MB at z_dim = c_dim = 100)
 MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
 
 
@@ -265,7 +265,7 @@ def _resume_command(argv: list[str], checkpoint) -> str:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # as many processes again, or the run is not continued exactly
         nodes = int(os.environ.get("GROUP_WORLD_SIZE", "1"))
         head = (f"torchrun --nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', os.environ['WORLD_SIZE'])}"
-                + (f" --nnodes={nodes}" if nodes > 1 else "") + " -m attngan_fast")
+                + (f" --nnodes={nodes} <this run's rendezvous flags>" if nodes > 1 else "") + " -m attngan_fast")
     return head + " " + shlex.join([*again, "--resume", str(checkpoint)])
 
 
@@ -314,8 +314,6 @@ def _generate(args) -> int:
     from .train.runtime import pick_device
 
     _at_least("--n-per-caption", args.n_per_caption)
-    if args.n_per_caption > MAX_PER_CAPTION:  # every image's noise is drawn before the first is made
-        raise CliError(f"--n-per-caption must be at most {MAX_PER_CAPTION:,}, got {args.n_per_caption:,}")
     _at_least("--batch-size", args.batch_size)
     _seed("--seed", args.seed)
     if args.words_num is not None:
@@ -331,6 +329,9 @@ def _generate(args) -> int:
         sources += [f"--captions {args.captions_file} line {n}" for n, line in enumerate(lines, 1) if line.strip()]
     if not captions:
         raise CliError("give at least one caption (as arguments or with --captions FILE)")
+    if len(captions) * args.n_per_caption > MAX_IMAGES:
+        raise CliError(f"{len(captions):,} caption(s) x --n-per-caption {args.n_per_caption:,} would be "
+                       f"{len(captions) * args.n_per_caption:,} images; one command makes at most {MAX_IMAGES:,}")
     out = Path(args.out)
     earlier = _earlier_generation(out, args.overwrite)
     device = pick_device(args.device or "auto")

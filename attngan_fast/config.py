@@ -268,18 +268,17 @@ def _build(cls, data, path: str = ""):
 _LOW = {
     "data.captions_per_image": 1, "data.words_num": 1, "data.image_size": 8, "data.workers": 0,
     "text_encoder.embedding_dim": 1, "text_encoder.hidden_dim": 2, "image_encoder.compact_width": 1,
-    "damsm.batch_size": 2, "damsm.epochs": 0, "damsm.max_steps": 0, "damsm.snapshot_every": 1,
+    "damsm.batch_size": 1, "damsm.epochs": 0, "damsm.max_steps": 0, "damsm.snapshot_every": 1,
     "damsm.pictures_every": 1, "damsm.eval_every": 1,
     "gan.stages": 1, "gan.base_size": 8, "gan.gf_dim": 1, "gan.df_dim": 1, "gan.z_dim": 1, "gan.c_dim": 1,
     "gan.r_num": 0, "gan.words_num": 1, "gan.batch_size": 2, "gan.epochs": 0, "gan.samples_every": 1,
     "gan.snapshot_every": 1, "gan.max_steps": 0, "gan.lambda_damsm": 0,
     "runtime.log_every": 1, "runtime.eval_batches": 1, "runtime.seed": 0,
 }
-_HIGH = {"gan.stages": 3, "runtime.seed": 2**32 - 1}
+_HIGH = {"gan.stages": 3, "runtime.seed": 2**63 - 1}  # torch's generators take a signed 64-bit seed
 _POSITIVE = {"damsm.gamma1", "damsm.gamma2", "damsm.gamma3", "damsm.lr", "damsm.lr_decay", "damsm.min_lr_divisor",
              "damsm.rnn_grad_clip", "damsm.max_minutes", "gan.lr_g", "gan.lr_d", "gan.max_minutes"}
 _WHY = {"gan.batch_size": " (the mismatched-caption term pairs image i with caption i+1)",
-        "damsm.batch_size": " (the matching losses score each image against the batch's other captions)",
         "text_encoder.hidden_dim": " (the two LSTM directions share it)"}
 
 
@@ -327,8 +326,9 @@ def _merge(base: dict, update: dict, path: str = "") -> dict:
         where = f"{path}.{key}" if path else str(key)
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _merge(out[key], value, where)
-        elif isinstance(value, dict) and out.get(key) is not None:
-            # a section that is not a mapping must not be replaced unseen by one setting of it
+        elif isinstance(value, dict) and out.get(key) is not None and _section_at(where.split(".")) is not None:
+            # a section that is not a mapping must not be replaced unseen by one setting of it (a setting
+            # given a mapping is left to the type check, which names it as the setting it is)
             raise ConfigError(f"{where} must be a mapping of keys to values, got {out[key]!r}")
         else:
             out[key] = value

@@ -22,6 +22,7 @@ generator and the judge read the same word ids; noise seeded. Written as PNG, th
 from __future__ import annotations
 
 import platform
+import re
 import shutil
 import time
 import warnings
@@ -101,12 +102,13 @@ def images_folder(report) -> Path:
 
 
 def not_our_images(folder: Path) -> list[Path]:
-    """What ``folder`` holds besides an evaluation's own files (generated/*.png, real/*.png)."""
+    """What ``folder`` holds besides an evaluation's own files: generated/ and real/ with PNGs named
+    by number (000123.png), nothing else."""
     if not folder.is_dir():
         return []
+    ours = {folder / "generated", folder / "real"}
     return sorted(p for p in folder.rglob("*") if not (
-        p.relative_to(folder).parts[0] in ("generated", "real") and (p.is_dir() or (p.suffix == ".png" and
-                                                                                     p.parent != folder))))
+        p in ours and p.is_dir() or p.parent in ours and re.fullmatch(r"\d{6}\.png", p.name) and p.is_file()))
 
 
 def check_inception_weights(path) -> None:

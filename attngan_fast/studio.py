@@ -16,7 +16,7 @@ from PIL import Image
 
 from .generate import CaptionError, generate_images
 from .pictures import attended_words, generation_grid, to_pil
-from .text import words_as_written
+from .text import tokenize, words_as_written
 
 MAX_CAPTION_CHARS = 300
 MAX_CAPTION_WORDS = 40
@@ -120,13 +120,12 @@ class Studio:
         caption, seed, n_images = self.check(caption, seed, n_images)
         changed = self.change_word(caption, word, replacement)
         self.check(changed, seed, n_images)
-        before, after = self.generate(caption, seed, n_images), self.generate(changed, seed, n_images)
-        new = replacement.strip().lower()
-        # a new word the model cannot read: the pair would show a word dropped (or nothing changed), not changed
-        if before.words == after.words or any(w.lower() == new for w in after.dropped):
-            raise RequestError(f"{replacement.strip()!r} is not in the vocabulary: the model would read both "
-                               "captions alike")
-        return before, after
+        if changed.lower() == caption.lower():
+            raise RequestError(f"the new word {replacement.strip()!r} is the word it replaces")
+        # a new word the model cannot read: the pair would show a word dropped, not changed
+        if not all(t in self.vocab for t in tokenize(replacement) or [""]):
+            raise RequestError(f"{replacement.strip()!r} is not in the model's vocabulary: it would only be left out")
+        return self.generate(caption, seed, n_images), self.generate(changed, seed, n_images)
 
 
 def _whole(value, what: str) -> int:

@@ -257,7 +257,13 @@ def loop_rows(loop, variants: list[str], rounds: int, report: dict) -> list[tupl
                 return {**row, "error": f"{type(err).__name__}: {str(err)[-600:]}"}
         return thunk
 
-    return [("loop", "loop setup", lambda: train_loop.prepare(loop, timeout()))] + [
+    def setup():
+        try:
+            return train_loop.prepare(loop, timeout())
+        except Exception as err:  # the command's own words and log come last: keep the end
+            return {"op": "loop_setup", "error": f"{type(err).__name__}: {str(err)[-600:]}"}
+
+    return [("loop", "loop setup", setup)] + [
         ("loop", f"loop {variant} round {n}", run(variant)) for n in range(1, rounds + 1) for variant in variants]
 
 
@@ -543,7 +549,9 @@ def main(argv: list[str] | None = None) -> int:
             data=args.data, loop=loop)
     stem = save(report, args.out)  # (its name was chosen before the first row: free_stem)
     failed = [r["id"] for r in report["rows"] if r.get("status") == "FAIL"]
+    errors = sum("error" in r for r in report["rows"])  # rows that could not run (a baseline, a loop run): not fatal
     print(f"wrote {stem}.json and .md in {report['seconds']} s; {len(report['rows'])} rows"
+          + (f"; {errors} with an error (listed there)" if errors else "")
           + (" (interrupted)" if report.get("interrupted") else "")
           + (f"; not reached: {len(report['not_reached'])} (listed there)" if report["not_reached"] else "")
           + (f"; FAILED checks: {failed}" if failed else ""))

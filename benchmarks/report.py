@@ -58,11 +58,17 @@ def loop_variants(rows: list[dict]) -> list[dict]:
 def free_stem(out: Path, stem: str) -> str:
     """``stem``, or ``stem-2``, ``-3``, ... where an earlier run's files already have that name: a run
     never overwrites another's results (the same parts on the same day, a run cut short after a full one)."""
+    out.mkdir(parents=True, exist_ok=True)
     n, free = 1, stem
-    while any((out / f"{free}{suffix}").exists() for suffix in (".json", ".md")):
+    while True:
+        if not (out / f"{free}.md").exists():
+            try:  # claimed at once: two runs started together never pick the same name
+                (out / f"{free}.json").open("x").close()
+                return free
+            except FileExistsError:
+                pass
         n += 1
         free = f"{stem}-{n}"
-    return free
 
 
 def save(report: dict, out: Path) -> Path:
@@ -157,7 +163,7 @@ def markdown(report: dict) -> str:
         lines += [f"| {v['variant']} | `{' '.join(v['flags'])}` | " + (
             f"{v['steps_per_s']:.3g} | {v['range']} | {v['rounds']} | {v['images_per_s']:.1f} | "
             f"{v.get('peak_memory_mb') or '-'} | {v.get('speed_vs_off', '-')} | {v.get('memory_vs_off', '-')} |"
-            if "steps_per_s" in v else f"{v['error'][:300]} | | | | | | |") for v in loop]
+            if "steps_per_s" in v else f"{v['error'][:500]} | | | | | | |") for v in loop]
         lines.append("")
     if report.get("not_reached"):
         lines += ["## Not reached", "", *[f"- {i}" for i in report["not_reached"]], ""]

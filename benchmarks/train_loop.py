@@ -69,7 +69,10 @@ class Loop:
         if self.data is None:
             self.data = self.work / f"birds-{self.images}-{self.size}"
         if self.damsm is None:  # one per preset, overrides and data: a reused one must fit the run
-            key = hashlib.sha1(repr((self.config, self.sets, str(self.data.resolve()))).encode()).hexdigest()[:8]
+            from attngan_fast.config import load_config  # the settings themselves: a YAML file may be edited
+
+            settings = load_config(self.config, self.sets).to_dict()
+            key = hashlib.sha1(repr((settings, str(self.data.resolve()))).encode()).hexdigest()[:8]
             self.damsm = self.work / f"damsm-{Path(self.config).stem}-{key}" / "latest.pt"
         self.log_every = max(1, self.steps // 6)
 
@@ -86,8 +89,8 @@ def run_command(args: list[str], log_path: Path, timeout: float) -> float:
                               timeout=timeout)
     if proc.returncode != 0:  # the command's own last line says why (its errors are one line)
         last = next((line for line in reversed(log_path.read_text().splitlines()) if line.strip()), "")
-        raise RuntimeError(f"attngan-fast {args[0]} exited with {proc.returncode}: {last.strip()[:400]} "
-                           f"(the whole output: {log_path})")
+        raise RuntimeError(f"attngan-fast {args[0]} exited with {proc.returncode} (output: {log_path}): "
+                           f"{last.strip()[:400]}")
     return time.time() - start
 
 
@@ -111,6 +114,7 @@ def prepare(loop: Loop, timeout: float) -> dict:
         run_command(["data", "synth", "--out", str(loop.data), "--images", str(loop.images), "--size",
                      str(loop.size), "--quiet"], loop.work / f"{loop.data.name}.log", timeout)
     if loop.kind == "gan" and not loop.damsm.exists():
+        shutil.rmtree(loop.damsm.parent, ignore_errors=True)  # a pretraining cut short (the budget) left its log
         run_command(["pretrain-damsm", "--out", str(loop.damsm.parent), "--set", f"damsm.max_steps={loop.damsm_steps}",
                      "--set", "runtime.eval_batches=1", *loop.common()], loop.work / f"{loop.damsm.parent.name}.log",
                     timeout)
@@ -136,6 +140,7 @@ def run_variant(loop: Loop, variant: str, timeout: float) -> dict:
                                        "--set", f"runtime.log_every={loop.log_every}", *VARIANTS[variant]],
                                       loop.work / f"{run_dir.name}.log", timeout), 1)
     final = final_record(run_dir / "log.jsonl")
+    shutil.rmtree(run_dir)  # its checkpoints (~1.3 GB a variant at the bird preset); its output stays in the log
     row.update({k: final[k] for k in ("steps_per_s", "timed_steps", "peak_memory_mb") if k in final})
     row["images_per_s"] = row["steps_per_s"] * batch
     return row

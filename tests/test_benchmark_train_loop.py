@@ -50,10 +50,9 @@ def test_the_damsm_loop_is_timed_on_the_users_data(tmp_path, monkeypatch, capsys
     assert rows[0]["damsm"] is None and rows[0]["data"] == str(tmp_path / "birds")
     assert all(r["kind"] == "damsm" and r["case"].startswith("synthetic B=8") and r["timed_steps"] == 2
                for r in rows[1:])
-    pid = os.getpid()  # each run's folder and log carry the process: two benchmarks may run at once
+    pid = os.getpid()  # each run's log carries the process (two benchmarks may run at once); its folder is gone
     assert sorted(p.name for p in (tmp_path / "work" / "loop").iterdir()) == [
-        f"damsm-synthetic-off-{pid}", f"damsm-synthetic-off-{pid}.log", f"damsm-synthetic-on-device-{pid}",
-        f"damsm-synthetic-on-device-{pid}.log"]
+        f"damsm-synthetic-off-{pid}.log", f"damsm-synthetic-on-device-{pid}.log"]
 
 
 def test_a_run_without_a_final_record_is_an_error(tmp_path):
@@ -90,8 +89,30 @@ def test_a_failed_command_is_named_by_its_own_last_line(tmp_path, monkeypatch, c
                      "--out", str(tmp_path / "out")]) == 0
     (path,) = (tmp_path / "out").glob("*-loop.json")
     off = json.loads(path.read_text())["rows"][1]
-    assert off["error"].startswith("RuntimeError: attngan-fast pretrain-damsm exited with 2: attngan-fast: error: ")
-    assert "(the whole output: " in off["error"] and "`attngan-fast pretrain-damsm`" in path.with_suffix(".md").read_text()
+    assert off["error"].startswith("RuntimeError: attngan-fast pretrain-damsm exited with 2 (output: ")
+    assert "): attngan-fast: error: missing caption folder" in off["error"]
+    assert "`attngan-fast pretrain-damsm`" in path.with_suffix(".md").read_text()
+
+
+def test_a_failed_setup_is_said_and_a_pretraining_cut_short_is_made_again(tmp_path, monkeypatch, capsys):
+    """The setup's error keeps its end (where the command's words and log are); a brief DAMSM whose
+    pretraining was cut (a log, no checkpoint) is removed and made again, not refused for good."""
+    monkeypatch.setattr(train_loop, "run_command", lambda *a: (_ for _ in ()).throw(
+        RuntimeError("x" * 700 + " attngan-fast synth exited with 2 (output: /w/synth.log): no room")))
+    rows = _loop(tmp_path, monkeypatch, "--loop-variants", "off")
+    assert rows[0]["error"].endswith("(output: /w/synth.log): no room")
+    assert rows[1]["not_applicable"] == "the loop's setup did not run"
+    loop = train_loop.Loop("gan", "synthetic", "cpu", 3, tmp_path / "w", data=tmp_path / "birds", small=True)
+    (loop.data / "CUB_200_2011").mkdir(parents=True)
+    (loop.data / "CUB_200_2011" / "images.txt").write_text("")
+    loop.damsm.parent.mkdir(parents=True)
+    (loop.damsm.parent / "log.jsonl").write_text("{}\n")  # cut short before its checkpoint
+    made = []
+    monkeypatch.setattr(train_loop, "run_command", lambda args, log, timeout: made.append(
+        loop.damsm.parent.exists()))
+    pytest.importorskip("nltk")
+    train_loop.prepare(loop, 10)
+    assert made == [False]  # the leftover folder was gone when pretrain-damsm ran
 
 
 @pytest.mark.parametrize("args, message", [
@@ -123,7 +144,5 @@ def test_the_bird_preset_runs_unchanged(tmp_path, monkeypatch, capsys):
     assert "backbone is RANDOM" in damsm_log.read_text()  # no weights here: loudly said
     setup, run = rows
     assert run["case"] == "bird B=20 256px" and run["steps_per_s"] > 0 and run["timed_steps"] == 1, run
-    from attngan_fast.train import gan
-
-    _, _, _, cfg = gan.load_generator(tmp_path / "work" / "loop" / f"gan-bird-off-{os.getpid()}" / "latest.pt")
-    assert cfg.gan.stages == 3 and cfg.gan.gf_dim == 32 and cfg.gan.r_num == 2
+    # the run's own output says the preset's G: 3 stages to 256 px (its folder, 1.3 GB at this size, is gone)
+    assert not (tmp_path / "work" / "loop" / f"gan-bird-off-{os.getpid()}").exists()

@@ -41,7 +41,8 @@ def one_line_error(capsys, args, expected: str) -> str:
     (["--device", "cuda:x"], "--device 'cuda:x' is not a device"),
     (["--seed", "-1"], "--seed must be between 0 and 2^63 - 1, got -1"),
     (["--seed", str(2**63)], f"--seed must be between 0 and 2^63 - 1, got {2**63}"),
-    (["--n-per-caption", "1000000000"], "--n-per-caption must be at most 100,000, got 1,000,000,000"),
+    (["--n-per-caption", "1000000000"], "1 caption(s) x --n-per-caption 1,000,000,000 would be 1,000,000,000 images; "
+                                        "one command makes at most 100,000"),
 ])
 def test_generate_flag_errors(trained, tmp_path, capsys, flags, expected):
     one_line_error(capsys, ["generate", "--checkpoint", str(trained[1]), "--out", str(tmp_path / "o"), "a bird", *flags],
@@ -138,10 +139,14 @@ def test_evaluate_never_takes_files_that_are_not_its_own(trained, synthetic_root
                    f"evaluation's (e.g. {mine})")
     assert mine.read_text() == "precious"
     mine.unlink()
-    (mine.parent / "0.png").write_bytes(b"an earlier evaluation's image")  # its own: replaced
+    (mine.parent / "000007.png").write_bytes(b"an earlier evaluation's image")  # its own: replaced
     assert cli(base + ["--out", str(tmp_path / "r.json")]) == 0
-    assert not (mine.parent / "0.png").exists() and len(list(mine.parent.glob("*.png"))) == 2
+    assert not (mine.parent / "000007.png").exists() and len(list(mine.parent.glob("*.png"))) == 2
     capsys.readouterr()
+    holiday = mine.parent / "holiday.png"  # a PNG, but not one an evaluation names: not its to remove
+    holiday.write_bytes(b"png")
+    one_line_error(capsys, base + ["--out", str(tmp_path / "r.json"), "--overwrite"], f"(e.g. {holiday})")
+    assert holiday.read_bytes() == b"png"
     (tmp_path / "afile").write_text("x")
     one_line_error(capsys, base + ["--out", str(tmp_path / "afile" / "r.json")],
                    f"--out {tmp_path / 'afile' / 'r.json'} cannot be made: {tmp_path / 'afile'} is a file, not a folder")

@@ -101,8 +101,10 @@ def test_a_word_change_the_model_cannot_read_is_refused_and_unknown_words_are_na
     pytest.importorskip("gradio")
     from attngan_fast.serve import build_page
 
-    with pytest.raises(RequestError, match="'zorgle' is not in the vocabulary"):
+    with pytest.raises(RequestError, match="'zorgle' is not in the model's vocabulary"):
         studio.compare(CAPTION, "blue", "zorgle", 0, 1)
+    with pytest.raises(RequestError, match="the new word 'Blue' is the word it replaces"):
+        studio.compare(CAPTION, "blue", "Blue", 0, 1)
     (run_compare,) = {f.fn for f in build_page(studio).fns.values() if f.name == "run_compare"}
     said = run_compare(CAPTION + " xyzzy", "blue", "green", 0, 1)[0]
     assert said == f"*{CAPTION}* beside *{CAPTION.replace('blue', 'green')}* (seed 0); not in the vocabulary, left " \

@@ -170,9 +170,9 @@ def test_number_fields_still_refuse_words_and_strings_stay_strings():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("damsm.batch_size=1", "damsm.batch_size must be at least 2, got 1 (the matching losses score each image"),
-    ("damsm.batch_size=-4", "damsm.batch_size must be at least 2, got -4"),
-    ("runtime.seed=99999999999999999999999", "runtime.seed must be at most 4294967295"),
+    ("damsm.batch_size=0", "damsm.batch_size must be at least 1, got 0"),
+    ("damsm.batch_size=-4", "damsm.batch_size must be at least 1, got -4"),
+    ("runtime.seed=99999999999999999999999", "runtime.seed must be at most 9223372036854775807"),
     ("runtime.seed=-1", "runtime.seed must be at least 0, got -1"),
     ("gan.batch_size=1", "gan.batch_size must be at least 2, got 1"),
     ("data.words_num=0", "data.words_num must be at least 1, got 0"),
@@ -217,6 +217,23 @@ def test_bad_files_are_one_line_errors_also_under_overrides(tmp_path, text, mess
         with pytest.raises(ConfigError) as caught:
             load_config(path, overrides)
         assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_setting_given_a_mapping_is_named_as_the_setting_it_is():
+    # not "gan.batch_size must be a mapping": it is a number, given one by mistake
+    with pytest.raises(ConfigError, match=r"gan.batch_size must be an integer, got \{'x': 1\}"):
+        load_config("bird", ["gan.batch_size.x=1"])
+
+
+def test_stored_configs_outside_todays_ranges_still_load():
+    """A checkpoint's config is rebuilt through the same checks: a seed of 2^40 and a DAMSM batch of 1,
+    accepted when it was trained, load (pretrain-damsm itself refuses a batch of 1)."""
+    from attngan_fast.config import config_from_dict
+
+    data = load_config("synthetic").to_dict()
+    data["runtime"]["seed"], data["damsm"]["batch_size"] = 2**40, 1
+    cfg = config_from_dict(data, strict=False)
+    assert (cfg.runtime.seed, cfg.damsm.batch_size) == (2**40, 1)
 
 
 def test_a_folder_or_a_broken_set_value_is_one_line(tmp_path):

@@ -267,6 +267,9 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
     # -- the run folder, the captions and the data --------------------------------------------------
     device, d = rt.device, cfg.damsm
     _check_inception_weights(cfg)
+    if cfg.damsm.batch_size < 2:  # here, not in the config's ranges: a stored config of 1 still loads
+        raise ConfigError(f"damsm.batch_size must be at least 2, got {cfg.damsm.batch_size} (the matching losses "
+                          "score each image against the batch's other captions)")
     seed_everything(cfg.runtime.seed, rt.rank)
     out = Path(d.out_dir)
     resume, first_record = claim_output(out, resume, overwrite, rt)
