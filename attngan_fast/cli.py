@@ -165,11 +165,19 @@ def _ops_path() -> str:
     return f"{cpu} (no CUDA device on this machine); the Triton kernels run on CUDA tensors{extra}"
 
 
+def _synth_size_and_seed(size: int, seed: int = 0) -> None:
+    from .data.synthetic import MAX_SIZE
+
+    if not 16 <= size <= MAX_SIZE:
+        raise CliError(f"--size must be between 16 and {MAX_SIZE} pixels, got {size}")
+    _seed("--seed", seed)
+
+
 def _data_synth(args) -> int:
     from .data.synthetic import synthesize
 
     _at_least("--images", args.images, 2)  # one per split
-    _at_least("--size", args.size, 16)
+    _synth_size_and_seed(args.size, args.seed)
     if not 0 < args.test_fraction < 1:
         raise CliError(f"--test-fraction must be between 0 and 1 (exclusive), got {args.test_fraction}")
     if (Path(args.out) / "CUB_200_2011" / "images.txt").exists():  # a new draw over it would leave stale birds
@@ -420,6 +428,7 @@ def _import_original(args) -> int:
 def _demo(args) -> int:
     from .demo import run_demo
 
+    _synth_size_and_seed(args.size)
     summary = run_demo(args.out, damsm_steps=args.damsm_steps, gan_steps=args.gan_steps, max_minutes=args.max_minutes,
                        images=args.images, size=args.size, inception_weights=args.inception_weights,
                        device=args.device, progress=not args.quiet)
@@ -492,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-minutes", type=float, default=MAX_MINUTES,
                       help="cap on the training time; the page says so when it cuts a phase short")
     demo.add_argument("--images", type=int, default=2000, help="synthetic images to draw")
-    demo.add_argument("--size", type=int, default=64, help="synthetic image side in pixels")
+    demo.add_argument("--size", type=int, default=64, help="synthetic image side in pixels (16 to 1024; the DAMSM "
+                                                           "trains at it, AttnGAN always draws 32 -> 64 px)")
     demo.add_argument("--inception-weights", metavar="FILE", help="torch-fidelity Inception weights for IS/FID")
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -505,11 +515,12 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION")
     synth = data_sub.add_parser("synth", help="write the synthetic birds dataset (CUB layout + part masks)")
     synth.add_argument("--out", required=True, help="folder to write")
-    synth.add_argument("--images", type=int, default=2000)
-    synth.add_argument("--size", type=int, default=64, help="image side in pixels")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--test-fraction", type=float, default=0.15)
-    synth.add_argument("--quiet", action="store_true")
+    synth.add_argument("--images", type=int, default=2000, help="birds to draw (default 2000; at least 2, and "
+                                                                "enough for two classes in the train split)")
+    synth.add_argument("--size", type=int, default=64, help="image side in pixels (16 to 1024, default 64)")
+    synth.add_argument("--seed", type=int, default=0, help="the draw's seed (default 0)")
+    synth.add_argument("--test-fraction", type=float, default=0.15, help="share of the test split (default 0.15)")
+    synth.add_argument("--quiet", action="store_true", help="no progress bar")
     synth.set_defaults(func=_data_synth)
     prep = data_sub.add_parser("prepare", help="check a CUB, COCO or folder root, tokenize its captions and cache them",
                                description="Check a dataset root and cache its tokenized captions. The folder layout "

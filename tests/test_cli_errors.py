@@ -392,10 +392,14 @@ def test_smaller_mistakes_are_one_named_line(trained, tmp_path, capsys):
 def test_bad_synthetic_data_flags_are_one_line(tmp_path, capsys):
     out = str(tmp_path / "birds")
     one_line_error(capsys, ["data", "synth", "--out", out, "--images", "0"], "--images must be at least 2, got 0")
-    one_line_error(capsys, ["data", "synth", "--out", out, "--size", "8"], "--size must be at least 16, got 8")
+    one_line_error(capsys, ["data", "synth", "--out", out, "--size", "8"], "--size must be between 16 and 1024 pixels, got 8")
+    # a probe's 100,000 px took ~24 GB before the OOM killer ended it; a negative seed was numpy's traceback
+    one_line_error(capsys, ["data", "synth", "--out", out, "--size", "100000"], "--size must be between 16 and 1024")
+    one_line_error(capsys, ["data", "synth", "--out", out, "--seed", "-1"], "--seed must be between 0 and 2^63 - 1")
+    one_line_error(capsys, ["demo", "--out", str(tmp_path / "demo"), "--size", "100000"], "--size must be between 16")
     one_line_error(capsys, ["data", "synth", "--out", out, "--test-fraction", "2"],
                    "--test-fraction must be between 0 and 1 (exclusive), got 2.0")
-    assert not (tmp_path / "birds").exists()
+    assert not (tmp_path / "birds").exists() and not (tmp_path / "demo").exists()
 
 
 def test_a_folder_dataset_read_as_cub_says_which_layout_it_is(tmp_path, capsys):

@@ -217,13 +217,19 @@ class SynthSummary:
     seed: int
 
 
+MAX_SIZE = 1024  # each bird is drawn at full size in memory: 100,000 px took ~24 GB before the OOM killer came
+MAX_SEED = 2**63 - 1  # numpy's generators take a non-negative seed
+
+
 def synthesize(out: str | Path, images: int = 2000, size: int = 64, seed: int = 0, test_fraction: float = 0.15,
                captions_per_image: int = 10, progress: bool = True) -> SynthSummary:
     """Write a complete CUB-layout dataset of synthetic birds to ``out`` (see the module docstring)."""
     if images < 2:
         raise ValueError(f"images must be at least 2 (one per split), got {images}")
-    if size < 16:
-        raise ValueError(f"size must be at least 16 pixels, got {size}")
+    if not 16 <= size <= MAX_SIZE:
+        raise ValueError(f"size must be between 16 and {MAX_SIZE} pixels, got {size}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be between 0 and 2^63 - 1, got {seed}")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
     out = check_folder(out)
