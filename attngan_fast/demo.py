@@ -128,7 +128,7 @@ def run_phase(label: str, folder: Path, budget_steps: int, cap_minutes: float, d
         claim_run_folder(folder, resume=None, overwrite=True)  # moved aside, never deleted
     elif plan.action == "resume":
         _say(f"{label}: resuming from step {plan.steps:,} because {plan.reason}")
-    _say(f"{label}: training to step {budget_steps:,} (time cap {cap_minutes:.1f} minutes)")
+    _say(f"{label}: training to step {budget_steps:,} (time cap {cap_minutes:.3g} minutes)")
     folder.mkdir(parents=True, exist_ok=True)
     _write_json(folder / MARKER, {"status": "started", "depends_on": depends_on, "budget_steps": budget_steps,
                                   "cap_minutes": cap_minutes, "from_step": plan.steps or 0})

@@ -219,9 +219,7 @@ def line_chart(panels: list[tuple[str, list[float], list[float]]], *, x_label: s
         draw.text((4, y_top + panel_height // 2 - 6), label, fill="black", font=font)
         if not ys:
             continue
-        lo, hi = min(ys), max(ys)
-        if hi - lo < 1e-12:
-            lo, hi = lo - 0.5, hi + 0.5
+        lo, hi = axis_range(ys)
         draw.text((left - 64, y_top), f"{hi:.3g}", fill="gray", font=font)
         draw.text((left - 64, y_bottom - 12), f"{lo:.3g}", fill="gray", font=font)
 
@@ -238,6 +236,15 @@ def line_chart(panels: list[tuple[str, list[float], list[float]]], *, x_label: s
         draw.text((width - right - 40, y_bottom + 4), f"{x1:g}", fill="gray", font=font)
         draw.text((width // 2 - 20, y_bottom + 4), x_label, fill="black", font=font)
     return chart
+
+
+def axis_range(ys: list[float]) -> tuple[float, float]:
+    """The y axis of a panel: its values' range, or for a flat series one from 0 (an R-precision of 0 %
+    drawn on -0.5 .. 0.5 said nothing)."""
+    lo, hi = min(ys), max(ys)
+    if hi - lo < 1e-12:
+        lo, hi = min(lo, 0.0), max(hi, 0.0) + max(abs(hi), 1.0) / 2
+    return lo, hi
 
 
 def eval_curves(log_path: str | Path, out_path: str | Path) -> Path | None:

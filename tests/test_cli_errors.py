@@ -230,7 +230,7 @@ def test_impl_triton_where_the_kernels_cannot_run_is_one_line_before_any_work(sy
 
 def test_training_config_errors_are_one_line(synthetic_root, tmp_path, capsys):
     for flag, expected in (("damsm.batch_size=1", "damsm.batch_size must be at least 2, got 1"),
-                           ("damsm.batch_size=-4", "damsm.batch_size must be at least 2, got -4"),
+                           ("damsm.batch_size=-4", "damsm.batch_size must be at least 1, got -4"),
                            ("data.words_num=0", "data.words_num must be at least 1, got 0")):
         one_line_error(capsys, ["pretrain-damsm", "--config", "synthetic", "--data", str(synthetic_root), "--quiet",
                                 "--out", str(tmp_path / "d"), "--set", flag], expected)

@@ -59,3 +59,12 @@ def test_an_attention_strip_writes_its_caption_once(tmp_path):
     titled = generation_grid(gen.images, gen.attn, gen.words, cell=128, title="a red bird")
     # The strip has its words under the images (once); a title row would write them a second time.
     assert Image.open(path).size == untitled.size != titled.size
+
+
+def test_a_flat_series_gets_an_axis_from_zero():
+    from attngan_fast.pictures import axis_range
+
+    assert axis_range([0.0, 0.0]) == (0.0, 0.5)  # an R-precision of 0 % all along
+    assert axis_range([40.0]) == (0.0, 60.0)
+    assert axis_range([-3.0, -3.0]) == (-3.0, 1.5)
+    assert axis_range([1.0, 4.0]) == (1.0, 4.0)  # a moving series keeps its own range

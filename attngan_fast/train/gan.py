@@ -398,6 +398,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
               "it to go on", file=sys.stderr)
     cut_by_signal = None  # the signal that stopped the run before its planned end ("SIGINT", "SIGTERM")
     cut_at = None  # the limit that did ("gan.max_steps", "gan.max_minutes")
+    last_samples = None
     meter = StepMeter(device, step)
     for epoch in range(start_epoch, g.epochs if not stopped else start_epoch):
         sampler.set_epoch(epoch, start=position * g.batch_size)
@@ -420,7 +421,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
                 log.write({"step": step, "epoch": epoch, **watch.read(), **meter.reading(step)})
             if step % g.samples_every == 0:
                 with meter.paused():
-                    samples()
+                    last_samples = samples()
             last_step = position >= steps_per_epoch and epoch + 1 >= g.epochs  # the run's planned end
             if g.max_steps is not None and step >= g.max_steps:  # planned end: a late signal changes nothing
                 stopped, cut_at = True, None if last_step else "gan.max_steps"
@@ -446,7 +447,8 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
     speed = meter.summary()
     stopped_by = {"stopped_by": cut_by_signal} if cut_by_signal else {"stopped_at": cut_at} if cut_at else {}
     log.write({"final": True, "step": step, **speed, **stopped_by})
-    picture = samples() if cut_by_signal is None else None  # a signal's stop saves and ends at once
+    # a signal's stop saves and ends at once: its result names the last grid made on the way
+    picture = samples() if cut_by_signal is None else last_samples
     log.close()
     checksum = sum(float(p.detach().double().sum()) for p in netG.parameters())
     return {"checkpoint": str(latest) if latest.is_file() else None, "step": step,
