@@ -165,19 +165,13 @@ def _ops_path() -> str:
     return f"{cpu} (no CUDA device on this machine); the Triton kernels run on CUDA tensors{extra}"
 
 
-def _synth_size_and_seed(size: int, seed: int = 0) -> None:
-    from .data.synthetic import MAX_SIZE
-
-    if not 16 <= size <= MAX_SIZE:
-        raise CliError(f"--size must be between 16 and {MAX_SIZE} pixels, got {size}")
-    _seed("--seed", seed)
-
-
 def _data_synth(args) -> int:
-    from .data.synthetic import synthesize
+    from .data.synthetic import MAX_SIZE, synthesize
 
     _at_least("--images", args.images, 2)  # one per split
-    _synth_size_and_seed(args.size, args.seed)
+    if not 16 <= args.size <= MAX_SIZE:
+        raise CliError(f"--size must be between 16 and {MAX_SIZE} pixels, got {args.size}")
+    _seed("--seed", args.seed)
     if not 0 < args.test_fraction < 1:
         raise CliError(f"--test-fraction must be between 0 and 1 (exclusive), got {args.test_fraction}")
     if (Path(args.out) / "CUB_200_2011" / "images.txt").exists():  # a new draw over it would leave stale birds
@@ -428,7 +422,6 @@ def _import_original(args) -> int:
 def _demo(args) -> int:
     from .demo import run_demo
 
-    _synth_size_and_seed(args.size)
     summary = run_demo(args.out, damsm_steps=args.damsm_steps, gan_steps=args.gan_steps, max_minutes=args.max_minutes,
                        images=args.images, size=args.size, inception_weights=args.inception_weights,
                        device=args.device, progress=not args.quiet)

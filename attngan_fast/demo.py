@@ -197,6 +197,7 @@ def run_demo(out: str | Path = DEFAULT_OUT, *, damsm_steps: int = DAMSM_STEPS, g
 
     from .evaluate import evaluate_generator
     from .generate import generate_images, write_generation
+    from .data.synthetic import MAX_SIZE
     from .protocol import file_sha256
     from .train.damsm import train_damsm
     from .train.gan import load_generator, train_gan
@@ -206,6 +207,8 @@ def run_demo(out: str | Path = DEFAULT_OUT, *, damsm_steps: int = DAMSM_STEPS, g
                                ("--size", size, 16)):
         if value < least:
             raise DemoError(f"{name} must be at least {least}, got {value}")
+    if size > MAX_SIZE:  # the synthetic birds' bound
+        raise DemoError(f"--size must be between 16 and {MAX_SIZE} pixels, got {size}")
     if not max_minutes > 0:
         raise DemoError(f"--max-minutes must be above 0, got {max_minutes}")
     if inception_weights:  # checked before the training phases, not after them

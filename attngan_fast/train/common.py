@@ -155,6 +155,21 @@ def position_for_batch_size(ckpt: dict, section: str, batch_size: int, world: in
     return ckpt["position"] * old * saved_world(ckpt) // (batch_size * world)
 
 
+def say_if_finished(resume, section: str, settings, step: int, start_epoch: int, rt: Runtime) -> None:
+    """A resumed run that has already reached its end (``settings``' max_steps or epochs, ``section``
+    "damsm" or "gan") says so, rather than ending quietly as if it had trained."""
+    if resume is None or not rt.is_main:
+        return
+    if settings.max_steps is not None and step >= settings.max_steps:
+        limit = f"{section}.max_steps = {settings.max_steps}"
+    elif start_epoch >= settings.epochs:
+        limit = f"{section}.epochs = {settings.epochs}"
+    else:
+        return
+    print(f"attngan-fast: {resume} has already trained to {limit} (step {step}): nothing to train; raise it to "
+          "go on", file=sys.stderr)
+
+
 def restore_progress(ckpt: dict, scaler, rt: Runtime) -> tuple[int, int, int]:
     """Restores what both loops save beside their models and optimizers (the gradient scaler and this
     rank's RNG states; on another number of processes each rank seeds a stream of its own, so such a

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import random
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from ..pictures import attention_grid, save_png
 from ..text import Vocabulary, truncate
 from .checkpoint import load_checkpoint, rng_neutral, save_atomic
 from .common import (DAMSM_SHAPE_KEYS, adam, caption_cache, claim_output, gathered_rng_states, load_states, open_resume,
-                     position_for_batch_size, restore_progress, resume_record, train_loader)
+                     position_for_batch_size, restore_progress, resume_record, say_if_finished, train_loader)
 from .runtime import (Deadline, JsonlLog, LossWatch, Runtime, StepMeter, autocast, compile_mode, grad_scaler,
                       seed_everything, step_begins, training_runtime)
 
@@ -345,10 +344,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
 
     # -- the epochs: training steps, then evaluation, pictures and a checkpoint per epoch --------------
     stopped = d.max_steps is not None and step >= d.max_steps
-    if resume is not None and rt.is_main and (stopped or start_epoch >= d.epochs):
-        limit = f"damsm.max_steps = {d.max_steps}" if stopped else f"damsm.epochs = {d.epochs}"
-        print(f"attngan-fast: {resume} has already trained to {limit} (step {step}): nothing to train; raise "
-              "it to go on", file=sys.stderr)
+    say_if_finished(resume, "damsm", d, step, start_epoch, rt)
     cut_by_signal = None  # the signal that stopped the run before its planned end ("SIGINT", "SIGTERM")
     cut_at = None  # the limit that did ("damsm.max_steps", "damsm.max_minutes")
     meter = StepMeter(device, step)

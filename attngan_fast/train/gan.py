@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import sys
 import warnings
 from pathlib import Path
 
@@ -44,7 +43,7 @@ from ..protocol import FixedEvaluation
 from ..text import Vocabulary
 from .checkpoint import CheckpointError, load_checkpoint, rng_neutral, save_atomic
 from .common import (GAN_SHAPE_KEYS, adam, caption_cache, claim_output, gathered_rng_states, load_states, open_resume,
-                     position_for_batch_size, restore_progress, resume_record, train_loader)
+                     position_for_batch_size, restore_progress, resume_record, say_if_finished, train_loader)
 from .damsm import load_damsm
 from .runtime import (Deadline, JsonlLog, LossWatch, Runtime, StepMeter, autocast, compile_mode, grad_scaler,
                       seed_everything, step_begins, training_runtime)
@@ -392,10 +391,7 @@ def _train(cfg: Config, rt: Runtime, resume, overwrite: bool, progress: bool) ->
 
     # -- the epochs: training steps (samples every samples_every), then evaluation and a checkpoint ---
     stopped = g.max_steps is not None and step >= g.max_steps
-    if resume is not None and rt.is_main and (stopped or start_epoch >= g.epochs):
-        limit = f"gan.max_steps = {g.max_steps}" if stopped else f"gan.epochs = {g.epochs}"
-        print(f"attngan-fast: {resume} has already trained to {limit} (step {step}): nothing to train; raise "
-              "it to go on", file=sys.stderr)
+    say_if_finished(resume, "gan", g, step, start_epoch, rt)
     cut_by_signal = None  # the signal that stopped the run before its planned end ("SIGINT", "SIGTERM")
     cut_at = None  # the limit that did ("gan.max_steps", "gan.max_minutes")
     last_samples = None
