@@ -187,6 +187,15 @@ def test_the_paper_row_script_names_the_files_it_misses(tmp_path):
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0
     assert f"missing {tmp_path / 'birds'}/CUB_200_2011/images.txt" in out.stderr
     assert not (tmp_path / "runs").exists()
+    # IS/FID's weights too, unless FIDELITY is set empty: a mistyped path must not skip them silently
+    for name in ("birds/CUB_200_2011/images.txt", "birds/train/filenames.pickle", "birds/test/filenames.pickle",
+                 "inception.pth"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("")
+    out = subprocess.run(["bash", str(script)], capture_output=True, text=True, cwd=tmp_path,
+                         env={**env, "FIDELITY": str(tmp_path / "tf-inception.pth")})
+    assert out.returncode == 2 and f"missing {tmp_path / 'tf-inception.pth'}" in out.stderr
+    assert "FIDELITY= reports R-precision only" in out.stderr and not (tmp_path / "runs").exists()
 
 
 def test_the_paper_row_script_resumes_each_step_when_run_again(tmp_path):
