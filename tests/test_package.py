@@ -233,3 +233,19 @@ esac
     assert "--resume" not in lines[1] and f"--resume {runs}/damsm-bird/latest.pt --amp bf16" in lines[5]
     assert f"--resume {runs}/attngan2-bird/latest.pt --amp bf16" in lines[6]
     assert "--inception-weights" not in lines[3] and "made before" in out.stdout
+
+
+def test_every_command_in_the_readme_parses():
+    """The README's commands (its code blocks' ``attngan-fast`` lines, continuations joined) are ones the
+    command line accepts: a renamed flag fails here, not in a newcomer's terminal."""
+    import shlex
+
+    from attngan_fast.cli import build_parser
+
+    blocks = re.findall(r"```\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    commands = [shlex.split(line.split("  #")[0])[1:] for line in lines if line.startswith("attngan-fast ")]
+    assert len(commands) >= 10, commands
+    parser = build_parser()
+    for args in commands:
+        parser.parse_args(args)  # argparse exits on a flag it does not know
