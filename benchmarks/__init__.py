@@ -1,2 +1,3 @@
-"""Benchmarks: pytest-benchmark suites (CPU sizes in CI, real sizes on a GPU) and the GPU script
-``python -m benchmarks.gpu`` that writes ``benchmarks/results/<device>-<date>.json`` and ``.md``."""
+"""Benchmarks: the one measuring command ``python -m benchmarks.gpu`` (it writes
+``benchmarks/results/<device>-<date>.json`` and ``.md``) and the offline compile survey
+``python -m benchmarks.kernel_resources``."""

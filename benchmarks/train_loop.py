@@ -81,8 +81,9 @@ class Loop:
                 *[x for kv in self.sets for x in ("--set", kv)]]
 
 
-def run_command(args: list[str], log_path: Path, timeout: float) -> float:
-    """Runs ``python -m attngan_fast ARGS`` with its output in ``log_path``; seconds taken."""
+def run_command(args: list[str], log_path: Path, timeout: float | None) -> float:
+    """Runs ``python -m attngan_fast ARGS`` with its output in ``log_path``; seconds taken. ``timeout``:
+    seconds, or None for no limit."""
     start = time.time()
     with open(log_path, "w") as log:
         proc = subprocess.run([sys.executable, "-m", "attngan_fast", *args], stdout=log, stderr=subprocess.STDOUT,
@@ -103,7 +104,7 @@ def final_record(log_jsonl: Path) -> dict:
     return finals[-1]
 
 
-def prepare(loop: Loop, timeout: float) -> dict:
+def prepare(loop: Loop, timeout: float | None) -> dict:
     """The synthetic birds and the brief DAMSM, where not given and not made before."""
     try:
         import nltk  # noqa: F401
@@ -121,7 +122,7 @@ def prepare(loop: Loop, timeout: float) -> dict:
     return {"op": "loop_setup", "data": str(loop.data), "damsm": str(loop.damsm) if loop.kind == "gan" else None}
 
 
-def run_variant(loop: Loop, variant: str, timeout: float) -> dict:
+def run_variant(loop: Loop, variant: str, timeout: float | None) -> dict:
     """One fresh run of ``variant``: its steps/s, peak memory and wall seconds."""
     from attngan_fast.config import load_config
 
@@ -135,12 +136,14 @@ def run_variant(loop: Loop, variant: str, timeout: float) -> dict:
            "case": f"{loop.config} B={batch} {cfg.gan.image_size if loop.kind == 'gan' else cfg.data.image_size}px",
            "load_1min": round(os.getloadavg()[0], 2)}
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: a leftover checkpoint would resume instead
+    log = loop.work / f"{run_dir.name}.log"
     row["wall_s"] = round(run_command([*args, *loop.common(), "--out", str(run_dir),
                                        "--set", f"{loop.kind}.max_steps={loop.steps}",
                                        "--set", f"runtime.log_every={loop.log_every}", *VARIANTS[variant]],
-                                      loop.work / f"{run_dir.name}.log", timeout), 1)
+                                      log, timeout), 1)
     final = final_record(run_dir / "log.jsonl")
-    shutil.rmtree(run_dir)  # its checkpoints (~1.3 GB a variant at the bird preset); its output stays in the log
+    shutil.rmtree(run_dir)  # its checkpoints (~1.3 GB a variant at the bird preset)
+    log.unlink()  # read: only a failed run's output is kept (its error names it)
     row.update({k: final[k] for k in ("steps_per_s", "timed_steps", "peak_memory_mb") if k in final})
     row["images_per_s"] = row["steps_per_s"] * batch
     return row

@@ -16,11 +16,13 @@
 set -euo pipefail
 DATA=${DATA:-data/birds}
 INCEPTION=${INCEPTION:-inception_v3_google-0cc3c7bd.pth}
-FIDELITY=${FIDELITY:-weights-inception-2015-12-05-6726825d.pth}
+FIDELITY=${FIDELITY-weights-inception-2015-12-05-6726825d.pth}  # set but empty: no IS/FID
 RUNS=${RUNS:-runs}
 
-for f in "$DATA/CUB_200_2011/images.txt" "$DATA/train/filenames.pickle" "$DATA/test/filenames.pickle" "$INCEPTION"; do
-  [ -e "$f" ] || { echo "cub_paper_row.sh: missing $f (see the list of files at the top of this script)" >&2; exit 2; }
+for f in "$DATA/CUB_200_2011/images.txt" "$DATA/train/filenames.pickle" "$DATA/test/filenames.pickle" "$INCEPTION" \
+    ${FIDELITY:+"$FIDELITY"}; do
+  [ -e "$f" ] || { echo "cub_paper_row.sh: missing $f (see the list of files at the top of this script;" \
+    "FIDELITY= reports R-precision only)" >&2; exit 2; }
 done
 resume() { [ -e "$1/latest.pt" ] && echo "--resume $1/latest.pt"; }
 
@@ -36,7 +38,7 @@ if [ -e "$report" ]; then  # written once, complete (atomically): a run of the s
   exit 0
 fi
 fidelity=()
-[ -n "$FIDELITY" ] && [ -e "$FIDELITY" ] && fidelity=(--inception-weights "$FIDELITY")
+[ -n "$FIDELITY" ] && fidelity=(--inception-weights "$FIDELITY")
 attngan-fast evaluate --checkpoint "$RUNS/attngan2-bird/latest.pt" --damsm "$RUNS/damsm-bird/damsm_epoch0200.pt" \
   --data "$DATA" --n-images 30000 ${fidelity[@]+"${fidelity[@]}"} --discard-images --out "$report"
 echo "report: $report"

@@ -187,6 +187,15 @@ def test_the_paper_row_script_names_the_files_it_misses(tmp_path):
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0
     assert f"missing {tmp_path / 'birds'}/CUB_200_2011/images.txt" in out.stderr
     assert not (tmp_path / "runs").exists()
+    # IS/FID's weights too, unless FIDELITY is set empty: a mistyped path must not skip them silently
+    for name in ("birds/CUB_200_2011/images.txt", "birds/train/filenames.pickle", "birds/test/filenames.pickle",
+                 "inception.pth"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("")
+    out = subprocess.run(["bash", str(script)], capture_output=True, text=True, cwd=tmp_path,
+                         env={**env, "FIDELITY": str(tmp_path / "tf-inception.pth")})
+    assert out.returncode == 2 and f"missing {tmp_path / 'tf-inception.pth'}" in out.stderr
+    assert "FIDELITY= reports R-precision only" in out.stderr and not (tmp_path / "runs").exists()
 
 
 def test_the_paper_row_script_resumes_each_step_when_run_again(tmp_path):
@@ -224,3 +233,19 @@ esac
     assert "--resume" not in lines[1] and f"--resume {runs}/damsm-bird/latest.pt --amp bf16" in lines[5]
     assert f"--resume {runs}/attngan2-bird/latest.pt --amp bf16" in lines[6]
     assert "--inception-weights" not in lines[3] and "made before" in out.stdout
+
+
+def test_every_command_in_the_readme_parses():
+    """The README's commands (its code blocks' ``attngan-fast`` lines, continuations joined) are ones the
+    command line accepts: a renamed flag fails here, not in a newcomer's terminal."""
+    import shlex
+
+    from attngan_fast.cli import build_parser
+
+    blocks = re.findall(r"```\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    commands = [shlex.split(line.split("  #")[0])[1:] for line in lines if line.startswith("attngan-fast ")]
+    assert len(commands) >= 10, commands
+    parser = build_parser()
+    for args in commands:
+        parser.parse_args(args)  # argparse exits on a flag it does not know
