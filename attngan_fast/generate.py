@@ -14,7 +14,8 @@ generator with the released F_attn mask (``legacy_mask``: the imported release c
 have that property: the released mask gives each pixel row the padding mask of *another* sample of
 the batch, so an image depends on the other captions in its batch and on how they are padded. For
 such generators ``batch_size=1`` is the reproducible choice (each image sees only its own caption);
-a larger batch warns once.
+a larger batch warns once, and is fed longest caption first, as the release fed its batches, so that
+a batch of the same captions gives the release's images whatever order they were listed in.
 """
 
 from __future__ import annotations
@@ -137,21 +138,27 @@ def iter_generate_ids(netG, text_encoder, vocab: Vocabulary, ids: list[list[int]
         noise = (torch.randn(len(order), netG.z_dim, generator=gen), torch.randn(len(order), netG.c_dim, generator=gen))
     z_all, ca_all = noise
     longest = max(len(x) for x in ids)
+    legacy = getattr(netG, "legacy_mask", False)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        caps, lens = _pad([ids[c] for c in chunk])
+        # The release fed every batch longest caption first (training and sampling alike); under its mask
+        # an image depends on that order, so a legacy generator gets its batch as the release gave it.
+        # Equal lengths have equal masks: how ties are ordered changes nothing.
+        fed = sorted(range(len(chunk)), key=lambda i: -len(ids[chunk[i]])) if legacy else list(range(len(chunk)))
+        back = torch.argsort(torch.tensor(fed))  # the fed order back to the chunk's
+        caps, lens = _pad([ids[chunk[i]] for i in fed])
         caps = caps.to(device)
-        rows = slice(start, start + len(chunk))
+        rows = torch.arange(start, start + len(chunk))[fed]
         with autocast(device, amp):
             words, sentence = text_encoder(caps, lens)
             out = netG(z_all[rows].to(device), sentence.float(), words.float(), caps == 0, return_attn=return_attn,
                        ca_noise=ca_all[rows].to(device))
         # Chunks differ in their longest caption: pad the word axis to the longest of all to concatenate.
-        maps = [torch.nn.functional.pad(m.float().cpu(), (0, 0, 0, 0, 0, longest - m.shape[1]))
+        maps = [torch.nn.functional.pad(m.float().cpu()[back], (0, 0, 0, 0, 0, longest - m.shape[1]))
                 for m in out.attn if m is not None]
         yield start, Generated(
             captions=[captions[c] for c in chunk], words=[vocab.decode(ids[c]) for c in chunk],
-            images=[img.float().cpu() for img in out.images], attn=maps,
+            images=[img.float().cpu()[back] for img in out.images], attn=maps,
             dropped={captions[c]: dropped[captions[c]] for c in set(chunk) if captions[c] in dropped},
         )
         if progress is not None:

@@ -45,7 +45,8 @@ def load_release_state(path: str | Path, what: str) -> dict:
         # A truncated file, a text file, a pickle that carries code (refused by weights_only; torch's own
         # message would suggest weights_only=False, which an untrusted file must never get).
         raise ReleaseImportError(f"{path} is not a readable torch.save file of tensors (expected the release's "
-                                 f"{what}; a file that carries code is refused)") from None
+                                 f"{what}; a file that carries code is refused, a whole pickled model too: "
+                                 "save its state_dict() where it was made)") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -54,7 +55,10 @@ def load_release_state(path: str | Path, what: str) -> dict:
     return {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
-def fill_module(module: torch.nn.Module, state: dict, path: str | Path, what: str) -> None:
+def fill_module(module: torch.nn.Module, state: dict, path: str | Path, what: str,
+                hint: str = "are --preset (bird or coco) and --variant (attngan or attndcgan) right for this file?") -> None:
+    """Loads ``state`` into ``module``, or raises naming every missing, unexpected and mis-shaped tensor,
+    then ``hint``."""
     own = module.state_dict()
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
@@ -68,9 +72,7 @@ def fill_module(module: torch.nn.Module, state: dict, path: str | Path, what: st
     if mis_shaped:
         problems.append(f"{len(mis_shaped)} mis-shaped tensors (e.g. {'; '.join(mis_shaped[:3])})")
     if problems:
-        raise ReleaseImportError(f"{path} does not fit the {what}: " + "; ".join(problems)
-                           + " — are --preset (bird or coco) and --variant (attngan or attndcgan) right for "
-                             "this file?")
+        raise ReleaseImportError(f"{path} does not fit the {what}: " + "; ".join(problems) + f" — {hint}")
     merged = {k: state.get(k, own[k]) for k in own}
     module.load_state_dict(merged, strict=True)
 
@@ -125,7 +127,9 @@ def import_original(*, netG: str | Path, text_encoder: str | Path, captions: str
     te = cfg.text_encoder
     text = TextEncoder(len(vocab), te.embedding_dim, te.hidden_dim, te.dropout)
     fill_module(text, load_release_state(text_encoder, "text encoder"), text_encoder,
-                f"text encoder (vocabulary of {len(vocab)} words from {Path(captions).name})")
+                f"text encoder (vocabulary of {len(vocab)} words from {Path(captions).name})",
+                f"was {captions} released with this text encoder (one embedding row per word), and is --preset "
+                "right for it?")
     generator = build_generator(cfg, legacy_mask=True)
     fill_module(generator, netG_state, netG, f"{preset} {variant} generator ({cfg.gan.r_num} residual blocks per stage)")
     gen_state = generator.state_dict()

@@ -195,6 +195,8 @@ def test_import_release_layout_loads_completely_and_generates(tmp_path):
     (("netG", lambda s: s.__setitem__("h_net2.upsample.1.weight", torch.zeros(64, 64, 5, 5))),
      r"mis-shaped .*h_net2.upsample.1.weight: file \(64, 64, 5, 5\), model \(64, 64, 3, 3\)"),
     (("text_encoder", lambda s: s.__setitem__("extra.weight", torch.zeros(1))), "1 unexpected tensors .*extra.weight"),
+    (("text_encoder", lambda s: s.__setitem__("encoder.weight", s["encoder.weight"][:-1])),  # another vocabulary
+     r"encoder.weight: file \(5449, 300\), model \(5450, 300\)\) — was .*captions.pickle released with this text encoder"),
 ])
 def test_import_names_what_does_not_fit(tmp_path, corrupt, match):
     files = _release_files(tmp_path, corrupt=corrupt)
@@ -235,6 +237,7 @@ def test_an_unreadable_or_unsafe_release_file_is_one_line(tmp_path, capsys, dama
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "weights_only" not in err, err
     assert err.startswith(f"attngan-fast: error: {files['netG']} is not a readable torch.save file of tensors")
+    assert "a whole pickled model too: save its state_dict()" in err
     assert not marker.exists() and not (tmp_path / "x.pt").exists()
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from attngan_fast.cli import build_parser
-from attngan_fast.generate import LEGACY_BATCH_WARNING, encode_captions, generate_images
+from attngan_fast.generate import LEGACY_BATCH_WARNING, _pad, encode_captions, generate_images, iter_generate_ids
 from attngan_fast.pictures import above_uniform, generation_grid, top_words, upsample_map
 from attngan_fast.text import Vocabulary
 from attngan_fast.train import gan
@@ -64,6 +64,34 @@ def test_legacy_mask_generators_warn_once_in_batches_and_are_reproducible_one_at
         ours = generate_images(netG, text_encoder, vocab, some, seed=2, batch_size=3)
         ours_others = generate_images(netG, text_encoder, vocab, others, seed=2, batch_size=3)
     torch.testing.assert_close(ours.images[-1][0], ours_others.images[-1][0])
+
+
+def test_legacy_mask_batches_are_fed_longest_caption_first_as_the_release_fed_them(trained):
+    netG, text_encoder, vocab, _ = gan.load_generator(trained[1])
+    netG.legacy_mask = True
+    captions = ["a blue bird", "this bird has wings that are black and has a white belly", "a bird with red wings"]
+    ids, _ = encode_captions(captions, vocab)
+    gen = torch.Generator().manual_seed(5)
+    z, ca = torch.randn(3, netG.z_dim, generator=gen), torch.randn(3, netG.c_dim, generator=gen)
+
+    def images(order):  # each caption keeps its own noise, listed in ``order``
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            (_, chunk), = iter_generate_ids(netG, text_encoder, vocab, [ids[i] for i in order], batch_size=3,
+                                           noise=(z[order], ca[order]))
+        return chunk.images[-1][torch.argsort(torch.tensor(order))], chunk.attn[0][torch.argsort(torch.tensor(order))]
+
+    listed, listed_maps = images([0, 1, 2])
+    reversed_, reversed_maps = images([2, 1, 0])
+    torch.testing.assert_close(listed, reversed_)  # the order a batch is listed in no longer matters
+    torch.testing.assert_close(listed_maps, reversed_maps)
+    # ... because the generator is fed as the release fed it: longest caption first.
+    fed = [1, 2, 0]
+    caps, lens = _pad([ids[i] for i in fed])
+    with torch.no_grad():
+        words, sentence = text_encoder(caps, lens)
+        direct = netG(z[fed], sentence, words, caps == 0, ca_noise=ca[fed]).images[-1]
+    torch.testing.assert_close(listed[fed], direct)
 
 
 def test_generate_help_names_the_reproducible_batch_size():
