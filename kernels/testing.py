@@ -1,6 +1,7 @@
 """What checks the ops use, in one importable place (the tests, ``pytest -m gpu`` and
 ``python -m benchmarks.gpu`` alike): tolerances by dtype, the relative error that never lets NaN
-pass, fresh random inputs of both ops, and the comparison of a fused op with float64.
+pass, fresh random inputs of both ops, and the comparisons with float64: of a fused op at a check's
+size (``compare_with_float64``, errors returned) and of any F_attn callable (asserted).
 
 Tolerances are ‖out − ref‖ / ‖ref‖ against a float64 computation on the same (rounded) inputs
 (docs/design.md §2.4).
@@ -60,19 +61,62 @@ def quantize(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.T
     return low, low.to(torch.float64)
 
 
-def _lengths(batch: int, max_len: int, generator) -> torch.Tensor:
-    """Lengths in [1, T] with both ends present: the first caption has every word, the last (of two or
-    more) one word."""
+def assert_gradients(out: torch.Tensor, ref: torch.Tensor, leaves: dict, tol: float, what: str,
+                     floors: dict | None = None, grad: torch.Tensor | None = None) -> None:
+    """Back-propagates one random linear loss through ``out`` and through its float64 ``ref``, then
+    checks each gradient: ``leaves`` maps a name to (leaf, its float64 twin); ``floors`` a name to the
+    scale its error is judged against where the gradient vanishes (``rel_err``). ``grad`` is the loss's
+    weights (float64, ``ref``'s shape; a standard normal draw by default), rounded to ``out``'s dtype
+    on its side. Leaves keep their dtype."""
+    grad = torch.randn_like(ref) if grad is None else grad
+    (ref * grad).sum().backward()
+    (out * grad.to(out.dtype)).sum().backward()
+    for name, (leaf, leaf64) in leaves.items():
+        assert leaf.grad.dtype == leaf.dtype, f"d_{name} is {leaf.grad.dtype}, its input {leaf.dtype}"
+        assert_rel(leaf.grad, leaf64.grad, tol, f"d_{name} ({what})", floor=(floors or {}).get(name, 0.0))
+
+
+def assert_attention_matches_float64(attention, query: torch.Tensor, context: torch.Tensor, word_mask, tol: float,
+                                     what: str, *, legacy: bool = False, gradients: bool = True,
+                                     grad_tol: float | None = None, floors: dict | None = None,
+                                     grad: torch.Tensor | None = None) -> None:
+    """Asserts ``attention(query, context, word_mask)`` (ctx, or (ctx, attn or None)) against
+    ``word_attention_ref`` in float64 on the same values (``legacy``: the released masking): ctx (the
+    query's dtype and shape), attn when returned (fp32), and with ``gradients`` d_query and d_context of
+    one random linear loss (``assert_gradients``: ``floors``, ``grad``), judged at ``grad_tol`` (default
+    ``tol``). ``query`` and ``context`` become leaves that require grad."""
+    query64, context64 = (x.detach().to(torch.float64, copy=True) for x in (query, context))  # never the leaf itself
+    for t in (query, query64, context, context64) if gradients else ():
+        t.requires_grad_()
+    ref_ctx, ref_attn = word_attention_ref(query64, context64, word_mask, return_attn=True, legacy_mask=legacy)
+    out = attention(query, context, word_mask)
+    ctx, attn = out if isinstance(out, tuple) else (out, None)
+    assert ctx.dtype == query.dtype and ctx.shape == query.shape, f"ctx is {ctx.dtype} {tuple(ctx.shape)} ({what})"
+    assert_rel(ctx, ref_ctx, tol, f"ctx ({what})")
+    if attn is not None:
+        assert attn.dtype == torch.float32 and attn.shape == ref_attn.shape, f"attn is {attn.dtype} ({what})"
+        assert_rel(attn, ref_attn, tol, f"attn ({what})")
+    if gradients:
+        assert_gradients(ctx, ref_ctx, {"query": (query, query64), "context": (context, context64)},
+                         tol if grad_tol is None else grad_tol, what, floors, grad)
+
+
+def _lengths(batch: int, max_len: int, generator, both_ends: bool = True) -> torch.Tensor:
+    """Lengths drawn uniformly from [1, T]; with ``both_ends`` both ends are present: the first caption
+    has every word, the last (of two or more) one word."""
     lengths = torch.randint(1, max_len + 1, (batch,), generator=generator)
-    lengths[0] = max_len
-    if batch > 1:
-        lengths[-1] = 1
+    if both_ends:
+        lengths[0] = max_len
+        if batch > 1:
+            lengths[-1] = 1
     return lengths
 
 
 def damsm_inputs(b_img: int, b_cap: int, dim: int, max_len: int, n_regions: int, scale: float = 1.0,
-                 layout: str = "contiguous", *, dtype: torch.dtype = torch.float32, device="cpu", generator=None):
-    """Fresh random words (B_cap, D, T), cap_lens (B_cap,) and regions (B_img, D, N).
+                 layout: str = "contiguous", *, dtype: torch.dtype = torch.float32, device="cpu", generator=None,
+                 both_ends: bool = True):
+    """Fresh random words (B_cap, D, T), cap_lens (B_cap,) and regions (B_img, D, N); cap_lens in 1..T,
+    the first T and the last (of two or more) 1 unless ``both_ends=False`` (then all uniform).
 
     layout: "contiguous"; "transposed" (non-contiguous views of (B, T, D) and (B, N, D) storage); "4d"
     (regions as (B_img, D, s, s), N = s²). ``scale`` multiplies the standard normal draws (D^-1/4 makes
@@ -87,14 +131,15 @@ def damsm_inputs(b_img: int, b_cap: int, dim: int, max_len: int, n_regions: int,
     if layout == "4d":
         side = math.isqrt(n_regions)
         regions = regions.reshape(b_img, dim, side, side)
-    return words.to(device, dtype), _lengths(b_cap, max_len, generator).to(device), regions.to(device, dtype)
+    lengths = _lengths(b_cap, max_len, generator, both_ends)
+    return words.to(device, dtype), lengths.to(device), regions.to(device, dtype)
 
 
 def attention_inputs(batch: int, channels: int, height: int, width: int, max_len: int, scale: float = 1.0,
                      mask: str | None = "lengths", layout: str = "nchw", *, dtype: torch.dtype = torch.float32,
-                     device="cpu", generator=None):
+                     device="cpu", generator=None, both_ends: bool = True):
     """Fresh random query (B, C, H, W), context (B, C, T) and word_mask (B, T) (True = padding; lengths
-    1..T with both ends present; None with ``mask=None``).
+    1..T with both ends present, or all uniform with ``both_ends=False``; None with ``mask=None``).
 
     layout: "nchw"; "channels_last"; "transposed" (non-contiguous views)."""
     def normal(*shape):
@@ -109,7 +154,8 @@ def attention_inputs(batch: int, channels: int, height: int, width: int, max_len
         query = query.contiguous(memory_format=torch.channels_last)
     word_mask = None
     if mask is not None:
-        word_mask = (torch.arange(max_len)[None, :] >= _lengths(batch, max_len, generator)[:, None]).to(device)
+        lengths = _lengths(batch, max_len, generator, both_ends)
+        word_mask = (torch.arange(max_len)[None, :] >= lengths[:, None]).to(device)
     return query, context, word_mask
 
 

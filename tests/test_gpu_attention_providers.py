@@ -17,41 +17,29 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from attngan_fast.kernels import word_attention, word_attention_ref
+from attngan_fast.kernels import testing, word_attention
 from attngan_fast.kernels.attention import word_attention_flex, word_attention_sdpa_key_channel
-from numerics import TOLERANCE, assert_gradients, assert_rel
+from attngan_fast.kernels.testing import DTYPES
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SIXTEEN_BIT_ONLY = (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION)
 
 
 def _inputs(dtype, channels=32, side=64, layout="channels_last", batch=20, words=18):
     """query (B, C, s, s) in ``layout``, context (B, C, T), word_mask (B, T) with a full and a one-word caption."""
-    scale = channels ** -0.25
-    query = (torch.randn(batch, channels, side, side, device="cuda") * scale).to(dtype)
-    if layout == "channels_last":
-        query = query.contiguous(memory_format=torch.channels_last)
-    context = (torch.randn(batch, channels, words, device="cuda") * scale).to(dtype)
-    lengths = torch.randint(1, words + 1, (batch,), device="cuda")
-    lengths[0], lengths[-1] = words, 1
-    return query, context, torch.arange(words, device="cuda")[None, :] >= lengths[:, None]
+    return testing.attention_inputs(batch, channels, side, side, words, scale=channels ** -0.25, layout=layout,
+                                    dtype=dtype, device="cuda")
 
 
 def _check(attention, label, legacy=False, **shape):
     """ctx and both gradients of ``attention(query, context, word_mask)`` against float64."""
     query, context, word_mask = _inputs(DTYPES[label], **shape)
-    q64, k64 = query.double().requires_grad_(), context.double().requires_grad_()
-    query.requires_grad_(), context.requires_grad_()
-    ref = word_attention_ref(q64, k64, word_mask, legacy_mask=legacy)[0]
-    ctx = attention(query, context, word_mask)
-    assert ctx.dtype == query.dtype and ctx.shape == query.shape
-    assert_rel(ctx, ref, TOLERANCE[label], f"ctx {label}")
-    assert_gradients(ctx, ref, {"query": (query, q64), "context": (context, k64)}, TOLERANCE[label], label)
+    testing.assert_attention_matches_float64(attention, query, context, word_mask, testing.tolerance(label), label,
+                                             legacy=legacy)
 
 
 def _pinned(backend, fn):

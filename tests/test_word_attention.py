@@ -13,7 +13,7 @@ from attngan_fast.kernels.attention import word_attention_ref_backward
 from attngan_fast.kernels.attention.flex import word_attention_flex
 from attngan_fast.kernels.attention.sdpa import word_attention_sdpa_key_channel
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from numerics import DTYPES, TOLERANCE, assert_gradients, assert_rel, loss_and_grads, needs_interpreter, quantize
+from numerics import DTYPES, TOLERANCE, assert_rel, loss_and_grads, needs_interpreter, quantize
 from numerics import IMPLS as SHARED_IMPLS
 
 # The paths both ops have, plus F_attn's own: PyTorch's scaled_dot_product_attention.
@@ -154,37 +154,28 @@ def check_against_float64(case, dtype, attention, tol, what, gradients=True, sim
     scales the inputs by C^(-1/4), as trained features are and as tests/test_gpu.py does, for paths that
     compute in 16 bits: at C = 48 unit-variance scores (std ~7) peak the softmax, and d_query's
     cancellation (ds = β(dβ − Σβdβ)) of 16-bit dS then measures the conditioning, not the path."""
+    # Kept beside the shared testing.assert_attention_matches_float64 it ends in: CASES' inputs and the
+    # saturated cases' judgement (floors, fp32 score rounding) are this file's, not the shared helper's.
     query, context, word_mask = make_inputs(*CASES[case])
     if similarities_of_order_one:
         query, context = query * CASES[case][1] ** -0.25, context * CASES[case][1] ** -0.25
     legacy = CASES[case][6] == "legacy"
     query, query64 = quantize(query, DTYPES[dtype])
     context, context64 = quantize(context, DTYPES[dtype])
-    for t in (query, query64, context, context64) if gradients else ():
-        t.requires_grad_()
-
-    ref_ctx, ref_attn = word_attention_ref(query64, context64, word_mask, return_attn=True, legacy_mask=legacy)
-    ctx, attn = attention(query, context, word_mask, legacy)
-    assert ctx.dtype == query.dtype and ctx.shape == query.shape
-    assert_rel(ctx, ref_ctx, tol, f"ctx ({what}, {dtype})")
-    if attn is not None:
-        assert attn.dtype == torch.float32 and attn.shape == ref_attn.shape
-        assert_rel(attn, ref_attn, tol, f"attn ({what}, {dtype})")
-    if not gradients:
-        return
 
     # The natural scales of vanishing gradients, for a unit-variance loss gradient of ‖g‖ ≈ √numel.
-    g_norm = ref_ctx.numel() ** 0.5
-    floors = {}
+    g_norm = query.numel() ** 0.5
+    floors, grad_tol = {}, tol
     if case in SATURATED and DTYPES[dtype] == torch.float32:
-        scores = torch.einsum("bchw,bct->bhwt", query64.detach(), context64.detach()).abs().max().item()
-        tol = max(tol, 4 * 2.0 ** -24 * scores)
+        scores = torch.einsum("bchw,bct->bhwt", query64, context64).abs().max().item()
+        grad_tol = max(tol, 4 * 2.0 ** -24 * scores)
     if case in D_QUERY_VANISHES:
-        floors["query"] = g_norm * float(torch.linalg.vector_norm(context64.detach(), dim=1).max() ** 2)
+        floors["query"] = g_norm * float(torch.linalg.vector_norm(context64, dim=1).max() ** 2)
     if case in SATURATED:
-        floors["context"] = g_norm * float(torch.linalg.vector_norm(query64.detach().flatten(2), dim=1).max())
-    assert_gradients(ctx, ref_ctx, {"query": (query, query64), "context": (context, context64)}, tol,
-                     f"{what}, {dtype}", floors)
+        floors["context"] = g_norm * float(torch.linalg.vector_norm(query64.flatten(2), dim=1).max())
+    testing.assert_attention_matches_float64(lambda q, k, m: attention(q, k, m, legacy), query, context, word_mask,
+                                             tol, f"{what}, {dtype}", legacy=legacy, gradients=gradients,
+                                             grad_tol=grad_tol, floors=floors)
 
 
 @pytest.mark.parametrize("dtype, impl", _dtype_impl_params())
