@@ -316,7 +316,8 @@ def test_under_torchrun_only_rank_zero_prints_the_result(synthetic_root, tmp_pat
            "--quiet", "--set", "data.image_size=32", "--set", "text_encoder.hidden_dim=16",
            "--set", "image_encoder.compact_width=8", "--set", "damsm.batch_size=8", "--set", "damsm.max_steps=2",
            "--set", "runtime.eval_batches=1", "--device", "cpu"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # TMPDIR: torchrun leaves a torchelastic_* log folder in the temporary folder even after a clean run
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count('"checkpoint"') == 1 and out.stdout.count("done: ") == 1, out.stdout

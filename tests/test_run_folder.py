@@ -311,14 +311,16 @@ def test_a_second_ctrl_c_stops_at_once_and_a_second_sigterm_changes_nothing(synt
     assert twice.stop == "SIGTERM"
 
 
-def test_a_process_whose_loader_workers_are_alive_at_exit_still_exits():
+def test_a_process_whose_loader_workers_are_alive_at_exit_still_exits(tmp_path):
     """A persistent-worker loader still alive at exit (held in a reference cycle, as the bird preset's
     was): Python's exit ends the workers with SIGTERM, so a worker that ignored it hung the process
     forever (a CI run did)."""
     probe = ("from torch.utils.data import DataLoader; from attngan_fast.train.runtime import leave_the_process_group; "
              "loader = DataLoader(list(range(8)), batch_size=2, num_workers=2, persistent_workers=True, "
              "worker_init_fn=leave_the_process_group); batches = iter(loader); print(next(batches).tolist())")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    # TMPDIR: workers ended at exit leave multiprocessing's pymp-* folders behind
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TMPDIR": str(tmp_path)})
     assert done.returncode == 0 and done.stdout.strip() == "[0, 1]", done.stderr[-2000:]
 
 
