@@ -235,17 +235,25 @@ esac
     assert "--inception-weights" not in lines[3] and "made before" in out.stdout
 
 
-def test_every_command_in_the_readme_parses():
-    """The README's commands (its code blocks' ``attngan-fast`` lines, continuations joined) are ones the
-    command line accepts: a renamed flag fails here, not in a newcomer's terminal."""
+def test_every_command_in_the_readme_and_the_docs_parses():
+    """The commands in the README's and the docs' code blocks (their ``attngan-fast`` lines, continuations
+    joined) are ones the command line accepts: a renamed flag fails here, not in a newcomer's terminal.
+    (Results files keep the commands as they were run on their day.)"""
     import shlex
 
     from attngan_fast.cli import build_parser
 
-    blocks = re.findall(r"```\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
-    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
-    commands = [shlex.split(line.split("  #")[0])[1:] for line in lines if line.startswith("attngan-fast ")]
-    assert len(commands) >= 10, commands
+    commands = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        blocks = re.findall(r"```[a-z]*\n(.*?)```", page.read_text(), re.S)
+        lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+        lines = [line.strip().removeprefix("$ ") for line in lines]  # a shell prompt, where a page shows one
+        commands += [(page.name, shlex.split(line.split("  #")[0])[1:]) for line in lines
+                     if line.startswith("attngan-fast ")]
+    assert len([c for page, c in commands if page == "README.md"]) >= 10 and len(commands) >= 30, commands
     parser = build_parser()
-    for args in commands:
-        parser.parse_args(args)  # argparse exits on a flag it does not know
+    for page, args in commands:
+        try:
+            parser.parse_args(args)
+        except SystemExit:  # argparse has printed why
+            raise AssertionError(f"{page}: attngan-fast {shlex.join(args)}") from None
