@@ -37,7 +37,7 @@ from .atomic import write_text_atomic
 from .data.dataset import TextImageDataset
 from .data.layouts import check_negatives
 from .data.prepare import load_captions
-from .generate import iter_generate_ids
+from .generate import LEGACY_BATCH_ORDER, iter_generate_ids
 from .pictures import to_pil
 from .inception_metrics import UnsafeWeightsError, vetted_weights
 from .paths import check_file
@@ -273,6 +273,7 @@ def evaluate_generator(checkpoint: str | Path, damsm: str | Path, data_root: str
         # With the released mask an image depends on the other captions of its batch: the batch size is
         # then part of what makes the numbers (docs/training.md, "Generating").
         "batch_size": batch_size, "legacy_mask": bool(netG.legacy_mask), "device": str(device),
+        "legacy_batch_order": LEGACY_BATCH_ORDER if netG.legacy_mask else None,
         "judge": judge_identity,
         "protocol": {
             "pairs": f"{n_images} (test image, caption) pairs drawn at random (seed {seed}) from all {n_test} test images "

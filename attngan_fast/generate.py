@@ -14,8 +14,9 @@ generator with the released F_attn mask (``legacy_mask``: the imported release c
 have that property: the released mask gives each pixel row the padding mask of *another* sample of
 the batch, so an image depends on the other captions in its batch and on how they are padded. For
 such generators ``batch_size=1`` is the reproducible choice (each image sees only its own caption);
-a larger batch warns once, and is fed longest caption first, as the release fed its batches, so that
-a batch of the same captions gives the release's images whatever order they were listed in.
+a larger batch warns once, and is fed longest caption first (ties by their words), as the release fed
+its batches, so that a batch of the same distinct captions gives the same images whatever order they
+were listed in.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class Generated:
     dropped: dict[str, list[str]] = field(default_factory=dict)  # caption -> unknown words dropped
 
 
+# How a legacy-mask generator's batches are fed (evaluation reports record it).
+LEGACY_BATCH_ORDER = "longest caption first, ties by their word ids"
 LEGACY_BATCH_WARNING = (
     "this generator uses the released F_attn mask (legacy_mask), which couples the samples of a batch: its "
     "images depend on the other captions generated with them; use batch size 1 for results that depend on "
@@ -142,10 +145,17 @@ def iter_generate_ids(netG, text_encoder, vocab: Vocabulary, ids: list[list[int]
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         # The release fed every batch longest caption first (training and sampling alike); under its mask
-        # an image depends on that order, so a legacy generator gets its batch as the release gave it.
-        # Equal lengths have equal masks: how ties are ordered changes nothing.
-        fed = sorted(range(len(chunk)), key=lambda i: -len(ids[chunk[i]])) if legacy else list(range(len(chunk)))
-        back = torch.argsort(torch.tensor(fed))  # the fed order back to the chunk's
+        # an image depends on its place in the batch, so an imported generator gets its batch sorted so.
+        # Ties go by the words, so that the order distinct captions are listed in never matters (the
+        # release left ties to an unstable sort).
+        fed = list(range(len(chunk)))
+        if legacy:
+            fed.sort(key=lambda i: (-len(ids[chunk[i]]), ids[chunk[i]]))
+        back = torch.argsort(torch.tensor(fed)) if legacy else None  # the fed order back to the chunk's
+
+        def keep(t: torch.Tensor) -> torch.Tensor:
+            return t if back is None else t[back]
+
         caps, lens = _pad([ids[chunk[i]] for i in fed])
         caps = caps.to(device)
         rows = torch.arange(start, start + len(chunk))[fed]
@@ -154,11 +164,11 @@ def iter_generate_ids(netG, text_encoder, vocab: Vocabulary, ids: list[list[int]
             out = netG(z_all[rows].to(device), sentence.float(), words.float(), caps == 0, return_attn=return_attn,
                        ca_noise=ca_all[rows].to(device))
         # Chunks differ in their longest caption: pad the word axis to the longest of all to concatenate.
-        maps = [torch.nn.functional.pad(m.float().cpu()[back], (0, 0, 0, 0, 0, longest - m.shape[1]))
+        maps = [torch.nn.functional.pad(keep(m.float().cpu()), (0, 0, 0, 0, 0, longest - m.shape[1]))
                 for m in out.attn if m is not None]
         yield start, Generated(
             captions=[captions[c] for c in chunk], words=[vocab.decode(ids[c]) for c in chunk],
-            images=[img.float().cpu()[back] for img in out.images], attn=maps,
+            images=[keep(img.float().cpu()) for img in out.images], attn=maps,
             dropped={captions[c]: dropped[captions[c]] for c in set(chunk) if captions[c] in dropped},
         )
         if progress is not None:

@@ -86,8 +86,11 @@ def run_command(args: list[str], log_path: Path, timeout: float | None) -> float
     seconds, or None for no limit."""
     start = time.time()
     with open(log_path, "w") as log:
-        proc = subprocess.run([sys.executable, "-m", "attngan_fast", *args], stdout=log, stderr=subprocess.STDOUT,
-                              timeout=timeout)
+        try:
+            proc = subprocess.run([sys.executable, "-m", "attngan_fast", *args], stdout=log, stderr=subprocess.STDOUT,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"attngan-fast {args[0]} ran out of the budget's {timeout:.0f} s (output: {log_path})") from None
     if proc.returncode != 0:  # the command's own last line says why (its errors are one line)
         last = next((line for line in reversed(log_path.read_text().splitlines()) if line.strip()), "")
         raise RuntimeError(f"attngan-fast {args[0]} exited with {proc.returncode} (output: {log_path}): "

@@ -145,3 +145,10 @@ def test_the_bird_preset_runs_unchanged(tmp_path, monkeypatch, capsys):
     assert run["case"] == "bird B=20 256px" and run["steps_per_s"] > 0 and run["timed_steps"] == 1, run
     # the run's own output says the preset's G: 3 stages to 256 px (its folder, 1.3 GB at this size, is gone)
     assert not (tmp_path / "work" / "loop" / f"gan-bird-off-{os.getpid()}").exists()
+
+
+def test_a_run_cut_by_the_budget_names_its_log(tmp_path):
+    log = tmp_path / "run.log"
+    with pytest.raises(RuntimeError, match=rf"ran out of the budget's 0 s \(output: {log}\)"):
+        train_loop.run_command(["info"], log, timeout=0.01)
+    assert log.exists()  # kept: the error names it

@@ -69,8 +69,11 @@ def test_legacy_mask_generators_warn_once_in_batches_and_are_reproducible_one_at
 def test_legacy_mask_batches_are_fed_longest_caption_first_as_the_release_fed_them(trained):
     netG, text_encoder, vocab, _ = gan.load_generator(trained[1])
     netG.legacy_mask = True
-    captions = ["a blue bird", "this bird has wings that are black and has a white belly", "a bird with red wings"]
+    # the first and the last tie in length; three images, so that a place in the batch changes the mask a
+    # pixel row takes under the released masking (rows (b·HW + q) mod B, B not dividing HW)
+    captions = ["a blue bird", "this bird has wings that are black and has a white belly", "a red bird"]
     ids, _ = encode_captions(captions, vocab)
+    assert len(ids[0]) == len(ids[2]) and ids[0] != ids[2]
     gen = torch.Generator().manual_seed(5)
     z, ca = torch.randn(3, netG.z_dim, generator=gen), torch.randn(3, netG.c_dim, generator=gen)
 
@@ -82,11 +85,13 @@ def test_legacy_mask_batches_are_fed_longest_caption_first_as_the_release_fed_th
         return chunk.images[-1][torch.argsort(torch.tensor(order))], chunk.attn[0][torch.argsort(torch.tensor(order))]
 
     listed, listed_maps = images([0, 1, 2])
-    reversed_, reversed_maps = images([2, 1, 0])
-    torch.testing.assert_close(listed, reversed_)  # the order a batch is listed in no longer matters
-    torch.testing.assert_close(listed_maps, reversed_maps)
-    # ... because the generator is fed as the release fed it: longest caption first.
-    fed = [1, 2, 0]
+    for order in ([2, 1, 0], [0, 2, 1]):  # the tied pair swapped; the untied caption moved
+        other, other_maps = images(order)
+        torch.testing.assert_close(listed, other)  # the order a batch is listed in does not matter
+        torch.testing.assert_close(listed_maps, other_maps)
+    # ... because the generator is fed as the release fed it: longest caption first (ties by their words).
+    fed = sorted(range(3), key=lambda i: (-len(ids[i]), ids[i]))
+    assert fed[0] == 1
     caps, lens = _pad([ids[i] for i in fed])
     with torch.no_grad():
         words, sentence = text_encoder(caps, lens)

@@ -172,6 +172,7 @@ def test_the_report_holds_every_protocol_field(trained, synthetic_root, fidelity
     assert abs(r["groups_of_100"]["mean"] - r["mean"]) < 1e-9 and "folds" in r["which_is_which"]
     assert "67.82" in r["comparable_with"] and report["inception_weights"] is None
     assert report["batch_size"] == 32 and report["legacy_mask"] is False and report["device"] == "cpu"
+    assert report["legacy_batch_order"] is None  # only a legacy-mask generator's batches are sorted
     assert "4.36" in report["inception_note"]
 
     # An earlier report is never replaced unasked: one line, the report as it was.
