@@ -257,3 +257,14 @@ def test_every_command_in_the_readme_and_the_docs_parses():
             parser.parse_args(args)
         except SystemExit:  # argparse has printed why
             raise AssertionError(f"{page}: attngan-fast {shlex.join(args)}") from None
+
+
+def test_the_readme_kernel_snippet_runs_and_its_shapes_hold():
+    (snippet,) = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    scope: dict = {}
+    exec(compile(snippet, "README.md", "exec"), scope)  # noqa: S102 - the project's own README
+    assert scope["R"].shape == (48, 48) and scope["R"].dtype == torch.float32 and torch.isfinite(scope["R"]).all()
+    assert scope["ctx"].shape == (20, 32, 64, 64) and scope["maps"].shape == (20, 18, 64, 64)
+    # each pixel's weights over its own sample's valid words sum to 1, padding words get none
+    torch.testing.assert_close(scope["maps"].sum(1), torch.ones(20, 64, 64))
+    assert (scope["maps"][scope["pad"]] == 0).all()  # (padding words, H, W)
