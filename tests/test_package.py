@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from attngan_fast import kernels
@@ -259,12 +260,17 @@ def test_every_command_in_the_readme_and_the_docs_parses():
             raise AssertionError(f"{page}: attngan-fast {shlex.join(args)}") from None
 
 
-def test_the_readme_kernel_snippet_runs_and_its_shapes_hold():
-    (snippet,) = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+@pytest.mark.parametrize("page", ["README.md", "docs/kernels.md"])
+def test_the_kernel_snippets_run_as_printed_and_their_shapes_hold(page):
+    """The ops' snippets are the first code a kernel user copies: each runs, and the shapes its comments
+    give hold."""
+    (snippet,) = re.findall(r"```python\n(.*?)```", (ROOT / page).read_text(), re.S)
     scope: dict = {}
-    exec(compile(snippet, "README.md", "exec"), scope)  # noqa: S102 - the project's own README
+    exec(compile(snippet, page, "exec"), scope)  # noqa: S102 - the project's own docs
     assert scope["R"].shape == (48, 48) and scope["R"].dtype == torch.float32 and torch.isfinite(scope["R"]).all()
     assert scope["ctx"].shape == (20, 32, 64, 64) and scope["maps"].shape == (20, 18, 64, 64)
+    if "attn" in scope:
+        assert scope["attn"].shape == (48, 18, 289)
     # each pixel's weights over its own sample's valid words sum to 1, padding words get none
     torch.testing.assert_close(scope["maps"].sum(1), torch.ones(20, 64, 64))
     assert (scope["maps"][scope["pad"]] == 0).all()  # (padding words, H, W)
