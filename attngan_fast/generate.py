@@ -152,10 +152,6 @@ def iter_generate_ids(netG, text_encoder, vocab: Vocabulary, ids: list[list[int]
         if legacy:
             fed.sort(key=lambda i: (-len(ids[chunk[i]]), ids[chunk[i]]))
         back = torch.argsort(torch.tensor(fed)) if legacy else None  # the fed order back to the chunk's
-
-        def keep(t: torch.Tensor) -> torch.Tensor:
-            return t if back is None else t[back]
-
         caps, lens = _pad([ids[chunk[i]] for i in fed])
         caps = caps.to(device)
         rows = torch.arange(start, start + len(chunk))[fed]
@@ -164,15 +160,19 @@ def iter_generate_ids(netG, text_encoder, vocab: Vocabulary, ids: list[list[int]
             out = netG(z_all[rows].to(device), sentence.float(), words.float(), caps == 0, return_attn=return_attn,
                        ca_noise=ca_all[rows].to(device))
         # Chunks differ in their longest caption: pad the word axis to the longest of all to concatenate.
-        maps = [torch.nn.functional.pad(keep(m.float().cpu()), (0, 0, 0, 0, 0, longest - m.shape[1]))
+        maps = [torch.nn.functional.pad(_reorder(m.float().cpu(), back), (0, 0, 0, 0, 0, longest - m.shape[1]))
                 for m in out.attn if m is not None]
         yield start, Generated(
             captions=[captions[c] for c in chunk], words=[vocab.decode(ids[c]) for c in chunk],
-            images=[keep(img.float().cpu()) for img in out.images], attn=maps,
+            images=[_reorder(img.float().cpu(), back) for img in out.images], attn=maps,
             dropped={captions[c]: dropped[captions[c]] for c in set(chunk) if captions[c] in dropped},
         )
         if progress is not None:
             progress.update(len(chunk))
+
+
+def _reorder(t: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+    return t if order is None else t[order]
 
 
 def generate_images(netG, text_encoder, vocab: Vocabulary, captions: list[str], **kwargs) -> Generated:

@@ -246,7 +246,7 @@ def test_every_command_in_the_readme_and_the_docs_parses():
 
     commands = []
     for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
-        blocks = re.findall(r"```[a-z]*\n(.*?)```", page.read_text(), re.S)
+        blocks = re.findall(r"```[a-z]*\n(.*?)```", page.read_text(), re.DOTALL)
         lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
         lines = [line.strip().removeprefix("$ ") for line in lines]  # a shell prompt, where a page shows one
         commands += [(page.name, shlex.split(line.split("  #")[0])[1:]) for line in lines
@@ -264,7 +264,7 @@ def test_every_command_in_the_readme_and_the_docs_parses():
 def test_the_kernel_snippets_run_as_printed_and_their_shapes_hold(page):
     """The ops' snippets are the first code a kernel user copies: each runs, and the shapes its comments
     give hold."""
-    (snippet,) = re.findall(r"```python\n(.*?)```", (ROOT / page).read_text(), re.S)
+    (snippet,) = re.findall(r"```python\n(.*?)```", (ROOT / page).read_text(), re.DOTALL)
     scope: dict = {}
     exec(compile(snippet, page, "exec"), scope)  # noqa: S102 - the project's own docs
     assert scope["R"].shape == (48, 48) and scope["R"].dtype == torch.float32 and torch.isfinite(scope["R"]).all()
